@@ -1,0 +1,16 @@
+"""maedet: MAE-DET detection backbones as timm models, with search, export and benchmarks.
+
+Importing this package registers ``maedet_s``, ``maedet_m``, ``maedet_l`` and ``maedet`` with timm.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import zoo  # noqa: F401  (registers the models with timm)
+from .zoo import MaeDet, Structure, fuse_bn, load_structure
+
+try:
+    __version__ = version("maedet")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = ["MaeDet", "Structure", "__version__", "fuse_bn", "load_structure"]

@@ -1,0 +1,347 @@
+"""MAE-DET backbones (Sun et al., ICML 2022) as timm models.
+
+Any :class:`~maedet.zoo.structure.Structure` builds into :class:`MaeDet`: a k×k conv-BN-ReLU stem, then stages of
+bottleneck residual blocks (1×1 reduce, k×k, 1×1 expand; block 0 of every stage has an avgpool + 1×1 conv-BN
+projection shortcut). ``maedet_s/m/l`` are the published structures; ``maedet`` takes any structure.
+
+The weights the authors published are mmdetection GFLV2 checkpoints; ``checkpoint_filter_fn`` maps them (and
+the bare TinyNAS layout, and our own) onto this module exactly, so ``pretrained=True`` loads them through timm.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+
+from .structure import Stage, Structure, builtin_structure, load_structure
+
+__all__ = ["MaeDet", "checkpoint_filter_fn", "fuse_bn"]
+
+
+class ConvBnAct(nn.Module):
+    """Conv (no bias, 'same' padding for odd kernels) → BN → optional ReLU; ``fuse()`` folds the BN away."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, act: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding=(kernel_size - 1) // 2, bias=False)
+        self.bn = nn.BatchNorm2d(out_chs)
+        self.act = nn.ReLU(inplace=True) if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+    @torch.no_grad()
+    def fuse(self) -> ConvBnAct:
+        """Fold BN into the conv (eval statistics); timm's ``reparameterize_model`` calls this."""
+        if isinstance(self.bn, nn.Identity):
+            return self
+        conv, bn = self.conv, self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        fused = nn.Conv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True
+        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        fused.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
+        self.conv, self.bn = fused, nn.Identity()
+        return self
+
+
+class Bottleneck(nn.Module):
+    """One residual block: ReLU(1×1 → k×k (strided) → 1×1  +  shortcut)."""
+
+    def __init__(
+        self, in_chs: int, out_chs: int, bottleneck_chs: int, kernel_size: int, stride: int, project: bool
+    ) -> None:
+        super().__init__()
+        self.conv1 = ConvBnAct(in_chs, bottleneck_chs, 1)
+        self.conv2 = ConvBnAct(bottleneck_chs, bottleneck_chs, kernel_size, stride)
+        self.conv3 = ConvBnAct(bottleneck_chs, out_chs, 1, act=False)
+        # The authors project on block 0 of every stage, even when in == out.
+        self.downsample = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
+        self.shortcut = ConvBnAct(in_chs, out_chs, 1, act=False) if project else nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut(self.downsample(x))
+        return self.act(self.conv3(self.conv2(self.conv1(x))) + shortcut)
+
+
+class MaeDetStage(nn.Module):
+    """``depth`` bottleneck blocks; only block 0 strides and projects."""
+
+    def __init__(self, spec: Stage) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+        self.blocks = nn.Sequential(
+            *(
+                Bottleneck(
+                    spec.in_chs if i == 0 else spec.out_chs,
+                    spec.out_chs,
+                    spec.bottleneck_chs,
+                    spec.kernel_size,
+                    spec.stride if i == 0 else 1,
+                    project=i == 0,
+                )
+                for i in range(spec.depth)
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class MaeDet(nn.Module):
+    """A MAE-DET backbone built from a Structure, with timm's classification/feature interface."""
+
+    def __init__(
+        self,
+        structure: Structure | Mapping[str, Any] | str | None = None,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        output_stride: int = 32,
+    ) -> None:
+        super().__init__()
+        if structure is None:
+            raise ValueError("MaeDet needs a structure: a Structure, a dict, a built-in name or a file path.")
+        if output_stride != 32:
+            raise ValueError("MaeDet supports output_stride=32 only (no dilated variant).")
+        self.structure = load_structure(structure).with_in_chans(in_chans)
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        s = self.structure
+        self.stem = ConvBnAct(s.stem.in_chs, s.stem.out_chs, s.stem.kernel_size, s.stem.stride)
+        self.stages = nn.Sequential(*(MaeDetStage(spec) for spec in s.stages))
+        self.num_features = self.head_hidden_size = s.num_features
+        self.feature_info = [
+            dict(
+                num_chs=p.num_chs,
+                reduction=p.reduction,
+                module="stem" if p.block_index == 0 else f"stages.{p.block_index - 1}",
+            )
+            for p in s.feature_points()
+        ]
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.blocks\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def fuse_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """The deploy form: every BN folded into its conv (eval mode). Works on a model or its features_only wrap."""
+    from timm.models import reparameterize_model
+
+    return reparameterize_model(model, inplace=inplace).eval()
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+_AUTHORS_KEY = re.compile(
+    r"^block_list\.(?P<stage>\d+)\.block_list\.(?P<block>\d+)\.(?P<part>conv1|conv2|conv3|residual_proj)"
+    r"\.(?P<layer>conv1|bn1)\.(?P<rest>.+)$"
+)
+_AUTHORS_STEM_KEY = re.compile(r"^block_list\.0\.(?P<layer>conv1|bn1)\.(?P<rest>.+)$")
+_LAYER = {"conv1": "conv", "bn1": "bn"}
+_PART = {"conv1": "conv1", "conv2": "conv2", "conv3": "conv3", "residual_proj": "shortcut"}
+_BACKBONE_PREFIXES = ("backbone.body.", "backbone.", "body.", "module.")
+
+
+def _authors_to_ours(key: str) -> str | None:
+    """Map one authors' (TinyNAS) key to ours; None if it is not a backbone key of that layout."""
+    m = _AUTHORS_STEM_KEY.match(key)
+    if m:
+        return f"stem.{_LAYER[m['layer']]}.{m['rest']}"
+    m = _AUTHORS_KEY.match(key)
+    if m:
+        stage = int(m["stage"]) - 1
+        return f"stages.{stage}.blocks.{m['block']}.{_PART[m['part']]}.{_LAYER[m['layer']]}.{m['rest']}"
+    return None
+
+
+def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
+    for key in ("state_dict", "model"):
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping):
+            return inner
+    return checkpoint
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Convert an authors' mmdetection checkpoint, a bare TinyNAS state dict, or ours, to this model's names.
+
+    Neck and head keys of the detector are dropped. The result must cover every backbone tensor of ``model``
+    exactly: a missing, unexpected or misshapen backbone key raises a ValueError that names the keys.
+    """
+    state_dict = _unwrap(state_dict)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if key.startswith(("stem.", "stages.", "head.")):
+            out[key] = value
+            continue
+        bare = key
+        for prefix in _BACKBONE_PREFIXES:
+            if bare.startswith(prefix):
+                bare = bare[len(prefix) :]
+                break
+        mapped = _authors_to_ours(bare) if bare.startswith("block_list.") else None
+        if mapped is not None:
+            out[mapped] = value
+        elif bare.startswith("block_list.") or key.startswith("backbone.body."):
+            raise ValueError(f"checkpoint: backbone key {key!r} is not part of a MAE-DET backbone.")
+        # anything else (neck, bbox_head, optimizer state) is not ours and is dropped
+
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    got = {k: v for k, v in out.items() if not k.startswith("head.")}
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing backbone keys ({_preview(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected backbone keys ({_preview(unexpected)})")
+        raise ValueError(f"checkpoint does not match this structure: {'; '.join(parts)}.")
+    first_conv = "stem.conv.weight"
+    wrong = [
+        f"{k} {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k != first_conv and got[k].shape != expected[k].shape
+    ]
+    if wrong:
+        raise ValueError(f"checkpoint does not match this structure: shape mismatch in {_preview(wrong)}.")
+    return out
+
+
+def _preview(items: list[str], limit: int = 6) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+# ------------------------------------------------------------------------------------------- factory
+def _create_maedet(variant: str, pretrained: bool = False, **kwargs: Any) -> MaeDet:
+    if "structure" not in kwargs:
+        kwargs["structure"] = builtin_structure(variant)
+    num_features = len(load_structure(kwargs["structure"]).feature_points())
+    return build_model_with_cfg(
+        MaeDet,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(num_features))),
+        **kwargs,
+    )
+
+
+_AUTHORS_URL = "https://idstcv.oss-cn-zhangjiakou.aliyuncs.com/LightNAS/detection/maedet-{}/latest.pth"
+
+
+def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": url,
+        "num_classes": 0,
+        "input_size": (3, 640, 640),
+        "pool_size": (20, 20),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.conv",
+        "classifier": "head.fc",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+def _coco_cfg(size: str) -> dict[str, Any]:
+    return _cfg(
+        url=_AUTHORS_URL.format(size),
+        paper_ids="arXiv:2111.13336",
+        paper_name="MAE-DET: Revisiting Maximum Entropy Principle in Zero-Shot NAS for Efficient Object Detection",
+        origin_url="https://github.com/alibaba/lightweight-neural-architecture-search",
+        notes=("Backbone of the authors' GFLV2 COCO detector, trained from scratch; neck and head dropped.",),
+    )
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "maedet_s.gflv2_coco": _coco_cfg("s"),
+        "maedet_m.gflv2_coco": _coco_cfg("m"),
+        "maedet_l.gflv2_coco": _coco_cfg("l"),
+        "maedet": _cfg(),
+    }
+)
+
+
+@register_model
+def maedet_s(pretrained: bool = False, **kwargs: Any) -> MaeDet:
+    """MAE-DET-S: 21.2M params, 45.1 AP with GFLV2 on COCO (published)."""
+    return _create_maedet("maedet_s", pretrained, **kwargs)
+
+
+@register_model
+def maedet_m(pretrained: bool = False, **kwargs: Any) -> MaeDet:
+    """MAE-DET-M: 25.8M params, 46.9 AP with GFLV2 on COCO (published)."""
+    return _create_maedet("maedet_m", pretrained, **kwargs)
+
+
+@register_model
+def maedet_l(pretrained: bool = False, **kwargs: Any) -> MaeDet:
+    """MAE-DET-L: 43.9M params, 47.8 AP with GFLV2 on COCO (published)."""
+    return _create_maedet("maedet_l", pretrained, **kwargs)
+
+
+@register_model
+def maedet(pretrained: bool = False, **kwargs: Any) -> MaeDet:
+    """Any structure: ``timm.create_model('maedet', structure='best.json')`` (searched backbones)."""
+    if kwargs.get("structure") is None:
+        raise ValueError("timm.create_model('maedet', ...) needs structure=<Structure, dict, or path to a file>.")
+    return _create_maedet("maedet", pretrained, **kwargs)

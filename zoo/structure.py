@@ -1,0 +1,308 @@
+"""The Structure: the one contract between search (which finds backbones) and the zoo (which builds them).
+
+A Structure is a stem plus a list of stages of bottleneck residual blocks, exactly the family of DESIGN.md §2.
+It is immutable and validated on construction, so every other part can trust it without checking again.
+It reads the authors' files (a Python literal, parsed with ``ast.literal_eval``, never executed) and our own
+JSON, and writes both.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+__all__ = [
+    "FeaturePoint",
+    "Stage",
+    "Stem",
+    "Structure",
+    "builtin_structure",
+    "load_structure",
+]
+
+STEM_CLASS = "ConvKXBNRELU"
+STAGE_CLASSES = ("SuperResK1KXK1", "SuperResConvK1KXK1")
+_BUILTIN_DIR = Path(__file__).with_name("structures")
+BUILTIN_NAMES = ("maedet_s", "maedet_m", "maedet_l", "r50_like_init")
+
+
+def _check_int(where: str, name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}: field '{name}' must be an integer, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{where}: field '{name}' must be at least {minimum}, got {value}.")
+    return value
+
+
+def _check_kernel(where: str, value: Any) -> int:
+    _check_int(where, "k", value)
+    if value % 2 == 0:
+        raise ValueError(f"{where}: field 'k' must be an odd kernel size, got {value}.")
+    return value
+
+
+def _check_stride(where: str, value: Any) -> int:
+    _check_int(where, "s", value)
+    if value not in (1, 2):
+        raise ValueError(f"{where}: field 's' must be 1 or 2, got {value}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Stem:
+    """k×k conv → BN → ReLU (the authors' ``ConvKXBNRELU``)."""
+
+    in_chs: int
+    out_chs: int
+    stride: int
+    kernel_size: int
+
+    def __post_init__(self) -> None:
+        where = f"block 0 ({STEM_CLASS})"
+        _check_int(where, "in", self.in_chs)
+        _check_int(where, "out", self.out_chs)
+        _check_stride(where, self.stride)
+        _check_kernel(where, self.kernel_size)
+
+    def to_authors(self) -> dict[str, Any]:
+        return {"class": STEM_CLASS, "in": self.in_chs, "out": self.out_chs, "s": self.stride, "k": self.kernel_size}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """``depth`` bottleneck residual blocks (the authors' ``SuperResK1KXK1``); only block 0 strides."""
+
+    in_chs: int
+    out_chs: int
+    stride: int
+    kernel_size: int
+    depth: int
+    bottleneck_chs: int
+    index: int = field(default=1, compare=False, repr=False)  # position in the block list, for error messages
+
+    def __post_init__(self) -> None:
+        where = f"block {self.index} ({STAGE_CLASSES[0]})"
+        _check_int(where, "in", self.in_chs)
+        _check_int(where, "out", self.out_chs)
+        _check_stride(where, self.stride)
+        _check_kernel(where, self.kernel_size)
+        _check_int(where, "L", self.depth)
+        _check_int(where, "btn", self.bottleneck_chs)
+
+    def to_authors(self) -> dict[str, Any]:
+        return {
+            "class": STAGE_CLASSES[0],
+            "in": self.in_chs,
+            "out": self.out_chs,
+            "s": self.stride,
+            "k": self.kernel_size,
+            "L": self.depth,
+            "btn": self.bottleneck_chs,
+        }
+
+
+@dataclass(frozen=True)
+class FeaturePoint:
+    """A detection feature (C2..C5): the output of block ``block_index`` (0 = stem, i = stages[i-1])."""
+
+    name: str
+    block_index: int
+    num_chs: int
+    reduction: int
+
+
+@dataclass(frozen=True)
+class Structure:
+    """An immutable, validated backbone description: a stem and one or more stages."""
+
+    stem: Stem
+    stages: tuple[Stage, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stem, Stem):
+            raise ValueError("block 0: the first block must be a ConvKXBNRELU stem.")
+        stages = tuple(self.stages)
+        object.__setattr__(self, "stages", stages)
+        if not stages:
+            raise ValueError("structure: it needs at least one SuperResK1KXK1 stage after the stem.")
+        prev_out = self.stem.out_chs
+        for i, stage in enumerate(stages, start=1):
+            if not isinstance(stage, Stage):
+                raise ValueError(f"block {i}: every block after the stem must be a SuperResK1KXK1 stage.")
+            if stage.in_chs != prev_out:
+                raise ValueError(
+                    f"block {i} ({STAGE_CLASSES[0]}): field 'in' is {stage.in_chs} but the previous block's "
+                    f"'out' is {prev_out}."
+                )
+            prev_out = stage.out_chs
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_blocks(cls, blocks: Any) -> Structure:
+        """Build from the authors' block list (dicts with 'class', 'in', 'out', 's', 'k', 'L', 'btn')."""
+        if not isinstance(blocks, (list, tuple)):
+            raise ValueError(f"structure: expected a list of blocks, got {type(blocks).__name__}.")
+        if not blocks:
+            raise ValueError("structure: the block list is empty.")
+        parsed_stem: Stem | None = None
+        stages: list[Stage] = []
+        for i, block in enumerate(blocks):
+            if not isinstance(block, Mapping):
+                raise ValueError(f"block {i}: expected a dict, got {type(block).__name__}.")
+            cls_name = block.get("class")
+            where = f"block {i} ({cls_name})"
+            if i == 0:
+                if cls_name != STEM_CLASS:
+                    raise ValueError(f"block 0: field 'class' must be '{STEM_CLASS}' for the stem, got {cls_name!r}.")
+                _require(where, block, ("in", "out", "s", "k"))
+                parsed_stem = Stem(block["in"], block["out"], block["s"], block["k"])
+            else:
+                if cls_name not in STAGE_CLASSES:
+                    raise ValueError(
+                        f"block {i}: field 'class' must be one of {', '.join(STAGE_CLASSES)}, got {cls_name!r}."
+                    )
+                _require(where, block, ("in", "out", "s", "k", "L", "btn"))
+                stages.append(
+                    Stage(block["in"], block["out"], block["s"], block["k"], block["L"], block["btn"], index=i)
+                )
+        assert parsed_stem is not None
+        return cls(parsed_stem, tuple(stages))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Structure:
+        """Accept our JSON object, ``{'structure': [...]}``, ``{'best_structures': [[...]]}`` or a bare list."""
+        if isinstance(data, Structure):
+            return data
+        if isinstance(data, (list, tuple)):
+            return cls.from_blocks(data)
+        if not isinstance(data, Mapping):
+            raise ValueError(f"structure: expected a list of blocks or a dict, got {type(data).__name__}.")
+        if "blocks" in data:
+            return cls.from_blocks(data["blocks"])
+        if "structure" in data:
+            return cls.from_dict(data["structure"])
+        if "best_structures" in data:
+            best = data["best_structures"]
+            if isinstance(best, (list, tuple)) and best and isinstance(best[0], (list, tuple)):
+                best = best[0]
+            return cls.from_blocks(best)
+        raise ValueError("structure: the dict has none of the keys 'blocks', 'structure' or 'best_structures'.")
+
+    @classmethod
+    def from_text(cls, text: str) -> Structure:
+        """Parse JSON, or the authors' Python-literal format (``ast.literal_eval``; never executed)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            literal = re.sub(r"^\s*[A-Za-z_]\w*\s*=\s*", "", text.strip(), count=1)
+            try:
+                data = ast.literal_eval(literal)
+            except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+                raise ValueError(f"structure: the text is neither JSON nor a Python literal ({exc}).") from None
+        return cls.from_dict(data)
+
+    # ---------------------------------------------------------------- output
+    def to_authors(self) -> list[dict[str, Any]]:
+        """The authors' block list."""
+        return [self.stem.to_authors(), *(s.to_authors() for s in self.stages)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Our JSON object (the format ``best.json`` and the hub's config.json use)."""
+        return {"format": "maedet-structure/1", "blocks": self.to_authors()}
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_authors_text(self) -> str:
+        """The authors' ``best_structure.txt`` format: a Python literal that their ``ast.literal_eval`` reads."""
+        blocks = ",\n".join(repr(b) for b in self.to_authors())
+        return "{'space_arch': 'CnnNet', 'best_structures': [[\n" + blocks + "\n]]}\n"
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write JSON (or the authors' format for a ``.txt`` path) atomically."""
+        path = Path(path)
+        text = self.to_authors_text() if path.suffix == ".txt" else self.to_json() + "\n"
+        atomic_write_text(path, text)
+
+    # ---------------------------------------------------------------- derived facts
+    @property
+    def blocks(self) -> tuple[Stem | Stage, ...]:
+        return (self.stem, *self.stages)
+
+    @property
+    def num_features(self) -> int:
+        return self.stages[-1].out_chs
+
+    def with_in_chans(self, in_chans: int) -> Structure:
+        """The same backbone for a different number of input channels."""
+        if in_chans == self.stem.in_chs:
+            return self
+        stem = Stem(in_chans, self.stem.out_chs, self.stem.stride, self.stem.kernel_size)
+        return Structure(stem, self.stages)
+
+    def feature_points(self, min_reduction: int = 4) -> tuple[FeaturePoint, ...]:
+        """C2..C5: the last block before each stride-2 block, and the final block (DESIGN.md §2)."""
+        blocks = self.blocks
+        points: list[FeaturePoint] = []
+        reduction = 1
+        for i, block in enumerate(blocks):
+            reduction *= block.stride
+            is_last = i == len(blocks) - 1
+            if (is_last or blocks[i + 1].stride == 2) and reduction >= min_reduction:
+                level = reduction.bit_length() - 1
+                points.append(FeaturePoint(f"c{level}", i, block.out_chs, reduction))
+        return tuple(points)
+
+
+def _require(where: str, block: Mapping[str, Any], keys: Iterable[str]) -> None:
+    for key in keys:
+        if key not in block:
+            raise ValueError(f"{where}: field '{key}' is missing.")
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write to a temporary name beside ``path``, then rename, so a reader never sees half a file."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def builtin_structure(name: str) -> Structure:
+    """A published structure shipped with the package: maedet_s, maedet_m, maedet_l or r50_like_init."""
+    key = name.replace("-", "_").lower()
+    if key not in BUILTIN_NAMES:
+        raise ValueError(f"unknown built-in structure {name!r}; choose one of {', '.join(BUILTIN_NAMES)}.")
+    return Structure.from_text((_BUILTIN_DIR / f"{key}.json").read_text())
+
+
+def load_structure(source: Structure | Mapping[str, Any] | Sequence[Any] | str | os.PathLike[str]) -> Structure:
+    """A Structure from a Structure, a dict or list, a built-in name, or a path to JSON / the authors' txt."""
+    if isinstance(source, Structure):
+        return source
+    if isinstance(source, (Mapping, list, tuple)):
+        return Structure.from_dict(source)
+    if isinstance(source, str) and source.replace("-", "_").lower() in BUILTIN_NAMES:
+        return builtin_structure(source)
+    path = Path(source)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ValueError(f"cannot read structure file {str(path)!r}: {reason}.") from None
+    try:
+        return Structure.from_text(text)
+    except ValueError as exc:
+        raise ValueError(f"{path.name}: {exc}") from None
