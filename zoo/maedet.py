@@ -11,7 +11,8 @@ the bare TinyNAS layout, and our own) onto this module exactly, so ``pretrained=
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
