@@ -180,6 +180,8 @@ class Structure:
         if isinstance(data, Structure):
             return data
         if isinstance(data, (list, tuple)):
+            if data and isinstance(data[0], (list, tuple)):  # the authors' list of structures: take the best
+                data = data[0]
             return cls.from_blocks(data)
         if not isinstance(data, Mapping):
             raise ValueError(f"structure: expected a list of blocks or a dict, got {type(data).__name__}.")
@@ -188,10 +190,7 @@ class Structure:
         if "structure" in data:
             return cls.from_dict(data["structure"])
         if "best_structures" in data:
-            best = data["best_structures"]
-            if isinstance(best, (list, tuple)) and best and isinstance(best[0], (list, tuple)):
-                best = best[0]
-            return cls.from_blocks(best)
+            return cls.from_dict(data["best_structures"])
         raise ValueError("structure: the dict has none of the keys 'blocks', 'structure' or 'best_structures'.")
 
     @classmethod

@@ -1,0 +1,55 @@
+"""Shared test helpers: the authors' checkpoint layout, built from the reference key list."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+
+
+def authors_state_dict(size: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A backbone state dict in the authors' exact key layout and shapes (random values, sane BN stats)."""
+    keys = json.loads((DATA / "official_checkpoint_keys" / f"maedet_{size}.json").read_text())["keys"]
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for key, shape in keys.items():
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.tensor(1000, dtype=torch.long)
+        elif key.endswith("running_var"):
+            out[key] = torch.rand(shape, generator=gen) + 0.5
+        elif key.endswith(("bn1.weight", "running_mean", "bn1.bias")):
+            out[key] = torch.randn(shape, generator=gen) * 0.1 + (1.0 if key.endswith("weight") else 0.0)
+        else:
+            fan_in = max(1, int(torch.tensor(shape[1:]).prod())) if len(shape) > 1 else 1
+            out[key] = torch.randn(shape, generator=gen) * (2.0 / fan_in) ** 0.5
+    return out
+
+
+def authors_checkpoint(size: str, seed: int = 0) -> dict:
+    """The whole mmdetection checkpoint: meta, backbone, neck and head keys, like the authors' latest.pth."""
+    state = authors_state_dict(size, seed)
+    state["neck.lateral_convs.0.conv.weight"] = torch.randn(96, 48, 1, 1)
+    state["bbox_head.gfl_cls.weight"] = torch.randn(80, 96, 3, 3)
+    state["bbox_head.gfl_cls.bias"] = torch.randn(80)
+    return {"meta": {"epoch": 24, "mmdet_version": "2.x", "CLASSES": ("person", "bicycle")}, "state_dict": state}
+
+
+@pytest.fixture(scope="session")
+def authors_checkpoint_file(tmp_path_factory: pytest.TempPathFactory):
+    """Factory: path to an authors'-layout latest.pth for size 's', 'm' or 'l' (written once per session)."""
+    root = tmp_path_factory.mktemp("authors_ckpt")
+    made: dict[str, Path] = {}
+
+    def make(size: str) -> Path:
+        if size not in made:
+            path = root / f"maedet-{size}" / "latest.pth"
+            path.parent.mkdir()
+            torch.save(authors_checkpoint(size), path)
+            made[size] = path
+        return made[size]
+
+    return make
