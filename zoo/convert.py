@@ -13,6 +13,7 @@ import pickle
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,19 +43,30 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         except (SafetensorError, OSError) as exc:
             raise ValueError(f"checkpoint {path.name} is not a readable safetensors file ({exc}).") from None
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on its way to refusing them
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "unsupported global" not in str(exc).lower():  # corrupt data, not a refused Python object
-            raise ValueError(f"checkpoint {path.name} is not a readable PyTorch checkpoint ({exc}).") from None
         raise ValueError(
-            f"checkpoint {path.name} holds Python objects beyond tensors and plain containers, so it was refused: "
-            "only weights_only=True loads are allowed for untrusted files."
+            f"checkpoint {path.name} was refused: it does not load as plain weights with weights_only=True "
+            f"({_reason(exc)}); only tensors and plain containers are accepted from untrusted files."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ValueError(f"checkpoint {path.name} is not a readable PyTorch checkpoint ({exc}).") from None
+        raise ValueError(f"checkpoint {path.name} is not a readable PyTorch checkpoint ({_reason(exc)}).") from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {path.name} holds a {type(checkpoint).__name__}, not a state dict.")
     return checkpoint
+
+
+def _reason(exc: BaseException) -> str:
+    """One short line out of torch's multi-paragraph load errors."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    marker = "WeightsUnpickler error:"
+    for i, line in enumerate(lines):
+        if marker in line:
+            tail = line.split(marker, 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            return tail[:200].rstrip(".")
+    return (lines[0] if lines else type(exc).__name__)[:200].rstrip(".")
 
 
 def build_model(model_name: str, structure: Structure | str | os.PathLike[str] | None = None) -> MaeDet:

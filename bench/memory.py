@@ -1,0 +1,98 @@
+"""Peak memory of a model's first runs, measured the way each device allows (and labelled with how).
+
+* CPU: the rise of the process's peak resident set (Linux VmHWM, reset through /proc/self/clear_refs after
+  returning freed heap to the OS with malloc_trim) above what was resident before the runs: activations and
+  runtime workspace; weights loaded earlier are excluded.
+* CUDA, PyTorch: torch.cuda.max_memory_allocated above what was allocated before the runs.
+* CUDA, ONNX Runtime / TensorRT: their allocators are not torch's, so the rise of device memory in use
+  (torch.cuda.mem_get_info, the whole GPU) during the runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+from pathlib import Path
+
+__all__ = ["MEMORY_KINDS", "PeakMemory"]
+
+MEMORY_KINDS = {
+    "cpu-rss-rise": "CPU: rise of process peak RSS during warm-up runs (activations + workspace, weights excluded)",
+    "cuda-max-allocated": "CUDA: torch max allocated rise during warm-up runs (activations + workspace)",
+    "cuda-used-rise": "CUDA: rise of GPU memory in use during warm-up runs (whole device, runtime allocator)",
+}
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _malloc_trim() -> None:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL(name).malloc_trim(0)
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class PeakMemory:
+    """Context manager: ``with PeakMemory(kind) as m: ...``; then ``m.megabytes`` (None if not measurable)."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in MEMORY_KINDS:
+            raise ValueError(f"unknown memory kind {kind!r}")
+        self.kind = kind
+        self.megabytes: float | None = None
+        self._base = 0
+        self._ok = False
+
+    def __enter__(self) -> PeakMemory:
+        if self.kind == "cpu-rss-rise":
+            _malloc_trim()
+            self._ok = _reset_peak_rss()
+            self._base = _status_kb("VmRSS") or 0
+        else:
+            import torch
+
+            torch.cuda.synchronize()
+            if self.kind == "cuda-max-allocated":
+                torch.cuda.reset_peak_memory_stats()
+                self._base = torch.cuda.memory_allocated()
+            else:
+                free, total = torch.cuda.mem_get_info()
+                self._base = total - free
+            self._ok = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._ok or exc[0] is not None:
+            return
+        if self.kind == "cpu-rss-rise":
+            peak = _status_kb("VmHWM")
+            self.megabytes = max(0, peak - self._base) / 1024 if peak is not None else None
+            return
+        import torch
+
+        torch.cuda.synchronize()
+        if self.kind == "cuda-max-allocated":
+            self.megabytes = max(0, torch.cuda.max_memory_allocated() - self._base) / 2**20
+        else:
+            free, total = torch.cuda.mem_get_info()
+            self.megabytes = max(0, (total - free) - self._base) / 2**20

@@ -1,0 +1,284 @@
+"""Results out: a rich table, JSON, CSV and the Figure-1-style plot (latency vs GMACs, speedup bars).
+
+Every output says what its numbers are: latencies are this machine's (the machine line is printed with them),
+speedups are ratios measured side by side in the same run, published figures are marked as published.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from maedet.zoo.structure import atomic_write_bytes, atomic_write_text
+
+from .errors import BenchError
+from .machine import machine_line
+from .memory import MEMORY_KINDS
+from .models import REFERENCE_MODELS, display_name
+from .published import PUBLISHED_HEADLINE, PUBLISHED_SOURCE
+from .runner import BenchResult, BenchRow
+
+__all__ = ["CSV_COLUMNS", "csv_rows", "render_table", "write_csv", "write_json", "write_plot"]
+
+CSV_COLUMNS = (
+    "model",
+    "backend",
+    "precision",
+    "device",
+    "batch",
+    "input",
+    "params",
+    "gmacs",
+    "latency_median_ms",
+    "latency_p90_ms",
+    "latency_spread_pct",
+    "samples",
+    "throughput",
+    "speedup_resnet50",
+    "speedup_resnet101",
+    "peak_memory_mb",
+    "memory_kind",
+    "published_coco_ap",
+    "published_params_m",
+    "published_gflops",
+)
+
+
+def _check_parent(path: Path) -> None:
+    if not path.parent.is_dir():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BenchError(f"cannot create folder {str(path.parent)!r} for {str(path)!r}: {exc.strerror}.") from None
+
+
+def write_json(result: BenchResult, path: str | os.PathLike[str]) -> Path:
+    """One object: ``machine``, ``config``, ``results`` (rows), ``skipped``, ``memory_kinds``; written atomically."""
+    path = Path(path)
+    _check_parent(path)
+    atomic_write_text(path, json.dumps(result.to_dict(), indent=2) + "\n")
+    return path
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}g}" if digits else str(value)
+
+
+def csv_rows(result: BenchResult) -> list[dict[str, Any]]:
+    out = []
+    for r in result.results:
+        pub = r.published or {}
+        out.append(
+            {
+                "model": r.model,
+                "backend": r.backend,
+                "precision": r.precision,
+                "device": r.device,
+                "batch": r.batch,
+                "input": f"{r.input[0]}x{r.input[1]}",
+                "params": r.params,
+                "gmacs": round(r.gmacs, 4),
+                "latency_median_ms": round(r.latency.median, 3),
+                "latency_p90_ms": round(r.latency.p90, 3),
+                "latency_spread_pct": round(r.latency.spread_pct, 2),
+                "samples": r.latency.samples,
+                "throughput": round(r.throughput, 3),
+                "speedup_resnet50": "" if r.speedup.get("resnet50") is None else round(r.speedup["resnet50"], 4),
+                "speedup_resnet101": "" if r.speedup.get("resnet101") is None else round(r.speedup["resnet101"], 4),
+                "peak_memory_mb": "" if r.peak_memory_mb is None else round(r.peak_memory_mb, 1),
+                "memory_kind": r.memory_kind,
+                "published_coco_ap": pub.get("coco_ap", ""),
+                "published_params_m": pub.get("params_m", ""),
+                "published_gflops": pub.get("gflops", ""),
+            }
+        )
+    return out
+
+
+def write_csv(result: BenchResult, path: str | os.PathLike[str]) -> Path:
+    """One line per row, columns CSV_COLUMNS (published_* empty unless --paper); written atomically."""
+    path = Path(path)
+    _check_parent(path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(result))
+    atomic_write_text(path, buffer.getvalue())
+    return path
+
+
+def _speedup_text(value: float | None) -> str:
+    if value is None:
+        return "–"
+    colour = "green" if value > 1.0 else "red" if value < 1.0 else ""
+    text = f"{value:.2f}×"
+    return f"[{colour}]{text}[/]" if colour else text
+
+
+def render_table(result: BenchResult, paper: bool | None = None) -> Any:
+    """A rich Table of every row, titled with the machine line; skipped backends and units in the caption."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    paper = result.paper if paper is None else paper
+    table = Table(title=f"maedet-bench · {machine_line(result.machine)}", title_justify="left")
+    for name, justify in (
+        ("model", "left"),
+        ("backend", "left"),
+        ("input", "right"),
+        ("params (M)", "right"),
+        ("GMACs", "right"),
+        ("median ms", "right"),
+        ("p90 ms", "right"),
+        ("spread", "right"),
+        ("runs", "right"),
+        ("img/s", "right"),
+        ("mem MB", "right"),
+        ("vs R50", "right"),
+        ("vs R101", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    if paper:
+        for name in ("AP (pub.)", "GFLOPs (pub.)"):
+            table.add_column(name, justify="right", style="dim")
+    previous: tuple[str, int, tuple[int, int]] | None = None
+    for r in result.results:
+        group = (r.backend, r.batch, r.input)
+        if previous is not None and group != previous:
+            table.add_section()
+        previous = group
+        name = escape(display_name(r.model))
+        cells = [
+            f"[bold]{name}[/]" if r.model in REFERENCE_MODELS else name,
+            r.backend,
+            f"{r.batch}×{r.input[0]}×{r.input[1]}",
+            f"{r.params / 1e6:.1f}",
+            f"{r.gmacs:.1f}",
+            f"{r.latency.median:.1f}",
+            f"{r.latency.p90:.1f}",
+            f"{r.latency.spread_pct:.0f}%",
+            str(r.latency.samples),
+            f"{r.throughput:.1f}",
+            "–" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}",
+            _speedup_text(r.speedup.get("resnet50")),
+            _speedup_text(r.speedup.get("resnet101")),
+        ]
+        if paper:
+            pub = r.published or {}
+            cells += [str(pub.get("coco_ap", "–")), str(pub.get("gflops", "–"))]
+        table.add_row(*cells)
+    notes = [
+        "GMACs: conv+linear per image. Latency: per batch, median/p90 over interleaved rounds; spread = IQR/median. "
+        "vs R50/R101: ResNet latency ÷ model latency on the same backend, same run.",
+    ]
+    notes += [f"mem: {MEMORY_KINDS[k]}" for k in sorted({r.memory_kind for r in result.results})]
+    if paper:
+        notes += [f"AP/GFLOPs (pub.): {PUBLISHED_SOURCE}", PUBLISHED_HEADLINE]
+    for s in result.skipped:
+        notes.append(f"skipped {s.backend}{f' ({s.model})' if s.model else ''}: {s.reason}")
+    table.caption = escape("\n".join(notes))
+    table.caption_justify = "left"
+    return table
+
+
+def _group_rows(result: BenchResult) -> dict[tuple[str, int, tuple[int, int]], list[BenchRow]]:
+    groups: dict[tuple[str, int, tuple[int, int]], list[BenchRow]] = {}
+    for r in result.results:
+        groups.setdefault((r.backend, r.batch, r.input), []).append(r)
+    return groups
+
+
+def write_plot(result: BenchResult, path: str | os.PathLike[str]) -> Path:
+    """Left: median latency against GMACs per backend, ResNets marked. Right: speedup vs ResNet-50 bars.
+
+    In the spirit of the paper's Figure 1; the title carries the machine line, the axes their units.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not result.results:
+        raise BenchError("there are no measured rows to plot.")
+    path = Path(path)
+    _check_parent(path)
+    groups = _group_rows(result)
+    fig, (ax_lat, ax_bar) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [1.1, 1]})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, ((backend, batch, size), rows) in enumerate(groups.items()):
+        colour = colours[i % len(colours)]
+        rows = sorted(rows, key=lambda r: r.gmacs)
+        label = f"{backend} ({batch}×{size[0]}×{size[1]})"
+        ours = [r for r in rows if r.model not in REFERENCE_MODELS]
+        refs = [r for r in rows if r.model in REFERENCE_MODELS]
+        if ours:
+            ax_lat.plot([r.gmacs for r in ours], [r.latency.median for r in ours], "o-", color=colour, label=label)
+        if refs:
+            ax_lat.scatter(
+                [r.gmacs for r in refs],
+                [r.latency.median for r in refs],
+                marker="s",
+                s=80,
+                facecolors="none",
+                edgecolors=colour,
+                linewidths=2,
+                label=None if ours else label,
+            )
+        for r in rows:
+            ax_lat.annotate(
+                display_name(r.model),
+                (r.gmacs, r.latency.median),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=8,
+            )
+            ax_lat.errorbar(
+                r.gmacs,
+                r.latency.median,
+                yerr=[[0], [max(0.0, r.latency.p90 - r.latency.median)]],
+                color=colour,
+                alpha=0.4,
+                capsize=2,
+            )
+    ax_lat.scatter([], [], marker="s", facecolors="none", edgecolors="black", label="ResNet (reference)")
+    ax_lat.set_xlabel("GMACs per image (conv + linear)")
+    ax_lat.set_ylabel("median latency per batch (ms), bar to p90")
+    ax_lat.set_title("Latency vs compute (C2..C5 backbones)")
+    ax_lat.grid(alpha=0.3)
+    ax_lat.legend(fontsize=8)
+
+    models = list(dict.fromkeys(r.model for r in result.results))
+    width = 0.8 / max(1, len(groups))
+    for i, ((backend, batch, size), rows) in enumerate(groups.items()):
+        by_model = {r.model: r.speedup.get("resnet50") for r in rows}
+        xs = [m + (i - (len(groups) - 1) / 2) * width for m in range(len(models))]
+        values = [by_model.get(m) or 0.0 for m in models]
+        bars = ax_bar.bar(
+            xs, values, width=width, color=colours[i % len(colours)], label=f"{backend} ({batch}×{size[0]}×{size[1]})"
+        )
+        for bar, m in zip(bars, models, strict=True):
+            if by_model.get(m):
+                ax_bar.annotate(
+                    f"{by_model[m]:.2f}×",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+    ax_bar.axhline(1.0, color="black", linewidth=1, linestyle="--")
+    ax_bar.set_xticks(range(len(models)), [display_name(m) for m in models], rotation=20)
+    ax_bar.set_ylabel("speedup vs ResNet-50 (same backend, same run)")
+    ax_bar.set_title("Speedup vs ResNet-50 (higher is faster)")
+    ax_bar.grid(axis="y", alpha=0.3)
+    ax_bar.legend(fontsize=8)
+    fig.suptitle(f"maedet-bench — {machine_line(result.machine)}", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

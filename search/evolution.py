@@ -1,0 +1,320 @@
+"""The evolutionary search: a population of genomes, mutated, budget-checked, scored, ranked (DESIGN.md §4).
+
+Determinism: all randomness comes from one explicitly seeded ``random.Random``; candidates are proposed in batches
+of a fixed size and merged in proposal order, so the result does not depend on how many workers score a batch.
+The whole state (population, RNG state, counters, seen set, history) is checkpointed at batch boundaries, which is
+why a resumed run ends exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maedet.zoo import Structure
+from maedet.zoo.structure import atomic_write_text
+
+from .budget import Budget
+from .executors import Executor, SerialExecutor
+from .fast import GenomeEvaluator
+from .score import DEFAULT_RATIOS, ScoreResult, forward_score
+from .space import Genome, SearchSpace
+
+__all__ = ["CHECKPOINT_NAME", "ForwardOptions", "Search", "SearchError", "SearchSettings"]
+
+CHECKPOINT_NAME = "checkpoint.json"
+CHECKPOINT_FORMAT = "maedet-search-checkpoint/1"
+MAX_EXTRA_MUTATIONS = 30
+
+
+class SearchError(ValueError):
+    """Bad settings or a state the search cannot continue from (reported as one sentence, exit code 2)."""
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    """Settings of the paper's forward score when ``score == 'forward'``."""
+
+    batch: int = 8
+    resolution: int = 224
+    repeats: int = 4
+    seed: int = 0
+    device: str = "cpu"
+
+    def score(self, structure: Structure, ratios: Sequence[float]) -> ScoreResult:
+        """The forward score of ``structure`` with these settings."""
+        return forward_score(
+            structure,
+            ratios,
+            batch=self.batch,
+            resolution=self.resolution,
+            repeats=self.repeats,
+            seed=self.seed,
+            device=self.device,
+        )
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that determines a search's result (``iterations`` only says where it ends)."""
+
+    init: Structure
+    budget: Budget
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    population: int = 256
+    iterations: int = 100_000
+    seed: int = 0
+    score: str = "closed-form"
+    forward: ForwardOptions = field(default_factory=ForwardOptions)
+    batch: int = 32
+    mutations: int = 2  # mutations per child drawn from 1..mutations (one step often only moves along a wall)
+    elite: float = 0.25  # half of the parents are drawn from this top fraction of the population
+    checkpoint_every: int = 5000
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the checkpoint (iterations may grow)."""
+        return {
+            "init": self.init.to_dict(),
+            "budget": self.budget.to_dict(),
+            "ratios": list(self.ratios),
+            "population": self.population,
+            "seed": self.seed,
+            "score": self.score,
+            "forward": asdict(self.forward) if self.score == "forward" else None,
+            "batch": self.batch,
+            "mutations": self.mutations,
+            "elite": self.elite,
+        }
+
+
+class ForwardScorer:
+    """Picklable: scores a genome with the forward method (used by process and Ray executors)."""
+
+    def __init__(self, space: SearchSpace, ratios: Sequence[float], options: ForwardOptions) -> None:
+        self.space, self.ratios, self.options = space, tuple(ratios), options
+
+    def __call__(self, genome: Genome) -> float:
+        return self.options.score(self.space.decode(genome), self.ratios).score
+
+
+@dataclass
+class HistoryRow:
+    candidates: int
+    best_score: float
+    worst_score: float
+    population: int
+    wall_s: float
+
+
+class Search:
+    """One search run; ``run`` advances it, ``checkpoint``/``resume`` make it survive interruption."""
+
+    def __init__(self, settings: SearchSettings) -> None:
+        self.settings = settings
+        self._validate(settings)
+        self.space = SearchSpace.from_structure(settings.init, settings.budget.resolution)
+        self.evaluator = GenomeEvaluator(self.space, settings.ratios)
+        init = self.space.encode(settings.init)
+        over = settings.budget.violations(settings.init)
+        if over:
+            raise SearchError(f"the initial structure is over budget: {'; '.join(over)}.")
+        self.rng = random.Random(settings.seed)
+        self.candidates = 0
+        self.wall_s = 0.0
+        self.history: list[HistoryRow] = []
+        self.seen: set[int] = {hash(init)}
+        self._keys: list[tuple[float, Genome]] = []  # (-score, genome), sorted: best first, ties by genome
+        self._insert(self._score_batch([init], SerialExecutor())[0], init)
+        self.candidates = 1
+
+    @staticmethod
+    def _validate(s: SearchSettings) -> None:
+        if s.population < 1 or s.batch < 1 or s.iterations < 1 or s.mutations < 1 or s.checkpoint_every < 1:
+            raise SearchError("population, batch, iterations, mutations and checkpoint-every must be at least 1.")
+        if not 0.0 < s.elite <= 1.0:
+            raise SearchError(f"elite must be a fraction in (0, 1], got {s.elite}.")
+        if s.score not in ("closed-form", "forward"):
+            raise SearchError(f"unknown score {s.score!r}; choose closed-form or forward.")
+        min_layers = 1 + 3 * len(s.init.stages)
+        if s.budget.layers is not None and s.budget.layers < min_layers:
+            raise SearchError(
+                f"impossible budget: {s.budget.layers} conv layers, but a structure with "
+                f"{len(s.init.stages)} stages needs at least {min_layers}."
+            )
+
+    # ------------------------------------------------------------------ population
+    @property
+    def population(self) -> list[tuple[float, Genome]]:
+        """(score, genome), best first."""
+        return [(-neg, g) for neg, g in self._keys]
+
+    @property
+    def best(self) -> tuple[float, Genome]:
+        neg, genome = self._keys[0]
+        return -neg, genome
+
+    def _insert(self, score: float, genome: Genome) -> None:
+        key = (-score, genome)
+        if len(self._keys) >= self.settings.population:
+            if key >= self._keys[-1]:
+                return
+            self._keys.pop()
+        bisect.insort(self._keys, key)
+
+    # ------------------------------------------------------------------ scoring
+    def scorer(self) -> Callable[[Genome], float]:
+        s = self.settings
+        if s.score == "forward":
+            return ForwardScorer(self.space, s.ratios, s.forward)
+        return self.evaluator.score
+
+    def _score_batch(self, genomes: list[Genome], executor: Executor) -> list[float]:
+        return list(executor.map(self.scorer(), genomes))
+
+    # ------------------------------------------------------------------ evolution
+    def _pick_parent(self) -> Genome:
+        rng, keys = self.rng, self._keys
+        if rng.random() < 0.5:
+            top = max(1, int(len(keys) * self.settings.elite))
+            return keys[int(rng.random() * top)][1]
+        return keys[int(rng.random() * len(keys))][1]
+
+    def _propose(self, count: int) -> list[Genome]:
+        """``count`` new, within-budget, never-seen children (rejected proposals are not candidates).
+
+        When the population's neighbourhood is used up (every child already seen or over budget), the number of
+        mutations per child grows, so a converged population still finds new structures.
+        """
+        space, rng, budget, evaluator, seen = self.space, self.rng, self.settings.budget, self.evaluator, self.seen
+        children: list[Genome] = []
+        fresh: set[int] = set()
+        failures = 0
+        max_mutations = self.settings.mutations
+        while len(children) < count:
+            child: Genome | None = self._pick_parent()
+            for _ in range(1 + int(rng.random() * max_mutations)):
+                child = space.mutate(child, rng) or child
+            h = hash(child)
+            if h in seen or h in fresh or not budget.admits(evaluator, child):
+                failures += 1
+                if failures % 2000 == 0:
+                    max_mutations += 1
+                    if max_mutations > self.settings.mutations + MAX_EXTRA_MUTATIONS:
+                        raise SearchError(
+                            "the search found no new structure within budget in "
+                            f"{failures:,} tries; the budget is too tight for this initial structure."
+                        )
+                continue
+            fresh.add(h)
+            children.append(child)
+        return children
+
+    def run(
+        self,
+        executor: Executor | None = None,
+        *,
+        stop: Callable[[], bool] | None = None,
+        progress: Callable[[Search], None] | None = None,
+        checkpoint_dir: str | Path | None = None,
+    ) -> Search:
+        """Evaluate candidates until ``settings.iterations`` or until ``stop()`` says so (checked between batches).
+
+        A checkpoint is written atomically every ``checkpoint_every`` candidates and when the run stops (always at a
+        full-batch boundary, so resuming with the same or a larger ``iterations`` matches an uninterrupted run).
+        """
+        executor = executor or SerialExecutor()
+        s = self.settings
+        next_checkpoint = (self.candidates // s.checkpoint_every + 1) * s.checkpoint_every
+        started = time.perf_counter() - self.wall_s
+        partial = False
+        while self.candidates < s.iterations:
+            if stop is not None and stop():
+                break
+            count = min(s.batch, s.iterations - self.candidates)
+            partial = count < s.batch
+            if partial and checkpoint_dir is not None:
+                # The last, short batch is never checkpointed: a resume with more iterations replays it whole,
+                # exactly as an uninterrupted longer run would have proposed it.
+                self.checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME)
+            children = self._propose(count)
+            scores = self._score_batch(children, executor)
+            for child, score in zip(children, scores, strict=True):
+                self.seen.add(hash(child))
+                self._insert(score, child)
+            self.candidates += len(children)
+            self.wall_s = time.perf_counter() - started
+            self.history.append(
+                HistoryRow(self.candidates, -self._keys[0][0], -self._keys[-1][0], len(self._keys), self.wall_s)
+            )
+            if progress is not None:
+                progress(self)
+            if checkpoint_dir is not None and not partial and self.candidates >= next_checkpoint:
+                self.checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME)
+                next_checkpoint = (self.candidates // s.checkpoint_every + 1) * s.checkpoint_every
+        self.wall_s = time.perf_counter() - started
+        if checkpoint_dir is not None and not partial:
+            self.checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME)
+        return self
+
+    @property
+    def finished(self) -> bool:
+        return self.candidates >= self.settings.iterations
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = self.rng.getstate()
+        seen = np.array(sorted(self.seen), dtype=np.int64)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "settings": self.settings.fingerprint(),
+            "candidates": self.candidates,
+            "wall_s": self.wall_s,
+            "population": [[-neg, list(g)] for neg, g in self._keys],
+            "rng": [version, list(internal), gauss],
+            "seen": base64.b64encode(seen.tobytes()).decode("ascii"),
+            "history": [asdict(row) for row in self.history],
+        }
+
+    def checkpoint(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.state_dict()))
+
+    @classmethod
+    def resume(cls, settings: SearchSettings, path: str | Path) -> Search:
+        """Continue from a checkpoint; the settings must be those it was written with (iterations may differ)."""
+        path = Path(path)
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SearchError(f"cannot read the checkpoint {str(path)!r} ({type(exc).__name__}).") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise SearchError(f"{str(path)!r} is not a maedet-search checkpoint.")
+        # JSON turns tuples into lists: compare through the same round trip
+        if state["settings"] != json.loads(json.dumps(settings.fingerprint())):
+            raise SearchError("the checkpoint was written with different search settings; resume with the same ones.")
+        search = cls(settings)
+        try:
+            search.candidates = int(state["candidates"])
+            search.wall_s = float(state["wall_s"])
+            search._keys = sorted(
+                (-float(score), tuple(int(v) for v in genome)) for score, genome in state["population"]
+            )
+            version, internal, gauss = state["rng"]
+            search.rng.setstate((version, tuple(internal), gauss))
+            seen = np.frombuffer(base64.b64decode(state["seen"]), dtype=np.int64)
+            search.seen = {int(v) for v in seen}
+            search.history = [HistoryRow(**row) for row in state["history"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SearchError(f"the checkpoint {str(path)!r} is damaged ({exc}).") from None
+        return search
+
+    def structure(self, genome: Genome) -> Structure:
+        return self.space.decode(genome)

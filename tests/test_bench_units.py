@@ -1,0 +1,201 @@
+"""maedet.bench: backend detection, the row math (stats, speedups, GMACs/params) and model parsing."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from maedet.bench import (
+    BACKENDS,
+    BenchError,
+    LatencyStats,
+    ModelSpec,
+    compute_speedups,
+    detect_backends,
+    model_cost,
+    parse_model,
+    resolve_backends,
+    run_interleaved,
+    summarize,
+)
+from maedet.bench.backends import CPU_DEFAULT, GPU_BACKENDS, unavailable_reason
+from maedet.bench.runner import BenchRow
+from maedet.bench.timing import choose_iterations, percentile
+from maedet.zoo import builtin_structure, gmacs, param_count
+
+# DESIGN.md §2: exact params of the published structures, and the timm/fvcore convention ResNet-50 @224 = 4.1 GMACs.
+DESIGN_PARAMS = {"maedet_s": 21_233_120, "maedet_m": 25_843_536, "maedet_l": 43_879_552}
+
+
+# ----------------------------------------------------------------------------------------------- backends
+def test_every_backend_is_reported_with_a_reason_or_as_available() -> None:
+    statuses = detect_backends()
+    assert [s.backend.name for s in statuses] == list(BACKENDS)
+    for s in statuses:
+        assert s.available == (s.reason is None)
+        if not s.available:
+            assert len(s.reason) > 10 and "\n" not in s.reason
+
+
+def test_cpu_backends_are_available_here() -> None:
+    # torch and onnxruntime (with its quantization tools) are dependencies of the project.
+    for name in ("torch-eager", "torch-eager-cl", "ort-cpu", "ort-cpu-int8"):
+        assert unavailable_reason(BACKENDS[name]) is None, name
+
+
+def test_cuda_backends_follow_what_torch_sees() -> None:
+    for name in ("torch-cuda", "torch-cuda-fp16", "torch-cuda-cl-fp16"):
+        reason = unavailable_reason(BACKENDS[name])
+        assert (reason is None) == torch.cuda.is_available()
+        if reason is not None:
+            assert "CUDA" in reason
+
+
+def test_ort_gpu_backends_follow_the_installed_providers() -> None:
+    providers = ort.get_available_providers()
+    for name in ("ort-cuda", "ort-cuda-fp16", "ort-trt", "ort-trt-fp16"):
+        backend = BACKENDS[name]
+        reason = unavailable_reason(backend)
+        if backend.provider not in providers:
+            assert reason is not None and backend.provider in reason and "onnxruntime-gpu" in reason
+
+
+def test_tensorrt_backends_say_when_tensorrt_is_missing() -> None:
+    have_trt = importlib.util.find_spec("tensorrt") is not None
+    for name in ("trt", "trt-fp16", "trt-int8"):
+        reason = unavailable_reason(BACKENDS[name])
+        if not have_trt:
+            assert reason is not None and "TensorRT is not installed" in reason
+        elif not torch.cuda.is_available():
+            assert reason is not None and "CUDA" in reason
+
+
+def test_resolve_backends_defaults_aliases_and_errors() -> None:
+    default = resolve_backends(None)
+    assert default[: len(CPU_DEFAULT)] == list(CPU_DEFAULT)
+    assert set(default[len(CPU_DEFAULT) :]) <= set(GPU_BACKENDS)
+    assert resolve_backends("auto") == default
+    assert resolve_backends("ort-cpu, torch-eager,ort-cpu") == ["ort-cpu", "torch-eager"]
+    assert resolve_backends("gpu") == list(GPU_BACKENDS)
+    assert resolve_backends("all") == list(BACKENDS)
+    with pytest.raises(BenchError, match="unknown backend 'onnx'"):
+        resolve_backends("torch-eager,onnx")
+    with pytest.raises(BenchError, match="no backend"):
+        resolve_backends(" , ")
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+def test_percentile_matches_numpy() -> None:
+    values = [3.0, 1.0, 7.0, 2.0, 9.0, 4.0, 10.0]
+    for q in (0, 10, 25, 50, 75, 90, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_summarize_reports_milliseconds_median_p90_and_spread() -> None:
+    seconds = [0.010, 0.011, 0.012, 0.013, 0.014, 0.015, 0.016, 0.017, 0.018, 0.100]
+    stats = summarize(seconds)
+    ms = np.array(seconds) * 1000
+    assert stats.samples == 10
+    assert stats.median == pytest.approx(float(np.median(ms)))
+    assert stats.p90 == pytest.approx(float(np.percentile(ms, 90)))
+    assert stats.minimum == pytest.approx(10.0)
+    iqr = np.percentile(ms, 75) - np.percentile(ms, 25)
+    assert stats.spread_pct == pytest.approx(100 * iqr / np.median(ms))
+    assert set(stats.to_dict()) >= {"median", "p90", "samples", "spread_pct"}
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_choose_iterations_scales_with_latency() -> None:
+    assert choose_iterations(0.5) == 1  # slow CPU run: interleave finely
+    assert choose_iterations(0.003) == 50  # fast GPU run: capped
+    assert choose_iterations(0.05) == 5
+
+
+def test_interleaved_rounds_rotate_order_and_respect_min_rounds() -> None:
+    calls: list[str] = []
+    runs = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
+    times = run_interleaved(runs, {"a": 2, "b": 1, "c": 1}, max_rounds=3)
+    assert [len(times[k]) for k in "abc"] == [6, 3, 3]
+    assert calls == ["a", "a", "b", "c", "b", "c", "a", "a", "c", "a", "a", "b"]
+    # A deadline already past stops right after min_rounds.
+    calls.clear()
+    times = run_interleaved(runs, {}, max_rounds=10, min_rounds=2, deadline=0.0)
+    assert [len(times[k]) for k in "abc"] == [2, 2, 2]
+
+
+def _row(model: str, backend: str, median: float, size: tuple[int, int] = (640, 640)) -> BenchRow:
+    stats = LatencyStats(median, median * 1.1, median * 0.9, median * 0.9, median, 5.0, 10)
+    return BenchRow(model, backend, "fp32", "cpu", 2, size, 1, 1.0, stats, 1, 10, None, "cpu-rss-rise")
+
+
+def test_speedups_are_reference_over_model_latency_on_the_same_backend() -> None:
+    rows = [
+        _row("maedet_s", "ort-cpu", 50.0),
+        _row("resnet50", "ort-cpu", 100.0),
+        _row("resnet101", "ort-cpu", 180.0),
+        _row("maedet_s", "torch-eager", 80.0),
+        _row("resnet50", "torch-eager", 120.0),  # no resnet101 on this backend
+        _row("resnet50", "ort-cpu", 10.0, size=(320, 320)),  # other input: never compared with 640 rows
+    ]
+    compute_speedups(rows)
+    assert rows[0].speedup == {"resnet50": pytest.approx(2.0), "resnet101": pytest.approx(3.6)}
+    assert rows[1].speedup["resnet50"] == 1.0
+    assert rows[2].speedup["resnet101"] == 1.0
+    assert rows[3].speedup == {"resnet50": pytest.approx(1.5), "resnet101": None}
+    assert rows[5].speedup == {"resnet50": 1.0, "resnet101": None}
+    assert rows[0].throughput == pytest.approx(2 * 1000 / 50.0)  # batch 2
+
+
+# ----------------------------------------------------------------------------------------------- models and cost
+def test_resnet50_gmacs_and_params_match_the_known_figures() -> None:
+    cost = model_cost(parse_model("resnet50"), 224, 224)
+    assert round(cost.gmacs, 1) == 4.1  # DESIGN.md: ResNet-50 @224 = 4.1 GMACs
+    assert round(cost.params / 1e6, 1) == 23.5  # DESIGN.md: 23.5M (backbone without classifier)
+    # Multiples of 32 scale every conv's output pixels exactly, so GMACs scale with the pixel count.
+    at_640 = model_cost(parse_model("resnet50"), 640, 640)
+    assert at_640.gmacs == pytest.approx(cost.gmacs * (640 / 224) ** 2, rel=1e-12)
+    assert at_640.params == cost.params
+
+
+@pytest.mark.parametrize("name", ["maedet_s", "maedet_m", "maedet_l"])
+def test_maedet_cost_matches_the_zoo_and_the_flop_counter(name: str) -> None:
+    structure = builtin_structure(name)
+    cost = model_cost(parse_model(name), 640, 480)
+    assert cost.gmacs == gmacs(structure, 640, 480)
+    assert cost.params == param_count(structure) == DESIGN_PARAMS[name]
+    # The generic path (torch FlopCounterMode on the meta-device features model) agrees with the closed form.
+    counted = model_cost(ModelSpec(label=name, name=name), 640, 480)
+    assert counted.gmacs == pytest.approx(cost.gmacs, rel=1e-12)
+    assert counted.params == cost.params
+
+
+def test_parse_model_names_and_structure_files(tmp_path) -> None:
+    spec = parse_model("maedet_m")
+    assert (spec.label, spec.name, spec.is_maedet) == ("maedet_m", "maedet_m", True)
+    assert parse_model("resnet101").is_reference
+    path = tmp_path / "searched.json"
+    builtin_structure("r50_like_init").save(path)
+    spec = parse_model(str(path))
+    assert (spec.label, spec.name) == ("searched", "maedet")
+    assert spec.structure == builtin_structure("r50_like_init")
+    assert spec.cache_key() != parse_model("maedet_s").cache_key()
+    with pytest.raises(BenchError, match="unknown model 'resnet5'"):
+        parse_model("resnet5")
+    with pytest.raises(BenchError, match="does not exist"):
+        parse_model(str(tmp_path / "missing.json"))
+    with pytest.raises(BenchError, match="needs a structure"):
+        parse_model("maedet")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "maedet-structure/1", "blocks": [{"class": "Nope"}]}')
+    with pytest.raises(BenchError, match="cannot read structure file"):
+        parse_model(str(bad))
+
+
+def test_a_model_without_c2_to_c5_is_refused() -> None:
+    with pytest.raises(BenchError, match="no feature map at stride 4"):
+        model_cost(parse_model("vit_tiny_patch16_224"), 224, 224)
