@@ -241,16 +241,19 @@ class TrtRunner:
         self.engine = engine
         self.context = self.engine.create_execution_context()
         self.buffers: dict[str, Any] = {}
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        # Inputs first: with dynamic shapes the outputs' shapes are known only once the input shape is set.
+        for name in sorted(names, key=lambda n: not is_input[n]):
             dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
-            shape = tuple(self.engine.get_tensor_shape(name))
-            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                buf = torch.from_numpy(data).to(device="cuda", dtype=dtype).reshape(shape).contiguous()
+            if is_input[name]:
+                buf = torch.from_numpy(data).to(device="cuda", dtype=dtype).contiguous()
+                self.context.set_input_shape(name, tuple(buf.shape))
             else:
-                buf = torch.empty(shape, dtype=dtype, device="cuda")
+                buf = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
             self.buffers[name] = buf
             self.context.set_tensor_address(name, buf.data_ptr())
+        torch.cuda.synchronize()  # the buffers were filled on the default stream; the engine runs on its own
         self.stream = torch.cuda.Stream()
 
     def __call__(self) -> None:

@@ -341,6 +341,7 @@ def run_engine(engine: Any, images: Any) -> dict[str, Any]:
         results[name] = torch.empty(shape, dtype=dtypes[engine.get_tensor_dtype(name)], device="cuda")
         context.set_tensor_address(name, results[name].data_ptr())
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # the input copy and output allocations ran on the default stream
     with torch.cuda.stream(stream):
         if not context.execute_async_v3(stream.cuda_stream):
             raise ExportError("TensorRT failed to run the engine.")

@@ -155,10 +155,11 @@ def test_forward_score_search_runs_and_is_deterministic():
     assert a.population == b.population
 
 
-def test_forward_score_on_local_ray():
+def test_forward_score_on_local_ray(monkeypatch):
     ray = pytest.importorskip("ray", reason="ray is not installed (optional extra 'distributed')")
     from maedet.search import RayExecutor
 
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # a local test cluster reports nowhere
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         executor = RayExecutor()
