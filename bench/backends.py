@@ -12,6 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from functools import cache
+from importlib import metadata
 
 from .errors import BenchError
 
@@ -133,6 +134,23 @@ def _ort_providers() -> tuple[str, ...]:
     return tuple(ort.get_available_providers())
 
 
+ORT_GPU_SWAP = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+
+
+def _ort_gpu_hint() -> str:
+    """onnxruntime and onnxruntime-gpu install the same module, so the GPU build must be the only one present."""
+    installed = set()
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+            installed.add(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    if len(installed) == 2:
+        return f" (onnxruntime and onnxruntime-gpu are both installed and overwrite each other: {ORT_GPU_SWAP})"
+    return f" (the CUDA and TensorRT providers come with onnxruntime-gpu instead of onnxruntime: {ORT_GPU_SWAP})"
+
+
 def _compiler_reason() -> str | None:
     if os.environ.get("CXX") and shutil.which(os.environ["CXX"]):
         return None
@@ -151,8 +169,8 @@ def unavailable_reason(backend: Backend) -> str | None:
         if backend.precision == "int8" and not _has_module("onnxruntime.quantization"):
             return "onnxruntime.quantization is missing (needed to make the INT8 model)"
         if backend.provider not in _ort_providers():
-            hint = " (install onnxruntime-gpu instead of onnxruntime: pip install 'maedet[gpu]')"
-            return f"onnxruntime {ort.__version__} has no {backend.provider}{hint if backend.device == 'cuda' else ''}"
+            hint = _ort_gpu_hint() if backend.device == "cuda" else ""
+            return f"onnxruntime {ort.__version__} has no {backend.provider}{hint}"
     if backend.device == "cuda":
         if backend.runtime == "tensorrt" and not _has_module("tensorrt"):
             return "TensorRT is not installed (pip install 'maedet[gpu]' on a CUDA machine)"
