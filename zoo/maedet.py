@@ -269,9 +269,9 @@ def _preview(items: list[str], limit: int = 6) -> str:
 
 # ------------------------------------------------------------------------------------------- factory
 def _create_maedet(variant: str, pretrained: bool = False, **kwargs: Any) -> MaeDet:
-    if "structure" not in kwargs:
-        kwargs["structure"] = builtin_structure(variant)
-    num_features = len(load_structure(kwargs["structure"]).feature_points())
+    structure = load_structure(kwargs["structure"]) if "structure" in kwargs else builtin_structure(variant)
+    kwargs["structure"] = structure  # parsed once, here
+    num_features = len(structure.feature_points())
     return build_model_with_cfg(
         MaeDet,
         variant,
