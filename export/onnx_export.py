@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -211,21 +212,17 @@ def export_onnx(
         say("converting to fp16" + (" (fp16 inputs/outputs)" if io_half else " (fp32 inputs/outputs kept)"))
         proto = to_fp16(proto, keep_io_types=not io_half)
     elif precision == "int8":
-        from .precision import quantize_int8
+        from .precision import calibration_batches, quantize_int8
 
         say("quantizing to INT8 (static, Q/DQ)")
-        proto, calib_note = quantize_int8(
-            proto,
-            calib=calib,
-            batches=calib_batches,
-            batch=batch,
-            input_size=(h, w),
-            mean=source.mean,
-            std=source.std,
-            per_channel=per_channel,
-            mode=int8_mode,
-            log=say,
+        data, calib_note = calibration_batches(
+            calib=calib, batches=calib_batches, batch=batch, input_size=(h, w), mean=source.mean, std=source.std
         )
+        if calib is None:
+            print(calib_note, file=sys.stderr)  # synthetic calibration: a warning the user must see
+        else:
+            say(calib_note)
+        proto = quantize_int8(proto, data, per_channel=per_channel, mode=int8_mode)
         notes.append(calib_note)
 
     meta = build_metadata(

@@ -25,9 +25,8 @@ per-channel weights: 2.0× faster than fp32 there, but TensorRT rejects it (non-
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,37 +135,17 @@ def _batch_reader(input_name: str, batches: Sequence[np.ndarray]) -> Any:
 
 def quantize_int8(
     model: onnx.ModelProto,
+    data: Sequence[np.ndarray],
     *,
-    calib: str | os.PathLike[str] | None,
-    batches: int,
-    batch: int,
-    input_size: tuple[int, int],
-    mean: Sequence[float],
-    std: Sequence[float],
-    interpolation: str = "bilinear",
     per_channel: bool = True,
     calibrate_method: str = "minmax",
     mode: str = "portable",
-    log: Callable[[str], None] | None = None,
-) -> tuple[onnx.ModelProto, str]:
-    """Static INT8 in Q/DQ form, per-channel weights, calibrated on images or synthetic data (see module doc)."""
+) -> onnx.ModelProto:
+    """Static INT8 in Q/DQ form, per-channel weights, calibrated on ``data`` (see ``calibration_batches``)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if mode not in INT8_MODES:
         raise ExportError(f"INT8 mode must be one of {', '.join(INT8_MODES)}, not {mode!r}.")
-    data, note = calibration_batches(
-        calib=calib,
-        batches=batches,
-        batch=batch,
-        input_size=input_size,
-        mean=mean,
-        std=std,
-        interpolation=interpolation,
-    )
-    if calib is None:
-        print(note, file=sys.stderr)
-    elif log:
-        log(note)
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
     if calibrate_method not in methods:
         raise ExportError(f"calibration method must be one of {', '.join(methods)}, not {calibrate_method!r}.")
@@ -190,5 +169,4 @@ def quantize_int8(
                 else {"ActivationSymmetric": False, "WeightSymmetric": True}
             ),
         )
-        quantized = onnx.load(str(dst))
-    return quantized, note
+        return onnx.load(str(dst))
