@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from maedet.zoo.structure import atomic_write_bytes, atomic_write_text
+from maedet.fileio import atomic_write_bytes, atomic_write_text
 
 from .errors import BenchError
 from .machine import machine_line

@@ -16,7 +16,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from maedet.zoo.structure import atomic_write_bytes
+from maedet.fileio import atomic_write_bytes
 
 from .check import CheckReport, Tolerance, compare_outputs, onnx_session, run_onnx, run_torch, synthetic_images
 from .errors import ExportError, MissingDependencyError

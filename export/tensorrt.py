@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maedet.zoo.structure import atomic_write_bytes, atomic_write_text
+from maedet.fileio import atomic_write_bytes, atomic_write_text
 
 from .errors import ExportError, MissingDependencyError
 

@@ -6,6 +6,7 @@ Importing this package registers ``maedet_s``, ``maedet_m``, ``maedet_l`` and ``
 from importlib.metadata import PackageNotFoundError, version
 
 from . import zoo  # noqa: F401  (registers the models with timm)
+from .errors import MaeDetError, MissingDependencyError
 from .zoo import MaeDet, Structure, fuse_bn, load_structure
 
 try:
@@ -13,4 +14,12 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = ["MaeDet", "Structure", "__version__", "fuse_bn", "load_structure"]
+__all__ = [
+    "MaeDet",
+    "MaeDetError",
+    "MissingDependencyError",
+    "Structure",
+    "__version__",
+    "fuse_bn",
+    "load_structure",
+]

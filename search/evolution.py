@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from maedet.fileio import atomic_write_text
 from maedet.zoo import Structure
-from maedet.zoo.structure import atomic_write_text
 
 from .budget import Budget
 from .executors import Executor, SerialExecutor

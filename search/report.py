@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from maedet.fileio import atomic_write_bytes, atomic_write_text
 from maedet.zoo import Structure, conv_layers, gmacs, official_flops, param_count
-from maedet.zoo.structure import atomic_write_bytes, atomic_write_text
 
 from .evolution import Search
 from .score import closed_form_score

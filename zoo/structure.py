@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maedet.fileio import atomic_write_text
+
 __all__ = [
     "FeaturePoint",
     "Stage",
@@ -263,21 +265,6 @@ def _require(where: str, block: Mapping[str, Any], keys: Iterable[str]) -> None:
     for key in keys:
         if key not in block:
             raise ValueError(f"{where}: field '{key}' is missing.")
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write to a temporary name beside ``path``, then rename, so a reader never sees half a file."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def builtin_structure(name: str) -> Structure:

@@ -1,0 +1,190 @@
+"""Writing files so that nobody ever sees half of one, and nothing but our own file is ever touched.
+
+Every output goes to a fresh temporary file in the target folder, created exclusively (``O_EXCL``) under an
+unpredictable name, then renamed over the target. So a planted symlink at a guessable temporary name cannot redirect
+the write, an interrupted writer leaves no final-named partial file, and a reader sees the old file or the new one.
+The target itself must be a regular file or a new path: a symlink, a directory, a FIFO or a device node is refused in
+one sentence (``--json /dev/null`` must never replace ``/dev/null``). Files get the permissions ``open()`` would
+give them (0666 less the umask), not the 0600 of ``mkstemp``. Temporary names carry the writer's PID, so files left
+by a killed writer can be recognised and removed by the next writer in that folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import MaeDetError
+
+__all__ = [
+    "TEMP_SUFFIX",
+    "atomic_output",
+    "atomic_output_dir",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_output_path",
+    "remove_stale_temps",
+    "write_all_or_none",
+]
+
+TEMP_SUFFIX = ".maedet-tmp"
+_TEMP_RE = re.compile(r"^\..*\.(\d+)\.[^.]+" + re.escape(TEMP_SUFFIX) + r"$")
+_NAME_ROOM = 96  # characters of the target's name kept in a temp name: 255-byte names must still fit
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_output_path(path: str | os.PathLike[str], what: str = "output") -> Path:
+    """Refuse, in one sentence, an output path that is not a regular file or a new name in an existing folder."""
+    path = Path(path)
+    if not path.name or path.name in (".", ".."):
+        raise MaeDetError(f"the {what} path {str(path)!r} names no file.")
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise MaeDetError(f"cannot use {str(path)!r} as the {what}: {exc.strerror}.") from None
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise MaeDetError(f"the {what} {str(path)!r} is a symbolic link; give a regular file or a new path.")
+        if stat.S_ISDIR(st.st_mode):
+            raise MaeDetError(f"the {what} {str(path)!r} is a directory; give a file name.")
+        if not stat.S_ISREG(st.st_mode):
+            raise MaeDetError(f"the {what} {str(path)!r} is not a regular file (a device, FIFO or socket).")
+    parent = path.parent
+    if not parent.is_dir():
+        reason = "is not a directory" if parent.exists() else "does not exist"
+        raise MaeDetError(f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} {reason}.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MaeDetError(f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} is not writable.")
+    return path
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name[:_NAME_ROOM]}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files and folders of our naming whose writer is no longer running (a ``kill -9`` leftover)."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_RE.match(entry.name)
+        if not match or _pid_alive(int(match.group(1))):
+            continue
+        target = Path(entry.path)
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+            removed.append(target)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], what: str = "output") -> Iterator[Path]:
+    """Yield a fresh temporary path beside ``path``; on success it is renamed to ``path``, on any error removed.
+
+    For writers that insist on a file name (``onnx.save``, ``safetensors``, ``savefig``). The temporary file already
+    exists (created with ``O_EXCL``); the writer replaces its content.
+    """
+    path = check_output_path(path, what)
+    remove_stale_temps(path.parent)
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        check_output_path(path, what)  # still not a link or a device after the work
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, what: str = "output") -> Path:
+    """Write ``data`` to ``path`` atomically (see the module docstring); returns the path."""
+    path = Path(path)
+    with atomic_output(path, what) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, what: str = "output") -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically; returns the path."""
+    return atomic_write_bytes(path, text.encode("utf-8"), what)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | os.PathLike[str], what: str = "output folder") -> Iterator[Path]:
+    """Yield a fresh staging folder beside ``path``; on success it replaces ``path`` (which must be new or a folder).
+
+    Used for multi-file outputs (a converted weights folder): readers see the old folder or the complete new one.
+    """
+    path = Path(path)
+    if not path.name or path.name in (".", ".."):
+        raise MaeDetError(f"the {what} path {str(path)!r} names no folder.")
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise MaeDetError(f"the {what} {str(path)!r} exists and is not a folder.")
+    parent = path.parent
+    if not parent.is_dir():
+        raise MaeDetError(f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} does not exist.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MaeDetError(f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} is not writable.")
+    remove_stale_temps(parent)
+    staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=parent))
+    old: Path | None = None
+    try:
+        yield staging
+        mode = 0o777 & ~_umask()
+        os.chmod(staging, mode)
+        for child in staging.iterdir():
+            if child.is_file() and not child.is_symlink():
+                os.chmod(child, 0o666 & ~_umask())
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=parent))
+            os.rmdir(old)
+            os.rename(path, old)
+        os.rename(staging, path)
+    finally:
+        for leftover in (staging, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def write_all_or_none(writers: list[tuple[Path, Callable[[Path], None]]]) -> None:
+    """Run several writers into temporaries and rename them only when every one succeeded."""
+    with contextlib.ExitStack() as stack:
+        temps = [(stack.enter_context(atomic_output(path)), writer) for path, writer in writers]
+        for tmp, writer in temps:
+            writer(tmp)
