@@ -7,7 +7,8 @@ from typing import Any
 
 from maedet.zoo import Structure, builtin_structure, conv_layers, gmacs, official_flops, param_count
 
-from .fast import GenomeEvaluator
+from .errors import SearchError
+from .evaluator import GenomeEvaluator
 from .space import Genome
 
 __all__ = ["PRESETS", "Budget", "preset_budget"]
@@ -29,9 +30,9 @@ class Budget:
         for name in ("flops", "params", "layers", "gmacs"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise ValueError(f"impossible budget: {name} must be positive, got {value}.")
+                raise SearchError(f"impossible budget: {name} must be positive, got {value}.")
         if self.resolution < 32:
-            raise ValueError(f"impossible budget: the resolution must be at least 32 px, got {self.resolution}.")
+            raise SearchError(f"impossible budget: the resolution must be at least 32 px, got {self.resolution}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +68,6 @@ class Budget:
 def preset_budget(preset: str, resolution: int = 480) -> Budget:
     """The budget of a published structure: its official FLOPs at ``resolution`` and its conv layers."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+        raise SearchError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
     published = builtin_structure(PRESETS[preset])
     return Budget(flops=official_flops(published, resolution), layers=conv_layers(published), resolution=resolution)

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from maedet.cli import add_subparsers, make_parser, run_cli
 from maedet.zoo import load_structure
 
 from .budget import PRESETS, Budget, preset_budget
-from .evolution import CHECKPOINT_NAME, ForwardOptions, Search, SearchError, SearchSettings
+from .errors import SearchError
+from .evolution import CHECKPOINT_NAME, ForwardOptions, Search, SearchSettings
 from .executors import make_executor
-from .report import describe, write_outputs
+from .report import OUTPUT_NAMES, describe, write_outputs
 from .score import DEFAULT_RATIOS
 
 __all__ = ["main"]
+
+PROG = "maedet-search"
+DESCRIPTION = (
+    "Zero-shot maximum-entropy search for MAE-DET detection backbones ('run'), and the score and cost figures "
+    "of a structure file ('score')."
+)
 
 
 def _ratios(text: str) -> tuple[float, ...]:
@@ -30,48 +39,99 @@ def _ratios(text: str) -> tuple[float, ...]:
     return values
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maedet-search", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _limit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a budget must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"a budget must be a finite number, got {text!r}")
+    return value
 
-    run = sub.add_parser("run", help="search for the highest-scoring backbone within a budget")
-    run.add_argument("--preset", choices=sorted(PRESETS), help="budget of a published MAE-DET structure")
-    run.add_argument("--init", default="r50_like_init", help="initial structure: file or built-in name")
-    run.add_argument("--budget-flops", type=float, help="official FLOPs at --resolution (e.g. 188e8)")
-    run.add_argument("--budget-params", type=float, help="parameters")
-    run.add_argument("--budget-layers", type=int, help="conv layers (1 per stem + 3 per block)")
-    run.add_argument("--budget-gmacs", type=float, help="GMACs at 224 px")
-    run.add_argument("--resolution", type=int, default=480, help="resolution of the FLOPs budget (default 480)")
-    run.add_argument("--ratios", type=_ratios, default=DEFAULT_RATIOS, help="level ratios stem,C2..C5 (0,0,1,1,6)")
-    run.add_argument("--population", type=int, default=256)
-    run.add_argument("--iterations", type=int, default=100_000, help="candidates to evaluate")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--score", choices=("closed-form", "forward"), default="closed-form")
-    run.add_argument("--forward-batch", type=int, default=8)
-    run.add_argument("--forward-resolution", type=int, default=224)
-    run.add_argument("--forward-repeats", type=int, default=4)
-    run.add_argument("--device", default="cpu", help="forward score device (cpu or cuda)")
-    run.add_argument("--workers", type=int, default=1, help="local processes that score candidates")
-    run.add_argument("--executor", choices=("local", "ray"), default="local")
-    run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
-    run.add_argument("--batch", type=int, default=32, help="candidates proposed per step (part of the result)")
-    run.add_argument("--mutations", type=int, default=2, help="a child gets 1..N mutations")
-    run.add_argument("--checkpoint-every", type=int, default=5000)
-    run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.json")
-    run.add_argument("--top-k", type=int, default=32, help="members written to population.json")
-    run.add_argument("--quiet", action="store_true", help="no progress bar or table")
-    run.add_argument("--out", required=True, help="output folder")
 
-    score = sub.add_parser("score", help="score and cost figures of a structure file (ours or the authors')")
-    score.add_argument("file")
-    score.add_argument("--json", action="store_true", help="print one JSON object")
-    score.add_argument("--resolution", type=int, default=480, help="resolution of the FLOPs figure (default 480)")
-    score.add_argument("--ratios", type=_ratios, default=DEFAULT_RATIOS)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one (not "default: None" on every optional limit)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+RATIOS_TEXT = ",".join(f"{r:g}" for r in DEFAULT_RATIOS)  # argparse runs a string default through ``type``
+
+
+def _subcommand(sub: argparse._SubParsersAction, name: str, usage: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand with defaults in its --help and its own -v/-q (which never reset the ones given before it).
+
+    Its prog is the tool's name, so usage errors read ``maedet-search: error: …`` like every other error.
+    """
+    parser = sub.add_parser(
+        name,
+        prog=PROG,
+        usage=f"%(prog)s {name} {usage}",
+        help=summary,
+        description=summary,
+        formatter_class=_HelpFormatter,
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
+    group.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS, help="no progress bar or table")
     return parser
 
 
-def _settings(args: argparse.Namespace) -> SearchSettings:
-    init = load_structure(args.init)
+def _add_budget_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--preset", choices=sorted(PRESETS), help="limit FLOPs and layers to a published structure's")
+    run.add_argument("--budget-flops", type=_limit, metavar="FLOPS", help="official FLOPs at --resolution (e.g. 188e8)")
+    run.add_argument("--budget-params", type=_limit, metavar="PARAMS", help="parameters")
+    run.add_argument("--budget-layers", type=int, metavar="LAYERS", help="conv layers (1 per stem + 3 per block)")
+    run.add_argument("--budget-gmacs", type=_limit, metavar="GMACS", help="GMACs at 224 px")
+    run.add_argument("--resolution", type=int, default=480, metavar="PX", help="input size of the FLOPs budget")
+
+
+def _add_search_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--init", default="r50_like_init", metavar="FILE", help="initial structure (file or built-in)")
+    run.add_argument("--ratios", type=_ratios, default=RATIOS_TEXT, help="level ratios stem,C2,C3,C4,C5")
+    run.add_argument("--population", type=int, default=256, help="structures kept")
+    run.add_argument("--iterations", type=int, default=100_000, help="candidates to evaluate")
+    run.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    run.add_argument("--batch", type=int, default=32, help="candidates proposed per step (part of the result)")
+    run.add_argument("--mutations", type=int, default=2, help="a child gets 1..N mutations")
+    run.add_argument("--score", choices=("closed-form", "forward"), default="closed-form", help="score method")
+    run.add_argument("--forward-batch", type=int, default=8, help="images per forward score")
+    run.add_argument("--forward-resolution", type=int, default=224, help="image size of the forward score")
+    run.add_argument("--forward-repeats", type=int, default=4, help="draws averaged by the forward score")
+    run.add_argument("--device", default="cpu", help="forward score device (cpu or cuda)")
+
+
+def _add_run_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--workers", type=int, default=1, help="local processes that score candidates")
+    run.add_argument("--executor", choices=("local", "ray"), default="local", help="where candidates are scored")
+    run.add_argument("--ray-address", default=None, help="Ray cluster address (none: start a local Ray)")
+    run.add_argument("--checkpoint-every", type=int, default=5000, help="candidates between checkpoints")
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT_NAME}")
+    again.add_argument("--force", action="store_true", help="start over in an OUT that holds an earlier search")
+    run.add_argument("--top-k", type=int, default=32, help="members written to population.json")
+    run.add_argument("--out", required=True, help="output folder")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = make_parser(PROG, DESCRIPTION)
+    sub = add_subparsers(parser)
+    run = _subcommand(sub, "run", "[options] --out OUT", "search for the highest-scoring backbone within a budget")
+    _add_budget_options(run)
+    _add_search_options(run)
+    _add_run_options(run)
+    score = _subcommand(sub, "score", "[options] FILE", "score and cost figures of a structure (ours or the authors')")
+    score.add_argument("file", help="structure file (JSON or the authors' txt) or a built-in name")
+    score.add_argument("--json", action="store_true", help="print one JSON object")
+    score.add_argument("--resolution", type=int, default=480, metavar="PX", help="input size of the FLOPs figure")
+    score.add_argument("--ratios", type=_ratios, default=RATIOS_TEXT, help="level ratios stem,C2,C3,C4,C5")
+    return parser
+
+
+def _budget(args: argparse.Namespace) -> Budget:
     base = preset_budget(args.preset, args.resolution) if args.preset else Budget(resolution=args.resolution)
     limits = {
         "flops": int(args.budget_flops) if args.budget_flops is not None else base.flops,
@@ -81,11 +141,14 @@ def _settings(args: argparse.Namespace) -> SearchSettings:
     }
     if all(v is None for v in limits.values()):
         raise SearchError("give a --preset or at least one --budget-* limit.")
-    budget = Budget(**limits, resolution=args.resolution)
+    return Budget(**limits, resolution=args.resolution)
+
+
+def _settings(args: argparse.Namespace) -> SearchSettings:
     forward = ForwardOptions(args.forward_batch, args.forward_resolution, args.forward_repeats, args.seed, args.device)
     return SearchSettings(
-        init=init,
-        budget=budget,
+        init=load_structure(args.init),
+        budget=_budget(args),
         ratios=tuple(args.ratios),
         population=args.population,
         iterations=args.iterations,
@@ -98,15 +161,60 @@ def _settings(args: argparse.Namespace) -> SearchSettings:
     )
 
 
-def _run(args: argparse.Namespace) -> int:
+def _earlier_outputs(out: Path) -> list[Path]:
+    """What an earlier search left in ``out`` (refused without --resume or --force)."""
+    if out.exists() and not out.is_dir():
+        raise SearchError(f"the output folder {str(out)!r} exists and is not a folder.")
+    return [out / name for name in (CHECKPOINT_NAME, *OUTPUT_NAMES) if (out / name).exists()]
+
+
+def _start(args: argparse.Namespace, out: Path) -> Search:
+    """A new or resumed search; a new one never silently replaces an earlier search's files."""
+    settings = _settings(args)
+    if args.resume:
+        return Search.resume(settings, out / CHECKPOINT_NAME)
+    earlier = _earlier_outputs(out)
+    if earlier and not args.force:
+        raise SearchError(
+            f"{str(out)!r} already holds a search ({earlier[0].name}); continue it with --resume, or pass --force "
+            "to start over."
+        )
+    search = Search(settings)
+    for path in earlier:
+        path.unlink()
+    return search
+
+
+def _search_with_progress(search: Search, args: argparse.Namespace, out: Path, stop: Callable[[], bool]) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    settings = _settings(args)
-    out = Path(args.out)
-    search = Search.resume(settings, out / CHECKPOINT_NAME) if args.resume else Search(settings)
-    out.mkdir(parents=True, exist_ok=True)
+    executor = make_executor(args.executor, args.workers, args.ray_address)
+    best = TextColumn("best {task.fields[best]:.3f}")
+    columns = (TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), best, TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=Console(stderr=True), disable=bool(args.quiet)) as bar:
+            total = search.settings.iterations
+            task = bar.add_task("search", total=total, completed=search.candidates, best=search.best[0])
+            search.run(
+                executor,
+                stop=stop,
+                progress=lambda s: bar.update(task, completed=s.candidates, best=s.best[0]),
+                checkpoint_dir=out,
+            )
+    finally:
+        executor.close()
 
+
+def _say(message: str) -> None:
+    """A line the user needs even with -q (how to continue after a stop): the CLI's own, not a log record."""
+    sys.stderr.write(f"{PROG}: {message}\n")
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    search = _start(args, out)
+    out.mkdir(parents=True, exist_ok=True)
     interrupted = {"count": 0}
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop at the next batch; second: stop now
@@ -115,89 +223,72 @@ def _run(args: argparse.Namespace) -> int:
             raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    console = Console(stderr=True)
-    executor = make_executor(args.executor, args.workers, args.ray_address)
     try:
-        with Progress(
-            TextColumn("[bold]search"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("best {task.fields[best]:.3f}"),
-            TimeElapsedColumn(),
-            console=console,
-            disable=args.quiet,
-        ) as bar:
-            task = bar.add_task("search", total=settings.iterations, completed=search.candidates, best=search.best[0])
-            search.run(
-                executor,
-                stop=lambda: interrupted["count"] > 0,
-                progress=lambda s: bar.update(task, completed=s.candidates, best=s.best[0]),
-                checkpoint_dir=out,
-            )
+        _search_with_progress(search, args, out, stop=lambda: interrupted["count"] > 0)
     except KeyboardInterrupt:
-        print(f"interrupted; the last checkpoint in {out} can be resumed with --resume.", file=sys.stderr)
+        _say(f"interrupted; the last checkpoint in {out} can be resumed with --resume.")
         return 130
     finally:
-        executor.close()
         signal.signal(signal.SIGINT, previous)
     best = write_outputs(search, out, top_k=args.top_k)
     if interrupted["count"]:
-        print(f"stopped after {search.candidates:,} candidates; continue with --resume.", file=sys.stderr)
+        _say(f"stopped after {search.candidates:,} candidates; continue with --resume.")
         return 130
     if not args.quiet:
-        _table(console, best, out)
+        _print_best(best, out)
     return 0
 
 
-def _table(console, best: dict, out: Path) -> None:
+def _figures_table(title: str, rows: list[tuple[str, str]]):
     from rich.table import Table
 
-    table = Table(title=f"maedet-search: best structure ({out / 'best.json'})")
+    table = Table(title=title)
     table.add_column("figure")
     table.add_column("value", justify="right")
-    table.add_row("score", f"{best['score']:.6f}")
-    for name, value in best["stage_scores"].items():
-        table.add_row(f"  level {name}", f"{value:.6f}")
-    table.add_row(f"official FLOPs @{best['budget']['resolution']}", f"{best['flops']:,}")
-    table.add_row("GMACs @224", f"{best['gmacs']:.3f} GMACs")
-    table.add_row("params", f"{best['params']:,}")
-    table.add_row("conv layers", str(best["layers"]))
-    table.add_row("candidates", f"{best['candidates']:,}")
-    table.add_row("wall time", f"{best['wall_s']:.1f} s")
-    console.print(table)
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _cost_rows(info: dict, resolution: int) -> list[tuple[str, str]]:
+    return [
+        (f"official FLOPs @{resolution}", f"{info['flops']:,}"),
+        ("GMACs @224", f"{info['gmacs']:.3f} GMACs"),
+        ("params", f"{info['params']:,}"),
+        ("conv layers", str(info["layers"])),
+    ]
+
+
+def _print_best(best: dict, out: Path) -> None:
+    from rich.console import Console
+
+    rows = [("score", f"{best['score']:.6f}")]
+    rows += [(f"  level {name}", f"{value:.6f}") for name, value in best["stage_scores"].items()]
+    rows += _cost_rows(best, best["budget"]["resolution"])
+    rows += [("candidates", f"{best['candidates']:,}"), ("wall time", f"{best['wall_s']:.1f} s")]
+    Console(stderr=True).print(_figures_table(f"{PROG}: best structure ({out / 'best.json'})", rows))
 
 
 def _score(args: argparse.Namespace) -> int:
-    structure = load_structure(args.file)
-    info = describe(structure, args.resolution, tuple(args.ratios))
+    info = describe(load_structure(args.file), args.resolution, tuple(args.ratios))
     if args.json:
         print(json.dumps(info))
         return 0
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"score of {args.file}")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    for name, value in info["stage_scores"].items():
-        table.add_row(f"level {name}", f"{value:.6f}")
-    table.add_row("score (ratios " + ",".join(f"{r:g}" for r in args.ratios) + ")", f"{info['score']:.6f}")
-    table.add_row(f"official FLOPs @{args.resolution}", f"{info['flops']:,}")
-    table.add_row("GMACs @224", f"{info['gmacs']:.3f} GMACs")
-    table.add_row("params", f"{info['params']:,}")
-    table.add_row("conv layers", str(info["layers"]))
-    Console().print(table)
+    rows = [(f"level {name}", f"{value:.6f}") for name, value in info["stage_scores"].items()]
+    rows.append(("score (ratios " + ",".join(f"{r:g}" for r in args.ratios) + ")", f"{info['score']:.6f}"))
+    rows += _cost_rows(info, args.resolution)
+    Console().print(_figures_table(f"score of {args.file}", rows))
     return 0
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    return _run(args) if args.command == "run" else _score(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args) if args.command == "run" else _score(args)
-    except (ValueError, RuntimeError) as exc:  # SearchError and the zoo's validation errors are ValueErrors
-        message = str(exc).rstrip(".")
-        print(f"maedet-search: error: {message}.", file=sys.stderr)
-        return 2
+    return run_cli(_parser(), _dispatch, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The evolutionary search: a population of genomes, mutated, budget-checked, scored, ranked (DESIGN.md §4).
+"""The evolutionary search: a population of genomes, mutated, budget-checked, scored, ranked (docs/design.md §4).
 
 Determinism: all randomness comes from one explicitly seeded ``random.Random``; candidates are proposed in batches
 of a fixed size and merged in proposal order, so the result does not depend on how many workers score a batch.
@@ -24,8 +24,9 @@ from maedet.fileio import atomic_write_text
 from maedet.zoo import Structure
 
 from .budget import Budget
+from .errors import SearchError
+from .evaluator import GenomeEvaluator
 from .executors import Executor, SerialExecutor
-from .fast import GenomeEvaluator
 from .score import DEFAULT_RATIOS, ScoreResult, forward_score
 from .space import Genome, SearchSpace
 
@@ -34,10 +35,6 @@ __all__ = ["CHECKPOINT_NAME", "ForwardOptions", "Search", "SearchError", "Search
 CHECKPOINT_NAME = "checkpoint.json"
 CHECKPOINT_FORMAT = "maedet-search-checkpoint/1"
 MAX_EXTRA_MUTATIONS = 30
-
-
-class SearchError(ValueError):
-    """Bad settings or a state the search cannot continue from (reported as one sentence, exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +110,24 @@ class HistoryRow:
     worst_score: float
     population: int
     wall_s: float
+
+
+def _setting_differences(saved: Any, current: dict[str, Any], prefix: str = "") -> list[str]:
+    """``name: saved → current`` for every setting that differs (nested settings as ``budget.flops``)."""
+    current = json.loads(json.dumps(current))  # JSON turns tuples into lists: compare through the same round trip
+    if not isinstance(saved, dict):
+        return ["the checkpoint holds no settings"]
+    differences = []
+    for name in sorted(set(saved) | set(current)):
+        old, new = saved.get(name), current.get(name)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict) and name != "init":
+            differences += _setting_differences(old, new, f"{prefix}{name}.")
+        else:
+            shown = ("a different structure", "this one") if name == "init" else (json.dumps(old), json.dumps(new))
+            differences.append(f"{prefix}{name}: {shown[0]} in the checkpoint, {shown[1]} now")
+    return differences
 
 
 class Search:
@@ -297,9 +312,12 @@ class Search:
             raise SearchError(f"cannot read the checkpoint {str(path)!r} ({type(exc).__name__}).") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise SearchError(f"{str(path)!r} is not a maedet-search checkpoint.")
-        # JSON turns tuples into lists: compare through the same round trip
-        if state["settings"] != json.loads(json.dumps(settings.fingerprint())):
-            raise SearchError("the checkpoint was written with different search settings; resume with the same ones.")
+        differences = _setting_differences(state.get("settings"), settings.fingerprint())
+        if differences:
+            raise SearchError(
+                f"the checkpoint was written with different search settings ({'; '.join(differences)}); "
+                "resume with the same ones."
+            )
         search = cls(settings)
         try:
             search.candidates = int(state["candidates"])

@@ -13,6 +13,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol
 
+from maedet.errors import MissingDependencyError
+
+from .errors import SearchError
+
 __all__ = ["Executor", "LocalProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor"]
 
 
@@ -48,7 +52,7 @@ class LocalProcessExecutor:
 
     def __init__(self, workers: int, threads_per_worker: int = 1) -> None:
         if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}.")
+            raise SearchError(f"workers must be at least 1, got {workers}.")
         self.workers = workers
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
@@ -77,7 +81,9 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise RuntimeError("the Ray executor needs the 'ray' package: pip install 'maedet[distributed]'.") from None
+            raise MissingDependencyError(
+                "the Ray executor needs the 'ray' package: pip install 'maedet[distributed]'."
+            ) from None
         self._ray = ray
         self._owns = not ray.is_initialized()
         if self._owns:
@@ -98,7 +104,7 @@ def make_executor(kind: str, workers: int = 1, ray_address: str | None = None) -
     if kind == "ray":
         return RayExecutor(ray_address)
     if kind != "local":
-        raise ValueError(f"unknown executor {kind!r}; choose local or ray.")
+        raise SearchError(f"unknown executor {kind!r}; choose local or ray.")
     if workers <= 1:
         return SerialExecutor()
     threads = max(1, (os.cpu_count() or 1) // workers)

@@ -8,29 +8,26 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from maedet.fileio import atomic_write_bytes, atomic_write_text
-from maedet.zoo import Structure, conv_layers, gmacs, official_flops, param_count
+from maedet.zoo import Structure, cost
 
 from .evolution import Search
 from .score import closed_form_score
 
-__all__ = ["describe", "write_outputs"]
+__all__ = ["OUTPUT_NAMES", "best_record", "describe", "population_records", "write_outputs"]
+
+OUTPUT_NAMES = ("best.json", "best_structure.txt", "population.json", "history.csv", "search.png")
 
 
-def describe(structure: Structure, resolution: int = 480, ratios=None) -> dict[str, Any]:
+def describe(structure: Structure, resolution: int = 480, ratios: Sequence[float] | None = None) -> dict[str, Any]:
     """Closed-form score and cost figures of one structure (what ``maedet-search score --json`` prints)."""
     result = closed_form_score(structure) if ratios is None else closed_form_score(structure, ratios)
-    return {
-        "score": result.score,
-        "stage_scores": result.stage_scores,
-        "flops": official_flops(structure, resolution),
-        "gmacs": gmacs(structure, 224),
-        "params": param_count(structure),
-        "layers": conv_layers(structure),
-    }
+    return {"score": result.score, "stage_scores": result.stage_scores, **asdict(cost(structure, resolution))}
 
 
 def _stage_scores(search: Search, structure: Structure) -> dict[str, float]:
@@ -44,20 +41,46 @@ def best_record(search: Search) -> dict[str, Any]:
     """The best.json object."""
     score, genome = search.best
     structure = search.structure(genome)
-    res = search.settings.budget.resolution
     return {
         "structure": structure.to_dict(),
         "score": score,
         "stage_scores": _stage_scores(search, structure),
-        "flops": official_flops(structure, res),
-        "gmacs": gmacs(structure, 224),
-        "params": param_count(structure),
-        "layers": conv_layers(structure),
+        **asdict(cost(structure, search.settings.budget.resolution)),
         "budget": search.settings.budget.to_dict(),
         "seed": search.settings.seed,
         "candidates": search.candidates,
         "wall_s": round(search.wall_s, 3),
     }
+
+
+def population_records(search: Search, top_k: int) -> list[dict[str, Any]]:
+    """The population.json list: the best ``top_k`` members with their score and cost."""
+    members = []
+    for rank, (score, genome) in enumerate(search.population[:top_k], start=1):
+        structure = search.structure(genome)
+        figures = cost(structure, search.settings.budget.resolution)
+        members.append(
+            {
+                "rank": rank,
+                "score": score,
+                "flops": figures.flops,
+                "params": figures.params,
+                "layers": figures.layers,
+                "structure": structure.to_dict(),
+            }
+        )
+    return members
+
+
+def _history_csv(search: Search) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["candidates", "best_score", "worst_score", "population", "wall_s"])
+    for row in search.history:
+        writer.writerow(
+            [row.candidates, f"{row.best_score:.6f}", f"{row.worst_score:.6f}", row.population, f"{row.wall_s:.3f}"]
+        )
+    return buf.getvalue()
 
 
 def write_outputs(search: Search, out_dir: str | Path, top_k: int = 32, plot: bool = True) -> dict[str, Any]:
@@ -67,29 +90,8 @@ def write_outputs(search: Search, out_dir: str | Path, top_k: int = 32, plot: bo
     best = best_record(search)
     atomic_write_text(out / "best.json", json.dumps(best, indent=1) + "\n")
     atomic_write_text(out / "best_structure.txt", search.structure(search.best[1]).to_authors_text())
-    res = search.settings.budget.resolution
-    members = []
-    for rank, (score, genome) in enumerate(search.population[:top_k], start=1):
-        structure = search.structure(genome)
-        members.append(
-            {
-                "rank": rank,
-                "score": score,
-                "flops": official_flops(structure, res),
-                "params": param_count(structure),
-                "layers": conv_layers(structure),
-                "structure": structure.to_dict(),
-            }
-        )
-    atomic_write_text(out / "population.json", json.dumps(members, indent=1) + "\n")
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["candidates", "best_score", "worst_score", "population", "wall_s"])
-    for row in search.history:
-        writer.writerow(
-            [row.candidates, f"{row.best_score:.6f}", f"{row.worst_score:.6f}", row.population, f"{row.wall_s:.3f}"]
-        )
-    atomic_write_text(out / "history.csv", buf.getvalue())
+    atomic_write_text(out / "population.json", json.dumps(population_records(search, top_k), indent=1) + "\n")
+    atomic_write_text(out / "history.csv", _history_csv(search))
     if plot:
         _plot(search, out / "search.png")
     return best

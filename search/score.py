@@ -1,4 +1,4 @@
-"""The zero-shot maximum-entropy score of a Structure (DESIGN.md §3).
+"""The zero-shot maximum-entropy score of a Structure (docs/design.md §3).
 
 Two ways to measure the same quantity: the closed form (the authors' later code), which needs no tensors and is
 what the search uses, and the paper's forward score, which runs the plain network (convs only) on Gaussian noise.
@@ -11,15 +11,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from maedet.zoo import Structure
+from maedet.zoo import Structure, feature_levels
+
+from .errors import SearchError
 
 __all__ = [
     "DEFAULT_RATIOS",
     "ScoreResult",
     "block_log_stds",
+    "check_ratios",
     "closed_form_score",
     "forward_score",
     "score_levels",
+    "stride_levels",
 ]
 
 DEFAULT_RATIOS: tuple[float, ...] = (0.0, 0.0, 1.0, 1.0, 6.0)
@@ -33,22 +37,33 @@ class ScoreResult:
     stage_scores: dict[str, float]
 
 
+def stride_levels(strides: Sequence[int]) -> list[tuple[str, int]]:
+    """(name, block index) of each scored level of blocks with these strides (stem first): the stem, then every
+    detection feature (the zoo's rule, :func:`maedet.zoo.feature_levels`)."""
+    return [("stem", 0)] + [(name, index) for name, index, _ in feature_levels(strides)]
+
+
 def score_levels(structure: Structure) -> list[tuple[str, int]]:
     """(name, block index) of each scored level: the stem, then every detection feature point.
 
     A stride-1 stage belongs to the level of the stride-2 stage before it: its blocks count in that level's
-    cumulative sum (this is what makes the R50-like init score 400.726108 as in DESIGN.md).
+    cumulative sum (this is what makes the R50-like init score 400.726108, docs/design.md §2).
     """
-    return [("stem", 0)] + [(p.name, p.block_index) for p in structure.feature_points()]
+    return stride_levels([block.stride for block in structure.blocks])
+
+
+def check_ratios(ratios: Sequence[float], levels: Sequence[tuple[str, int]]) -> None:
+    """One ratio per level, or one sentence saying how many there are and which."""
+    if len(ratios) != len(levels):
+        names = ", ".join(name for name, _ in levels)
+        raise SearchError(
+            f"the score ratios have {len(ratios)} values but the structure has {len(levels)} levels ({names})."
+        )
 
 
 def _check_ratios(structure: Structure, ratios: Sequence[float]) -> list[tuple[str, int]]:
     levels = score_levels(structure)
-    if len(ratios) != len(levels):
-        names = ", ".join(name for name, _ in levels)
-        raise ValueError(
-            f"the score ratios have {len(ratios)} values but the structure has {len(levels)} levels ({names})."
-        )
+    check_ratios(ratios, levels)
     return levels
 
 
@@ -80,7 +95,7 @@ def _combine(
 
 
 def closed_form_score(structure: Structure, ratios: Sequence[float] = DEFAULT_RATIOS) -> ScoreResult:
-    """The multi-scale score without building anything (DESIGN.md §3); independent of input resolution."""
+    """The multi-scale score without building anything (docs/design.md §3); independent of input resolution."""
     levels = _check_ratios(structure, ratios)
     return _combine(structure, block_log_stds(structure), levels, ratios)
 
@@ -126,7 +141,7 @@ def forward_score(
 
     levels = _check_ratios(structure, ratios)
     if batch < 1 or resolution < 1 or repeats < 1:
-        raise ValueError("forward score: batch, resolution and repeats must all be at least 1.")
+        raise SearchError("forward score: batch, resolution and repeats must all be at least 1.")
     dev = torch.device(device)
     sums = [0.0] * len(structure.blocks)
     with torch.inference_mode():

@@ -1,4 +1,4 @@
-"""The search space: a light integer genome of a Structure, its mutation and constraints (DESIGN.md §4).
+"""The search space: a light integer genome of a Structure, its mutation and constraints (docs/design.md §4).
 
 The search mutates tuples, not Structures: a genome is ``(stem_out, out_1, k_1, L_1, btn_1, out_2, ...)`` and the
 fixed parts (input channels, stem kernel and strides) live in the ``SearchSpace``. ``decode`` turns a genome back
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from maedet.zoo import Stage, Stem, Structure
+
+from .errors import SearchError
 
 __all__ = ["Genome", "SearchSpace"]
 
@@ -90,7 +92,7 @@ class SearchSpace:
         stem = structure.stem
         fixed = (stem.in_chs, stem.kernel_size, stem.stride, tuple(s.stride for s in structure.stages))
         if fixed != (self.stem_in, self.stem_kernel, self.stem_stride, self.strides):
-            raise ValueError("structure: its input channels, stem kernel or strides differ from the search space's.")
+            raise SearchError("structure: its input channels, stem kernel or strides differ from the search space's.")
         genes = [structure.stem.out_chs]
         for s in structure.stages:
             genes += [s.out_chs, s.kernel_size, s.depth, s.bottleneck_chs]

@@ -1,4 +1,4 @@
-"""Shared test helpers: the authors' checkpoint layout, built from the reference key list."""
+"""Shared fixtures: the authors' checkpoint layout, built from their published key list (tests/data)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 DATA = Path(__file__).parent / "data"
 
 
-def authors_state_dict(size: str, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_authors_state_dict(size: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """A backbone state dict in the authors' exact key layout and shapes (random values, sane BN stats)."""
     keys = json.loads((DATA / "official_checkpoint_keys" / f"maedet_{size}.json").read_text())["keys"]
     gen = torch.Generator().manual_seed(seed)
@@ -29,13 +29,25 @@ def authors_state_dict(size: str, seed: int = 0) -> dict[str, torch.Tensor]:
     return out
 
 
-def authors_checkpoint(size: str, seed: int = 0) -> dict:
+def make_authors_checkpoint(size: str, seed: int = 0) -> dict:
     """The whole mmdetection checkpoint: meta, backbone, neck and head keys, like the authors' latest.pth."""
-    state = authors_state_dict(size, seed)
+    state = make_authors_state_dict(size, seed)
     state["neck.lateral_convs.0.conv.weight"] = torch.randn(96, 48, 1, 1)
     state["bbox_head.gfl_cls.weight"] = torch.randn(80, 96, 3, 3)
     state["bbox_head.gfl_cls.bias"] = torch.randn(80)
     return {"meta": {"epoch": 24, "mmdet_version": "2.x", "CLASSES": ("person", "bicycle")}, "state_dict": state}
+
+
+@pytest.fixture(scope="session")
+def authors_state_dict():
+    """Factory: ``authors_state_dict(size, seed=0)``, a backbone state dict in the authors' key layout."""
+    return make_authors_state_dict
+
+
+@pytest.fixture(scope="session")
+def authors_checkpoint():
+    """Factory: ``authors_checkpoint(size, seed=0)``, an mmdetection checkpoint (meta, backbone, neck, head)."""
+    return make_authors_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +60,7 @@ def authors_checkpoint_file(tmp_path_factory: pytest.TempPathFactory):
         if size not in made:
             path = root / f"maedet-{size}" / "latest.pth"
             path.parent.mkdir()
-            torch.save(authors_checkpoint(size), path)
+            torch.save(make_authors_checkpoint(size), path)
             made[size] = path
         return made[size]
 

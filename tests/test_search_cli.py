@@ -89,6 +89,7 @@ def _error(capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith("maedet-search: error: ")
     return err
 
 
@@ -104,7 +105,8 @@ def test_errors_are_one_sentence_with_exit_code_2(tmp_path, capsys):
     assert "impossible budget" in _error(capsys, ["run", "--budget-layers", "0", "--iterations", "10", "--out", out])
     assert "impossible budget" in _error(capsys, ["run", "--budget-layers", "9", "--iterations", "10", "--out", out])
     assert "--preset or at least one" in _error(capsys, ["run", "--iterations", "10", "--out", out])
-    assert "malformed" not in _error(capsys, ["run", "--preset", "maedet-s", "--init", str(bad), "--out", out])
+    init_error = _error(capsys, ["run", "--preset", "maedet-s", "--init", str(bad), "--out", out])
+    assert init_error == "maedet-search: error: bad.json: block 0 (ConvKXBNRELU): field 'k' is missing."
     assert "checkpoint" in _error(capsys, ["run", "--preset", "maedet-s", "--resume", "--out", str(tmp_path / "none")])
     assert not (tmp_path / "o" / "best.json").exists()
 
@@ -136,3 +138,45 @@ def test_ctrl_c_leaves_a_resumable_state(tmp_path, capsys):
     assert json.loads((out / "best.json").read_text())["candidates"] == state["candidates"]
     assert main([*argv[:4], "1200", *argv[5:], "--resume", "--out", str(out)]) == 0
     assert json.loads((out / "best.json").read_text())["candidates"] == max(1200, state["candidates"])
+
+
+def test_version_and_help(capsys):
+    import maedet
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"maedet-search {maedet.__version__}"
+    assert main(["run", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "``" not in text
+    assert "--population POPULATION\n                        structures kept (default: 256)" in text
+    assert "level ratios stem,C2,C3,C4,C5 (default: 0,0,1,1,6)" in text
+
+
+def test_usage_errors_are_one_line(capsys):
+    assert "invalid choice: 'maedet-xl'" in _error(capsys, ["run", "--preset", "maedet-xl", "--out", "x"])
+    assert "a budget must be a finite number" in _error(capsys, ["run", "--budget-flops", "inf", "--out", "x"])
+    assert "not allowed with argument --resume" in _error(capsys, ["run", "--resume", "--force", "--out", "x"])
+
+
+SMALL_RUN = ["run", "--preset", "maedet-s", "--iterations", "200", "--population", "16", "--quiet"]
+
+
+def test_an_earlier_search_is_never_overwritten_silently(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*SMALL_RUN, "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    err = _error(capsys, [*SMALL_RUN, "--seed", "1", "--out", str(out)])
+    assert "already holds a search" in err and "--resume" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main([*SMALL_RUN, "--seed", "1", "--force", "--out", str(out)]) == 0
+    assert json.loads((out / "best.json").read_text())["seed"] == 1
+    (tmp_path / "file").write_text("x")
+    assert "is not a folder" in _error(capsys, [*SMALL_RUN, "--out", str(tmp_path / "file")])
+
+
+def test_resume_names_the_setting_that_differs(tmp_path, capsys):
+    assert main([*SMALL_RUN, "--out", str(tmp_path)]) == 0
+    err = _error(capsys, [*SMALL_RUN, "--seed", "3", "--resume", "--out", str(tmp_path)])
+    assert "different search settings (seed: 0 in the checkpoint, 3 now)" in err
+    err = _error(capsys, [*SMALL_RUN, "--budget-params", "3e7", "--resume", "--out", str(tmp_path)])
+    assert "(budget.params: null in the checkpoint, 30000000 now)" in err

@@ -1,4 +1,4 @@
-"""The zero-shot score: exact closed-form figures of DESIGN.md and agreement of the paper's forward score."""
+"""The zero-shot score: exact closed-form figures of docs/design.md §2 and agreement of the paper's forward score."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from maedet.search import Budget, SearchSpace, closed_form_score, forward_score, score_levels
-from maedet.search.fast import GenomeEvaluator
+from maedet.search import Budget, SearchError, SearchSpace, closed_form_score, forward_score, score_levels
+from maedet.search.evaluator import GenomeEvaluator
 from maedet.zoo import Stage, Stem, Structure, builtin_structure
 
-# DESIGN.md §2 table, "MAE-DET score, ratio 1:1:6"
+# docs/design.md §2 table, "MAE-DET score, ratio 1:1:6"
 PUBLISHED_SCORES = {
     "maedet_s": 1731.907010,
     "maedet_m": 2114.782868,
@@ -46,6 +46,24 @@ def test_stride1_stage_counts_in_the_level_of_the_stage_before():
     assert result["c4"] == pytest.approx(c4_cum_without + block + math.log(s1.out_chs), abs=1e-12)
 
 
+def test_genome_evaluator_uses_the_same_levels_and_ratio_check():
+    """The hot path scores genomes with the zoo's level rule and the score's ratio check, not copies of them."""
+    init = builtin_structure("r50_like_init")  # a stride-1 stage: C4 is the block after it
+    space = SearchSpace.from_structure(init)
+    assert GenomeEvaluator(space, (0, 0, 1, 1, 6)).level_blocks == [index for _, index in score_levels(init)]
+    stages = (Stage(16, 32, 2, 3, 1, 16), Stage(32, 32, 2, 3, 1, 16), Stage(32, 64, 1, 3, 1, 16))
+    tiny = Structure(Stem(3, 16, 1, 3), stages)  # reductions 1, 2, 4, 4: one level, extended by the stride-1 stage
+    assert score_levels(tiny) == [("stem", 0), ("c2", 3)]
+    tiny_space = SearchSpace.from_structure(tiny)
+    assert GenomeEvaluator(tiny_space, (0, 1)).level_blocks == [0, 3]
+    with pytest.raises(SearchError) as from_structure:
+        closed_form_score(init, (1, 1, 6))
+    with pytest.raises(SearchError) as from_genome:
+        GenomeEvaluator(space, (1, 1, 6))
+    assert str(from_genome.value) == str(from_structure.value)
+    assert "3 values but the structure has 5 levels (stem, c2, c3, c4, c5)" in str(from_structure.value)
+
+
 def test_closed_form_is_independent_of_the_ratio_order_only_through_weights():
     s = builtin_structure("maedet_s")
     levels = closed_form_score(s).stage_scores
@@ -66,7 +84,7 @@ def one_thread():
 
 @pytest.mark.parametrize("name", ["maedet_s", "maedet_m", "maedet_l"])
 def test_forward_score_within_one_percent_at_224_batch8(name, one_thread):
-    """DESIGN.md §3: within 1% of the closed form at 224 px, batch 8, 4 repeats."""
+    """docs/design.md §3: within 1% of the closed form at 224 px, batch 8, 4 repeats."""
     structure = builtin_structure(name)
     closed = closed_form_score(structure).score
     forward = forward_score(structure, batch=8, resolution=224, repeats=4, seed=0).score
@@ -105,7 +123,7 @@ def _random_structures(count: int, seed: int) -> list[Structure]:
 
 def test_forward_ranks_like_closed_form_over_random_structures(one_thread):
     """Spearman ≥ 0.99 over 24 random structures. To stay cheap on 2 cores this runs at 64 px, batch 2, 1 repeat
-    (DESIGN.md's 0.9996 was measured at 224 px, batch 8, 4 repeats)."""
+    (docs/design.md §3's 0.9996 was measured at 224 px, batch 8, 4 repeats)."""
     structures = _random_structures(24, seed=1)
     closed = np.array([closed_form_score(s).score for s in structures])
     forward = np.array([forward_score(s, batch=2, resolution=64, repeats=1).score for s in structures])

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from maedet.search import Budget, SearchSpace, closed_form_score, preset_budget
-from maedet.search.fast import GenomeEvaluator
-from maedet.search.space import CHANNEL_RATIOS
+from maedet.search.evaluator import GenomeEvaluator
+from maedet.search.space import round8
 from maedet.zoo import builtin_structure, conv_layers, macs, official_flops, param_count
 
 
@@ -91,6 +91,32 @@ def test_every_block_and_field_mutates_including_the_last(space, init):
     assert set(changed) == set(range(len(space.encode(init))))  # stem out and all 4 fields of all 5 stages
 
 
+# docs/design.md §4: channels are multiplied by one of these, rounded to a multiple of 8, then clipped to the
+# legal interval.
+DESIGN_CHANNEL_RATIOS = (1.5, 1.25, 0.8, 0.6, 0.5)
+
+
+def _channel_interval(space, parent, child, pos):
+    """The legal [low, high] of the mutated channel field: a block's out (between its neighbours) or its btn."""
+    if pos == 0 or (pos - 1) % 4 == 0:
+        return space._out_interval(parent, 0 if pos == 0 else (pos - 1) // 4 + 1)
+    out = child[pos - 3]
+    return space._btn_low(out), out
+
+
+def test_channel_mutations_use_exactly_the_design_ratios(space, init):
+    used = set()
+    for parent, child in _walk(space, init, 3000, seed=2):
+        pos = next(i for i, (a, b) in enumerate(zip(parent, child, strict=True)) if a != b)
+        if pos != 0 and (pos - 1) % 4 in (1, 2):  # k or L
+            continue
+        low, high = _channel_interval(space, parent, child, pos)
+        proposals = {r: round8(parent[pos] * r) for r in DESIGN_CHANNEL_RATIOS}
+        assert child[pos] in {min(max(v, low), high) for v in proposals.values()}, (parent, child)
+        used |= {r for r, v in proposals.items() if v == child[pos]}
+    assert used == set(DESIGN_CHANNEL_RATIOS)
+
+
 def test_mutation_steps_follow_the_design(space, init):
     for parent, child in _walk(space, init, 3000, seed=2):
         diff = [i for i, (a, b) in enumerate(zip(parent, child, strict=True)) if a != b]
@@ -106,7 +132,6 @@ def test_mutation_steps_follow_the_design(space, init):
             assert new >= 1 and (abs(new - parent[pos]) in (1, 2) or clipped)
             if pos == 3:
                 assert new <= 3
-    assert CHANNEL_RATIOS == (1.5, 1.25, 0.8, 0.6, 0.5)
 
 
 def test_kernel_never_exceeds_the_feature_size_rule(init):

@@ -1,4 +1,4 @@
-"""Cost figures of a Structure equal DESIGN.md's table and what the built module really has."""
+"""Cost figures of a Structure equal the table of docs/design.md §2 and what the built module really has."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from maedet.zoo import builtin_structure, conv_layers, gmacs, official_flops, param_count
+from maedet.zoo import builtin_structure, conv_layers, cost, gmacs, official_flops, param_count
 
-# DESIGN.md §2: official FLOPs @224, @480, params, conv layers.
+# docs/design.md §2: official FLOPs @224, @480, params, conv layers.
 DESIGN_TABLE = {
     "maedet_s": (2_394_002_800, 10_992_870_000, 21_233_120, 79),
     "maedet_m": (4_420_872_120, 20_299_923_000, 25_843_536, 91),
@@ -26,6 +26,10 @@ def test_costs_equal_design_table(name: str) -> None:
     assert official_flops(structure, 480) == flops480
     assert param_count(structure) == params
     assert conv_layers(structure) == layers
+    figures = cost(structure, 480)
+    assert (figures.flops, figures.params, figures.layers) == (flops480, params, layers)
+    assert figures.gmacs == gmacs(structure, 224)
+    assert cost(structure, 224).flops == flops224
 
 
 @pytest.mark.parametrize("name", list(DESIGN_TABLE))

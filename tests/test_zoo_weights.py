@@ -6,42 +6,45 @@ import functools
 import http.server
 import json
 import os
+import stat
 import subprocess
 import sys
 import threading
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
 
-from maedet.zoo import checkpoint_filter_fn
-from maedet.zoo.convert import convert_checkpoint, load_checkpoint, main
+from maedet.zoo import CheckpointError, checkpoint_filter_fn, load_checkpoint
+from maedet.zoo.convert import convert_checkpoint, main
 
-from conftest import authors_checkpoint, authors_state_dict
-
-
-def _ours(size: str) -> dict[str, torch.Tensor]:
-    """The authors' tensors under our names, derived independently of the filter (by module order)."""
-    model = timm.create_model(f"maedet_{size}")
-    theirs = list(authors_state_dict(size).values())
-    ours = list(model.state_dict().keys())
-    assert len(theirs) == len(ours)
-    return dict(zip(ours, theirs, strict=True))
+AssertLoaded = Callable[[torch.nn.Module, str], None]
 
 
-def _assert_loaded(model: torch.nn.Module, size: str) -> None:
-    expected = _ours(size)
-    state = model.state_dict()
-    for key, tensor in expected.items():
-        assert torch.equal(state[key], tensor), key
+@pytest.fixture(scope="module")
+def assert_loaded(authors_state_dict) -> AssertLoaded:
+    """Check that a model holds the authors' tensors, mapped to our names independently of the filter (by order)."""
+
+    def check(model: torch.nn.Module, size: str) -> None:
+        theirs = list(authors_state_dict(size).values())
+        ours = list(timm.create_model(f"maedet_{size}").state_dict().keys())
+        assert len(theirs) == len(ours)
+        state = model.state_dict()
+        for key, tensor in zip(ours, theirs, strict=True):
+            assert torch.equal(state[key], tensor), key
+
+    return check
 
 
 @pytest.mark.parametrize("size", ["s", "m", "l"])
-def test_pretrained_from_authors_file(size: str, authors_checkpoint_file) -> None:
+def test_pretrained_from_authors_file(size: str, authors_checkpoint_file, assert_loaded: AssertLoaded) -> None:
     path = authors_checkpoint_file(size)
     model = timm.create_model(f"maedet_{size}.gflv2_coco", pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    _assert_loaded(model, size)
+    assert_loaded(model, size)
     features = timm.create_model(
         f"maedet_{size}.gflv2_coco", pretrained=True, features_only=True, pretrained_cfg_overlay={"file": str(path)}
     )
@@ -61,7 +64,9 @@ def http_server(tmp_path: Path):
     server.server_close()
 
 
-def test_pretrained_from_url(http_server, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_pretrained_from_url(
+    http_server, tmp_path_factory: pytest.TempPathFactory, authors_checkpoint, assert_loaded: AssertLoaded
+) -> None:
     root, base = http_server
     (root / "maedet-m").mkdir()
     torch.save(authors_checkpoint("m"), root / "maedet-m" / "latest.pth")
@@ -72,11 +77,11 @@ def test_pretrained_from_url(http_server, tmp_path_factory: pytest.TempPathFacto
         pretrained_cfg_overlay={"url": f"{base}/maedet-m/latest.pth"},
         cache_dir=cache,
     )
-    _assert_loaded(model, "m")
+    assert_loaded(model, "m")
     assert (cache / "latest.pth").is_file()
 
 
-def test_filter_accepts_tinynas_and_our_layouts() -> None:
+def test_filter_accepts_tinynas_and_our_layouts(authors_state_dict) -> None:
     model = timm.create_model("maedet_s")
     bare = {k.removeprefix("backbone.body."): v for k, v in authors_state_dict("s").items()}
     ours = checkpoint_filter_fn(bare, model)
@@ -85,7 +90,7 @@ def test_filter_accepts_tinynas_and_our_layouts() -> None:
     assert all(torch.equal(again[k], ours[k]) for k in ours)
 
 
-def test_filter_names_missing_unexpected_and_misshapen_keys() -> None:
+def test_filter_names_missing_unexpected_and_misshapen_keys(authors_state_dict) -> None:
     model = timm.create_model("maedet_s")
     state = authors_state_dict("s")
     missing = dict(state)
@@ -112,14 +117,15 @@ class NotATensor:
     """A pickled object that weights_only loading must refuse."""
 
 
-def test_unsafe_pickle_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unsafe_pickle_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], authors_state_dict) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": authors_state_dict("s"), "meta": NotATensor()}, path)
-    with pytest.raises(ValueError, match=r"refused: .* \(Unsupported global: GLOBAL test_zoo_weights.NotATensor"):
+    refusal = r"refused: it contains code-executing objects \(test_zoo_weights\.NotATensor\)"
+    with pytest.raises(CheckpointError, match=refusal):
         load_checkpoint(path)
     assert main([str(path), "--model", "maedet_s", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("maedet-convert: checkpoint evil.pth was refused") and err.count("\n") == 1
+    assert err.startswith("maedet-convert: error: checkpoint evil.pth was refused") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
@@ -129,7 +135,97 @@ def test_unsafe_pickle_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert not (tmp_path / "out").exists()
 
 
-def test_convert_then_local_dir(authors_checkpoint_file, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+class RunsCode:
+    """A pickle that would run a shell command if it were ever loaded unsafely."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_code_executing_pickle_is_named_and_never_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], authors_state_dict
+) -> None:
+    marker = tmp_path / "ran"
+    checkpoint = {"state_dict": authors_state_dict("s"), "meta": RunsCode(marker)}
+    zipped, legacy = tmp_path / "evil.pth", tmp_path / "evil_legacy.pth"
+    torch.save(checkpoint, zipped)
+    torch.save(checkpoint, legacy, _use_new_zipfile_serialization=False)  # torch's older, non-zip format
+    system = f"{os.system.__module__}.system"  # posix.system
+    for path in (zipped, legacy):
+        with pytest.raises(CheckpointError, match=rf"contains code-executing objects \({system}\)"):
+            load_checkpoint(path)
+        assert main([str(path), "--model", "maedet_s", "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"maedet-convert: error: checkpoint {path.name} was refused: it contains code-executing")
+        assert system in err and err.count("\n") == 1
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def _as_numpy1_wrote_it(path: Path, out: Path) -> Path:
+    """The same checkpoint as written under numpy 1, whose scalar constructor lived in ``numpy.core.multiarray``."""
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith("/data.pkl"):
+                data = data.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")
+                assert b"numpy.core.multiarray\nscalar" in data
+            dst.writestr(name, data)
+    return out
+
+
+def test_mmdetection_meta_with_numpy_scalars_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], authors_checkpoint, assert_loaded: AssertLoaded
+) -> None:
+    """mmdetection keeps numpy scalars and dtypes in ``meta``; they load with weights_only=True, nothing else does."""
+    checkpoint = authors_checkpoint("s")
+    meta = {"epoch": np.int64(24), "lr": np.float64(0.02), "best_ap": np.float32(0.451), "flags": [np.bool_(True)]}
+    checkpoint["meta"].update(meta, dtype=np.dtype("float32"))
+    path = tmp_path / "latest.pth"
+    torch.save(checkpoint, path)
+    for candidate in (path, _as_numpy1_wrote_it(path, tmp_path / "numpy1.pth")):
+        loaded = load_checkpoint(candidate)
+        assert loaded["meta"]["epoch"] == 24 and type(loaded["meta"]["epoch"]) is np.int64
+        assert loaded["meta"]["best_ap"] == np.float32(0.451) and loaded["meta"]["dtype"] == np.dtype("float32")
+        assert loaded["meta"]["flags"] == [np.True_]
+        assert loaded["state_dict"].keys() == checkpoint["state_dict"].keys()
+    out = tmp_path / "converted"
+    assert main([str(tmp_path / "numpy1.pth"), "--model", "maedet_s", "--out", str(out)]) == 0
+    assert_loaded(timm.create_model(f"local-dir:{out}", pretrained=True), "s")
+
+
+def test_converted_folder_gets_the_umask_permissions(authors_checkpoint_file, tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        out = convert_checkpoint(authors_checkpoint_file("s"), tmp_path / "weights", "maedet_s")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights"]
+
+
+def test_convert_cli_version_and_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import maedet
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"maedet-convert {maedet.__version__}"
+    missing = tmp_path / "missing.pth"
+    assert main([str(missing), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"maedet-convert: error: checkpoint {str(missing)!r} does not exist or is not a file.\n"
+    assert main(["--model", "maedet_s"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("maedet-convert: error: the following arguments are required") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_then_local_dir(
+    authors_checkpoint_file, tmp_path: Path, capsys: pytest.CaptureFixture[str], assert_loaded: AssertLoaded
+) -> None:
     out = tmp_path / "maedet_s_coco"
     assert main([str(authors_checkpoint_file("s")), "--model", "maedet_s", "--out", str(out)]) == 0
     assert "local-dir:" in capsys.readouterr().out
@@ -138,14 +234,14 @@ def test_convert_then_local_dir(authors_checkpoint_file, tmp_path: Path, capsys:
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "maedet_s" and config["pretrained_cfg"]["first_conv"] == "stem.conv"
     model = timm.create_model(f"local-dir:{out}", pretrained=True)
-    _assert_loaded(model, "s")
+    assert_loaded(model, "s")
     features = timm.create_model(f"local-dir:{out}", pretrained=True, features_only=True)
     assert features.feature_info.channels() == [48, 272, 1024, 2048]
     assert main([str(authors_checkpoint_file("s")), "--model", "maedet_s", "--out", str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
 
 
-def test_convert_searched_structure(authors_checkpoint_file, tmp_path: Path) -> None:
+def test_convert_searched_structure(authors_checkpoint_file, tmp_path: Path, assert_loaded: AssertLoaded) -> None:
     """A structure file (the authors' txt) becomes a self-describing folder for the generic 'maedet' entry."""
     structure_file = tmp_path / "best_structure.txt"
     structure_file.write_text(timm.create_model("maedet_l").structure.to_authors_text())
@@ -153,7 +249,7 @@ def test_convert_searched_structure(authors_checkpoint_file, tmp_path: Path) -> 
     assert json.loads((out / "config.json").read_text())["model_args"]["structure"]["blocks"][4]["out"] == 2400
     model = timm.create_model(f"local-dir:{out}", pretrained=True)
     assert model.pretrained_cfg["architecture"] == "maedet"
-    _assert_loaded(model, "l")
+    assert_loaded(model, "l")
 
 
 def test_hf_hub_offline_cache(authors_checkpoint_file, tmp_path: Path) -> None:

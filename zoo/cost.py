@@ -2,10 +2,11 @@
 
 * ``official_flops``: the authors' ``get_flops`` count (conv MACs + 2·C per BN + C per ReLU per output pixel;
   the shortcut projection counted as conv-BN-ReLU, the stride-2 avgpool as C per input pixel). Search budgets
-  use it so that our budgets mean what the paper's mean; it equals the DESIGN.md table exactly.
+  use it so that our budgets mean what the paper's mean; it equals the table of docs/design.md §2 exactly.
 * ``gmacs``: conv + linear MACs in units of 1e9, the timm/fvcore convention (FlopCounterMode reports 2×MACs).
 * ``param_count``: exactly ``sum(p.numel())`` of the built module.
 * ``conv_layers``: 1 per stem + 3 per bottleneck block (the authors' layer budget).
+* ``cost``: all four at once, as the search's reports print them.
 """
 
 from __future__ import annotations
@@ -94,20 +95,19 @@ def conv_layers(structure: Structure) -> int:
 
 @dataclass(frozen=True)
 class Cost:
-    """All cost figures of one structure, as budgets and reports use them."""
+    """The figures a report shows for one structure (keys of ``maedet-search score --json`` and best.json)."""
 
-    flops: int  # official FLOPs at ``resolution``
-    resolution: int
-    gmacs_224: float
-    params: int
-    layers: int
+    flops: int  # official FLOPs at the resolution asked for
+    gmacs: float  # conv + linear GMACs at 224 px, no classifier
+    params: int  # parameters, no classifier
+    layers: int  # the authors' conv layer count
 
 
 def cost(structure: Structure, resolution: int = 480) -> Cost:
+    """Official FLOPs at ``resolution``, GMACs at 224 px, params and conv layers of ``structure``."""
     return Cost(
         flops=official_flops(structure, resolution),
-        resolution=resolution,
-        gmacs_224=gmacs(structure, 224),
+        gmacs=gmacs(structure, 224),
         params=param_count(structure),
         layers=conv_layers(structure),
     )

@@ -20,6 +20,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
+from maedet.errors import MaeDetError
+
 from .structure import Stage, Structure, builtin_structure, load_structure
 
 __all__ = ["MaeDet", "checkpoint_filter_fn", "fuse_bn"]
@@ -114,9 +116,9 @@ class MaeDet(nn.Module):
     ) -> None:
         super().__init__()
         if structure is None:
-            raise ValueError("MaeDet needs a structure: a Structure, a dict, a built-in name or a file path.")
+            raise MaeDetError("MaeDet needs a structure: a Structure, a dict, a built-in name or a file path.")
         if output_stride != 32:
-            raise ValueError("MaeDet supports output_stride=32 only (no dilated variant).")
+            raise MaeDetError("MaeDet supports output_stride=32 only (no dilated variant).")
         self.structure = load_structure(structure).with_in_chans(in_chans)
         self.num_classes = num_classes
         self.drop_rate = drop_rate
@@ -237,7 +239,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
         if mapped is not None:
             out[mapped] = value
         elif bare.startswith("block_list.") or key.startswith("backbone.body."):
-            raise ValueError(f"checkpoint: backbone key {key!r} is not part of a MAE-DET backbone.")
+            raise MaeDetError(f"checkpoint: backbone key {key!r} is not part of a MAE-DET backbone.")
         # anything else (neck, bbox_head, optimizer state) is not ours and is dropped
 
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
@@ -250,7 +252,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
             parts.append(f"{len(missing)} missing backbone keys ({_preview(missing)})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected backbone keys ({_preview(unexpected)})")
-        raise ValueError(f"checkpoint does not match this structure: {'; '.join(parts)}.")
+        raise MaeDetError(f"checkpoint does not match this structure: {'; '.join(parts)}.")
     first_conv = "stem.conv.weight"
     wrong = [
         f"{k} {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -258,7 +260,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
         if k != first_conv and got[k].shape != expected[k].shape
     ]
     if wrong:
-        raise ValueError(f"checkpoint does not match this structure: shape mismatch in {_preview(wrong)}.")
+        raise MaeDetError(f"checkpoint does not match this structure: shape mismatch in {_preview(wrong)}.")
     return out
 
 
@@ -344,5 +346,5 @@ def maedet_l(pretrained: bool = False, **kwargs: Any) -> MaeDet:
 def maedet(pretrained: bool = False, **kwargs: Any) -> MaeDet:
     """Any structure: ``timm.create_model('maedet', structure='best.json')`` (searched backbones)."""
     if kwargs.get("structure") is None:
-        raise ValueError("timm.create_model('maedet', ...) needs structure=<Structure, dict, or path to a file>.")
+        raise MaeDetError("timm.create_model('maedet', ...) needs structure=<Structure, dict, or path to a file>.")
     return _create_maedet("maedet", pretrained, **kwargs)

@@ -1,6 +1,6 @@
 """The Structure: the one contract between search (which finds backbones) and the zoo (which builds them).
 
-A Structure is a stem plus a list of stages of bottleneck residual blocks, exactly the family of DESIGN.md §2.
+A Structure is a stem plus a list of stages of bottleneck residual blocks, exactly the family of docs/design.md §2.
 It is immutable and validated on construction, so every other part can trust it without checking again.
 It reads the authors' files (a Python literal, parsed with ``ast.literal_eval``, never executed) and our own
 JSON, and writes both.
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Stem",
     "Structure",
     "builtin_structure",
+    "feature_levels",
     "load_structure",
 ]
 
@@ -36,23 +38,23 @@ BUILTIN_NAMES = ("maedet_s", "maedet_m", "maedet_l", "r50_like_init")
 
 def _check_int(where: str, name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{where}: field '{name}' must be an integer, got {value!r}.")
+        raise MaeDetError(f"{where}: field '{name}' must be an integer, got {value!r}.")
     if value < minimum:
-        raise ValueError(f"{where}: field '{name}' must be at least {minimum}, got {value}.")
+        raise MaeDetError(f"{where}: field '{name}' must be at least {minimum}, got {value}.")
     return value
 
 
 def _check_kernel(where: str, value: Any) -> int:
     _check_int(where, "k", value)
     if value % 2 == 0:
-        raise ValueError(f"{where}: field 'k' must be an odd kernel size, got {value}.")
+        raise MaeDetError(f"{where}: field 'k' must be an odd kernel size, got {value}.")
     return value
 
 
 def _check_stride(where: str, value: Any) -> int:
     _check_int(where, "s", value)
     if value not in (1, 2):
-        raise ValueError(f"{where}: field 's' must be 1 or 2, got {value}.")
+        raise MaeDetError(f"{where}: field 's' must be 1 or 2, got {value}.")
     return value
 
 
@@ -128,17 +130,17 @@ class Structure:
 
     def __post_init__(self) -> None:
         if not isinstance(self.stem, Stem):
-            raise ValueError("block 0: the first block must be a ConvKXBNRELU stem.")
+            raise MaeDetError("block 0: the first block must be a ConvKXBNRELU stem.")
         stages = tuple(self.stages)
         object.__setattr__(self, "stages", stages)
         if not stages:
-            raise ValueError("structure: it needs at least one SuperResK1KXK1 stage after the stem.")
+            raise MaeDetError("structure: it needs at least one SuperResK1KXK1 stage after the stem.")
         prev_out = self.stem.out_chs
         for i, stage in enumerate(stages, start=1):
             if not isinstance(stage, Stage):
-                raise ValueError(f"block {i}: every block after the stem must be a SuperResK1KXK1 stage.")
+                raise MaeDetError(f"block {i}: every block after the stem must be a SuperResK1KXK1 stage.")
             if stage.in_chs != prev_out:
-                raise ValueError(
+                raise MaeDetError(
                     f"block {i} ({STAGE_CLASSES[0]}): field 'in' is {stage.in_chs} but the previous block's "
                     f"'out' is {prev_out}."
                 )
@@ -149,24 +151,24 @@ class Structure:
     def from_blocks(cls, blocks: Any) -> Structure:
         """Build from the authors' block list (dicts with 'class', 'in', 'out', 's', 'k', 'L', 'btn')."""
         if not isinstance(blocks, (list, tuple)):
-            raise ValueError(f"structure: expected a list of blocks, got {type(blocks).__name__}.")
+            raise MaeDetError(f"structure: expected a list of blocks, got {type(blocks).__name__}.")
         if not blocks:
-            raise ValueError("structure: the block list is empty.")
+            raise MaeDetError("structure: the block list is empty.")
         parsed_stem: Stem | None = None
         stages: list[Stage] = []
         for i, block in enumerate(blocks):
             if not isinstance(block, Mapping):
-                raise ValueError(f"block {i}: expected a dict, got {type(block).__name__}.")
+                raise MaeDetError(f"block {i}: expected a dict, got {type(block).__name__}.")
             cls_name = block.get("class")
             where = f"block {i} ({cls_name})"
             if i == 0:
                 if cls_name != STEM_CLASS:
-                    raise ValueError(f"block 0: field 'class' must be '{STEM_CLASS}' for the stem, got {cls_name!r}.")
+                    raise MaeDetError(f"block 0: field 'class' must be '{STEM_CLASS}' for the stem, got {cls_name!r}.")
                 _require(where, block, ("in", "out", "s", "k"))
                 parsed_stem = Stem(block["in"], block["out"], block["s"], block["k"])
             else:
                 if cls_name not in STAGE_CLASSES:
-                    raise ValueError(
+                    raise MaeDetError(
                         f"block {i}: field 'class' must be one of {', '.join(STAGE_CLASSES)}, got {cls_name!r}."
                     )
                 _require(where, block, ("in", "out", "s", "k", "L", "btn"))
@@ -186,14 +188,14 @@ class Structure:
                 data = data[0]
             return cls.from_blocks(data)
         if not isinstance(data, Mapping):
-            raise ValueError(f"structure: expected a list of blocks or a dict, got {type(data).__name__}.")
+            raise MaeDetError(f"structure: expected a list of blocks or a dict, got {type(data).__name__}.")
         if "blocks" in data:
             return cls.from_blocks(data["blocks"])
         if "structure" in data:
             return cls.from_dict(data["structure"])
         if "best_structures" in data:
             return cls.from_dict(data["best_structures"])
-        raise ValueError("structure: the dict has none of the keys 'blocks', 'structure' or 'best_structures'.")
+        raise MaeDetError("structure: the dict has none of the keys 'blocks', 'structure' or 'best_structures'.")
 
     @classmethod
     def from_text(cls, text: str) -> Structure:
@@ -205,7 +207,7 @@ class Structure:
             try:
                 data = ast.literal_eval(literal)
             except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
-                raise ValueError(f"structure: the text is neither JSON nor a Python literal ({exc}).") from None
+                raise MaeDetError(f"structure: the text is neither JSON nor a Python literal ({exc}).") from None
         return cls.from_dict(data)
 
     # ---------------------------------------------------------------- output
@@ -248,30 +250,40 @@ class Structure:
         return Structure(stem, self.stages)
 
     def feature_points(self, min_reduction: int = 4) -> tuple[FeaturePoint, ...]:
-        """C2..C5: the last block before each stride-2 block, and the final block (DESIGN.md §2)."""
+        """C2..C5: the last block before each stride-2 block, and the final block (docs/design.md §2)."""
         blocks = self.blocks
-        points: list[FeaturePoint] = []
-        reduction = 1
-        for i, block in enumerate(blocks):
-            reduction *= block.stride
-            is_last = i == len(blocks) - 1
-            if (is_last or blocks[i + 1].stride == 2) and reduction >= min_reduction:
-                level = reduction.bit_length() - 1
-                points.append(FeaturePoint(f"c{level}", i, block.out_chs, reduction))
-        return tuple(points)
+        levels = feature_levels([block.stride for block in blocks], min_reduction)
+        return tuple(FeaturePoint(name, i, blocks[i].out_chs, reduction) for name, i, reduction in levels)
+
+
+def feature_levels(strides: Sequence[int], min_reduction: int = 4) -> list[tuple[str, int, int]]:
+    """(name, block index, reduction) of each detection feature, from the blocks' strides alone (stem first).
+
+    A feature is the output of the last block before a stride-2 block, or of the final block, once the
+    reduction reaches ``min_reduction``; it is named ``c{log2(reduction)}``. The search applies the same rule to
+    genomes, which carry strides but no Structure.
+    """
+    levels: list[tuple[str, int, int]] = []
+    reduction = 1
+    for i, stride in enumerate(strides):
+        reduction *= stride
+        is_last = i == len(strides) - 1
+        if (is_last or strides[i + 1] == 2) and reduction >= min_reduction:
+            levels.append((f"c{reduction.bit_length() - 1}", i, reduction))
+    return levels
 
 
 def _require(where: str, block: Mapping[str, Any], keys: Iterable[str]) -> None:
     for key in keys:
         if key not in block:
-            raise ValueError(f"{where}: field '{key}' is missing.")
+            raise MaeDetError(f"{where}: field '{key}' is missing.")
 
 
 def builtin_structure(name: str) -> Structure:
     """A published structure shipped with the package: maedet_s, maedet_m, maedet_l or r50_like_init."""
     key = name.replace("-", "_").lower()
     if key not in BUILTIN_NAMES:
-        raise ValueError(f"unknown built-in structure {name!r}; choose one of {', '.join(BUILTIN_NAMES)}.")
+        raise MaeDetError(f"unknown built-in structure {name!r}; choose one of {', '.join(BUILTIN_NAMES)}.")
     return Structure.from_text((_BUILTIN_DIR / f"{key}.json").read_text())
 
 
@@ -288,8 +300,8 @@ def load_structure(source: Structure | Mapping[str, Any] | Sequence[Any] | str |
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise ValueError(f"cannot read structure file {str(path)!r}: {reason}.") from None
+        raise MaeDetError(f"cannot read structure file {str(path)!r}: {reason}.") from None
     try:
         return Structure.from_text(text)
     except ValueError as exc:
-        raise ValueError(f"{path.name}: {exc}") from None
+        raise MaeDetError(f"{path.name}: {exc}") from None

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .score import check_ratios, stride_levels
 from .space import Genome, SearchSpace
 
 __all__ = ["GenomeEvaluator"]
@@ -30,25 +31,9 @@ class GenomeEvaluator:
     ratios: Sequence[float]
 
     def __post_init__(self) -> None:
-        structure_levels = self._levels()
-        if len(self.ratios) != len(structure_levels):
-            raise ValueError(
-                f"the score ratios have {len(self.ratios)} values but the structure has {len(structure_levels)} "
-                f"levels ({', '.join(name for name, _ in structure_levels)})."
-            )
-        self.level_blocks = [block for _, block in structure_levels]
-        self.level_names = [name for name, _ in structure_levels]
-
-    def _levels(self) -> list[tuple[str, int]]:
-        """Same levels as ``score.score_levels``: the stem, then the last block before each stride-2 block."""
-        strides = (self.space.stem_stride, *self.space.strides)
-        levels = [("stem", 0)]
-        reduction = 1
-        for i, stride in enumerate(strides):
-            reduction *= stride
-            if (i == len(strides) - 1 or strides[i + 1] == 2) and reduction >= 4:
-                levels.append((f"c{reduction.bit_length() - 1}", i))
-        return levels
+        levels = stride_levels((self.space.stem_stride, *self.space.strides))
+        check_ratios(self.ratios, levels)
+        self.level_blocks = [block for _, block in levels]
 
     # ------------------------------------------------------------------ score
     def block_log_stds(self, genome: Genome) -> list[float]:
