@@ -86,7 +86,7 @@ def test_resume_gives_the_uninterrupted_result(init, tmp_path):
     assert again.population == whole.population
 
     other = _settings(init, iterations=4000, seed=5)
-    with pytest.raises(SearchError, match="different search settings"):
+    with pytest.raises(SearchError, match=r"different search settings \(seed: 0 in the checkpoint, 5 now\)"):
         Search.resume(other, tmp_path / CHECKPOINT_NAME)
 
 

@@ -41,7 +41,7 @@ def test_encode_decode_round_trip(space, init):
         space.encode(builtin_structure("maedet_s"))
 
 
-def test_fast_costs_and_score_equal_the_zoo(space, init):
+def test_evaluator_costs_and_score_equal_the_zoo(space, init):
     evaluator = GenomeEvaluator(space, (0, 0, 1, 1, 6))
     for _, genome in _walk(space, init, 600, seed=5)[::3]:
         structure = space.decode(genome)
@@ -52,7 +52,7 @@ def test_fast_costs_and_score_equal_the_zoo(space, init):
         assert evaluator.score(genome) == pytest.approx(closed_form_score(structure).score, abs=1e-9)
 
 
-def test_fast_figures_match_design_table():
+def test_evaluator_figures_match_design_table():
     for name, flops480, params, layers in (
         ("maedet_s", 10_992_870_000, 21_233_120, 79),
         ("maedet_m", 20_299_923_000, 25_843_536, 91),
