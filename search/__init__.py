@@ -1,7 +1,9 @@
 """Zero-shot maximum-entropy search (MAE-DET): scores, search space, budgets and the evolutionary search."""
 
 from .budget import PRESETS, Budget, preset_budget
-from .evolution import ForwardOptions, Search, SearchError, SearchSettings
+from .errors import SearchError
+from .evaluator import GenomeEvaluator
+from .evolution import ForwardOptions, Search, SearchSettings
 from .executors import LocalProcessExecutor, RayExecutor, SerialExecutor, make_executor
 from .report import describe, write_outputs
 from .score import DEFAULT_RATIOS, ScoreResult, closed_form_score, forward_score, score_levels
@@ -12,6 +14,7 @@ __all__ = [
     "PRESETS",
     "Budget",
     "ForwardOptions",
+    "GenomeEvaluator",
     "LocalProcessExecutor",
     "RayExecutor",
     "ScoreResult",
