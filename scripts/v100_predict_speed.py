@@ -4,9 +4,10 @@
     .venv/bin/python scripts/v100_predict_speed.py [--table v100-fp16] [--batch 32] [--input-size 480]
                                                   [--candidates 20000] [--json OUT.json]
 
-Three figures, in one process: the first parse of the table; a search-like walk (random mutations from the R50-like
+Four figures, in one process: the first parse of the table; a search-like walk (random mutations from the R50-like
 initial structure, every candidate predicted once, per-conv cache cold at the start, so new convs cost scipy
-interpolations); and the warm rate (the same candidates predicted again, every conv cached).
+interpolations); the warm rate (the same candidates predicted again, every conv cached); and the cost of one conv
+never seen before.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import time
 
 from rich.console import Console
@@ -36,6 +38,19 @@ def random_walk(count: int, seed: int) -> list[Structure]:
         if child is not None:
             genomes.append(child)
     return [space.decode(g) for g in genomes]
+
+
+def new_conv_cost_us(predictor, count: int, seed: int) -> float:
+    """Median µs for a conv never asked before: a cache miss, which runs the scipy interpolations."""
+    rng = random.Random(seed)
+    costs = []
+    for _ in range(count):
+        kernel, size = rng.choice((1, 3, 5)), rng.choice((15, 30, 60, 120, 240))
+        conv = ("Regular", 1, 0, kernel, 8 * rng.randint(1, 256), size + rng.randint(1, 7), 8 * rng.randint(1, 256))
+        begin = time.perf_counter()
+        predictor.predict_conv_ms(conv)
+        costs.append(time.perf_counter() - begin)
+    return statistics.median(costs) * 1e6
 
 
 def rate(predict, structures: list[Structure]) -> tuple[float, float]:
@@ -66,6 +81,7 @@ def main() -> None:
     cold_head_rate, _ = rate(predictor.predict_ms, head)
     search_rate, search_s = rate(predictor.predict_ms, structures[1001:])
     warm_rate, _ = rate(predictor.predict_ms, structures)
+    miss_us = new_conv_cost_us(predictor, 300, args.seed)
     results = {
         "table": args.table,
         "batch": args.batch,
@@ -77,6 +93,7 @@ def main() -> None:
         "rest_s": search_s,
         "warm_candidates_per_s": warm_rate,
         "warm_us_per_call": 1e6 / warm_rate,
+        "new_conv_median_us": miss_us,
     }
     table = Table(title=f"{args.table}, batch {args.batch}, {args.input_size} px: predict_ms speed")
     table.add_column("what")
@@ -85,6 +102,7 @@ def main() -> None:
     table.add_row("search walk, first 1,000 candidates (cold cache)", f"{cold_head_rate:,.0f} /s")
     table.add_row(f"search walk, next {len(structures) - 1001:,} candidates", f"{search_rate:,.0f} /s")
     table.add_row("warm (every conv cached)", f"{warm_rate:,.0f} /s ({1e6 / warm_rate:.1f} µs each)")
+    table.add_row("one new conv (cache miss), median", f"{miss_us:,.0f} µs")
     Console().print(table)
     if args.json:
         atomic_write_text(args.json, json.dumps(results, indent=1) + "\n")
