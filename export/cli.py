@@ -158,26 +158,14 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _export_options(args: argparse.Namespace) -> Any:
+    """The flags as ExportOptions: the flags carry the options' names, except the precision and the input size."""
+    import dataclasses
+
     from .onnx_export import ExportOptions
 
-    return ExportOptions(
-        structure=args.structure,
-        checkpoint=args.checkpoint,
-        input_size=tuple(args.input_size),
-        batch=args.batch,
-        outputs=args.outputs,
-        out_indices=args.out_indices,
-        num_classes=args.num_classes,
-        dynamic=args.dynamic,
-        opset=args.opset,
-        precision="fp16" if args.half else "int8" if args.int8 else "fp32",
-        io_half=args.io_half,
-        calib=args.calib,
-        calib_batches=args.calib_batches,
-        int8_mode=args.int8_mode,
-        simplify=args.simplify,
-        check=args.check,
-    )
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions) if hasattr(args, f.name)}
+    given.update(precision="fp16" if args.half else "int8" if args.int8 else "fp32", input_size=tuple(args.input_size))
+    return ExportOptions(**given)
 
 
 def _engine(args: argparse.Namespace, onnx_path: Path, result: Any, console: Console) -> tuple[dict[str, Any], int]:

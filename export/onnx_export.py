@@ -56,6 +56,11 @@ class ExportOptions:
     per_channel: bool = True
     int8_mode: str = "portable"  # 'portable' (TensorRT and ONNX Runtime) or 'cpu' (ONNX Runtime on x86)
 
+    def model_request(self) -> dict[str, Any]:
+        """The options that pick the module (what :func:`resolve_model` takes besides the model)."""
+        names = ("structure", "checkpoint", "outputs", "out_indices", "num_classes")
+        return {name: getattr(self, name) for name in names}
+
     def validate(self) -> None:
         """Refuse impossible combinations in one sentence, before any model is built."""
         if self.precision not in PRECISIONS:
@@ -182,14 +187,7 @@ class _Traced:
 
 def _trace_inputs(model: str | nn.Module | ModelSource, opts: ExportOptions) -> _Traced:
     """Resolve the model and run PyTorch once at the export size, so size problems surface as one sentence."""
-    source = resolve_model(
-        model,
-        structure=opts.structure,
-        checkpoint=opts.checkpoint,
-        outputs=opts.outputs,
-        out_indices=opts.out_indices,
-        num_classes=opts.num_classes,
-    )
+    source = resolve_model(model, **opts.model_request())
     h, w = validate_input_size(opts.input_size, source.size_multiple)
     example = torch.from_numpy(synthetic_images(opts.batch, h, w, source.mean, source.std, seed=1234))
     try:

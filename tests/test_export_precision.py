@@ -103,13 +103,16 @@ def test_int8_runs_in_onnxruntime_with_good_cosine(int8_file, model_m):
 def test_int8_synthetic_calibration_warns(int8_file, caplog, capsys):
     assert any("synthetic" in w for w in int8_file.warnings)
     # The warning is logged (the CLI shows it as "maedet-export: warning: ..."), never printed by the library.
+    # A CLI run earlier in this process leaves its stderr handler on "maedet" (and stops propagation there):
+    # listen on that logger alone for the duration.
     maedet_logger = logging.getLogger("maedet")
-    maedet_logger.addHandler(caplog.handler)  # a CLI run earlier in this process stops propagation at "maedet"
+    saved = maedet_logger.handlers[:]
+    maedet_logger.handlers[:] = [caplog.handler]
     try:
         with caplog.at_level(logging.INFO, logger="maedet"):
             data, note = calibration_batches(calib=None, batches=2, batch=1, input_size=(32, 32), mean=MEAN, std=STD)
     finally:
-        maedet_logger.removeHandler(caplog.handler)
+        maedet_logger.handlers[:] = saved
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [(logging.WARNING, note)]
     assert "synthetic" in note and len(data) == 2 and data[0].shape == (1, 3, 32, 32)
     captured = capsys.readouterr()
