@@ -1,16 +1,18 @@
 """Benchmark MAE-DET backbones against ResNet-50/101, side by side, on every backend the machine has.
 
 from maedet.bench import run_bench
-result = run_bench(backends="torch-eager,ort-cpu", input_sizes=[(640, 640)])
+result = run_bench(backends="torch-eager,ort-cpu", input_sizes=[(640, 640)])   # or settings=BenchSettings(...)
 result.latency_ratio("maedet_s", "resnet50", "ort-cpu")
 """
 
 from .backends import BACKENDS, Backend, BackendStatus, detect_backends, resolve_backends, unavailable_reason
-from .errors import BenchError
+from .cache import ArtifactCache, default_cache_dir
+from .errors import BackendUnavailable, BenchError
 from .machine import machine_info, machine_line
 from .models import DEFAULT_MODELS, REFERENCE_MODELS, ModelCost, ModelSpec, model_cost, parse_model
 from .report import CSV_COLUMNS, render_table, write_csv, write_json, write_plot
-from .runner import BenchResult, BenchRow, Skipped, compute_speedups, default_cache_dir, run_bench
+from .results import BenchResult, BenchRow, Skipped, compute_speedups
+from .suite import BenchSettings, run_bench
 from .timing import LatencyStats, run_interleaved, summarize
 
 __all__ = [
@@ -18,11 +20,14 @@ __all__ = [
     "CSV_COLUMNS",
     "DEFAULT_MODELS",
     "REFERENCE_MODELS",
+    "ArtifactCache",
     "Backend",
     "BackendStatus",
+    "BackendUnavailable",
     "BenchError",
     "BenchResult",
     "BenchRow",
+    "BenchSettings",
     "LatencyStats",
     "ModelCost",
     "ModelSpec",

@@ -174,6 +174,8 @@ def unavailable_reason(backend: Backend) -> str | None:
     if backend.device == "cuda":
         if backend.runtime == "tensorrt" and not _has_module("tensorrt"):
             return "TensorRT is not installed (pip install 'maedet[gpu]' on a CUDA machine)"
+        if backend.runtime == "tensorrt" and not _has_module("polygraphy"):
+            return "Polygraphy, which runs the TensorRT engines, is not installed (pip install 'maedet[gpu]')"
         if backend.runtime in ("torch", "tensorrt"):  # torch allocates TensorRT's buffers too
             reason = _cuda_reason()
             if reason:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from collections.abc import Sequence
+from typing import Any
+
+from maedet.cli import make_parser, run_cli
 
 from .backends import detect_backends, resolve_backends
 from .errors import BenchError
 from .models import DEFAULT_MODELS
+from .suite import BenchSettings
 
 __all__ = ["build_parser", "main"]
 
-QUICK = dict(input_size=[(256, 256)], backends="torch-eager", warmup=1, rounds=4, min_rounds=2, max_time=30.0)
+QUICK: dict[str, Any] = dict(
+    input_size=[(256, 256)], backends="torch-eager", warmup=1, rounds=4, min_rounds=2, max_time=30.0
+)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -29,11 +34,19 @@ def _names(values: Sequence[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="maedet-bench",
-        description="Measure MAE-DET-S/M/L against ResNet-50/101 (C2..C5 backbones, same input) on the backends "
+    p = make_parser(
+        "maedet-bench",
+        "Measure MAE-DET-S/M/L against ResNet-50/101 (C2..C5 backbones, same input) on the backends "
         "this machine has; ratios against the ResNets are the headline, absolute times carry the machine line.",
     )
+    _add_what_options(p)
+    _add_timing_options(p)
+    _add_output_options(p)
+    return p
+
+
+def _add_what_options(p: argparse.ArgumentParser) -> None:
+    """Which models on which backends at which inputs."""
     p.add_argument(
         "--models",
         nargs="+",
@@ -66,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="one or more input sizes, e.g. 640 or 480x640 (default 640x640)",
     )
     p.add_argument("--batch-size", nargs="+", type=int, default=[1], metavar="N", help="one or more batch sizes")
+
+
+def _add_timing_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every runtime (default: usable cores)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs per model and backend (default 2)")
     p.add_argument("--rounds", type=int, default=None, help="most interleaved timing rounds (default 12)")
@@ -83,13 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a one-minute check: PyTorch eager at 256x256, few rounds (explicit flags still win)",
     )
     p.add_argument("--cache-dir", default=None, help="where exported ONNX files and engines are kept")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paper", action="store_true", help="add published COCO AP / GFLOPs (labelled published)")
     p.add_argument("--json", default=None, metavar="FILE", help="write all results as one JSON object")
     p.add_argument("--csv", default=None, metavar="FILE", help="write one CSV line per result row")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="write latency-vs-GMACs and speedup plot")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-backends", action="store_true", help="show which backends can run here, and exit")
-    return p
 
 
 def _list_backends() -> int:
@@ -129,54 +147,53 @@ def _backend_spec(args: argparse.Namespace) -> str | None:
     return ",".join([*resolve_backends(spec), *extra])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _settings(args: argparse.Namespace) -> BenchSettings:
+    """The CLI's flags as BenchSettings: explicit flags win, then --quick, then the defaults."""
+    quick = QUICK if args.quick else {}
+    max_time = args.max_time if args.max_time is not None else quick.get("max_time", 210.0)
+    return BenchSettings(
+        input_sizes=args.input_size or quick.get("input_size", [(640, 640)]),
+        batch_sizes=args.batch_size,
+        threads=args.threads,
+        warmup=args.warmup if args.warmup is not None else quick.get("warmup", 2),
+        rounds=args.rounds if args.rounds is not None else quick.get("rounds", 12),
+        min_rounds=args.min_rounds if args.min_rounds is not None else quick.get("min_rounds", 3),
+        iterations=args.iters,
+        max_time_s=max_time or None,
+        cache_dir=args.cache_dir,
+        paper=args.paper,
+        progress=not args.no_progress,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.list_backends:
         return _list_backends()
     from rich.console import Console
 
     from .report import render_table, write_csv, write_json, write_plot
-    from .runner import run_bench
+    from .suite import run_bench
 
-    quick = args.quick
-    try:
-        if args.plot is not None and not args.plot.lower().endswith(".png"):
-            raise BenchError(f"the plot is written as PNG, so its name must end in .png (got {args.plot!r}).")
-        result = run_bench(
-            models=[*_names(args.models), *args.structure],
-            backends=_backend_spec(args),
-            input_sizes=args.input_size or (QUICK["input_size"] if quick else [(640, 640)]),
-            batch_sizes=args.batch_size,
-            threads=args.threads,
-            warmup=args.warmup if args.warmup is not None else (QUICK["warmup"] if quick else 2),
-            rounds=args.rounds if args.rounds is not None else (QUICK["rounds"] if quick else 12),
-            min_rounds=args.min_rounds if args.min_rounds is not None else (QUICK["min_rounds"] if quick else 3),
-            iterations=args.iters,
-            max_time_s=(args.max_time if args.max_time is not None else (QUICK["max_time"] if quick else 210.0))
-            or None,
-            cache_dir=args.cache_dir,
-            paper=args.paper,
-            progress=not args.no_progress,
-        )
-        console = Console()
-        if not console.is_terminal:
-            console.width = max(console.width, 160)  # files and pipes get the whole table, not 80 columns
-        console.print(render_table(result))
-        for flag, writer, what in (
-            (args.json, write_json, "JSON"),
-            (args.csv, write_csv, "CSV"),
-            (args.plot, write_plot, "plot"),
-        ):
-            if flag:
-                console.print(f"{what}: {writer(result, flag)}")
-        console.print(f"done in {result.elapsed_s:.0f} s")
-    except BenchError as exc:
-        print(f"maedet-bench: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("maedet-bench: interrupted.", file=sys.stderr)
-        return 130
+    if args.plot is not None and not args.plot.lower().endswith(".png"):
+        raise BenchError(f"the plot is written as PNG, so its name must end in .png (got {args.plot!r}).")
+    result = run_bench([*_names(args.models), *args.structure], _backend_spec(args), _settings(args))
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # files and pipes get the whole table, not 80 columns
+    console.print(render_table(result))
+    for flag, writer, what in (
+        (args.json, write_json, "JSON"),
+        (args.csv, write_csv, "CSV"),
+        (args.plot, write_plot, "plot"),
+    ):
+        if flag:
+            console.print(f"{what}: {writer(result, flag)}")
+    console.print(f"done in {result.elapsed_s:.0f} s")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,16 @@
-"""The one error type the bench CLI turns into a single sentence on stderr and exit code 2."""
+"""The bench wing's error types."""
 
 from __future__ import annotations
 
-__all__ = ["BenchError"]
+from maedet.errors import MaeDetError
+
+__all__ = ["BackendUnavailable", "BenchError"]
 
 
-class BenchError(ValueError):
+class BenchError(MaeDetError):
     """Bad input or an impossible request: the message is one complete sentence meant for the user."""
+
+
+class BackendUnavailable(BenchError):
+    """Found out only when trying (an export failed, ONNX Runtime fell back to CPU...): the row is skipped with
+    this reason instead of stopping the run."""

@@ -8,10 +8,11 @@ params of the backbone as trained (BN counted, no classifier), and GMACs = conv 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import timm
 import torch
@@ -19,10 +20,9 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import maedet  # noqa: F401  (registers the maedet models with timm)
+from maedet.export import ExportError, ModelSource, resolve_model
+from maedet.export.model_source import create_model, detection_out_indices, is_maedet_name
 from maedet.zoo import Structure, gmacs, load_structure, param_count
-
-if TYPE_CHECKING:
-    from maedet.export import ModelSource
 
 from .errors import BenchError
 
@@ -33,7 +33,6 @@ __all__ = [
     "ModelCost",
     "ModelSpec",
     "build_deploy_source",
-    "detection_out_indices",
     "display_name",
     "model_cost",
     "parse_model",
@@ -49,8 +48,16 @@ DISPLAY_NAMES = {
     "resnet50": "ResNet-50",
     "resnet101": "ResNet-101",
 }
-DETECTION_STRIDES = (4, 8, 16, 32)
 _STRUCTURE_SUFFIXES = (".json", ".txt")
+
+
+@contextlib.contextmanager
+def _as_bench_error() -> Iterator[None]:
+    """The exporter's refusals (shared model rules) reach bench callers as the bench's error type."""
+    try:
+        yield
+    except ExportError as exc:
+        raise BenchError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class ModelSpec:
 
     @property
     def is_maedet(self) -> bool:
-        return self.name == "maedet" or self.name.startswith("maedet_")
+        return is_maedet_name(self.name)
 
     @property
     def is_reference(self) -> bool:
@@ -97,34 +104,8 @@ def parse_model(text: str) -> ModelSpec:
         raise BenchError("model 'maedet' needs a structure: pass the structure file's path instead.")
     if not timm.is_model(text):
         raise BenchError(f"unknown model {text!r}: not a maedet model, a timm model nor a structure file.")
-    structure = load_structure(text) if text.startswith("maedet_") else None
+    structure = load_structure(text) if is_maedet_name(text) else None
     return ModelSpec(label=text, name=text, structure=structure)
-
-
-def _create(spec: ModelSpec, **kwargs) -> nn.Module:
-    if spec.structure is not None and spec.name == "maedet":
-        kwargs["structure"] = spec.structure
-    try:
-        return timm.create_model(spec.name, **kwargs)
-    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise BenchError(f"cannot build model {spec.label!r} as a feature extractor: {first}") from None
-
-
-def detection_out_indices(feature_module: nn.Module, label: str) -> tuple[int, ...]:
-    """timm out_indices of the last feature map at each of strides 4, 8, 16, 32 (C2..C5)."""
-    reductions = list(feature_module.feature_info.reduction())
-    indices = list(feature_module.feature_info.out_indices)
-    picked = []
-    for stride in DETECTION_STRIDES:
-        hits = [i for i, r in zip(indices, reductions, strict=True) if r == stride]
-        if not hits:
-            raise BenchError(
-                f"model {label!r} has no feature map at stride {stride} (it has strides {reductions}), so it "
-                "cannot serve as a C2..C5 detection backbone."
-            )
-        picked.append(hits[-1])
-    return tuple(picked)
 
 
 @dataclass(frozen=True)
@@ -135,12 +116,13 @@ class ModelCost:
 
 def _meta_features_model(spec: ModelSpec) -> nn.Module:
     """The C2..C5 feature model on the meta device: shapes only, so counting costs no compute and no memory."""
-    with torch.device("meta"):
-        probe = _create(spec, features_only=True)
+    kwargs = {"structure": spec.structure} if spec.name == "maedet" else {}
+    with torch.device("meta"), _as_bench_error():
+        probe = create_model(spec.name, features_only=True, **kwargs)
         out_indices = detection_out_indices(probe, spec.label)
         if tuple(probe.feature_info.out_indices) == out_indices:
             return probe
-        return _create(spec, features_only=True, out_indices=out_indices)
+        return create_model(spec.name, features_only=True, out_indices=out_indices, **kwargs)
 
 
 def model_cost(spec: ModelSpec, height: int, width: int) -> ModelCost:
@@ -161,11 +143,7 @@ def model_cost(spec: ModelSpec, height: int, width: int) -> ModelCost:
 
 def build_deploy_source(spec: ModelSpec) -> ModelSource:
     """What every backend runs: the exporter's deploy form (eval, BN folded, C2..C5 tuple) with its names."""
-    from maedet.export import ExportError, resolve_model
-
-    try:
+    with _as_bench_error():
         if spec.name == "maedet":
             return resolve_model("maedet", structure=spec.structure)
         return resolve_model(spec.name)
-    except ExportError as exc:
-        raise BenchError(str(exc)) from None

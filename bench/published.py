@@ -1,4 +1,4 @@
-"""Published figures (DESIGN.md §2, from the official README and the MAE-DET paper), shown with ``--paper``.
+"""Published figures (docs/design.md §2, from the official README and the MAE-DET paper), shown with ``--paper``.
 
 These are NOT measured here: COCO val AP of GFLV2 detectors with each backbone, and the params and GFLOPs exactly as
 the official README lists them, quoted so readers can set our measurements beside the paper's claims. Always

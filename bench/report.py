@@ -20,7 +20,7 @@ from .machine import machine_line
 from .memory import MEMORY_KINDS
 from .models import REFERENCE_MODELS, display_name
 from .published import PUBLISHED_HEADLINE, PUBLISHED_SOURCE
-from .runner import BenchResult, BenchRow
+from .results import BenchResult, BenchRow
 
 __all__ = ["CSV_COLUMNS", "csv_rows", "render_table", "write_csv", "write_json", "write_plot"]
 
@@ -119,6 +119,62 @@ def _speedup_text(value: float | None) -> str:
     return f"[{colour}]{text}[/]" if colour else text
 
 
+_TABLE_COLUMNS = (
+    ("model", "left"),
+    ("backend", "left"),
+    ("input", "right"),
+    ("params (M)", "right"),
+    ("GMACs", "right"),
+    ("median ms", "right"),
+    ("p90 ms", "right"),
+    ("spread", "right"),
+    ("runs", "right"),
+    ("img/s", "right"),
+    ("mem MB", "right"),
+    ("vs R50", "right"),
+    ("vs R101", "right"),
+)
+
+
+def _table_cells(r: BenchRow, paper: bool) -> list[str]:
+    from rich.markup import escape
+
+    name = escape(display_name(r.model))
+    cells = [
+        f"[bold]{name}[/]" if r.model in REFERENCE_MODELS else name,
+        r.backend,
+        f"{r.batch}×{r.input[0]}×{r.input[1]}",
+        f"{r.params / 1e6:.1f}",
+        f"{r.gmacs:.1f}",
+        f"{r.latency.median:.1f}",
+        f"{r.latency.p90:.1f}",
+        f"{r.latency.spread_pct:.0f}%",
+        str(r.latency.samples),
+        f"{r.throughput:.1f}",
+        "–" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}",
+        _speedup_text(r.speedup.get("resnet50")),
+        _speedup_text(r.speedup.get("resnet101")),
+    ]
+    if paper:
+        pub = r.published or {}
+        cells += [str(pub.get("coco_ap", "–")), str(pub.get("gflops", "–"))]
+    return cells
+
+
+def _table_notes(result: BenchResult, paper: bool) -> list[str]:
+    """What the numbers are (units, memory kinds, published sources) and every skipped backend with its reason."""
+    notes = [
+        "GMACs: conv+linear per image. Latency: per batch, median/p90 over interleaved rounds; spread = IQR/median. "
+        "vs R50/R101: ResNet latency ÷ model latency on the same backend, same run.",
+    ]
+    notes += [f"mem: {MEMORY_KINDS[k]}" for k in sorted({r.memory_kind for r in result.results})]
+    if paper:
+        notes += [f"AP/GFLOPs (pub.): {PUBLISHED_SOURCE}", PUBLISHED_HEADLINE]
+    for s in result.skipped:
+        notes.append(f"skipped {s.backend}{f' ({s.model})' if s.model else ''}: {s.reason}")
+    return notes
+
+
 def render_table(result: BenchResult, paper: bool | None = None) -> Any:
     """A rich Table of every row, titled with the machine line; skipped backends and units in the caption."""
     from rich.markup import escape
@@ -126,21 +182,7 @@ def render_table(result: BenchResult, paper: bool | None = None) -> Any:
 
     paper = result.paper if paper is None else paper
     table = Table(title=f"maedet-bench · {machine_line(result.machine)}", title_justify="left")
-    for name, justify in (
-        ("model", "left"),
-        ("backend", "left"),
-        ("input", "right"),
-        ("params (M)", "right"),
-        ("GMACs", "right"),
-        ("median ms", "right"),
-        ("p90 ms", "right"),
-        ("spread", "right"),
-        ("runs", "right"),
-        ("img/s", "right"),
-        ("mem MB", "right"),
-        ("vs R50", "right"),
-        ("vs R101", "right"),
-    ):
+    for name, justify in _TABLE_COLUMNS:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     if paper:
         for name in ("AP (pub.)", "GFLOPs (pub.)"):
@@ -151,36 +193,8 @@ def render_table(result: BenchResult, paper: bool | None = None) -> Any:
         if previous is not None and group != previous:
             table.add_section()
         previous = group
-        name = escape(display_name(r.model))
-        cells = [
-            f"[bold]{name}[/]" if r.model in REFERENCE_MODELS else name,
-            r.backend,
-            f"{r.batch}×{r.input[0]}×{r.input[1]}",
-            f"{r.params / 1e6:.1f}",
-            f"{r.gmacs:.1f}",
-            f"{r.latency.median:.1f}",
-            f"{r.latency.p90:.1f}",
-            f"{r.latency.spread_pct:.0f}%",
-            str(r.latency.samples),
-            f"{r.throughput:.1f}",
-            "–" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}",
-            _speedup_text(r.speedup.get("resnet50")),
-            _speedup_text(r.speedup.get("resnet101")),
-        ]
-        if paper:
-            pub = r.published or {}
-            cells += [str(pub.get("coco_ap", "–")), str(pub.get("gflops", "–"))]
-        table.add_row(*cells)
-    notes = [
-        "GMACs: conv+linear per image. Latency: per batch, median/p90 over interleaved rounds; spread = IQR/median. "
-        "vs R50/R101: ResNet latency ÷ model latency on the same backend, same run.",
-    ]
-    notes += [f"mem: {MEMORY_KINDS[k]}" for k in sorted({r.memory_kind for r in result.results})]
-    if paper:
-        notes += [f"AP/GFLOPs (pub.): {PUBLISHED_SOURCE}", PUBLISHED_HEADLINE]
-    for s in result.skipped:
-        notes.append(f"skipped {s.backend}{f' ({s.model})' if s.model else ''}: {s.reason}")
-    table.caption = escape("\n".join(notes))
+        table.add_row(*_table_cells(r, paper))
+    table.caption = escape("\n".join(_table_notes(result, paper)))
     table.caption_justify = "left"
     return table
 
@@ -190,6 +204,85 @@ def _group_rows(result: BenchResult) -> dict[tuple[str, int, tuple[int, int]], l
     for r in result.results:
         groups.setdefault((r.backend, r.batch, r.input), []).append(r)
     return groups
+
+
+_Group = tuple[str, int, tuple[int, int]]
+
+
+def _group_label(group: _Group) -> str:
+    backend, batch, size = group
+    return f"{backend} ({batch}×{size[0]}×{size[1]})"
+
+
+def _plot_latency(ax: Any, groups: dict[_Group, list[BenchRow]], colours: list[str]) -> None:
+    """Median latency against GMACs, one line per backend/input; ResNets as hollow squares; bars up to p90."""
+    for i, (group, rows) in enumerate(groups.items()):
+        colour = colours[i % len(colours)]
+        rows = sorted(rows, key=lambda r: r.gmacs)
+        ours = [r for r in rows if r.model not in REFERENCE_MODELS]
+        refs = [r for r in rows if r.model in REFERENCE_MODELS]
+        if ours:
+            ax.plot(
+                [r.gmacs for r in ours], [r.latency.median for r in ours], "o-", color=colour, label=_group_label(group)
+            )
+        if refs:
+            ax.scatter(
+                [r.gmacs for r in refs],
+                [r.latency.median for r in refs],
+                marker="s",
+                s=80,
+                facecolors="none",
+                edgecolors=colour,
+                linewidths=2,
+                label=None if ours else _group_label(group),
+            )
+        for r in rows:
+            ax.annotate(
+                display_name(r.model),
+                (r.gmacs, r.latency.median),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=8,
+            )
+            ax.errorbar(
+                r.gmacs,
+                r.latency.median,
+                yerr=[[0], [max(0.0, r.latency.p90 - r.latency.median)]],
+                color=colour,
+                alpha=0.4,
+                capsize=2,
+            )
+    ax.scatter([], [], marker="s", facecolors="none", edgecolors="black", label="ResNet (reference)")
+    ax.set_xlabel("GMACs per image (conv + linear)")
+    ax.set_ylabel("median latency per batch (ms), bar to p90")
+    ax.set_title("Latency vs compute (C2..C5 backbones)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_speedups(ax: Any, groups: dict[_Group, list[BenchRow]], models: list[str], colours: list[str]) -> None:
+    """Speedup vs ResNet-50 per model, one bar per backend/input, labelled with the ratio."""
+    width = 0.8 / max(1, len(groups))
+    for i, (group, rows) in enumerate(groups.items()):
+        by_model = {r.model: r.speedup.get("resnet50") for r in rows}
+        xs = [m + (i - (len(groups) - 1) / 2) * width for m in range(len(models))]
+        values = [by_model.get(m) or 0.0 for m in models]
+        bars = ax.bar(xs, values, width=width, color=colours[i % len(colours)], label=_group_label(group))
+        for bar, m in zip(bars, models, strict=True):
+            if by_model.get(m):
+                ax.annotate(
+                    f"{by_model[m]:.2f}×",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+    ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
+    ax.set_xticks(range(len(models)), [display_name(m) for m in models], rotation=20)
+    ax.set_ylabel("speedup vs ResNet-50 (same backend, same run)")
+    ax.set_title("Speedup vs ResNet-50 (higher is faster)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def write_plot(result: BenchResult, path: str | os.PathLike[str]) -> Path:
@@ -209,72 +302,8 @@ def write_plot(result: BenchResult, path: str | os.PathLike[str]) -> Path:
     groups = _group_rows(result)
     fig, (ax_lat, ax_bar) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [1.1, 1]})
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, ((backend, batch, size), rows) in enumerate(groups.items()):
-        colour = colours[i % len(colours)]
-        rows = sorted(rows, key=lambda r: r.gmacs)
-        label = f"{backend} ({batch}×{size[0]}×{size[1]})"
-        ours = [r for r in rows if r.model not in REFERENCE_MODELS]
-        refs = [r for r in rows if r.model in REFERENCE_MODELS]
-        if ours:
-            ax_lat.plot([r.gmacs for r in ours], [r.latency.median for r in ours], "o-", color=colour, label=label)
-        if refs:
-            ax_lat.scatter(
-                [r.gmacs for r in refs],
-                [r.latency.median for r in refs],
-                marker="s",
-                s=80,
-                facecolors="none",
-                edgecolors=colour,
-                linewidths=2,
-                label=None if ours else label,
-            )
-        for r in rows:
-            ax_lat.annotate(
-                display_name(r.model),
-                (r.gmacs, r.latency.median),
-                textcoords="offset points",
-                xytext=(5, 4),
-                fontsize=8,
-            )
-            ax_lat.errorbar(
-                r.gmacs,
-                r.latency.median,
-                yerr=[[0], [max(0.0, r.latency.p90 - r.latency.median)]],
-                color=colour,
-                alpha=0.4,
-                capsize=2,
-            )
-    ax_lat.scatter([], [], marker="s", facecolors="none", edgecolors="black", label="ResNet (reference)")
-    ax_lat.set_xlabel("GMACs per image (conv + linear)")
-    ax_lat.set_ylabel("median latency per batch (ms), bar to p90")
-    ax_lat.set_title("Latency vs compute (C2..C5 backbones)")
-    ax_lat.grid(alpha=0.3)
-    ax_lat.legend(fontsize=8)
-
-    models = list(dict.fromkeys(r.model for r in result.results))
-    width = 0.8 / max(1, len(groups))
-    for i, ((backend, batch, size), rows) in enumerate(groups.items()):
-        by_model = {r.model: r.speedup.get("resnet50") for r in rows}
-        xs = [m + (i - (len(groups) - 1) / 2) * width for m in range(len(models))]
-        values = [by_model.get(m) or 0.0 for m in models]
-        bars = ax_bar.bar(
-            xs, values, width=width, color=colours[i % len(colours)], label=f"{backend} ({batch}×{size[0]}×{size[1]})"
-        )
-        for bar, m in zip(bars, models, strict=True):
-            if by_model.get(m):
-                ax_bar.annotate(
-                    f"{by_model[m]:.2f}×",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
-    ax_bar.axhline(1.0, color="black", linewidth=1, linestyle="--")
-    ax_bar.set_xticks(range(len(models)), [display_name(m) for m in models], rotation=20)
-    ax_bar.set_ylabel("speedup vs ResNet-50 (same backend, same run)")
-    ax_bar.set_title("Speedup vs ResNet-50 (higher is faster)")
-    ax_bar.grid(axis="y", alpha=0.3)
-    ax_bar.legend(fontsize=8)
+    _plot_latency(ax_lat, groups, colours)
+    _plot_speedups(ax_bar, groups, list(dict.fromkeys(r.model for r in result.results)), colours)
     fig.suptitle(f"maedet-bench — {machine_line(result.machine)}", fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()

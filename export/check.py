@@ -1,9 +1,11 @@
-"""Proof that an exported file computes what PyTorch computes: ONNX Runtime (CPU) vs the fp32 PyTorch module.
+"""Proof that an exported file computes what PyTorch computes, and that an engine computes what its ONNX file does.
 
 Errors are reported per output as max abs error, max relative error (max abs error divided by the reference's
 largest magnitude: post-ReLU maps are mostly zeros, so elementwise relative error is meaningless) and cosine
-similarity. Tolerances (see TOLERANCES): fp32 must match to 1e-4 of the output's scale; fp16 and int8 are judged
-by cosine, since their error is spread over every element rather than being a few outliers.
+similarity. Tolerances (see TOLERANCES, and docs/design.md, 'Export and runtimes'): fp32 must match to 1e-4 of the
+output's scale; fp16 and int8 are judged by cosine, since their error is spread over every element rather than
+being a few outliers. Engines are compared with ONNX Runtime CPU on the ONNX file they were built from
+(ENGINE_TOLERANCES).
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import ExportError
+from .metadata import read_metadata
+from .runtime import TrtEngine, ort_session, run_session
+
 __all__ = [
+    "ENGINE_TOLERANCES",
     "TOLERANCES",
     "CheckReport",
     "OutputCheck",
     "Tolerance",
+    "check_against_torch",
+    "check_engine",
     "compare_outputs",
-    "onnx_session",
-    "run_onnx",
     "run_torch",
     "synthetic_images",
 ]
@@ -53,6 +60,12 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_rel=1e-4),
     "fp16": Tolerance(max_rel=2e-2, min_cosine=0.9995),
     "int8": Tolerance(min_cosine=0.95),
+}
+# A TensorRT fp32 engine may use TF32 tensor cores; fp16/int8 engines are compared with the same-precision ONNX.
+ENGINE_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_rel=1e-2, min_cosine=0.9999),
+    "fp16": TOLERANCES["fp16"],
+    "int8": TOLERANCES["int8"],
 }
 
 
@@ -108,35 +121,28 @@ def synthetic_images(
     return ((pixels - m) / s).numpy()
 
 
-def onnx_session(model: str | os.PathLike[str] | bytes, threads: int | None = None, optimize: bool = True) -> Any:
-    """An ONNX Runtime CPU session (the reference runtime every export is checked on)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(session: Any, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Run a session on float32 images, casting to the file's input type (fp16 for --io-half files)."""
-    inp = session.get_inputs()[0]
-    feed = images.astype(np.float16) if inp.type == "tensor(float16)" else images.astype(np.float32)
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {inp.name: feed}), strict=True))
-
-
 @torch.no_grad()
 def run_torch(module: torch.nn.Module, images: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
     outs = module(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
     if isinstance(outs, torch.Tensor):
         outs = (outs,)
     return {n: o.float().numpy() for n, o in zip(names, outs, strict=True)}
+
+
+def _output_check(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance) -> OutputCheck:
+    r = np.asarray(ref, dtype=np.float64)
+    a = np.asarray(got, dtype=np.float64)
+    if r.shape != a.shape:
+        raise ExportError(f"output {name!r} has shape {a.shape} in the file but {r.shape} in the reference.")
+    diff = np.abs(a - r)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(r).max()) if r.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    rf, af = r.ravel(), a.ravel()
+    norms = float(np.linalg.norm(rf) * np.linalg.norm(af))
+    cosine = float(rf @ af / norms) if norms > 0 else (1.0 if max_abs == 0 else 0.0)
+    ok = (tol.max_rel is None or max_rel <= tol.max_rel) and (tol.min_cosine is None or cosine >= tol.min_cosine)
+    return OutputCheck(name, tuple(r.shape), max_abs, max_rel, cosine, bool(ok))
 
 
 def compare_outputs(
@@ -153,18 +159,52 @@ def compare_outputs(
     report = CheckReport(precision, tol.describe(), tuple(input_shape), list(providers))
     for name, ref in reference.items():
         if name not in actual:
-            raise ValueError(f"output {name!r} is missing from the exported file.")
-        r = np.asarray(ref, dtype=np.float64)
-        a = np.asarray(actual[name], dtype=np.float64)
-        if r.shape != a.shape:
-            raise ValueError(f"output {name!r} has shape {a.shape} in the file but {r.shape} in PyTorch.")
-        diff = np.abs(a - r)
-        max_abs = float(diff.max()) if diff.size else 0.0
-        scale = float(np.abs(r).max()) if r.size else 0.0
-        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-        rf, af = r.ravel(), a.ravel()
-        norms = float(np.linalg.norm(rf) * np.linalg.norm(af))
-        cosine = float(rf @ af / norms) if norms > 0 else (1.0 if max_abs == 0 else 0.0)
-        ok = (tol.max_rel is None or max_rel <= tol.max_rel) and (tol.min_cosine is None or cosine >= tol.min_cosine)
-        report.outputs[name] = OutputCheck(name, tuple(r.shape), max_abs, max_rel, cosine, bool(ok))
+            raise ExportError(f"output {name!r} is missing from the exported file.")
+        report.outputs[name] = _output_check(name, ref, actual[name], tol)
     return report
+
+
+def check_against_torch(
+    onnx_model: bytes | str | os.PathLike[str],
+    module: torch.nn.Module,
+    images: torch.Tensor | np.ndarray,
+    output_names: Sequence[str],
+    precision: str,
+    tolerance: Tolerance | None = None,
+    threads: int | None = None,
+    reference: dict[str, np.ndarray] | None = None,
+) -> CheckReport:
+    """Run the ONNX model in ONNX Runtime CPU and compare with the PyTorch module on the same images.
+
+    ``reference`` (PyTorch's outputs for ``images``, if already computed) saves running the module again.
+    """
+    arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.float32)
+    session = ort_session(onnx_model, threads=threads, what=f"the exported {precision} model")
+    ref = reference if reference is not None else run_torch(module, arr, output_names)
+    got = run_session(session, arr)
+    return compare_outputs(
+        ref, got, precision, input_shape=arr.shape, providers=session.get_providers(), tolerance=tolerance
+    )
+
+
+def check_engine(
+    engine: str | os.PathLike[str] | TrtEngine,
+    onnx_path: str | os.PathLike[str],
+    *,
+    batch: int = 1,
+    seed: int = 77,
+) -> CheckReport:
+    """A TensorRT engine against ONNX Runtime CPU running the ONNX file it was built from (ENGINE_TOLERANCES).
+
+    The images are synthetic, at the file's input size and normalisation (its metadata), ``batch`` of them.
+    """
+    meta = read_metadata(onnx_path)
+    precision = str(meta.get("precision", "fp32"))
+    h, w = meta["input_size"][1:]
+    images = synthetic_images(batch, h, w, meta["mean"], meta["std"], seed=seed)
+    trt_engine = engine if isinstance(engine, TrtEngine) else TrtEngine.load(engine)
+    got = trt_engine.run(images)
+    ref = run_session(ort_session(onnx_path, what=f"the {precision} ONNX file"), images)
+    return compare_outputs(
+        ref, got, precision, input_shape=images.shape, providers=["TensorRT"], tolerance=ENGINE_TOLERANCES[precision]
+    )

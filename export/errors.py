@@ -1,13 +1,17 @@
-"""The one error type the CLI turns into a single sentence on stderr and exit code 2."""
+"""The export wing's error type, and the one helper that turns any exception into a short line for a sentence."""
 
 from __future__ import annotations
 
-__all__ = ["ExportError", "MissingDependencyError"]
+from maedet.errors import MaeDetError, MissingDependencyError
+
+__all__ = ["ExportError", "MissingDependencyError", "first_line"]
 
 
-class ExportError(ValueError):
-    """Bad input or an impossible request: the message is one complete sentence meant for the user."""
+class ExportError(MaeDetError):
+    """Bad input or an impossible request while exporting or running a model: one sentence meant for the user."""
 
 
-class MissingDependencyError(ExportError):
-    """An optional part (TensorRT, a GPU, onnxslim) is not available on this machine."""
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type name), short enough to end a one-sentence error."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from google.protobuf.message import DecodeError
 
 from .errors import ExportError
 
@@ -99,7 +100,7 @@ def read_metadata(source: str | os.PathLike[str] | onnx.ModelProto) -> dict[str,
             raise ExportError(f"cannot read {str(path)!r}: no such file.")
         try:
             model = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # onnx raises DecodeError and friends for any non-ONNX file
+        except (DecodeError, OSError) as exc:  # protobuf's DecodeError for any non-ONNX file
             raise ExportError(f"{str(path)!r} is not a readable ONNX file ({type(exc).__name__}).") from None
     out: dict[str, Any] = {}
     for prop in model.metadata_props:

@@ -1,7 +1,9 @@
 """Resolve what the user names (a timm model, a structure file, a checkpoint) into the module that gets exported.
 
 The exported module is always the deploy form: eval mode, every BN folded into its conv, returning a tuple of
-named outputs (``c2``..``c5`` for feature maps, ``logits`` for the classifier output).
+named outputs (``c2``..``c5`` for feature maps, ``logits`` for the classifier output). The bench measures exactly
+this module, so the rules for building it (the C2..C5 levels, which names are MAE-DET models, the input sizes a
+network accepts) live here once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ __all__ = [
     "DETECTION_STRIDES",
     "ModelSource",
     "TupleOutputs",
+    "create_model",
+    "detection_out_indices",
+    "is_maedet_name",
     "load_checkpoint_state",
     "resolve_model",
     "validate_input_size",
@@ -68,12 +73,53 @@ class ModelSource:
     outputs: str  # "features" or "logits"
 
 
+def is_maedet_name(name: str) -> bool:
+    """True for the MAE-DET timm names: ``maedet`` (with a structure) and ``maedet_s/m/l``."""
+    return name == "maedet" or name.startswith("maedet_")
+
+
 def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load weights without executing code (the zoo's safe loader: safetensors or ``weights_only=True``)."""
     try:
         return load_checkpoint(path)
     except ValueError as exc:
         raise ExportError(str(exc)) from None
+
+
+def create_model(name: str, *, state: dict[str, Any] | None = None, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` whose refusals are one sentence; a checkpoint goes through timm's own loading path.
+
+    With ``state`` the model's ``filter_fn`` maps the keys, and a mismatch (``load_state_dict``'s RuntimeError) is
+    reported as a checkpoint that does not fit. Without one, only timm's argument errors are translated.
+    """
+    if state is not None:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(state_dict=state, file=None, hf_hub_id=None))
+        expected: tuple[type[Exception], ...] = (ValueError, KeyError, TypeError, RuntimeError)
+    else:
+        expected = (ValueError, KeyError, TypeError)
+    try:
+        return timm.create_model(name, **kwargs)
+    except expected as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__  # one line, e.g. load_state_dict's key lists
+        if state is not None:
+            raise ExportError(f"checkpoint does not fit model {name!r}: {text[:300]}") from None
+        raise ExportError(f"cannot build model {name!r}: {text[:300]}") from None
+
+
+def detection_out_indices(feature_module: nn.Module, name: str) -> tuple[int, ...]:
+    """timm ``out_indices`` of the last feature map at each of strides 4, 8, 16, 32 (C2..C5)."""
+    reductions = list(feature_module.feature_info.reduction())
+    indices = list(feature_module.feature_info.out_indices)
+    picked = []
+    for stride in DETECTION_STRIDES:
+        hits = [i for i, r in zip(indices, reductions, strict=True) if r == stride]
+        if not hits:
+            raise ExportError(
+                f"model {name!r} has no feature map at stride {stride} (it has strides {reductions}), so it "
+                "cannot serve as a C2..C5 detection backbone; choose other levels with out_indices."
+            )
+        picked.append(hits[-1])
+    return tuple(picked)
 
 
 def _feature_names(strides: Sequence[int]) -> tuple[str, ...]:
@@ -84,32 +130,32 @@ def _feature_names(strides: Sequence[int]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _detection_indices(reductions: Sequence[int]) -> tuple[int, ...] | None:
-    """Positions (into a features_only model's default outputs) of the last feature at each stride 4..32."""
-    picked = []
-    for stride in DETECTION_STRIDES:
-        hits = [i for i, r in enumerate(reductions) if r == stride]
-        if not hits:
-            return None
-        picked.append(hits[-1])
-    return tuple(picked)
-
-
-def _is_maedet_name(name: str) -> bool:
-    return name == "maedet" or name.startswith("maedet_")
-
-
-def _create(name: str, state: dict[str, Any] | None, **kwargs: Any) -> nn.Module:
-    """timm.create_model, with a checkpoint fed through timm's own loading path (the model's filter_fn applies)."""
-    if state is not None:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(state_dict=state, file=None, hf_hub_id=None))
+def _parse_structure(name: str, structure: Any) -> tuple[str, Structure | None]:
+    """The timm name to build and the structure it needs (a structure file only applies to MAE-DET models)."""
+    if structure is None:
+        if name == "maedet":
+            raise ExportError("model 'maedet' needs a structure (--structure FILE, or structure= in Python).")
+        return name, None
+    if not is_maedet_name(name):
+        raise ExportError(f"a structure file only applies to MAE-DET models, not to {name!r}.")
     try:
-        return timm.create_model(name, **kwargs)
-    except (ValueError, RuntimeError, KeyError) as exc:
-        text = " ".join(str(exc).split()) or type(exc).__name__  # one line, e.g. load_state_dict's key lists
-        if state is not None:
-            raise ExportError(f"checkpoint does not fit model {name!r}: {text[:300]}") from None
-        raise ExportError(f"cannot build model {name!r}: {text[:300]}") from None
+        return "maedet", load_structure(structure)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def _features_module(
+    name: str, state: dict[str, Any] | None, out_indices: Sequence[int] | None, kwargs: dict[str, Any]
+) -> nn.Module:
+    """The features_only model at ``out_indices``, by default C2..C5 (a probe without weights picks them)."""
+    if out_indices is not None:
+        return create_model(name, state=state, features_only=True, out_indices=tuple(out_indices), **kwargs)
+    probe = create_model(name, features_only=True, **kwargs)
+    picked = detection_out_indices(probe, name)
+    if picked == tuple(probe.feature_info.out_indices) and state is None:
+        return probe
+    del probe
+    return create_model(name, state=state, features_only=True, out_indices=picked, **kwargs)
 
 
 def _resolve_name(
@@ -121,60 +167,52 @@ def _resolve_name(
     num_classes: int | None,
 ) -> tuple[nn.Module, str, Structure | None, tuple[int, ...]]:
     """Build the (not yet fused) module for a timm name; returns (module, name, structure, strides)."""
-    if structure is not None:
-        if not _is_maedet_name(name):
-            raise ExportError(f"a structure file only applies to MAE-DET models, not to {name!r}.")
-        try:
-            parsed = load_structure(structure)
-        except ValueError as exc:
-            raise ExportError(str(exc)) from None
-        name = "maedet"
-    elif name == "maedet":
-        raise ExportError("model 'maedet' needs a structure (--structure FILE, or structure= in Python).")
-    else:
-        parsed = None
+    name, parsed = _parse_structure(name, structure)
     if not timm.is_model(name):
         raise ExportError(f"unknown model {name!r}: not a maedet model nor a registered timm model.")
-    kwargs: dict[str, Any] = {}
-    if parsed is not None:
-        kwargs["structure"] = parsed
+    kwargs: dict[str, Any] = {} if parsed is None else {"structure": parsed}
     state = load_checkpoint_state(checkpoint) if checkpoint is not None else None
-
     if outputs == "logits":
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
-        module = _create(name, state, **kwargs)
+        module = create_model(name, state=state, **kwargs)
         struct = getattr(module, "structure", None)
         return module, name, struct if isinstance(struct, Structure) else None, (0,)
-
-    if out_indices is None:
-        probe = _create(name, None, features_only=True, **kwargs)
-        reductions = list(probe.feature_info.reduction())
-        picked = _detection_indices(reductions)
-        if picked is None:
-            raise ExportError(
-                f"model {name!r} has no feature maps at strides 4, 8, 16 and 32 (it has {reductions}); "
-                "choose them with --out-indices."
-            )
-        defaults = tuple(probe.feature_info.out_indices)
-        out_indices = tuple(defaults[i] for i in picked)
-        if out_indices == defaults and state is None:
-            module = probe
-        else:
-            del probe
-            module = _create(name, state, features_only=True, out_indices=out_indices, **kwargs)
-    else:
-        module = _create(name, state, features_only=True, out_indices=tuple(out_indices), **kwargs)
+    module = _features_module(name, state, out_indices, kwargs)
     strides = tuple(int(r) for r in module.feature_info.reduction())
-    struct = parsed if parsed is not None else (load_structure(name) if _is_maedet_name(name) else None)
+    struct = parsed if parsed is not None else (load_structure(name) if is_maedet_name(name) else None)
     return module, name, struct, strides
 
 
-def _module_strides(module: nn.Module, outputs: str) -> tuple[int, ...] | None:
-    info = getattr(module, "feature_info", None)
+def _resolve_module(model: nn.Module, outputs: str) -> tuple[nn.Module, str, Structure | None, tuple[int, ...]]:
+    """A module the caller built: its name from timm's pretrained_cfg, its strides from its feature_info."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("architecture") or type(model).__name__
+    struct = getattr(model, "structure", None)
+    if not isinstance(struct, Structure):  # e.g. a features_only wrapper of a built-in MAE-DET
+        struct = load_structure(name) if name in BUILTIN_NAMES else None
+    info = getattr(model, "feature_info", None)
+    strides: tuple[int, ...] = ()
     if outputs == "features" and info is not None and hasattr(info, "reduction"):
-        return tuple(int(r) for r in info.reduction())
-    return None
+        strides = tuple(int(r) for r in info.reduction())
+    return model, name, struct, strides
+
+
+def _check_request(
+    model: Any, structure: Any, checkpoint: Any, outputs: str, out_indices: Sequence[int] | None
+) -> None:
+    if outputs not in ("features", "logits"):
+        raise ExportError(f"outputs must be 'features' or 'logits', not {outputs!r}.")
+    if isinstance(model, ModelSource):
+        if structure is not None or checkpoint is not None or out_indices is not None or model.outputs != outputs:
+            raise ExportError("a resolved ModelSource is exported as it is: no structure, checkpoint or out_indices.")
+        return
+    if out_indices is not None and outputs == "logits":
+        raise ExportError("out_indices only applies to feature outputs, not to logits.")
+    if isinstance(model, nn.Module) and (structure is not None or checkpoint is not None):
+        raise ExportError("structure and checkpoint apply to a model name; a module already has its weights.")
+    if not isinstance(model, (str, nn.Module)):
+        raise ExportError(f"model must be a timm model name or an nn.Module, not {type(model).__name__}.")
 
 
 def resolve_model(
@@ -191,66 +229,51 @@ def resolve_model(
     ``model`` is a timm name (``maedet_m``, ``maedet`` with ``structure``, ``resnet50``...) or a module. For
     features the default is C2..C5; ``out_indices`` picks others (timm's features_only indices).
     """
-    if outputs not in ("features", "logits"):
-        raise ExportError(f"outputs must be 'features' or 'logits', not {outputs!r}.")
+    _check_request(model, structure, checkpoint, outputs, out_indices)
     if isinstance(model, ModelSource):  # already resolved (e.g. shared with the bench's PyTorch runs)
-        if structure is not None or checkpoint is not None or out_indices is not None or model.outputs != outputs:
-            raise ExportError("a resolved ModelSource is exported as it is: no structure, checkpoint or out_indices.")
         return model
-    if out_indices is not None and outputs == "logits":
-        raise ExportError("out_indices only applies to feature outputs, not to logits.")
     if isinstance(model, str):
         module, name, struct, strides = _resolve_name(model, structure, checkpoint, outputs, out_indices, num_classes)
-    elif isinstance(model, nn.Module):
-        if structure is not None or checkpoint is not None:
-            raise ExportError("structure and checkpoint apply to a model name; a module already has its weights.")
-        module = model
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        name = cfg.get("architecture") or type(model).__name__
-        struct = getattr(model, "structure", None)
-        if not isinstance(struct, Structure):  # e.g. a features_only wrapper of a built-in MAE-DET
-            struct = load_structure(name) if name in BUILTIN_NAMES else None
-        strides = _module_strides(model, outputs) or ()
     else:
-        raise ExportError(f"model must be a timm model name or an nn.Module, not {type(model).__name__}.")
+        module, name, struct, strides = _resolve_module(model, outputs)
+    return _deploy_source(module, name, struct, strides, outputs)
 
+
+def _deploy_source(
+    module: nn.Module, name: str, struct: Structure | None, strides: tuple[int, ...], outputs: str
+) -> ModelSource:
+    """Fold BN, freeze, wrap for tuple outputs, and describe the result (preprocessing from timm's pretrained_cfg)."""
     cfg = getattr(module, "pretrained_cfg", None) or {}
     input_size = cfg.get("input_size", (3, 224, 224))
-    in_chans = int(input_size[0])
-    mean = tuple(float(v) for v in cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
-    std = tuple(float(v) for v in cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
     deploy = fuse_bn(module).eval()
     for p in deploy.parameters():
         p.requires_grad_(False)
     if outputs == "logits":
         output_names: tuple[str, ...] = ("logits",)
         strides = (0,)
+        size_multiple = 32
     else:
         output_names = _feature_names(strides) if strides else ()
-    size_multiple = max([s for s in strides if s > 0], default=32)
-    if outputs == "logits":
-        size_multiple = 32
+        size_multiple = max([s for s in strides if s > 0], default=32)
     return ModelSource(
         module=TupleOutputs(deploy).eval(),
         model_name=name,
         output_names=output_names,
         strides=tuple(strides),
         structure=struct,
-        mean=mean,
-        std=std,
-        in_chans=in_chans,
+        mean=tuple(float(v) for v in cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
+        std=tuple(float(v) for v in cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)),
+        in_chans=int(input_size[0]),
         size_multiple=size_multiple,
         outputs=outputs,
     )
 
 
-def validate_input_size(input_size: Sequence[int], batch: int, size_multiple: int = 32) -> tuple[int, int]:
+def validate_input_size(input_size: Sequence[int], size_multiple: int = 32) -> tuple[int, int]:
     """H and W must be positive multiples of the network's largest stride (so every level has a whole size)."""
     if len(input_size) != 2:
         raise ExportError(f"input size needs two numbers (H W), got {list(input_size)}.")
     h, w = (int(v) for v in input_size)
-    if batch < 1:
-        raise ExportError(f"batch must be at least 1, got {batch}.")
     if h < size_multiple or w < size_multiple:
         raise ExportError(
             f"input size {h}×{w} is too small: the network downsamples {size_multiple}×, so H and W must be at "
@@ -258,8 +281,8 @@ def validate_input_size(input_size: Sequence[int], batch: int, size_multiple: in
         )
     if h % size_multiple or w % size_multiple:
         raise ExportError(
-            f"input size {h}×{w} is not a multiple of {size_multiple} (the network's largest stride); "
-            f"try {round(h / size_multiple) * size_multiple or size_multiple}×"
-            f"{round(w / size_multiple) * size_multiple or size_multiple}."
+            f"input size {h}×{w} is not a multiple of {size_multiple} (H and W must be multiples of "
+            f"{size_multiple}, the network's largest stride); try {round(h / size_multiple) * size_multiple}×"
+            f"{round(w / size_multiple) * size_multiple}."
         )
     return h, w

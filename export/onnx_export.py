@@ -2,33 +2,84 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import logging
 import os
-import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 import torch.nn as nn
 
-from maedet.fileio import atomic_write_bytes
+from maedet.fileio import atomic_write_bytes, check_output_path
 
-from .check import CheckReport, Tolerance, compare_outputs, onnx_session, run_onnx, run_torch, synthetic_images
-from .errors import ExportError, MissingDependencyError
+from .check import CheckReport, Tolerance, check_against_torch, synthetic_images
+from .errors import ExportError, MissingDependencyError, first_line
 from .metadata import apply_metadata, build_metadata
 from .model_source import ModelSource, resolve_model, validate_input_size
 
-__all__ = ["PRECISIONS", "ExportResult", "export_onnx", "simplify_onnx", "torch_to_onnx"]
+__all__ = ["INPUT_NAME", "PRECISIONS", "ExportOptions", "ExportResult", "export_onnx", "simplify_onnx", "torch_to_onnx"]
+
+logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = "input"
 # ONNX files above 2 GiB need external data; our backbones are far below (MAE-DET-L fp32 is ~175 MB).
 _PROTOBUF_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything that shapes one export besides the model and the output path (the CLI's flags, as Python)."""
+
+    structure: Any = None  # a structure file or Structure, for model 'maedet'
+    checkpoint: str | os.PathLike[str] | None = None
+    input_size: Sequence[int] = (640, 640)
+    batch: int = 1
+    outputs: str = "features"  # 'features' (C2..C5 by default) or 'logits'
+    out_indices: Sequence[int] | None = None
+    num_classes: int | None = None
+    dynamic: bool = False  # dynamic batch, height and width
+    opset: int = 18
+    precision: str = "fp32"  # fp32, fp16 or int8
+    io_half: bool = False  # with fp16: fp16 inputs and outputs too
+    calib: str | os.PathLike[str] | None = None  # with int8: a folder of calibration images
+    calib_batches: int = 8
+    simplify: bool = False  # onnxslim
+    check: bool = True  # compare with PyTorch in ONNX Runtime CPU
+    tolerance: Tolerance | None = None  # default: TOLERANCES[precision]
+    per_channel: bool = True
+    int8_mode: str = "portable"  # 'portable' (TensorRT and ONNX Runtime) or 'cpu' (ONNX Runtime on x86)
+
+    def model_request(self) -> dict[str, Any]:
+        """The options that pick the module (what :func:`resolve_model` takes besides the model)."""
+        names = ("structure", "checkpoint", "outputs", "out_indices", "num_classes")
+        return {name: getattr(self, name) for name in names}
+
+    def validate(self) -> None:
+        """Refuse impossible combinations in one sentence, before any model is built."""
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}.")
+        if self.io_half and self.precision != "fp16":
+            raise ExportError("half-precision inputs/outputs (io_half) need precision 'fp16'.")
+        if not 7 <= self.opset <= 25:
+            raise ExportError(
+                f"opset {self.opset} is outside the range this exporter supports (7..25; 17 or newer advised)."
+            )
+        if self.precision == "int8" and self.opset < 13:
+            raise ExportError("INT8 Q/DQ with per-channel weights needs opset 13 or newer.")
+        if self.int8_mode != "portable" and self.precision != "int8":
+            raise ExportError("int8_mode applies to precision 'int8' only.")
+        if self.calib_batches < 1:
+            raise ExportError(f"calib_batches must be at least 1, got {self.calib_batches}.")
+        if self.batch < 1:
+            raise ExportError(f"batch must be at least 1, got {self.batch}.")
+        validate_input_size(self.input_size)  # the stride is known only later; bad sizes still fail in milliseconds
 
 
 @dataclass
@@ -117,170 +168,160 @@ def simplify_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
     return slimmed
 
 
-def _example_input(source: ModelSource, batch: int, h: int, w: int) -> torch.Tensor:
-    return torch.from_numpy(synthetic_images(batch, h, w, source.mean, source.std, seed=1234))
+@dataclass
+class _Traced:
+    """The resolved model at the export size: its example input, PyTorch's outputs and their names."""
+
+    source: ModelSource
+    example: torch.Tensor
+    torch_outputs: tuple[torch.Tensor, ...]
+    output_names: list[str]
+    height: int
+    width: int
+
+    @property
+    def strides(self) -> list[int]:
+        strides = list(self.source.strides)
+        return strides if len(strides) == len(self.output_names) else [0] * len(self.output_names)
 
 
-def _dry_run(source: ModelSource, example: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Run PyTorch once at the export size, so size problems surface as one sentence, not an exporter trace."""
+def _trace_inputs(model: str | nn.Module | ModelSource, opts: ExportOptions) -> _Traced:
+    """Resolve the model and run PyTorch once at the export size, so size problems surface as one sentence."""
+    source = resolve_model(model, **opts.model_request())
+    h, w = validate_input_size(opts.input_size, source.size_multiple)
+    example = torch.from_numpy(synthetic_images(opts.batch, h, w, source.mean, source.std, seed=1234))
     try:
         with torch.no_grad():
             outs = source.module(example)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:200]
+    except RuntimeError as exc:  # PyTorch's shape errors: the network cannot run at this size
         raise ExportError(
-            f"model {source.model_name!r} cannot run at input size {tuple(example.shape[2:])}: {first}"
+            f"model {source.model_name!r} cannot run at input size {(h, w)}: {first_line(exc, 200)}"
         ) from None
-    return outs
+    names = list(source.output_names) or [f"out{i}" for i in range(len(outs))]
+    if len(names) != len(outs):
+        raise ExportError(f"the model returns {len(outs)} outputs, but {len(names)} names were found.")
+    return _Traced(source, example, tuple(outs), names, h, w)
+
+
+def _lower_precision(proto: onnx.ModelProto, traced: _Traced, opts: ExportOptions) -> tuple[onnx.ModelProto, list[str]]:
+    """fp16 conversion or INT8 quantization of the fp32 graph; returns the graph and the notes for the user."""
+    if opts.precision == "fp16":
+        from .precision import to_fp16
+
+        logger.info("converting to fp16 (%s inputs/outputs)", "fp16" if opts.io_half else "fp32")
+        return to_fp16(proto, keep_io_types=not opts.io_half), []
+    if opts.precision == "int8":
+        from .precision import calibration_batches, quantize_int8
+
+        logger.info("quantizing to INT8 (static, Q/DQ)")
+        source = traced.source
+        data, calib_note = calibration_batches(
+            calib=opts.calib,
+            batches=opts.calib_batches,
+            batch=opts.batch,
+            input_size=(traced.height, traced.width),
+            mean=source.mean,
+            std=source.std,
+        )
+        return quantize_int8(proto, data, per_channel=opts.per_channel, mode=opts.int8_mode), [calib_note]
+    return proto, []
+
+
+def _metadata(traced: _Traced, opts: ExportOptions) -> dict[str, Any]:
+    source = traced.source
+    meta = build_metadata(
+        model_name=source.model_name,
+        structure_json=source.structure.to_dict() if source.structure is not None else None,
+        outputs=opts.outputs,
+        output_names=tuple(traced.output_names),
+        output_strides=tuple(traced.strides),
+        input_name=INPUT_NAME,
+        input_size=(source.in_chans, traced.height, traced.width),
+        batch=opts.batch,
+        dynamic=opts.dynamic,
+        mean=source.mean,
+        std=source.std,
+        precision=opts.precision,
+        io_dtype="float16" if opts.io_half else "float32",
+        opset=opts.opset,
+    )
+    if opts.precision == "int8":
+        meta["int8_mode"] = opts.int8_mode
+    return meta
+
+
+def _options(options: ExportOptions | None, overrides: dict[str, Any]) -> ExportOptions:
+    try:
+        opts = dataclasses.replace(options or ExportOptions(), **overrides)
+    except TypeError:
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ExportOptions)})
+        raise ExportError(f"export_onnx has no option {', '.join(unknown)}.") from None
+    opts.validate()
+    return opts
+
+
+def _graph(traced: _Traced, opts: ExportOptions) -> onnx.ModelProto:
+    """The fp32 ONNX graph of the traced module (simplified with onnxslim when asked)."""
+    logger.info(
+        "exporting %s (%s: %s) at %d×3×%d×%d",
+        traced.source.model_name,
+        opts.outputs,
+        ", ".join(traced.output_names),
+        opts.batch,
+        traced.height,
+        traced.width,
+    )
+    proto = torch_to_onnx(
+        traced.source.module,
+        traced.example,
+        traced.output_names,
+        dynamic=opts.dynamic,
+        opset=opts.opset,
+        spatial_outputs=all(o.dim() == 4 for o in traced.torch_outputs),
+    )
+    if opts.simplify:
+        logger.info("simplifying with onnxslim")
+        proto = simplify_onnx(proto)
+    return proto
+
+
+def _check(data: bytes, traced: _Traced, opts: ExportOptions) -> CheckReport:
+    logger.info("checking in ONNX Runtime (CPU) against PyTorch fp32")
+    reference = {n: o.float().numpy() for n, o in zip(traced.output_names, traced.torch_outputs, strict=True)}
+    return check_against_torch(
+        data,
+        traced.source.module,
+        traced.example,
+        traced.output_names,
+        opts.precision,
+        opts.tolerance,
+        reference=reference,
+    )
 
 
 def export_onnx(
     model: str | nn.Module | ModelSource,
     out: str | os.PathLike[str],
-    *,
-    structure: Any = None,
-    checkpoint: str | os.PathLike[str] | None = None,
-    input_size: Sequence[int] = (640, 640),
-    batch: int = 1,
-    outputs: str = "features",
-    out_indices: Sequence[int] | None = None,
-    num_classes: int | None = None,
-    dynamic: bool = False,
-    opset: int = 18,
-    precision: str = "fp32",
-    io_half: bool = False,
-    calib: str | os.PathLike[str] | None = None,
-    calib_batches: int = 8,
-    simplify: bool = False,
-    check: bool = True,
-    tolerance: Tolerance | None = None,
-    per_channel: bool = True,
-    int8_mode: str = "portable",
-    log: Callable[[str], None] | None = None,
+    options: ExportOptions | None = None,
+    **kwargs: Any,
 ) -> ExportResult:
     """Export a backbone to ONNX and, with ``check``, prove it matches PyTorch in ONNX Runtime CPU.
 
-    ``model`` is a timm name or a module; see :func:`~maedet.export.model_source.resolve_model`. The file is
-    written to a temporary name and renamed, so a failure never leaves a partial ``out``. A failed check does
-    not raise: the report says so (``result.check.passed``) and the CLI exits non-zero.
+    ``model`` is a timm name or a module; see :func:`~maedet.export.model_source.resolve_model`. Options come as
+    an :class:`ExportOptions` or as its fields by keyword (``export_onnx("maedet_m", "m.onnx", precision="fp16")``);
+    keywords given with ``options`` replace those fields. The file is written to a temporary name and renamed, so a
+    failure never leaves a partial ``out``. A failed check does not raise: the report says so
+    (``result.check.passed``) and the CLI exits non-zero.
     """
-    say = log or (lambda _msg: None)
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
-    if io_half and precision != "fp16":
-        raise ExportError("half-precision inputs/outputs (io_half) need precision 'fp16'.")
-    if not 7 <= opset <= 25:
-        raise ExportError(f"opset {opset} is outside the range this exporter supports (7..25; 17 or newer advised).")
-    if precision == "int8" and opset < 13:
-        raise ExportError("INT8 Q/DQ with per-channel weights needs opset 13 or newer.")
-    if int8_mode != "portable" and precision != "int8":
-        raise ExportError("int8_mode applies to precision 'int8' only.")
-    if calib_batches < 1:
-        raise ExportError(f"calib_batches must be at least 1, got {calib_batches}.")
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise ExportError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist.")
-
-    validate_input_size(input_size, batch)  # before building the model: bad sizes fail in milliseconds
-    source = resolve_model(
-        model,
-        structure=structure,
-        checkpoint=checkpoint,
-        outputs=outputs,
-        out_indices=out_indices,
-        num_classes=num_classes,
-    )
-    h, w = validate_input_size(input_size, batch, source.size_multiple)
-    example = _example_input(source, batch, h, w)
-    torch_outs = _dry_run(source, example)
-    output_names = list(source.output_names) or [f"out{i}" for i in range(len(torch_outs))]
-    if len(output_names) != len(torch_outs):
-        raise ExportError(f"the model returns {len(torch_outs)} outputs, but {len(output_names)} names were found.")
-    strides = list(source.strides) if len(source.strides) == len(output_names) else [0] * len(output_names)
-    spatial = all(o.dim() == 4 for o in torch_outs)
-
-    say(f"exporting {source.model_name} ({outputs}: {', '.join(output_names)}) at {batch}×3×{h}×{w}")
-    proto = torch_to_onnx(source.module, example, output_names, dynamic=dynamic, opset=opset, spatial_outputs=spatial)
-    if simplify:
-        say("simplifying with onnxslim")
-        proto = simplify_onnx(proto)
-
-    notes: list[str] = []
-    if precision == "fp16":
-        from .precision import to_fp16
-
-        say("converting to fp16" + (" (fp16 inputs/outputs)" if io_half else " (fp32 inputs/outputs kept)"))
-        proto = to_fp16(proto, keep_io_types=not io_half)
-    elif precision == "int8":
-        from .precision import calibration_batches, quantize_int8
-
-        say("quantizing to INT8 (static, Q/DQ)")
-        data, calib_note = calibration_batches(
-            calib=calib, batches=calib_batches, batch=batch, input_size=(h, w), mean=source.mean, std=source.std
-        )
-        if calib is None:
-            print(calib_note, file=sys.stderr)  # synthetic calibration: a warning the user must see
-        else:
-            say(calib_note)
-        proto = quantize_int8(proto, data, per_channel=per_channel, mode=int8_mode)
-        notes.append(calib_note)
-
-    meta = build_metadata(
-        model_name=source.model_name,
-        structure_json=source.structure.to_dict() if source.structure is not None else None,
-        outputs=outputs,
-        output_names=tuple(output_names),
-        output_strides=tuple(strides),
-        input_name=INPUT_NAME,
-        input_size=(source.in_chans, h, w),
-        batch=batch,
-        dynamic=dynamic,
-        mean=source.mean,
-        std=source.std,
-        precision=precision,
-        io_dtype="float16" if io_half else "float32",
-        opset=opset,
-    )
-    if precision == "int8":
-        meta["int8_mode"] = int8_mode
+    opts = _options(options, kwargs)
+    out = check_output_path(out, "ONNX file")
+    traced = _trace_inputs(model, opts)
+    proto, notes = _lower_precision(_graph(traced, opts), traced, opts)
+    meta = _metadata(traced, opts)
     apply_metadata(proto, meta)
     data = proto.SerializeToString()
     if len(data) > _PROTOBUF_LIMIT:
         raise ExportError("the model is larger than 2 GiB, which a single ONNX file cannot hold.")
-
-    report = None
-    if check:
-        say("checking in ONNX Runtime (CPU) against PyTorch fp32")
-        reference = {n: o.float().numpy() for n, o in zip(output_names, torch_outs, strict=True)}
-        report = check_against_torch(
-            data, source.module, example, output_names, precision, tolerance, reference=reference
-        )
+    report = _check(data, traced, opts) if opts.check else None
     atomic_write_bytes(out, data)
-    return ExportResult(out, output_names, precision, meta, report, notes)
-
-
-def check_against_torch(
-    onnx_model: bytes | str | os.PathLike[str],
-    module: nn.Module,
-    images: torch.Tensor | np.ndarray,
-    output_names: Sequence[str],
-    precision: str,
-    tolerance: Tolerance | None = None,
-    threads: int | None = None,
-    reference: dict[str, np.ndarray] | None = None,
-) -> CheckReport:
-    """Run the ONNX model in ONNX Runtime CPU and compare with the PyTorch module on the same images.
-
-    ``reference`` (PyTorch's outputs for ``images``, if already computed) saves running the module again.
-    """
-    arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.float32)
-    try:
-        session = onnx_session(onnx_model, threads=threads)
-    except Exception as exc:  # ORT raises its own exception types for unsupported graphs
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"ONNX Runtime cannot load the exported {precision} model: {first}") from None
-    ref = reference if reference is not None else run_torch(module, arr, output_names)
-    got = run_onnx(session, arr)
-    return compare_outputs(
-        ref, got, precision, input_shape=arr.shape, providers=session.get_providers(), tolerance=tolerance
-    )
+    return ExportResult(out, traced.output_names, opts.precision, meta, report, notes)

@@ -24,6 +24,7 @@ per-channel weights: 2.0× faster than fp32 there, but TensorRT rejects it (non-
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -40,6 +41,7 @@ __all__ = ["IMAGE_SUFFIXES", "INT8_MODES", "calibration_batches", "load_calibrat
 
 # portable: symmetric signed int8 (TensorRT and ONNX Runtime); cpu: uint8 asymmetric activations (ONNX Runtime x86).
 INT8_MODES = ("portable", "cpu")
+logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -100,18 +102,25 @@ def calibration_batches(
     std: Sequence[float],
     interpolation: str = "bilinear",
 ) -> tuple[list[np.ndarray], str]:
-    """The calibration batches and a note saying where they came from (synthetic ones print a warning)."""
+    """The calibration batches and a note saying where they came from.
+
+    The note is logged too: as information for real images, as a warning for synthetic ones (real images give
+    more accurate scales, and the user must see that they were not used).
+    """
     h, w = input_size
     if calib is not None:
         images = load_calibration_images(calib, batches * batch, (h, w), mean, std, interpolation)
         split = [images[i : i + batch] for i in range(0, len(images), batch)]
-        return split, f"calibrated on {len(images)} images from {calib}"
+        note = f"calibrated on {len(images)} images from {calib}"
+        logger.info(note)
+        return split, note
     data = synthetic_images(batches * batch, h, w, mean, std, seed=2022)
     split = [data[i : i + batch] for i in range(0, len(data), batch)]
     note = (
-        f"WARNING: INT8 calibrated on {batches} synthetic batches (no --calib DIR given); "
+        f"INT8 calibrated on {batches} synthetic batches (no --calib DIR given); "
         "scales from real images are more accurate."
     )
+    logger.warning(note)
     return split, note
 
 

@@ -1,48 +1,44 @@
 """ONNX → TensorRT engine, for TensorRT 10 and 11 alike, chosen by feature detection (never version strings).
 
 TensorRT 11 removed the FP16/INT8 builder flags and the calibrators: networks are strongly typed and precision
-comes from the graph (fp16 tensors, Q/DQ nodes). TensorRT 10 still has the flags. So: when the builder has
-precision flags we build a classic network and set FP16 / INT8 to match the graph; when it has none we create a
-STRONGLY_TYPED network. Either way the ONNX file (fp32, fp16 or Q/DQ INT8) decides the precision.
+comes from the graph (fp16 tensors, Q/DQ nodes). TensorRT 10 still has the flags (docs/design.md, 'Export and
+runtimes'). So: when the builder has precision flags we build a classic network and set FP16 / INT8 to match the
+graph; when it has none we create a STRONGLY_TYPED network. Either way the ONNX file (fp32, fp16 or Q/DQ INT8)
+decides the precision. Parsing, the builder configuration and the build itself are Polygraphy's (NVIDIA keeps it
+current with each TensorRT release); the plan, the profiles and the sidecar are ours and are tested without
+TensorRT.
 
-Beside every engine goes a JSON sidecar (TensorRT version, GPU, compute capability, profiles, precision and the
-ONNX metadata), because an engine only runs on the TensorRT version and GPU model that built it.
-Everything except the build and the run itself is pure Python and is tested without TensorRT.
+Beside every engine goes a JSON sidecar (see :mod:`maedet.export.engine_sidecar`), because an engine only runs on
+the TensorRT version and GPU model that built it.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maedet.fileio import atomic_write_bytes, atomic_write_text
+from maedet.fileio import atomic_write_bytes
 
-from .errors import ExportError, MissingDependencyError
+from .engine_sidecar import sidecar_path, write_sidecar
+from .errors import ExportError
+from .runtime import polygraphy_calls, require_gpu, require_polygraphy, require_tensorrt
 
 __all__ = [
-    "INSTALL_HINT",
     "BuildPlan",
+    "EngineBuild",
     "ProfileShapes",
     "build_engine",
-    "engine_mismatch_message",
-    "gpu_identity",
     "plan_build",
     "profile_shapes",
-    "read_sidecar",
-    "require_tensorrt",
-    "run_engine",
-    "sidecar_path",
     "validate_workspace",
-    "write_sidecar",
 ]
 
-INSTALL_HINT = "pip install 'maedet[gpu]'"
-SIDECAR_FORMAT = "maedet-engine/1"
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------- profiles
@@ -60,6 +56,20 @@ class ProfileShapes:
 
 def _round_down(value: int, multiple: int) -> int:
     return max(multiple, value // multiple * multiple)
+
+
+def _check_profile(shapes: ProfileShapes, multiple: int) -> None:
+    for label, shape in (("minimum", shapes.min), ("maximum", shapes.max)):
+        if shape[0] < 1:
+            raise ExportError(f"the {label} batch must be at least 1, got {shape[0]}.")
+        if shape[2] % multiple or shape[3] % multiple or shape[2] < multiple or shape[3] < multiple:
+            raise ExportError(f"the {label} input size {shape[2]}×{shape[3]} must be positive multiples of {multiple}.")
+    for axis, name in ((0, "batch"), (2, "height"), (3, "width")):
+        if not shapes.min[axis] <= shapes.opt[axis] <= shapes.max[axis]:
+            raise ExportError(
+                f"profile {name} must satisfy min ≤ opt ≤ max, got {shapes.min[axis]} ≤ {shapes.opt[axis]} ≤ "
+                f"{shapes.max[axis]}."
+            )
 
 
 def profile_shapes(
@@ -82,8 +92,7 @@ def profile_shapes(
     h, w = (int(v) for v in input_size)
     opt = (int(batch), in_chans, h, w)
     if not dynamic:
-        given = [x for x in (min_batch, max_batch, min_size, max_size) if x is not None]
-        if given:
+        if any(x is not None for x in (min_batch, max_batch, min_size, max_size)):
             raise ExportError(
                 "--min-batch/--max-batch/--min-size/--max-size need --dynamic (a static engine has one shape)."
             )
@@ -95,17 +104,7 @@ def profile_shapes(
     )
     hi_h, hi_w = (h * 2, w * 2) if max_size is None else (int(v) for v in max_size)
     shapes = ProfileShapes((lo_b, in_chans, lo_h, lo_w), opt, (hi_b, in_chans, hi_h, hi_w))
-    for label, shape in (("minimum", shapes.min), ("maximum", shapes.max)):
-        if shape[0] < 1:
-            raise ExportError(f"the {label} batch must be at least 1, got {shape[0]}.")
-        if shape[2] % multiple or shape[3] % multiple or shape[2] < multiple or shape[3] < multiple:
-            raise ExportError(f"the {label} input size {shape[2]}×{shape[3]} must be positive multiples of {multiple}.")
-    for axis, name in ((0, "batch"), (2, "height"), (3, "width")):
-        if not shapes.min[axis] <= shapes.opt[axis] <= shapes.max[axis]:
-            raise ExportError(
-                f"profile {name} must satisfy min ≤ opt ≤ max, got {shapes.min[axis]} ≤ {shapes.opt[axis]} ≤ "
-                f"{shapes.max[axis]}."
-            )
+    _check_profile(shapes, multiple)
     return shapes
 
 
@@ -143,94 +142,83 @@ def plan_build(builder_flags: Collection[str], network_flags: Collection[str], p
     )
 
 
-# ------------------------------------------------------------------------------------------- sidecar
-def sidecar_path(engine: str | os.PathLike[str]) -> Path:
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
+# ------------------------------------------------------------------------------------------- the build
+@dataclass(frozen=True)
+class EngineBuild:
+    """What :func:`build_engine` made: the engine file and the facts its sidecar records."""
 
+    engine_path: Path
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    strongly_typed: bool
+    builder_flags: tuple[str, ...]
+    workspace_bytes: int
+    profiles: tuple[ProfileShapes, ...]
+    build_seconds: float
+    onnx_file: str
+    onnx_metadata: dict[str, Any] = field(default_factory=dict)
 
-def write_sidecar(engine: str | os.PathLike[str], info: Mapping[str, Any]) -> Path:
-    """Write ``<engine>.json`` atomically; returns its path."""
-    path = sidecar_path(engine)
-    atomic_write_text(path, json.dumps({"format": SIDECAR_FORMAT, **info}, indent=1, sort_keys=True) + "\n")
-    return path
+    @property
+    def sidecar_path(self) -> Path:
+        return sidecar_path(self.engine_path)
 
+    def summary(self) -> dict[str, Any]:
+        """The sidecar's facts without the (long) ONNX metadata, for printing and the CLI's JSON."""
+        return {
+            "tensorrt_version": self.tensorrt_version,
+            "gpu_name": self.gpu_name,
+            "compute_capability": self.compute_capability,
+            "precision": self.precision,
+            "strongly_typed": self.strongly_typed,
+            "builder_flags": list(self.builder_flags),
+            "workspace_bytes": self.workspace_bytes,
+            "profiles": [p.to_dict() for p in self.profiles],
+            "build_seconds": self.build_seconds,
+            "onnx_file": self.onnx_file,
+        }
 
-def read_sidecar(engine: str | os.PathLike[str]) -> dict[str, Any]:
-    path = sidecar_path(engine)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ExportError(
-            f"engine sidecar {str(path)!r} is missing; rebuild the engine with maedet-export --trt."
-        ) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"engine sidecar {str(path)!r} cannot be read ({type(exc).__name__}).") from None
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-        raise ExportError(f"{str(path)!r} is not a maedet engine sidecar (format {SIDECAR_FORMAT}).")
-    return data
-
-
-def engine_mismatch_message(
-    sidecar: Mapping[str, Any], tensorrt_version: str, gpu_name: str | None, compute_capability: str | None
-) -> str | None:
-    """One sentence when the engine was built by another TensorRT version or GPU model; None when it matches.
-
-    Engines are tied to the exact TensorRT version and the GPU's compute capability (and, for tuned tactics,
-    the GPU model), so any difference means: rebuild.
-    """
-    built_ver = str(sidecar.get("tensorrt_version", "?"))
-    built_gpu = sidecar.get("gpu_name")
-    built_cc = sidecar.get("compute_capability")
-    problems = []
-    if built_ver != tensorrt_version:
-        problems.append(f"TensorRT {built_ver} (this machine has {tensorrt_version})")
-    if built_cc and compute_capability and str(built_cc) != str(compute_capability):
-        problems.append(f"compute capability {built_cc} (this GPU is {compute_capability})")
-    elif built_gpu and gpu_name and built_gpu != gpu_name:
-        problems.append(f"a {built_gpu} (this GPU is a {gpu_name})")
-    if not problems:
-        return None
-    return (
-        f"this engine was built with {' on '.join(problems)}; engines only run where they were built, "
-        "so rebuild it here with maedet-export --trt."
-    )
-
-
-# ------------------------------------------------------------------------------------------- TensorRT itself
-def require_tensorrt() -> Any:
-    """The tensorrt module, or one sentence naming what is missing and how to install it."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingDependencyError(
-            f"TensorRT is not installed (it needs an NVIDIA GPU machine): {INSTALL_HINT}; the ONNX file is written."
-        ) from None
-    return tensorrt
-
-
-def gpu_identity() -> tuple[str | None, str | None]:
-    """(GPU name, compute capability 'major.minor') of device 0 via torch.cuda; (None, None) without a GPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None, None
-    major, minor = torch.cuda.get_device_capability(0)
-    return torch.cuda.get_device_name(0), f"{major}.{minor}"
-
-
-def _require_gpu() -> tuple[str, str]:
-    name, cc = gpu_identity()
-    if name is None or cc is None:
-        raise MissingDependencyError(
-            "no NVIDIA GPU is visible (torch.cuda.is_available() is False), and TensorRT builds engines on the "
-            f"GPU they will run on: use a CUDA machine with {INSTALL_HINT}; the ONNX file is written."
-        )
-    return name, cc
+    def sidecar(self) -> dict[str, Any]:
+        """Everything the ``<engine>.json`` sidecar holds (besides its format tag)."""
+        return {**self.summary(), "onnx_metadata": dict(self.onnx_metadata)}
 
 
 def _enum_names(enum: Any) -> set[str]:
     return {name for name in dir(enum) if name.isupper()}
+
+
+def _serialize(
+    onnx_path: Path,
+    plan: BuildPlan,
+    builder_flags: Collection[str],
+    profile: ProfileShapes | None,
+    workspace: int,
+    cache_file: Path | None,
+    input_name: str,
+) -> tuple[bytes, bytes | None]:
+    """Parse, configure and build with Polygraphy; returns (serialized engine, updated timing cache or None)."""
+    import tensorrt as trt
+    from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
+
+    profiles = None
+    if profile is not None and profile.min != profile.max:
+        profiles = [Profile().add(input_name, min=profile.min, opt=profile.opt, max=profile.max)]
+    create_config = CreateConfig(
+        tf32="TF32" in builder_flags,  # TensorRT's own default (Polygraphy would turn TF32 off)
+        fp16="FP16" in plan.builder_flags,
+        int8="INT8" in plan.builder_flags,
+        profiles=profiles,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace},
+        load_timing_cache=str(cache_file) if cache_file is not None and cache_file.is_file() else None,
+    )
+    with polygraphy_calls(f"TensorRT cannot parse {str(onnx_path)!r}"):
+        network = network_from_onnx_path(str(onnx_path), strongly_typed=plan.strongly_typed)
+    with polygraphy_calls("TensorRT failed to build the engine (see its log above)"):
+        config = create_config(network[0], network[1])
+        serialized = bytes(engine_bytes_from_network(network, config))
+    cache = bytes(config.get_timing_cache().serialize()) if cache_file is not None else None
+    return serialized, cache
 
 
 def build_engine(
@@ -238,121 +226,48 @@ def build_engine(
     engine_path: str | os.PathLike[str],
     *,
     precision: str,
-    profile: ProfileShapes | None,
+    profile: ProfileShapes | None = None,
     workspace_gib: float = 4.0,
     timing_cache: str | os.PathLike[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
     input_name: str = "input",
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Build and atomically write a serialized engine plus its sidecar; returns the sidecar contents."""
-    say = log or (lambda _msg: None)
+) -> EngineBuild:
+    """Build a TensorRT engine from an exported ONNX file; write it and its sidecar atomically.
+
+    ``precision`` is the ONNX file's (fp32, fp16 or int8: the graph decides, see the module docstring).
+    ``profile``: the optimization profile of a dynamic file (None or min == max: static). ``timing_cache``: a
+    file read when present and updated after the build. ``metadata``: the ONNX file's, kept in the sidecar.
+    Needs TensorRT, Polygraphy and an NVIDIA GPU (``pip install 'maedet[gpu]'``); otherwise one sentence.
+    """
     workspace = validate_workspace(workspace_gib)
     if (metadata or {}).get("int8_mode") == "cpu":
         raise ExportError("this INT8 file uses uint8 asymmetric Q/DQ (int8 mode 'cpu'), which TensorRT cannot load.")
     trt = require_tensorrt()
-    gpu_name, cc = _require_gpu()
-    plan = plan_build(_enum_names(trt.BuilderFlag), _enum_names(trt.NetworkDefinitionCreationFlag), precision)
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    for name in plan.network_flags:
-        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT cannot parse {str(onnx_path)!r}: {errors[:400]}")
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-    for name in plan.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    if profile is not None and profile.min != profile.max:
-        opt_profile = builder.create_optimization_profile()
-        opt_profile.set_shape(input_name, profile.min, profile.opt, profile.max)
-        config.add_optimization_profile(opt_profile)
+    require_polygraphy()
+    gpu_name, cc = require_gpu()
+    available = _enum_names(trt.BuilderFlag)
+    plan = plan_build(available, _enum_names(trt.NetworkDefinitionCreationFlag), precision)
     cache_file = Path(timing_cache) if timing_cache else None
-    if cache_file is not None:
-        cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
-        config.set_timing_cache(cache, False)
 
-    say(f"building TensorRT {trt.__version__} engine ({precision}, strongly typed: {plan.strongly_typed})")
+    logger.info("building TensorRT %s engine (%s, strongly typed: %s)", trt.__version__, precision, plan.strongly_typed)
     start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ExportError("TensorRT failed to build the engine (see its log above).")
-    build_s = time.perf_counter() - start
-    atomic_write_bytes(engine_path, bytes(serialized))
-    if cache_file is not None:
-        atomic_write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
-
-    info = {
-        "tensorrt_version": trt.__version__,
-        "gpu_name": gpu_name,
-        "compute_capability": cc,
-        "precision": precision,
-        "strongly_typed": plan.strongly_typed,
-        "builder_flags": list(plan.builder_flags),
-        "workspace_bytes": workspace,
-        "profiles": [profile.to_dict()] if profile is not None else [],
-        "build_seconds": round(build_s, 1),
-        "onnx_file": Path(onnx_path).name,
-        "onnx_metadata": dict(metadata or {}),
-    }
-    write_sidecar(engine_path, info)
-    return info
-
-
-def load_engine(engine_path: str | os.PathLike[str]) -> Any:
-    """Deserialize an engine, first checking its sidecar against this TensorRT and GPU (one-sentence error)."""
-    trt = require_tensorrt()
-    gpu_name, cc = _require_gpu()
-    sidecar = read_sidecar(engine_path)
-    message = engine_mismatch_message(sidecar, trt.__version__, gpu_name, cc)
-    if message:
-        raise ExportError(message)
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-    if engine is None:
-        raise ExportError(f"TensorRT could not load {str(engine_path)!r}; rebuild it with maedet-export --trt.")
-    return engine
-
-
-def run_engine(engine: Any, images: Any) -> dict[str, Any]:
-    """Run an engine once on a float32 NCHW numpy batch; returns {output name: float32 numpy array}."""
-    import numpy as np
-    import torch
-
-    trt = require_tensorrt()
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-    dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).cuda()
-    x = x.to(dtypes[engine.get_tensor_dtype(inputs[0])])
-    context.set_input_shape(inputs[0], tuple(x.shape))
-    context.set_tensor_address(inputs[0], x.data_ptr())
-    results = {}
-    for name in outputs:
-        shape = tuple(context.get_tensor_shape(name))
-        results[name] = torch.empty(shape, dtype=dtypes[engine.get_tensor_dtype(name)], device="cuda")
-        context.set_tensor_address(name, results[name].data_ptr())
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())  # the input copy and output allocations ran on the default stream
-    with torch.cuda.stream(stream):
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise ExportError("TensorRT failed to run the engine.")
-    stream.synchronize()
-    return {name: t.float().cpu().numpy() for name, t in results.items()}
-
-
-def sidecar_summary(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The sidecar without the (long) ONNX metadata, for printing."""
-    return {k: v for k, v in info.items() if k != "onnx_metadata"}
-
-
-def profile_from_dict(data: Mapping[str, Sequence[int]]) -> ProfileShapes:
-    return ProfileShapes(tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]))  # type: ignore[arg-type]
+    serialized, cache = _serialize(Path(onnx_path), plan, available, profile, workspace, cache_file, input_name)
+    build = EngineBuild(
+        engine_path=Path(engine_path),
+        tensorrt_version=trt.__version__,
+        gpu_name=gpu_name,
+        compute_capability=cc,
+        precision=precision,
+        strongly_typed=plan.strongly_typed,
+        builder_flags=plan.builder_flags,
+        workspace_bytes=workspace,
+        profiles=(profile,) if profile is not None else (),
+        build_seconds=round(time.perf_counter() - start, 1),
+        onnx_file=Path(onnx_path).name,
+        onnx_metadata=dict(metadata or {}),
+    )
+    atomic_write_bytes(build.engine_path, serialized)
+    if cache_file is not None and cache is not None:
+        atomic_write_bytes(cache_file, cache)
+    write_sidecar(build.engine_path, build.sidecar())
+    return build

@@ -11,11 +11,21 @@ import pytest
 import torch
 from rich.console import Console
 
-from maedet.bench import CSV_COLUMNS, BenchResult, render_table, run_bench, write_csv, write_json, write_plot
+import maedet
+from maedet.bench import (
+    CSV_COLUMNS,
+    BenchError,
+    BenchResult,
+    render_table,
+    run_bench,
+    write_csv,
+    write_json,
+    write_plot,
+)
 from maedet.bench.backends import BACKENDS, unavailable_reason
+from maedet.bench.cache import ArtifactCache
 from maedet.bench.cli import main
 from maedet.bench.models import parse_model
-from maedet.bench.runners import ArtifactCache
 from maedet.zoo import builtin_structure, gmacs
 
 SIZE = (64, 64)
@@ -110,7 +120,7 @@ def test_json_has_the_documented_schema(tiny: BenchResult, tmp_path) -> None:
         assert row["input"] == list(SIZE)
         assert row.get("published") is None or "published" in row["published"]["source"]
     s = next(r for r in data["results"] if r["model"] == "maedet_s")
-    assert s["published"]["coco_ap"] == 45.1  # --paper: DESIGN.md §2 figure, labelled published
+    assert s["published"]["coco_ap"] == 45.1  # --paper: docs/design.md §2 figure, labelled published
     assert "published" in data["published_source"]
     assert not list((tmp_path / "out").glob("*.tmp*"))
 
@@ -214,4 +224,29 @@ def test_api_rejects_bad_arguments(tmp_path) -> None:
         run_bench(models=["resnet50"], backends="torch-eager", warmup=0, cache_dir=tmp_path)
     with pytest.raises(BenchError, match="two numbers"):
         run_bench(models=["resnet50"], backends="torch-eager", input_sizes=[(64,)], cache_dir=tmp_path)
+    assert not os.listdir(tmp_path)
+
+
+def test_cli_version_and_one_line_errors(capsys, tmp_path) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"maedet-bench {maedet.__version__}"
+    assert main(["--models", "resnet5", "--cache-dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "maedet-bench: error: unknown model 'resnet5': not a maedet model, a timm model nor a structure file."
+    ]
+    assert main(["--rounds", "many"]) == 2  # an argparse usage error: one line too
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("maedet-bench: error: ") and "--rounds" in err
+
+
+def test_settings_dataclass_and_keywords_agree(tmp_path) -> None:
+    from maedet.bench import BenchSettings
+
+    settings = BenchSettings(input_sizes=[(64,)], cache_dir=tmp_path)
+    with pytest.raises(BenchError, match="two numbers"):
+        run_bench(models=["resnet50"], backends="torch-eager", settings=settings)
+    with pytest.raises(BenchError, match="no setting warm_up"):
+        run_bench(models=["resnet50"], backends="torch-eager", warm_up=1)
+    assert BenchSettings(rounds=2, min_rounds=5).validated().min_rounds == 2
     assert not os.listdir(tmp_path)

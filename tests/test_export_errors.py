@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+import maedet
 from maedet.export import ExportError, export_onnx
-from maedet.export.cli import main
+from maedet.export.cli import build_parser, main
 from maedet.zoo import builtin_structure
 
 
@@ -168,3 +169,23 @@ def test_api_rejects_bad_precision_and_module_with_structure(tmp_path):
     with pytest.raises(ExportError, match="already has its weights"):
         export_onnx(nn.Conv2d(3, 3, 1), tmp_path / "a.onnx", structure=builtin_structure("maedet_s"))
     assert _no_leftovers(tmp_path) == []
+
+
+def test_version_and_one_line_usage_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"maedet-export {maedet.__version__}"
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"maedet-export {maedet.__version__}"
+    assert main(["maedet_s", "--batch", "two"]) == 2  # an argparse usage error: one line, not the usage block
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("maedet-export: error: ") and "--batch" in err
+
+
+def test_bad_input_is_exactly_one_stderr_line_with_the_program_name(tmp_path, capsys):
+    code, err = _run(["no_such_model_xyz", "--onnx", tmp_path / "o.onnx"], capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        "maedet-export: error: unknown model 'no_such_model_xyz': not a maedet model nor a registered timm model."
+    ]

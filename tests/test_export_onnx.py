@@ -11,8 +11,9 @@ import torch
 
 import maedet
 from maedet.export import TOLERANCES, export_onnx, read_metadata
-from maedet.export.check import compare_outputs, onnx_session, run_onnx, run_torch, synthetic_images
+from maedet.export.check import compare_outputs, run_torch, synthetic_images
 from maedet.export.cli import main
+from maedet.export.runtime import ort_session, run_session
 from maedet.zoo import builtin_structure
 
 VARIANTS = ["maedet_s", "maedet_m", "maedet_l"]
@@ -30,8 +31,8 @@ def _static_dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
 
 def _parity(onnx_file, module, names, shape, seed=5):
     images = synthetic_images(shape[0], shape[2], shape[3], (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), seed)
-    session = onnx_session(onnx_file, threads=2)
-    return compare_outputs(run_torch(module, images, names), run_onnx(session, images), "fp32")
+    session = ort_session(onnx_file, threads=2)
+    return compare_outputs(run_torch(module, images, names), run_session(session, images), "fp32")
 
 
 def _assert_fp32_parity(report):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import pytest
@@ -12,8 +14,10 @@ from PIL import Image
 
 import maedet
 from maedet.export import TOLERANCES, export_onnx, read_metadata
-from maedet.export.check import compare_outputs, onnx_session, run_onnx, run_torch, synthetic_images
+from maedet.export.check import compare_outputs, run_torch, synthetic_images
 from maedet.export.cli import main
+from maedet.export.precision import calibration_batches
+from maedet.export.runtime import ort_session, run_session
 
 SIZE = (64, 64)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -45,7 +49,7 @@ def _io_types(path):
 def _fresh_parity(result, model, precision, shape=(2, 3, 64, 64), seed=11):
     images = synthetic_images(shape[0], shape[2], shape[3], MEAN, STD, seed)
     ref = run_torch(maedet.fuse_bn(model), images, result.output_names)
-    return compare_outputs(ref, run_onnx(onnx_session(result.path, threads=2), images), precision)
+    return compare_outputs(ref, run_session(ort_session(result.path, threads=2), images), precision)
 
 
 def test_fp16_keeps_float32_io_and_matches(fp16_file, model_m):
@@ -63,7 +67,7 @@ def test_fp16_keeps_float32_io_and_matches(fp16_file, model_m):
 def test_fp16_io_half_runs_in_onnxruntime(model_m, tmp_path):
     result = export_onnx(model_m, tmp_path / "h.onnx", input_size=SIZE, precision="fp16", io_half=True)
     assert _io_types(result.path) == (onnx.TensorProto.FLOAT16, [onnx.TensorProto.FLOAT16] * 4)
-    session = onnx_session(result.path, threads=1)
+    session = ort_session(result.path, threads=1)
     outs = session.run(None, {"input": np.zeros((1, 3, 64, 64), np.float16)})
     assert all(o.dtype == np.float16 for o in outs)
     assert result.check.passed
@@ -96,8 +100,23 @@ def test_int8_runs_in_onnxruntime_with_good_cosine(int8_file, model_m):
         assert out.cosine >= 0.97, out
 
 
-def test_int8_synthetic_calibration_warns(int8_file, capsys):
+def test_int8_synthetic_calibration_warns(int8_file, caplog, capsys):
     assert any("synthetic" in w for w in int8_file.warnings)
+    # The warning is logged (the CLI shows it as "maedet-export: warning: ..."), never printed by the library.
+    # A CLI run earlier in this process leaves its stderr handler on "maedet" (and stops propagation there):
+    # listen on that logger alone for the duration.
+    maedet_logger = logging.getLogger("maedet")
+    saved = maedet_logger.handlers[:]
+    maedet_logger.handlers[:] = [caplog.handler]
+    try:
+        with caplog.at_level(logging.INFO, logger="maedet"):
+            data, note = calibration_batches(calib=None, batches=2, batch=1, input_size=(32, 32), mean=MEAN, std=STD)
+    finally:
+        maedet_logger.handlers[:] = saved
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [(logging.WARNING, note)]
+    assert "synthetic" in note and len(data) == 2 and data[0].shape == (1, 3, 32, 32)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
 
 
 def test_int8_calibrates_on_image_folder(tmp_path, capsys):
@@ -115,7 +134,7 @@ def test_int8_calibrates_on_image_folder(tmp_path, capsys):
     assert code == 0, err
     assert "calibrated on 3 images" in err
     assert "synthetic" not in err
-    session = onnx_session(tmp_path / "s8.onnx", threads=1)
+    session = ort_session(tmp_path / "s8.onnx", threads=1)
     assert len(session.run(None, {"input": np.zeros((1, 3, 64, 64), np.float32)})) == 4
 
 

@@ -11,18 +11,9 @@ import torch
 
 from maedet.export import ExportError, MissingDependencyError
 from maedet.export.cli import main
-from maedet.export.tensorrt import (
-    BuildPlan,
-    ProfileShapes,
-    engine_mismatch_message,
-    plan_build,
-    profile_shapes,
-    read_sidecar,
-    require_tensorrt,
-    sidecar_path,
-    validate_workspace,
-    write_sidecar,
-)
+from maedet.export.engine_sidecar import engine_mismatch_message, read_sidecar, sidecar_path, write_sidecar
+from maedet.export.runtime import require_tensorrt
+from maedet.export.tensorrt import BuildPlan, ProfileShapes, plan_build, profile_shapes, validate_workspace
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 HAS_GPU = torch.cuda.is_available()
