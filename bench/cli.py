@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -192,8 +193,61 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_profile_parser() -> argparse.ArgumentParser:
+    p = make_parser(
+        "maedet-bench profile",
+        "Profile a latency target on this machine (pieces of the search space timed in the real runtime, a fitted "
+        "predictor, validated on networks it never saw) and write its table for maedet-search --latency-table.",
+    )
+    p.add_argument("--info", metavar="FILE", help="print what a latency table holds, then exit")
+    p.add_argument("--backend", default="ort-cpu", choices=("ort-cpu", "ort-cuda", "ort-trt"), help="runtime")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="int8: the exporter's CPU layout")
+    p.add_argument("--input-size", type=int, default=640, metavar="S", help="square input size in pixels")
+    p.add_argument("--batch-size", type=int, default=1, metavar="B", help="batch of the target")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the usable cores)")
+    p.add_argument("--pieces", type=int, default=360, help="pieces to measure")
+    p.add_argument("--validation-nets", type=int, default=30, help="held-out networks measured end to end")
+    p.add_argument("--calibration-nets", type=int, default=6, help="networks that calibrate the piece sum")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per measurement")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--out", help="the table to write (resumes from OUT.partial when present)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from .profile import ProfileSettings, describe_table, profile_target
+
+    if args.info:
+        from maedet.zoo.latency import LatencyTable
+
+        print(describe_table(LatencyTable.load(args.info)))
+        return 0
+    if not args.out:
+        raise BenchError("profile needs --out FILE (or --info FILE to read a table).")
+    settings = ProfileSettings(
+        backend=args.backend,
+        precision=args.precision,
+        input_size=args.input_size,
+        batch=args.batch_size,
+        threads=args.threads,
+        pieces=args.pieces,
+        calibration_nets=args.calibration_nets,
+        validation_nets=args.validation_nets,
+        rounds=args.rounds,
+        seed=args.seed,
+    )
+    table = profile_target(args.out, settings, progress=not args.no_progress)
+    print(describe_table(table))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(build_parser(), _run, argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["profile"]:
+        return run_cli(build_profile_parser(), _profile, args[1:])
+    return run_cli(build_parser(), _run, args)
 
 
 if __name__ == "__main__":

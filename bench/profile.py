@@ -30,10 +30,10 @@ from maedet.zoo.latency import LatencyTable, Piece, fit_piece_model, structure_p
 from .machine import cpu_model, machine_info, usable_cores
 from .timing import choose_iterations, run_interleaved, summarize, time_call
 
-__all__ = ["ProfileSettings", "profile_target", "sample_structures", "validation_figures"]
+__all__ = ["ProfileSettings", "describe_table", "profile_target", "sample_structures", "validation_figures"]
 
 LOG = logging.getLogger(__name__)
-BACKENDS = {"ort-cpu": ["CPUExecutionProvider"], "ort-cuda": ["CUDAExecutionProvider"], "ort-trt": None}
+BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt")
 PRECISIONS = ("fp32", "int8")
 REFERENCES = ("resnet50", "resnet101")
 PUBLISHED = ("maedet_s", "maedet_m", "maedet_l")
@@ -170,17 +170,13 @@ def _to_onnx(module: Any, shape: Sequence[int], output_names: Sequence[str], set
 
 
 def _session(model: bytes, settings: ProfileSettings) -> Any:
-    import onnxruntime as ort
+    from maedet.export.runtime import ort_providers, ort_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = settings.thread_count
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    providers = BACKENDS[settings.backend] or ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
-    session = ort.InferenceSession(model, sess_options=opts, providers=providers)
-    if providers[0] not in session.get_providers():
-        raise MaeDetError(f"ONNX Runtime cannot run {providers[0]} here (it runs {session.get_providers()}).")
-    return session
+    provider = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}.get(
+        settings.backend, "TensorrtExecutionProvider"
+    )
+    providers = ort_providers(provider, fp16=settings.precision == "fp16")
+    return ort_session(model, providers=providers, threads=settings.thread_count, what="a profiled piece")
 
 
 def _runner(model: bytes, shape: Sequence[int], settings: ProfileSettings) -> Callable[[], object]:
@@ -355,8 +351,8 @@ def _build_table(plan: _Plan, state: _State, settings: ProfileSettings, started:
     table.validation = {**figures, "networks": rows, "wall_s": round(time.monotonic() - started, 1)}
     table.references = {n: state.nets[n] for n in REFERENCES} | {n: state.nets[n] for n in PUBLISHED}
     table.samples = [{"piece": k, "ms": v} for k, v in state.pieces.items()]
-    table.machine = {k: v for k, v in info.items() if k != "versions"}
-    table.versions = dict(info.get("versions") or {})
+    table.machine = {k: v for k, v in info.items() if k != "libraries"}
+    table.versions = dict(info.get("libraries") or {})
     table.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return table
 
@@ -414,3 +410,25 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def describe_table(table: LatencyTable) -> str:
+    """A readable summary of a latency table: target, machine, versions, validation and references."""
+    t, v = table.target, table.validation
+    lines = [
+        f"target: {t.get('backend')} {t.get('precision')}, batch {t.get('batch')}, {t.get('input_size')}×"
+        f"{t.get('input_size')} px, {t.get('threads')} threads, {t.get('device')}",
+        f"machine: {table.machine.get('cpu', '?')}, {table.machine.get('cores', '?')} cores; created {table.created}",
+        "versions: " + ", ".join(f"{k} {val}" for k, val in sorted(table.versions.items())),
+        f"samples: {len(table.samples)} pieces; calibration: scale {table.calibration.get('scale', 1):.3f}, "
+        f"offset {table.calibration.get('offset_ms', 0):.2f} ms",
+    ]
+    if v:
+        lines.append(
+            f"validation on {v.get('count')} held-out networks: RMSPE {v.get('rmspe_pct', float('nan')):.1f}%, "
+            f"{100 * v.get('within_10pct', 0):.0f}% within ±10%, Spearman ρ {v.get('spearman_rho', float('nan')):.3f}"
+            f" (profile took {v.get('wall_s', '?')} s)"
+        )
+    if table.references:
+        lines.append("measured: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(table.references.items())))
+    return "\n".join(lines)

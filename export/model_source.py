@@ -20,7 +20,7 @@ import torch.nn as nn
 
 import maedet  # noqa: F401  (registers the maedet models with timm)
 from maedet.zoo import Structure, fuse_bn, load_structure
-from maedet.zoo.convert import load_checkpoint
+from maedet.zoo.checkpoint import load_checkpoint
 from maedet.zoo.structure import BUILTIN_NAMES
 
 from .errors import ExportError

@@ -77,3 +77,24 @@ def test_bad_settings_get_one_sentence():
         ProfileSettings(backend="tpu")
     with pytest.raises(MaeDetError, match="INT8"):
         ProfileSettings(backend="ort-cuda", precision="int8")
+
+
+def test_profile_cli_info_and_errors(tmp_path, capsys):
+    from maedet.bench.cli import main
+    from maedet.zoo.latency import LatencyTable
+
+    table = LatencyTable(
+        target={"backend": "ort-cpu", "precision": "fp32", "batch": 1, "input_size": 64, "threads": 1},
+        model={k: [1e-8] * 7 for k in ("stem", "first", "rest")},
+        validation={"count": 33, "rmspe_pct": 5.0, "within_10pct": 0.9, "spearman_rho": 0.97},
+        references={"resnet50": 3.5},
+    )
+    table.save(tmp_path / "t.json")
+    assert main(["profile", "--info", str(tmp_path / "t.json")]) == 0
+    out = capsys.readouterr().out
+    assert "RMSPE 5.0%" in out and "90% within ±10%" in out and "resnet50 3.50 ms" in out
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["profile", "--info", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("maedet-bench: error:")
+    assert main(["profile", "--backend", "ort-cpu"]) == 2
