@@ -259,5 +259,7 @@ def test_bad_backbones_and_names_are_refused() -> None:
         maedet.create_detector("maedet_s_gfl", backbone="resnet18")
     with pytest.raises(MaeDetError, match="must give features at strides"):
         maedet.create_detector("gfl", backbone=torch.nn.Conv2d(3, 8, 3))
+    with pytest.raises(MaeDetError, match="multiple of 32"):
+        maedet.create_detector("gfl", backbone="resnet18", fpn_channels=48)
     with pytest.raises(MaeDetError, match="no published COCO weights"):
         maedet.create_detector("resnet50_gfl", pretrained=True)

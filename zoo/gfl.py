@@ -237,6 +237,8 @@ class GFocalV2(nn.Module):
             )
         if tuple(strides[:3]) != PYRAMID_REDUCTIONS or any(b != 2 * a for a, b in itertools.pairwise(strides)):
             raise MaeDetError(f"strides must start 8, 16, 32 and double at each level, got {tuple(strides)}.")
+        if fpn_channels < 32 or fpn_channels % 32:
+            raise MaeDetError(f"fpn_channels must be a multiple of 32 (GroupNorm's 32 groups), got {fpn_channels}.")
         self.name = "gfl"  # the factory sets the registered name (maedet_m_gfl, ...)
         self.num_classes = num_classes
         self.cls_channels = cls_channels
