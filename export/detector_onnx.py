@@ -53,14 +53,20 @@ class DetectorExportResult:
 
 
 def resolve_detector(
-    model: str | GFocalV2, checkpoint: str | os.PathLike[str] | None = None, num_classes: int = 80
+    model: str | GFocalV2,
+    checkpoint: str | os.PathLike[str] | None = None,
+    num_classes: int = 80,
+    structure: Any = None,
 ) -> GFocalV2:
-    """The deploy form: eval mode, the backbone's BN folded (a given module is copied, never changed)."""
+    """The deploy form: eval mode, the backbone's BN folded (a given module is copied, never changed).
+
+    ``structure`` (a searched MAE-DET backbone) goes with the generic name ``gfl``.
+    """
     if isinstance(model, str):
-        detector = create_detector(model, checkpoint=checkpoint, num_classes=num_classes)
+        detector = create_detector(model, checkpoint=checkpoint, num_classes=num_classes, structure=structure)
     elif isinstance(model, GFocalV2):
-        if checkpoint is not None:
-            raise ExportError("a checkpoint applies to a detector name; a detector module already has its weights.")
+        if checkpoint is not None or structure is not None:
+            raise ExportError("checkpoint and structure apply to a detector name; a module already has its weights.")
         detector = copy.deepcopy(model)
     else:
         raise ExportError(f"model must be a detector name or a GFocalV2 module, not {type(model).__name__}.")
@@ -201,6 +207,7 @@ def export_detector_onnx(
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     num_classes: int = 80,
+    structure: Any = None,
     input_size: Sequence[int] = (800, 1344),
     batch: int = 1,
     dynamic: bool = False,
@@ -225,7 +232,7 @@ def export_detector_onnx(
     out = Path(out)
     if not out.parent.is_dir():
         raise ExportError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist.")
-    detector = resolve_detector(model, checkpoint, num_classes)
+    detector = resolve_detector(model, checkpoint, num_classes, structure)
     cfg = postprocess_cfg or detector.postprocess_cfg
     example = _example(detector, batch, h, w, embed_preprocess)
     notes: list[str] = []
