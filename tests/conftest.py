@@ -65,3 +65,31 @@ def authors_checkpoint_file(tmp_path_factory: pytest.TempPathFactory):
         return made[size]
 
     return make
+
+
+def authors_detector_state(name: str, seed: int = 0, num_classes: int | None = None) -> dict[str, torch.Tensor]:
+    """A whole-detector state dict in the authors' exact layout (``maedet_{s,m,l}_gfl``), every tensor random.
+
+    Every norm is randomised (BN weights, biases and running statistics; GN affine), so a tensor that lands in
+    the wrong place changes the outputs. ``num_classes`` resizes the class conv to ``num_classes + 1`` channels.
+    """
+    keys = json.loads((DATA / "official_checkpoint_keys" / f"{name}.json").read_text())
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for key, shape in keys.items():
+        if num_classes is not None and key.startswith("bbox_head.gfl_cls."):
+            shape = [num_classes + 1, *shape[1:]]
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.tensor(1000, dtype=torch.long)
+        elif key.endswith("running_var"):
+            out[key] = torch.rand(shape, generator=gen) + 0.5
+        elif key.endswith("integral.project"):
+            out[key] = torch.linspace(0, shape[0] - 1, shape[0])
+        elif key.endswith(("scale", "bn1.weight", "gn.weight")):
+            out[key] = torch.rand(shape, generator=gen) + 0.5
+        elif key.endswith(("running_mean", "bn1.bias", "gn.bias")) or len(shape) == 1:
+            out[key] = torch.randn(shape, generator=gen) * 0.1
+        else:
+            fan_in = max(1, int(torch.tensor(shape[1:]).prod()))
+            out[key] = torch.randn(shape, generator=gen) * (2.0 / fan_in) ** 0.5
+    return out

@@ -1,0 +1,128 @@
+"""Who runs the detector: the PyTorch model or an exported ONNX file, behind one call.
+
+``backend(batch, image_sizes)`` takes a letterboxed batch (see :mod:`maedet.detect.preprocess`) and returns one
+:class:`~maedet.zoo.Detections` per image in network-input pixels. The PyTorch model clamps boxes to each image's
+unpadded size (the authors' rule); a file with NMS inside can only clamp to its whole input, so a box reaching
+into the < 32 px padding is clamped later, when mapped back — NMS may then differ in rare overlaps at that edge.
+A file exported with ``--no-nms`` is decoded here with the authors' rule, like the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from maedet.errors import MaeDetError
+from maedet.zoo.detectors import create_detector
+from maedet.zoo.gfl import GFocalV2
+from maedet.zoo.gfl_postprocess import Detections, PostprocessConfig, postprocess
+
+__all__ = ["Backend", "OnnxBackend", "TorchBackend", "load_backend"]
+
+
+class Backend:
+    """What the detect and eval tools need from a runner."""
+
+    name: str
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    fixed_hw: tuple[int, int] | None = None  # a static-size file takes exactly this input
+    max_batch: int | None = None  # a static-batch file takes exactly this many images
+    input_uint8: bool = False
+
+    def __call__(self, batch: torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
+        raise NotImplementedError
+
+
+class TorchBackend(Backend):
+    def __init__(self, detector: GFocalV2, device: str = "cpu", cfg: PostprocessConfig | None = None) -> None:
+        self.detector = detector.eval().to(device)
+        self.device = device
+        self.cfg = cfg
+        self.name = detector.name
+        self.num_classes = detector.num_classes
+        self.mean, self.std = detector.mean, detector.std
+
+    def __call__(self, batch: torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
+        dets = self.detector.predict(batch.to(self.device), image_sizes=image_sizes, cfg=self.cfg)
+        return [Detections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu()) for d in dets]
+
+
+class OnnxBackend(Backend):
+    """An exported detector (``maedet-export NAME --onnx FILE``, with or without NMS) in ONNX Runtime."""
+
+    def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        from maedet.export.metadata import read_metadata
+
+        try:
+            meta = read_metadata(path)
+        except ValueError as exc:  # the exporter's error type (a ValueError) for unreadable files
+            raise MaeDetError(str(exc)) from None
+        if meta.get("task") != "detection":
+            raise MaeDetError(f"{str(path)!r} is not a detector export; write one with maedet-export NAME_gfl --onnx.")
+        self.meta = meta
+        try:
+            self.session = ort.InferenceSession(str(path), providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as exc:  # ONNX Runtime raises its own exception types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise MaeDetError(f"ONNX Runtime cannot load {str(path)!r}: {first}") from None
+        self.name = str(meta.get("model_name", Path(path).stem))
+        self.num_classes = int(meta["num_classes"])
+        self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
+        shape = self.session.get_inputs()[0].shape
+        self.input_uint8 = self.session.get_inputs()[0].type == "tensor(uint8)"
+        self.fixed_hw = (int(shape[2]), int(shape[3])) if all(isinstance(d, int) for d in shape[2:]) else None
+        self.max_batch = int(shape[0]) if isinstance(shape[0], int) else None
+        self.raw = meta["outputs"] == "raw"
+        self.cfg = PostprocessConfig(**meta["postprocess"])
+
+    def _run(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        outs = self.session.run(names, {self.session.get_inputs()[0].name: batch.numpy()})
+        return dict(zip(names, outs, strict=True))
+
+    def __call__(self, batch: torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
+        from maedet.export.detector_graph import DETECTION_OUTPUTS, unpad_detections
+
+        outs = self._run(batch)
+        if not self.raw:
+            return unpad_detections(*(outs[n] for n in DETECTION_OUTPUTS))
+        strides = self.meta["strides"]
+        levels = [torch.from_numpy(outs[n]) for n in [o.name for o in self.session.get_outputs()]]
+        scores, distances = levels[: len(strides)], levels[len(strides) :]
+        return postprocess(scores, distances, strides, self.num_classes, tuple(batch.shape[-2:]), image_sizes, self.cfg)
+
+
+def load_backend(
+    model: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    onnx: str | os.PathLike[str] | None = None,
+    *,
+    num_classes: int = 80,
+    device: str = "cpu",
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> Backend:
+    """A PyTorch backend (``model`` + ``checkpoint`` or ``pretrained``) or an ONNX one (``onnx``)."""
+    if onnx is not None:
+        if checkpoint is not None or pretrained:
+            raise MaeDetError("an ONNX file carries its own weights: give --onnx without --checkpoint.")
+        if not Path(onnx).is_file():
+            raise MaeDetError(f"ONNX file {str(onnx)!r} does not exist.")
+        return OnnxBackend(onnx)
+    if model is None:
+        raise MaeDetError("say which detector to run: --model NAME (with --checkpoint FILE) or --onnx FILE.")
+    if checkpoint is None and not pretrained:
+        raise MaeDetError(
+            f"model {model!r} needs weights: --checkpoint FILE (the authors' latest.pth loads) or --pretrained."
+        )
+    detector = create_detector(model, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes, **kwargs)
+    return TorchBackend(detector, device)

@@ -1,0 +1,166 @@
+"""``maedet-detect`` and ``maedet-eval``: thin command lines over :mod:`maedet.detect`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from maedet.cli import make_parser, run_cli
+from maedet.errors import MaeDetError
+from maedet.fileio import atomic_write_text
+
+from .backends import Backend, load_backend
+from .coco import category_ids, class_names
+from .evaluate import STAT_NAMES, evaluate
+from .output import check_out_dir, write_outputs
+from .preprocess import TEST_SCALE
+from .run import ImageResult, detect_images
+
+__all__ = ["detect_main", "eval_main"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="detector name: maedet_s_gfl, maedet_m_gfl, maedet_l_gfl, resnet50_gfl, ...")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="FILE", help="weights: the authors' latest.pth, or ours")
+    src.add_argument("--pretrained", action="store_true", help="download the authors' COCO weights")
+    src.add_argument("--onnx", metavar="FILE", help="an exported detector (maedet-export NAME --onnx FILE)")
+    p.add_argument("--num-classes", type=int, default=80, help="classes of --model")
+    p.add_argument("--size", type=int, nargs=2, default=TEST_SCALE, metavar=("LONG", "SHORT"), help="test scale")
+    p.add_argument("--batch", type=int, default=1, help="images per run")
+    p.add_argument("--device", default="cpu", help="PyTorch device for --model")
+
+
+def _backend(args: argparse.Namespace) -> Backend:
+    if args.onnx and args.model:
+        raise MaeDetError("give --model (PyTorch) or --onnx (an exported file), not both.")
+    return load_backend(
+        args.model,
+        args.checkpoint,
+        args.onnx,
+        num_classes=args.num_classes,
+        device=args.device,
+        pretrained=args.pretrained,
+    )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+def _expand(inputs: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise MaeDetError(f"folder {item!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise MaeDetError(f"image {item!r} does not exist.")
+    return files
+
+
+def _summary(results: Sequence[ImageResult], names: Sequence[str]) -> Table:
+    table = Table(title="detections")
+    for col in ("image", "size", "detections", "best"):
+        table.add_column(col, justify="right" if col == "detections" else "left")
+    for res in results:
+        det = res.detections
+        best = f"{names[int(det.labels[0])]} {float(det.scores[0]):.2f}" if len(det) else "-"
+        table.add_row(res.path.name, f"{res.width}×{res.height}", str(len(det)), best)
+    return table
+
+
+def _detect(args: argparse.Namespace) -> int:
+    files = _expand(args.images)
+    check_out_dir(args.out)
+    backend = _backend(args)
+    names, cat_ids = class_names(backend.num_classes), category_ids(backend.num_classes)
+    with _progress() as progress:
+        task = progress.add_task(f"detecting ({backend.name})", total=len(files))
+        results = detect_images(
+            files,
+            backend,
+            scale=args.size,
+            batch_size=args.batch,
+            on_batch=lambda n: progress.advance(task, n),
+        )
+    path = write_outputs(results, args.out, names, cat_ids, draw=not args.no_draw)
+    Console(stderr=True).print(_summary(results, names))
+    print(path)
+    return 0
+
+
+def detect_main(argv: Sequence[str] | None = None) -> int:
+    p = make_parser("maedet-detect", "Detect objects in images with a GFocalV2 detector (PyTorch or ONNX).")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    _add_backend_args(p)
+    p.add_argument("--out", required=True, help="new or empty folder: annotated images + detections.json (COCO)")
+    p.add_argument("--no-draw", action="store_true", help="write detections.json only")
+    return run_cli(p, _detect, argv)
+
+
+def _eval_table(stats: dict[str, float], title: str) -> Table:
+    table = Table(title=title)
+    for name in STAT_NAMES[:6]:
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{100 * stats[n]:.1f}" if stats[n] >= 0 else "n/a" for n in STAT_NAMES[:6]))
+    return table
+
+
+def _eval(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    with _progress() as progress:
+        task = progress.add_task(f"evaluating ({backend.name})", total=None)
+        result = evaluate(
+            backend,
+            args.ann,
+            args.images,
+            scale=args.size,
+            batch_size=args.batch,
+            limit=args.limit,
+            on_start=lambda n: progress.update(task, total=n),
+            on_batch=lambda n: progress.advance(task, n),
+        )
+    title = f"{backend.name}: COCO box AP (%) on {result.images} images, {result.detections} detections"
+    Console(stderr=True).print(_eval_table(result.stats, title))
+    summary = {"model": backend.name, "images": result.images, "detections": result.detections, **result.stats}
+    if args.json:
+        atomic_write_text(args.json, json.dumps(summary, indent=1) + "\n", "JSON output")
+    print(json.dumps(summary))
+    return 0
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    p = make_parser("maedet-eval", "COCO box AP of a GFocalV2 detector (PyTorch or ONNX) with pycocotools.")
+    p.add_argument("--ann", required=True, help="COCO annotations (instances_val2017.json)")
+    p.add_argument("--images", required=True, help="folder with the annotated images")
+    _add_backend_args(p)
+    p.add_argument("--limit", type=int, help="only the first N images (by id)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures to this file")
+    return run_cli(p, _eval, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(detect_main())

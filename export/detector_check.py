@@ -1,0 +1,141 @@
+"""Proof that an exported detector computes what PyTorch computes, in ONNX Runtime (CPU).
+
+Three comparisons, on the same images:
+
+* raw: the network's per-level outputs, within the precision's tolerance (fp32: 1e-4 of each output's scale);
+* detections: the whole file at its own thresholds vs the PyTorch model — same count per image, same labels,
+  boxes within 1e-3 relative;
+* probe: the postprocess graph traced again with score threshold 0, on PyTorch's raw outputs, so the NMS and
+  top-k are compared on many detections even when the weights are untrained (few or no scores pass 0.05).
+
+Only fp32 must give identical detections; for fp16 / INT8 the detection figures are reported, not required.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from maedet.zoo.gfl import GFocalV2
+from maedet.zoo.gfl_postprocess import PostprocessConfig
+
+from .check import CheckReport, compare_outputs, onnx_session
+from .detector_graph import DETECTION_OUTPUTS, INPUT_HW, NmsPostprocess, RawOutputs
+
+__all__ = ["BOX_REL_TOL", "DetectionComparison", "DetectorCheck", "check_detector", "compare_detections"]
+
+BOX_REL_TOL = 1e-3
+
+
+@dataclass
+class DetectionComparison:
+    """Per-batch agreement of two sets of padded detections."""
+
+    images: int
+    detections: int  # detections of the reference, all images together
+    same_count: bool
+    same_labels: bool
+    max_box_rel: float  # max |a - b| / max(|b|, 1) over box coordinates
+    max_score_abs: float
+
+    @property
+    def passed(self) -> bool:
+        return self.same_count and self.same_labels and self.max_box_rel <= BOX_REL_TOL
+
+
+@dataclass
+class DetectorCheck:
+    precision: str
+    raw: CheckReport
+    detections: DetectionComparison | None = None
+    probe: DetectionComparison | None = None
+
+    @property
+    def passed(self) -> bool:
+        if not self.raw.passed:
+            return False
+        if self.precision != "fp32":
+            return True
+        return all(c is None or c.passed for c in (self.detections, self.probe))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"precision": self.precision, "passed": self.passed, "raw": self.raw.to_dict()}
+        for name in ("detections", "probe"):
+            comparison = getattr(self, name)
+            out[name] = None if comparison is None else {**asdict(comparison), "passed": comparison.passed}
+        return out
+
+
+def compare_detections(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray]) -> DetectionComparison:
+    """Compare ``num_dets``/``boxes``/``scores``/``labels`` image by image, over the valid slots."""
+    same_count = same_labels = True
+    box_rel = score_abs = 0.0
+    total = 0
+    for b in range(reference["num_dets"].shape[0]):
+        n = int(reference["num_dets"][b, 0])
+        total += n
+        if int(actual["num_dets"][b, 0]) != n:
+            same_count = False
+            n = min(n, int(actual["num_dets"][b, 0]))
+        if not np.array_equal(reference["labels"][b, :n], actual["labels"][b, :n]):
+            same_labels = False
+        if n:
+            ref_boxes = reference["boxes"][b, :n].astype(np.float64)
+            diff = np.abs(actual["boxes"][b, :n] - ref_boxes) / np.maximum(np.abs(ref_boxes), 1.0)
+            box_rel = max(box_rel, float(diff.max()))
+            score_abs = max(score_abs, float(np.abs(actual["scores"][b, :n] - reference["scores"][b, :n]).max()))
+    return DetectionComparison(reference["num_dets"].shape[0], total, same_count, same_labels, box_rel, score_abs)
+
+
+def _run(session: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+@torch.no_grad()
+def _postprocess(detector: GFocalV2, cfg: PostprocessConfig, raw: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    outs = NmsPostprocess(detector.strides, detector.num_classes, cfg)(*raw)
+    return {name: o.numpy() for name, o in zip(DETECTION_OUTPUTS, outs, strict=True)}
+
+
+def check_detector(
+    detector: GFocalV2,
+    cfg: PostprocessConfig,
+    file_bytes: bytes,
+    network_bytes: bytes,
+    images: torch.Tensor,
+    precision: str,
+    nms: bool,
+) -> DetectorCheck:
+    """Run the three comparisons (see the module docstring); ``images`` as the file takes them."""
+    from .detector_onnx import INPUT_NAME, postprocess_graph
+
+    with torch.no_grad():
+        raw = list(RawOutputs(detector, images.dtype == torch.uint8, with_input_hw=True)(images))
+    names = detector.output_names
+    reference = {n: t.numpy() for n, t in zip(names, raw, strict=False)}
+    network = _run(onnx_session(network_bytes), {INPUT_NAME: images.numpy()})
+    report = compare_outputs(
+        reference, {n: network[n] for n in names}, precision, input_shape=tuple(images.shape), providers=["CPU"]
+    )
+    result = DetectorCheck(precision, report)
+    if not nms:
+        return result
+    whole = _run(onnx_session(file_bytes), {INPUT_NAME: images.numpy()})
+    result.detections = compare_detections(_postprocess(detector, cfg, raw), whole)
+    probe_cfg = replace(cfg, score_thr=0.0)
+    opset = max(o.version for o in _opsets(network_bytes) if o.domain in ("", "ai.onnx"))
+    probe_graph = postprocess_graph(detector, raw, probe_cfg, dynamic=False, opset=opset)
+    feeds = {n: t.numpy() for n, t in zip([*names, INPUT_HW], raw, strict=True)}
+    probe = _run(onnx_session(probe_graph.SerializeToString()), feeds)
+    result.probe = compare_detections(_postprocess(detector, probe_cfg, raw), probe)
+    return result
+
+
+def _opsets(model_bytes: bytes) -> list[Any]:
+    import onnx
+
+    return list(onnx.load_from_string(model_bytes).opset_import)

@@ -1,0 +1,163 @@
+"""The detector part of ``maedet-export``: ``maedet-export maedet_m_gfl --onnx det.onnx`` writes an end-to-end
+detector (NMS inside), ``--no-nms`` the raw per-level outputs; ``--trt`` builds a TensorRT engine from it.
+
+The main CLI recognises detector names (:func:`is_detector`) and hands the parsed arguments to
+:func:`run_detector_export`; the detector-only flags come from :func:`add_detector_options`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from maedet.zoo.detectors import GENERIC_NAME, list_detectors
+from maedet.zoo.gfl_postprocess import PostprocessConfig
+
+from .detector_check import DetectionComparison, DetectorCheck
+from .errors import ExportError
+
+__all__ = ["add_detector_options", "is_detector", "run_detector_export"]
+
+DEFAULT_DETECTOR_SIZE = (800, 1344)  # (H, W): the authors' test scale for landscape images, padded to 32
+
+
+def is_detector(name: str | None) -> bool:
+    return name is not None and name in list_detectors()
+
+
+def add_detector_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("detectors (maedet_s_gfl, maedet_m_gfl, maedet_l_gfl, resnet50_gfl, ...)")
+    group.add_argument("--no-nms", dest="nms", action="store_false", help="raw per-level outputs, no NMS in the graph")
+    group.add_argument("--embed-preprocess", action="store_true", help="uint8 RGB input, normalised in the graph")
+    group.add_argument("--score-thr", type=float, help="NMS score threshold (default 0.05, the authors')")
+    group.add_argument("--iou-thr", type=float, help="NMS IoU threshold (default 0.6)")
+    group.add_argument("--max-det", type=int, help="detections per image, K of the outputs (default 100)")
+    group.add_argument("--nms-pre", type=int, help="best points per level before NMS (default 1000)")
+
+
+def _postprocess_cfg(args: argparse.Namespace) -> PostprocessConfig:
+    base = PostprocessConfig()
+    return PostprocessConfig(
+        nms_pre=args.nms_pre if args.nms_pre is not None else base.nms_pre,
+        score_thr=args.score_thr if args.score_thr is not None else base.score_thr,
+        iou_thr=args.iou_thr if args.iou_thr is not None else base.iou_thr,
+        max_per_img=args.max_det if args.max_det is not None else base.max_per_img,
+    )
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if not args.onnx and not args.trt:
+        raise ExportError("say where to write: --onnx OUT.onnx and/or --trt OUT.engine.")
+    if args.model == GENERIC_NAME and args.structure is None:
+        raise ExportError("detector 'gfl' needs --structure FILE (a searched MAE-DET backbone).")
+    if args.model != GENERIC_NAME and args.structure is not None:
+        raise ExportError(f"{args.model!r} has a fixed backbone; a structure goes with 'gfl'.")
+    unsupported = [flag for flag, on in (("--logits", args.outputs == "logits"), ("--out-indices", args.out_indices),
+                   ("--io-half", args.io_half), ("--simplify", args.simplify)) if on]  # fmt: skip
+    if unsupported:
+        raise ExportError(f"{', '.join(unsupported)} apply to backbones, not to detectors.")
+    if getattr(args, "int8_mode", "portable") != "portable":
+        raise ExportError("detectors are quantized in the portable INT8 mode only.")
+
+
+def _comparison_row(table: Table, label: str, c: DetectionComparison | None) -> None:
+    if c is not None:
+        ok = "yes" if c.passed else "[red]NO[/red]"
+        same = f"count {'=' if c.same_count else '≠'}, labels {'=' if c.same_labels else '≠'}"
+        table.add_row(label, str(c.detections), same, f"{c.max_box_rel:.2e}", f"{c.max_score_abs:.2e}", ok)
+
+
+def detector_check_table(check: DetectorCheck) -> Table:
+    """Raw outputs (worst of all levels) and the detection comparisons, one row each."""
+    table = Table(title=f"ONNX Runtime CPU vs PyTorch ({check.precision})")
+    for col in ("compared", "items", "agreement", "max box rel / raw rel", "max score abs / cosine", "ok"):
+        table.add_column(col, justify="left" if col in ("compared", "agreement") else "right")
+    worst_rel = max(o.max_rel for o in check.raw.outputs.values())
+    worst_cos = min(o.cosine for o in check.raw.outputs.values())
+    table.add_row(
+        "raw outputs",
+        str(len(check.raw.outputs)),
+        check.raw.tolerance,
+        f"{worst_rel:.2e}",
+        f"{worst_cos:.6f}",
+        "yes" if check.raw.passed else "[red]NO[/red]",
+    )
+    _comparison_row(table, "detections (file)", check.detections)
+    _comparison_row(table, "detections (probe, score > 0)", check.probe)
+    return table
+
+
+def run_detector_export(args: argparse.Namespace, console: Console) -> int:
+    """Export (and check) a detector from the parsed ``maedet-export`` arguments; returns the exit code."""
+    from .detector_onnx import export_detector_onnx
+
+    _validate(args)
+    onnx_path = Path(args.onnx) if args.onnx else Path(args.trt).with_suffix(".onnx")
+    precision = "fp16" if args.half else "int8" if args.int8 else "fp32"
+    size = tuple(args.input_size) if args.input_size is not None else DEFAULT_DETECTOR_SIZE
+    with console.status("exporting") as status:
+        result = export_detector_onnx(
+            args.model,
+            onnx_path,
+            checkpoint=args.checkpoint,
+            num_classes=args.num_classes or 80,
+            structure=args.structure,
+            input_size=size,
+            batch=args.batch,
+            dynamic=args.dynamic,
+            nms=args.nms,
+            embed_preprocess=args.embed_preprocess,
+            postprocess_cfg=_postprocess_cfg(args),
+            precision=precision,
+            calib=args.calib,
+            calib_batches=args.calib_batches,
+            opset=args.opset,
+            check=args.check,
+            log=lambda msg: (console.log(msg, highlight=False, markup=False), status.update(msg)),
+        )
+    console.print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB, {precision}, outputs "
+                  f"{', '.join(result.output_names)})", markup=False)  # fmt: skip
+    summary: dict[str, Any] = {"onnx": str(onnx_path), "precision": precision, "output_names": result.output_names}
+    code = 0
+    if result.check is not None:
+        summary["check"] = result.check.to_dict()
+        console.print(detector_check_table(result.check))
+        code = 0 if result.check.passed else 1
+    if args.trt:
+        summary["engine"] = _build_engine(args, onnx_path, result, console)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    return code
+
+
+def _build_engine(args: argparse.Namespace, onnx_path: Path, result: Any, console: Console) -> dict[str, Any]:
+    """The TensorRT engine of the exported file, with the backbones' builder (TensorRT 10+ imports
+    NonMaxSuppression as its NMS layer). Not compared here: the engine's outputs are checked on the GPU machine."""
+    from .tensorrt import build_engine, profile_shapes
+
+    profile = profile_shapes(
+        batch=args.batch,
+        input_size=tuple(result.metadata["input_size"][1:]),
+        dynamic=args.dynamic,
+        min_batch=args.min_batch,
+        max_batch=args.max_batch,
+        min_size=args.min_size,
+        max_size=args.max_size,
+    )
+    with console.status("building TensorRT engine"):
+        info = build_engine(
+            onnx_path,
+            args.trt,
+            precision=result.precision,
+            profile=profile,
+            workspace_gib=args.workspace,
+            timing_cache=args.timing_cache,
+            metadata=result.metadata,
+        )
+    console.print(f"wrote {args.trt}", markup=False)
+    return info if isinstance(info, dict) else info.summary()

@@ -1,0 +1,243 @@
+"""maedet-detect and maedet-eval: letterboxing, mapping back, PyTorch = ONNX, and COCO AP on a set with known AP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maedet.detect import Backend, coco_box_ap, collate, evaluate, letterbox, load_annotations, map_back, rescale_size
+from maedet.detect.cli import detect_main, eval_main
+from maedet.detect.evaluate import detections_to_results
+from maedet.detect.run import ImageResult
+from maedet.export.detector_onnx import export_detector_onnx
+from maedet.zoo import Detections
+
+from conftest import authors_detector_state
+
+SIZE = ("--size", "320", "256")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    torch.set_num_threads(2)
+
+
+# ------------------------------------------------------------------------------------------- letterboxing
+def test_rescale_follows_mmcv_keep_ratio() -> None:
+    # 150×200 (h×w) at (1333, 800): factor min(1333/200, 800/150) = 5.333…; 200·5.333… + 0.5 → 1067
+    assert rescale_size((150, 200)) == (800, 1067)
+    # a tall 1000×300 image is limited by the long side: factor 1.333 → 1333 × 400
+    assert rescale_size((1000, 300)) == (1333, 400)
+    assert rescale_size((480, 640), (640, 640)) == (480, 640)
+
+
+def test_letterbox_pads_to_32_and_maps_boxes_back() -> None:
+    image = np.full((150, 200, 3), 200, dtype=np.uint8)
+    item = letterbox(image, scale=(320, 256))  # factor min(1.6, 1.7067) = 1.6 → 240 × 320, padded 256 × 320
+    assert item.resized_hw == (240, 320) and item.padded_hw == (256, 320)
+    batch = collate([item], mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert batch.shape == (1, 3, 256, 320)
+    assert torch.allclose(batch[0, :, :240], torch.tensor((200 - 127.5) / 63.75)) and (batch[0, :, 240:] == 0).all()
+    det = Detections(
+        torch.tensor([[16.0, 24.0, 160.0, 120.0], [0.0, 200.0, 330.0, 250.0]]), torch.ones(2), torch.zeros(2)
+    )
+    back = map_back(det, item)
+    assert back.boxes.tolist() == [[10.0, 15.0, 100.0, 75.0], [0.0, 125.0, 200.0, 150.0]]
+
+
+# ------------------------------------------------------------------------------------------- a small COCO set
+CATEGORIES = [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}, {"id": 9, "name": "boat"}]
+# (h, w) chosen so that at --size 320 256 the letterboxed image needs no padding: PyTorch and a file with NMS
+# inside then clamp to the same bounds (see maedet.detect.backends).
+IMAGES = {"a.png": (160, 200), "b.png": (200, 160), "c.jpg": (100, 125)}
+
+
+def _boxes(h: int, w: int, seed: int) -> list[list[float]]:
+    rng = np.random.default_rng(seed)
+    return [[float(rng.integers(0, w - 40)), float(rng.integers(0, h - 40)), 40.0, 40.0] for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def coco_set(tmp_path_factory) -> tuple[Path, Path]:
+    """Three images with 40×40 boxes of three categories, and their instances.json."""
+    root = tmp_path_factory.mktemp("coco")
+    images, annotations = [], []
+    rng = np.random.default_rng(0)
+    for image_id, (name, (h, w)) in enumerate(IMAGES.items(), start=1):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / name)
+        images.append({"id": image_id, "file_name": name, "height": h, "width": w})
+        for j, box in enumerate(_boxes(h, w, image_id)):
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "category_id": CATEGORIES[j]["id"],
+                 "bbox": box, "area": 1600.0, "iscrowd": 0}
+            )  # fmt: skip
+    ann = root / "instances.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
+    return root, ann
+
+
+def _records(ann: Path, dx: float = 0.0) -> list[dict]:
+    gt = json.loads(ann.read_text())["annotations"]
+    return [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0 - 0.01 * a["id"],
+         "bbox": [a["bbox"][0] + dx, *a["bbox"][1:]]}
+        for a in gt
+    ]  # fmt: skip
+
+
+def test_ground_truth_fed_back_scores_ap_one(coco_set) -> None:
+    _, ann = coco_set
+    stats = coco_box_ap(load_annotations(ann), _records(ann))
+    assert stats["AP"] == pytest.approx(1.0) and stats["AP50"] == pytest.approx(1.0)
+    assert stats["APm"] == pytest.approx(1.0) and stats["APs"] == -1.0  # 40×40 = 1600 px² is "medium"
+
+
+def test_shifted_boxes_score_the_expected_ap(coco_set) -> None:
+    """Every box shifted 8 px: IoU = 32·40 / (2·1600 − 32·40) = 2/3, a true positive at the IoU thresholds
+    0.50, 0.55, 0.60, 0.65 and a miss at 0.70 … 0.95, so AP = 4/10, AP50 = 1, AP75 = 0."""
+    _, ann = coco_set
+    stats = coco_box_ap(load_annotations(ann), _records(ann, dx=8.0))
+    assert stats["AP"] == pytest.approx(0.4)
+    assert stats["AP50"] == pytest.approx(1.0) and stats["AP75"] == pytest.approx(0.0)
+
+
+class GroundTruthOracle(Backend):
+    """Answers with the annotated boxes, in the letterboxed input's pixels: isolates the pipeline around the
+    network (reading, letterboxing, mapping back, category ids), which must then score AP 1."""
+
+    def __init__(self, ann: Path, scale: tuple[int, int]) -> None:
+        data = json.loads(ann.read_text())
+        self.queue = [(img, [a for a in data["annotations"] if a["image_id"] == img["id"]]) for img in data["images"]]
+        self.cat_index = {c["id"]: i for i, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))}
+        self.scale, self.name, self.num_classes = scale, "oracle", len(self.cat_index)
+        self.mean, self.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+    def __call__(self, batch, image_sizes):
+        out = []
+        for h, w in image_sizes:
+            img, anns = self.queue.pop(0)
+            sx, sy = w / img["width"], h / img["height"]
+            boxes = torch.tensor(
+                [[x * sx, y * sy, (x + bw) * sx, (y + bh) * sy] for x, y, bw, bh in (a["bbox"] for a in anns)]
+            )
+            labels = torch.tensor([self.cat_index[a["category_id"]] for a in anns])
+            out.append(Detections(boxes, torch.linspace(0.9, 0.5, len(anns)), labels))
+        return out
+
+
+def test_evaluation_pipeline_maps_boxes_back_exactly(coco_set) -> None:
+    root, ann = coco_set
+    result = evaluate(GroundTruthOracle(ann, (320, 256)), ann, root, scale=(320, 256))
+    assert result.images == 3 and result.detections == 9
+    assert result.stats["AP"] == pytest.approx(1.0)
+
+
+def test_detection_records_use_the_files_category_ids() -> None:
+    res = ImageResult(
+        Path("x.png"), 10, 10, Detections(torch.tensor([[1.0, 2.0, 4.0, 8.0]]), torch.ones(1), torch.tensor([2]))
+    )
+    assert detections_to_results([res], [5], [3, 7, 9]) == [
+        {"image_id": 5, "category_id": 9, "bbox": [1.0, 2.0, 3.0, 6.0], "score": 1.0}
+    ]
+
+
+# ------------------------------------------------------------------------------------------- the tools
+@pytest.fixture(scope="module")
+def authors_s(tmp_path_factory) -> tuple[Path, Path]:
+    """MAE-DET-S GFocalV2 for 3 classes in the authors' layout (random, every norm randomised), and its ONNX."""
+    root = tmp_path_factory.mktemp("s3")
+    state = authors_detector_state("maedet_s_gfl", seed=5, num_classes=3)
+    state["bbox_head.gfl_cls.bias"] = torch.tensor([-1.0, -1.5, -2.0, -1.0])
+    ckpt = root / "latest.pth"
+    torch.save({"state_dict": state}, ckpt)
+    onnx_file = root / "s3.onnx"
+    export_detector_onnx(
+        "maedet_s_gfl", onnx_file, checkpoint=ckpt, num_classes=3, input_size=(256, 320), dynamic=True, check=False
+    )
+    return ckpt, onnx_file
+
+
+def _sorted(doc: dict) -> list[tuple]:
+    return sorted((a["image_id"], -a["score"], a["category_id"], *a["bbox"]) for a in doc["annotations"])
+
+
+def test_detect_gives_the_same_detections_in_pytorch_and_onnx(coco_set, authors_s, tmp_path, capsys) -> None:
+    root, _ = coco_set
+    ckpt, onnx_file = authors_s
+    images = [str(root / n) for n in IMAGES]
+    common = [*images, *SIZE]  # one image per run: a batch pads to its largest image, and the file clamps to that
+    assert detect_main([*common, "--model", "maedet_s_gfl", "--num-classes", "3", "--checkpoint", str(ckpt),
+                        "--out", str(tmp_path / "pt")]) == 0  # fmt: skip
+    assert detect_main([*common, "--onnx", str(onnx_file), "--out", str(tmp_path / "onnx")]) == 0
+    pt = json.loads((tmp_path / "pt" / "detections.json").read_text())
+    ox = json.loads((tmp_path / "onnx" / "detections.json").read_text())
+    assert [i["file_name"] for i in pt["images"]] == list(IMAGES)
+    assert 10 < len(pt["annotations"]) < 300  # many detections, and no image cut at max_per_img
+    a, b = _sorted(pt), _sorted(ox)
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x[:3] == y[:3] or abs(x[1] - y[1]) < 1e-4
+        assert np.allclose(x[3:], y[3:], rtol=1e-3, atol=1e-2)
+    for name, (h, w) in IMAGES.items():
+        with Image.open(tmp_path / "pt" / name) as drawn:
+            assert drawn.size == (w, h)
+    assert str(tmp_path / "pt" / "detections.json") in capsys.readouterr().out
+
+
+def test_eval_cli_runs_a_model_on_the_set(coco_set, authors_s, tmp_path, capsys) -> None:
+    root, ann = coco_set
+    _, onnx_file = authors_s
+    out = tmp_path / "ap.json"
+    args = ["--ann", str(ann), "--images", str(root), *SIZE, "--json", str(out)]
+    assert eval_main([*args, "--onnx", str(onnx_file)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["images"] == 3 and summary["detections"] > 0
+    assert 0.0 <= summary["AP"] <= 1.0 and set(summary) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+
+
+def test_tool_errors_are_one_sentence(coco_set, authors_s, tmp_path, capsys) -> None:
+    root, ann = coco_set
+    ckpt, _ = authors_s
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    (tmp_path / "fake.onnx").write_bytes(b"not onnx")
+    cases = [
+        (detect_main, [str(root / "a.png"), "--model", "maedet_s_gfl", "--out", str(tmp_path / "o")], "needs weights"),
+        (detect_main, [str(root / "nope.png"), "--onnx", "x.onnx", "--out", str(tmp_path / "o")], "does not exist"),
+        (
+            detect_main,
+            [
+                str(root / "a.png"),
+                "--model",
+                "maedet_s_gfl",
+                "--num-classes",
+                "3",
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(tmp_path / "full"),
+            ],
+            "not empty",
+        ),
+        (
+            detect_main,
+            [str(root / "a.png"), "--onnx", str(tmp_path / "fake.onnx"), "--out", str(tmp_path / "o")],
+            "not a readable ONNX file",
+        ),
+        (
+            eval_main,
+            ["--ann", str(ann), "--images", str(root), "--model", "maedet_s_gfl", "--checkpoint", str(ckpt)],
+            "has 4 class channels, which does not fit num_classes=80",
+        ),
+    ]
+    for main, argv, expected in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine" and not (tmp_path / "o").exists()

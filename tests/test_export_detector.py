@@ -1,0 +1,179 @@
+"""Detector export: raw outputs and end-to-end NMS graphs match PyTorch in ONNX Runtime, per image, at any size."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import maedet
+from maedet.export.detector_graph import DETECTION_OUTPUTS, NmsPostprocess, RawOutputs, unpad_detections
+from maedet.export.detector_onnx import export_detector_onnx, resolve_detector, to_pixels
+from maedet.export.errors import ExportError
+from maedet.export.metadata import read_metadata
+from maedet.zoo import PostprocessConfig, Stage, Stem, Structure
+
+from conftest import authors_detector_state
+
+TINY = Structure(
+    Stem(3, 16, 2, 3),
+    (Stage(16, 24, 2, 3, 1, 16), Stage(24, 48, 2, 3, 1, 16), Stage(48, 64, 2, 3, 1, 24), Stage(64, 96, 2, 3, 1, 32)),
+)
+CFG = PostprocessConfig(nms_pre=200, score_thr=0.3, iou_thr=0.6, max_per_img=40)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    torch.set_num_threads(2)
+
+
+def tiny_detector(seed: int = 0) -> maedet.GFocalV2:
+    """3 classes + the authors' extra channel, biased so that many points pass and the extra channel takes slots."""
+    torch.manual_seed(seed)
+    model = maedet.create_detector("gfl", structure=TINY, num_classes=3, fpn_channels=64, postprocess_cfg=CFG)
+    with torch.no_grad():
+        model.head.cls_out.weight.normal_(0, 0.05)
+        model.head.cls_out.bias.copy_(torch.tensor([0.5, 0.0, -0.5, 0.8]))
+        model.head.reg_out.weight.normal_(0, 0.05)
+    return model.eval()
+
+
+def _images(batch: int, h: int, w: int, seed: int) -> torch.Tensor:
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _run(path, x: torch.Tensor) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"input": x.numpy()}), strict=True))
+
+
+def _assert_same(onnx_out: dict[str, np.ndarray], expected: list) -> None:
+    got = unpad_detections(*(onnx_out[n] for n in DETECTION_OUTPUTS))
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        assert len(g) == len(e)
+        assert torch.equal(g.labels, e.labels)
+        assert torch.allclose(g.boxes, e.boxes, rtol=1e-3, atol=1e-3)
+        assert torch.allclose(g.scores, e.scores, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def nms_file(tmp_path_factory):
+    model = tiny_detector()
+    path = tmp_path_factory.mktemp("det") / "tiny.onnx"
+    result = export_detector_onnx(model, path, input_size=(128, 160), batch=2, dynamic=True)
+    return model, path, result
+
+
+def test_export_with_nms_passes_its_own_check(nms_file) -> None:
+    _, path, result = nms_file
+    assert result.output_names == list(DETECTION_OUTPUTS)
+    check = result.check
+    assert check.passed, check.to_dict()
+    assert check.raw.passed and all(o.max_rel <= 1e-4 for o in check.raw.outputs.values())
+    assert check.detections.detections > 20 and check.detections.passed
+    assert check.probe.detections > 20 and check.probe.passed
+    meta = read_metadata(path)
+    assert meta["outputs"] == "detections" and meta["num_classes"] == 3 and meta["cls_channels"] == 4
+    assert meta["postprocess"] == {"nms_pre": 200, "score_thr": 0.3, "iou_thr": 0.6, "max_per_img": 40}
+    graph = onnx.load(str(path)).graph
+    assert sum(n.op_type == "NonMaxSuppression" for n in graph.node) == 1
+
+
+@pytest.mark.parametrize(("batch", "h", "w"), [(3, 96, 224), (1, 160, 64)])
+def test_dynamic_batch_and_size_match_pytorch_predict(nms_file, batch, h, w) -> None:
+    model, path, _ = nms_file
+    x = _images(batch, h, w, seed=h + w)
+    expected = resolve_detector(model).predict(x)
+    assert all(0 < len(d) < CFG.max_per_img for d in expected)  # the extra channel's slots were dropped
+    _assert_same(_run(path, x), expected)
+
+
+def test_every_image_of_a_batch_gets_its_own_detections(nms_file) -> None:
+    _, path, _ = nms_file
+    x = _images(3, 128, 160, seed=11)
+    together = _run(path, x)
+    per_image = unpad_detections(*(together[n] for n in DETECTION_OUTPUTS))
+    assert not torch.equal(per_image[0].boxes, per_image[1].boxes)
+    for i in range(3):
+        alone = unpad_detections(*(_run(path, x[i : i + 1])[n] for n in DETECTION_OUTPUTS))[0]
+        assert len(alone) == len(per_image[i]) > 0
+        assert torch.equal(alone.labels, per_image[i].labels)
+        assert torch.allclose(alone.boxes, per_image[i].boxes, atol=1e-4)
+    assert int(together["num_dets"][1, 0]) < CFG.max_per_img
+    n = int(together["num_dets"][1, 0])
+    assert (together["labels"][1, n:] == -1).all() and (together["boxes"][1, n:] == 0).all()
+
+
+def test_raw_outputs_without_nms(tmp_path) -> None:
+    model = tiny_detector(1)
+    path = tmp_path / "raw.onnx"
+    result = export_detector_onnx(model, path, input_size=(64, 96), nms=False, dynamic=True)
+    assert result.output_names == list(model.output_names)
+    assert result.check.passed and result.check.detections is None
+    x = _images(2, 96, 128, seed=3)
+    got = _run(path, x)
+    with torch.no_grad():
+        ref = resolve_detector(model)(x)
+    for name, tensor in zip(model.output_names, ref, strict=True):
+        np.testing.assert_allclose(got[name], tensor.numpy(), rtol=1e-4, atol=1e-5 * float(tensor.abs().max()))
+    assert read_metadata(path)["outputs"] == "raw"
+
+
+def test_embedded_preprocessing_takes_uint8_pixels(tmp_path) -> None:
+    model = tiny_detector(2)
+    path = tmp_path / "u8.onnx"
+    result = export_detector_onnx(model, path, input_size=(64, 96), embed_preprocess=True, dynamic=True)
+    assert result.check.passed
+    pixels = to_pixels(_images(2, 64, 96, seed=5).clamp(-2, 2), model)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    outs = dict(zip(DETECTION_OUTPUTS, session.run(list(DETECTION_OUTPUTS), {"input": pixels.numpy()}), strict=True))
+    deploy = resolve_detector(model)
+    with torch.no_grad():
+        raw = RawOutputs(deploy, embed_preprocess=True, with_input_hw=True)(pixels)
+        ref = NmsPostprocess(deploy.strides, deploy.num_classes, CFG)(*raw)
+    _assert_same(outs, unpad_detections(*ref))
+    assert int(outs["num_dets"].sum()) > 0
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_lower_precision_lowers_the_network_only(tmp_path, precision) -> None:
+    model = tiny_detector(3)
+    path = tmp_path / f"{precision}.onnx"
+    result = export_detector_onnx(model, path, input_size=(64, 96), precision=precision, calib_batches=2)
+    assert result.check.raw.passed, result.check.to_dict()
+    graph = onnx.load(str(path)).graph
+    nms = next(n for n in graph.node if n.op_type == "NonMaxSuppression")
+    assert nms.name.startswith("postprocess/")
+    if precision == "int8":
+        assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+    else:
+        assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float)"
+
+
+def test_authors_checkpoint_through_the_exported_file(tmp_path) -> None:
+    """The authors' layout (81 channels, every norm randomised) → same detections in PyTorch and ONNX Runtime."""
+    state = authors_detector_state("maedet_s_gfl", seed=5)
+    state["bbox_head.gfl_cls.bias"] = torch.full((81,), 1.0)
+    ckpt = tmp_path / "latest.pth"
+    torch.save({"state_dict": state}, ckpt)
+    result = export_detector_onnx("maedet_s_gfl", tmp_path / "s.onnx", checkpoint=ckpt, input_size=(96, 128))
+    assert result.check.passed, result.check.to_dict()
+    assert result.check.detections.detections > 0
+    x = _images(1, 96, 128, seed=8)
+    expected = maedet.create_detector("maedet_s_gfl", checkpoint=ckpt).predict(x)
+    _assert_same(_run(tmp_path / "s.onnx", x), expected)
+
+
+def test_bad_requests_are_one_sentence(tmp_path) -> None:
+    with pytest.raises(ExportError, match=r"multiples of 32"):
+        export_detector_onnx(tiny_detector(), tmp_path / "x.onnx", input_size=(100, 160))
+    with pytest.raises(ExportError, match=r"precision must be one of"):
+        export_detector_onnx(tiny_detector(), tmp_path / "x.onnx", input_size=(64, 64), precision="int4")
+    assert not (tmp_path / "x.onnx").exists()

@@ -1,0 +1,285 @@
+"""Named GFocalV2 detectors and their checkpoints: ``create_detector('maedet_m_gfl', checkpoint='latest.pth')``.
+
+The authors published whole mmdetection detectors (backbone + FPN + GFocalV2 head, COCO). Their state dicts load
+here exactly: every ``backbone.body.block_list.*``, ``neck.*`` and ``bbox_head.*`` key is mapped onto
+:class:`~maedet.zoo.gfl.GFocalV2`, and anything missing, left over or of the wrong shape is named in one sentence.
+mmdetection ResNet GFocalV2 checkpoints load into ``resnet50_gfl`` / ``resnet101_gfl`` the same way (their
+backbone names are timm's), and our own state dicts load as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from maedet.errors import MaeDetError
+
+from .convert import load_checkpoint
+from .gfl import GFocalV2
+from .gfl_postprocess import PostprocessConfig
+from .maedet import _authors_to_ours
+
+__all__ = ["DETECTORS", "DetectorSpec", "create_detector", "detector_state_dict", "list_detectors"]
+
+_AUTHORS_URL = "https://idstcv.oss-cn-zhangjiakou.aliyuncs.com/LightNAS/detection/maedet-{}/latest.pth"
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A named detector: its backbone, neck/head width, and the authors' COCO checkpoint if there is one."""
+
+    backbone: str
+    fpn_channels: int
+    url: str | None = None
+    published_ap: float | None = None  # COCO val box AP from the authors' README
+
+
+DETECTORS: dict[str, DetectorSpec] = {
+    "maedet_s_gfl": DetectorSpec("maedet_s", 192, _AUTHORS_URL.format("s"), 45.1),
+    "maedet_m_gfl": DetectorSpec("maedet_m", 256, _AUTHORS_URL.format("m"), 46.9),
+    "maedet_l_gfl": DetectorSpec("maedet_l", 256, _AUTHORS_URL.format("l"), 47.8),
+    "resnet50_gfl": DetectorSpec("resnet50", 256, None, 44.7),
+    "resnet101_gfl": DetectorSpec("resnet101", 256, None, 46.3),
+}
+GENERIC_NAME = "gfl"  # any timm backbone: create_detector("gfl", backbone="convnext_tiny")
+
+
+def list_detectors() -> list[str]:
+    return [*DETECTORS, GENERIC_NAME]
+
+
+# ------------------------------------------------------------------------------------------- key mapping
+# The authors' neck and head names → ours (the backbone is handled by the backbone's own mapping).
+_NECK_HEAD_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"^neck\.lateral_convs\.(\d+)\.conv\.", r"neck.lateral_convs.\1."),
+        (r"^bbox_head\.(cls|reg)_convs\.(\d+)\.conv\.", r"head.\1_tower.\2.conv."),
+        (r"^bbox_head\.(cls|reg)_convs\.(\d+)\.gn\.", r"head.\1_tower.\2.norm."),
+        (r"^bbox_head\.gfl_cls\.", "head.cls_out."),
+        (r"^bbox_head\.gfl_reg\.", "head.reg_out."),
+        (r"^bbox_head\.scales\.(\d+)\.scale$", r"head.scales.\1.scale"),
+        (r"^bbox_head\.reg_conf\.0\.", "head.quality.fc1."),
+        (r"^bbox_head\.reg_conf\.2\.", "head.quality.fc2."),
+        (r"^bbox_head\.integral\.project$", "head.integral.project"),
+    )
+)
+_FPN_CONV = re.compile(r"^neck\.fpn_convs\.(\d+)\.conv\.(?P<rest>.+)$")
+_CLASS_CONV_KEYS = ("bbox_head.gfl_cls.weight", "head.cls_out.weight")
+
+
+def _feature_key(key: str, children: set[str]) -> str:
+    """A timm model key → its ``features_only`` key (flattened sequentials: ``stages.0.x`` → ``stages_0.x``)."""
+    head, _, rest = key.partition(".")
+    second, _, tail = rest.partition(".")
+    flat = f"{head}_{second}"
+    return f"{flat}.{tail}" if flat in children and tail else key
+
+
+def _map_key(key: str, model: GFocalV2, children: set[str]) -> str | None:
+    """Our name for one checkpoint key, or None when it belongs to no part of the detector."""
+    if key.startswith("backbone.body.block_list."):  # the authors' MAE-DET (TinyNAS) backbone
+        ours = _authors_to_ours(key[len("backbone.body.") :])
+        return None if ours is None else "backbone." + _feature_key(ours, children)
+    if key.startswith("backbone."):  # ours, or mmdetection's ResNet (its names are timm's)
+        return "backbone." + _feature_key(key[len("backbone.") :], children)
+    m = _FPN_CONV.match(key)
+    if m:
+        index, num_out = int(m[1]), len(model.neck.output_convs)
+        part = f"output_convs.{index}" if index < num_out else f"extra_convs.{index - num_out}"
+        return f"neck.{part}.{m['rest']}"
+    for pattern, replacement in _NECK_HEAD_RULES:
+        if pattern.match(key):
+            return pattern.sub(replacement, key)
+    if key.startswith(("neck.", "head.")):  # already ours
+        return key
+    return None
+
+
+def _unwrap(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint: mmdetection's ``state_dict``, a ``model`` entry, or a bare state dict."""
+    for key in ("state_dict", "model"):
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping):
+            checkpoint = inner
+            break
+    out = {}
+    for key, value in checkpoint.items():
+        if isinstance(value, torch.Tensor):
+            out[key[len("module.") :] if key.startswith("module.") else key] = value
+    return out
+
+
+def _preview(items: list[str], limit: int = 4) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def detector_state_dict(checkpoint: Mapping[str, Any], model: GFocalV2) -> dict[str, torch.Tensor]:
+    """Map a whole-detector checkpoint (the authors' mmdetection layout, or ours) onto ``model``'s names, exactly.
+
+    Raises MaeDetError naming the missing, unexpected and misshapen keys in one sentence.
+    """
+    state = _unwrap(checkpoint)
+    children = {name for name, _ in model.backbone.named_children()}
+    mapped: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, value in state.items():
+        ours = _map_key(key, model, children)
+        if ours is None:
+            unknown.append(key)
+        else:
+            mapped[ours] = value
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in mapped]
+    unknown += [k for k in mapped if k not in expected]
+    wrong = [
+        f"{k} {tuple(v.shape)} (model {tuple(expected[k].shape)})"
+        for k, v in mapped.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_preview(missing)})")
+    if unknown:
+        problems.append(f"{len(unknown)} unexpected keys ({_preview(unknown)})")
+    if wrong:
+        problems.append(f"{len(wrong)} misshapen keys ({_preview(wrong)})")
+    if problems:
+        raise MaeDetError(f"the checkpoint does not fit this detector: {'; '.join(problems)}.")
+    return mapped
+
+
+def checkpoint_class_channels(checkpoint: Mapping[str, Any], source: str = "the checkpoint") -> int:
+    """The class-output width of a detector checkpoint; a backbone-only checkpoint is refused in one sentence."""
+    state = _unwrap(checkpoint)
+    for key in _CLASS_CONV_KEYS:
+        if key in state:
+            return int(state[key].shape[0])
+    if any(k.startswith(("backbone.", "block_list.", "stem.", "stages.")) for k in state):
+        raise MaeDetError(
+            f"{source} holds a backbone only (no detection head, e.g. no bbox_head.gfl_cls); load it into a "
+            "backbone with timm.create_model(..., pretrained=True), or give a whole-detector checkpoint."
+        )
+    raise MaeDetError(f"{source} is not a GFocalV2 detector checkpoint (no bbox_head.gfl_cls or head.cls_out).")
+
+
+def _class_channels(channels: int, num_classes: int, source: str) -> int:
+    if channels not in (num_classes, num_classes + 1):
+        raise MaeDetError(
+            f"{source} has {channels} class channels, which does not fit num_classes={num_classes} "
+            f"(a detector for {num_classes} classes has {num_classes} or {num_classes + 1})."
+        )
+    return channels
+
+
+# ------------------------------------------------------------------------------------------- files
+def _download(name: str, url: str) -> Path:
+    """The authors' checkpoint in torch's hub cache (downloaded once, atomically)."""
+    from torch.hub import download_url_to_file, get_dir
+
+    path = Path(get_dir()) / "checkpoints" / f"{name}_authors_latest.pth"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        download_url_to_file(url, tmp, progress=True)
+        os.replace(tmp, path)
+    except Exception as exc:  # urllib raises URLError, HTTPError, timeouts, ...
+        raise MaeDetError(
+            f"could not download {url} ({type(exc).__name__}: {exc}); fetch it yourself and pass checkpoint=FILE."
+        ) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        return load_checkpoint(path)
+    except MaeDetError:
+        raise
+    except ValueError as exc:  # the zoo's loader speaks ValueError
+        raise MaeDetError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------------------------- factory
+def _backbone_for(name: str, backbone: str | nn.Module | None, structure: Any) -> tuple[str | nn.Module, dict]:
+    if name not in DETECTORS and name != GENERIC_NAME:
+        raise MaeDetError(f"unknown detector {name!r}; choose one of {', '.join(list_detectors())}.")
+    if name != GENERIC_NAME:
+        if backbone is not None or structure is not None:
+            raise MaeDetError(f"{name!r} has a fixed backbone; use create_detector('gfl', backbone=...) for others.")
+        return DETECTORS[name].backbone, {}
+    if structure is not None:
+        if backbone not in (None, "maedet"):
+            raise MaeDetError(f"a structure applies to the 'maedet' backbone, not to {backbone!r}.")
+        return "maedet", {"structure": structure}
+    if backbone is None:
+        raise MaeDetError("detector 'gfl' needs backbone= (a timm model name or module) or structure=.")
+    return backbone, {}
+
+
+def create_detector(
+    name: str = "maedet_m_gfl",
+    pretrained: bool = False,
+    checkpoint: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    num_classes: int = 80,
+    *,
+    backbone: str | nn.Module | None = None,
+    structure: Any = None,
+    fpn_channels: int | None = None,
+    cls_channels: int | None = None,
+    pretrained_backbone: bool = False,
+    postprocess_cfg: PostprocessConfig | None = None,
+    **kwargs: Any,
+) -> GFocalV2:
+    """A GFocalV2 detector by name, in eval mode, with the authors' or a given checkpoint if asked.
+
+    ``pretrained=True`` downloads the authors' COCO detector (MAE-DET names only). ``checkpoint`` is a file
+    (read safely: safetensors or ``weights_only``) or an already-loaded dict. The class-output width follows the
+    checkpoint (the authors' have ``num_classes + 1``). ``pretrained_backbone`` loads timm's pretrained
+    backbone weights into an otherwise untrained detector. Other keyword arguments go to :class:`GFocalV2`.
+    """
+    source_backbone, backbone_kwargs = _backbone_for(name, backbone, structure)
+    spec = DETECTORS.get(name)
+    if pretrained and checkpoint is None:
+        if spec is None or spec.url is None:
+            raise MaeDetError(
+                f"{name!r} has no published COCO weights here; pass checkpoint=FILE (an mmdetection GFocalV2 "
+                "checkpoint loads) or pretrained_backbone=True."
+            )
+        checkpoint = _download(name, spec.url)
+    state = None
+    if checkpoint is not None:
+        where = "the checkpoint" if isinstance(checkpoint, Mapping) else f"checkpoint {Path(checkpoint).name}"
+        state = checkpoint if isinstance(checkpoint, Mapping) else _read(checkpoint)
+        found = _class_channels(checkpoint_class_channels(state, where), num_classes, where)
+        if cls_channels is not None and cls_channels != found:
+            raise MaeDetError(f"{where} has {found} class channels, but cls_channels={cls_channels} was asked.")
+        cls_channels = found
+    model = GFocalV2(
+        source_backbone,
+        num_classes=num_classes,
+        cls_channels=cls_channels,
+        fpn_channels=fpn_channels or (spec.fpn_channels if spec else 256),
+        postprocess_cfg=postprocess_cfg,
+        pretrained_backbone=pretrained_backbone,
+        backbone_kwargs=backbone_kwargs,
+        **kwargs,
+    )
+    model.name = name
+    if state is not None:
+        model.load_state_dict(detector_state_dict(state, model), strict=True)
+    return model.eval()
