@@ -80,6 +80,17 @@ def test_unreachable_ray_address_fails_in_one_sentence_within_the_timeout(tmp_pa
     assert not out.exists()  # the folder this run created is gone again: no checkpoint, no results
 
 
+def test_no_ray_cluster_at_auto_is_one_sentence(tmp_path, capsys, monkeypatch):
+    services = pytest.importorskip("ray._private.services")
+    if services.find_gcs_addresses() or services.find_bootstrap_address(None):  # Ray's own lookup for 'auto'
+        pytest.skip("a Ray cluster is running on this machine, so 'auto' would find it")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "run"
+    err = _error(capsys, [*SMALL_RUN, "--executor", "ray", "--ray-address", "auto", "--out", str(out)])
+    assert "cannot connect to Ray at auto (Could not find any running Ray instance" in err
+    assert not out.exists()
+
+
 def test_mutations_are_bounded_with_the_reason(tmp_path, capsys):
     err = _error(capsys, [*SMALL_RUN, "--iterations", "1", "--mutations", "100000", "--out", str(tmp_path / "o")])
     assert "mutations must be at most 64, got 100,000" in err and "unrelated to their parents" in err
