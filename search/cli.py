@@ -15,8 +15,10 @@ from maedet.zoo import load_structure
 
 from .budget import PRESETS, Budget, preset_budget
 from .errors import SearchError
+from .eta import log_forward_eta
 from .evolution import CHECKPOINT_NAME, ForwardOptions, Search, SearchSettings
-from .executors import make_executor
+from .executors import executor_parallelism, make_executor
+from .output_folder import check_output_folder, locked_output_folder
 from .report import OUTPUT_NAMES, describe, write_outputs
 from .score import DEFAULT_RATIOS
 
@@ -34,9 +36,26 @@ def _ratios(text: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"ratios must be comma-separated numbers, got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"ratios must be non-negative numbers, got {text!r}")
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"ratios must be finite non-negative numbers, got {text!r}")
     return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = _limit(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def _limit(text: str) -> float:
@@ -105,14 +124,15 @@ def _add_search_options(run: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(run: argparse.ArgumentParser) -> None:
-    run.add_argument("--workers", type=int, default=1, help="local processes that score candidates")
+    run.add_argument("--workers", type=_positive_int, default=1, help="local processes (at most the CPU count)")
     run.add_argument("--executor", choices=("local", "ray"), default="local", help="where candidates are scored")
     run.add_argument("--ray-address", default=None, help="Ray cluster address (none: start a local Ray)")
+    run.add_argument("--ray-timeout", type=_seconds, default=30.0, metavar="S", help="seconds to reach --ray-address")
     run.add_argument("--checkpoint-every", type=int, default=5000, help="candidates between checkpoints")
     again = run.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT_NAME}")
     again.add_argument("--force", action="store_true", help="start over in an OUT that holds an earlier search")
-    run.add_argument("--top-k", type=int, default=32, help="members written to population.json")
+    run.add_argument("--top-k", type=_positive_int, default=32, help="members written to population.json")
     run.add_argument("--out", required=True, help="output folder")
 
 
@@ -163,8 +183,6 @@ def _settings(args: argparse.Namespace) -> SearchSettings:
 
 def _earlier_outputs(out: Path) -> list[Path]:
     """What an earlier search left in ``out`` (refused without --resume or --force)."""
-    if out.exists() and not out.is_dir():
-        raise SearchError(f"the output folder {str(out)!r} exists and is not a folder.")
     return [out / name for name in (CHECKPOINT_NAME, *OUTPUT_NAMES) if (out / name).exists()]
 
 
@@ -187,12 +205,22 @@ def _start(args: argparse.Namespace, out: Path) -> Search:
 
 def _search_with_progress(search: Search, args: argparse.Namespace, out: Path, stop: Callable[[], bool]) -> None:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    executor = make_executor(args.executor, args.workers, args.ray_address)
+    executor = make_executor(args.executor, args.workers, args.ray_address, args.ray_timeout)
     best = TextColumn("best {task.fields[best]:.3f}")
-    columns = (TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), best, TimeElapsedColumn())
+    eta = (TextColumn("eta"), TimeRemainingColumn())
+    columns = (TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), best, TimeElapsedColumn(), *eta)
     try:
+        if search.settings.score == "forward":
+            log_forward_eta(search, executor_parallelism(executor))
         with Progress(*columns, console=Console(stderr=True), disable=bool(args.quiet)) as bar:
             total = search.settings.iterations
             task = bar.add_task("search", total=total, completed=search.candidates, best=search.best[0])
@@ -213,8 +241,14 @@ def _say(message: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    names = (CHECKPOINT_NAME, *OUTPUT_NAMES)
+    check_output_folder(out, names)
+    with locked_output_folder(out, names):
+        return _run_locked(args, out)
+
+
+def _run_locked(args: argparse.Namespace, out: Path) -> int:
     search = _start(args, out)
-    out.mkdir(parents=True, exist_ok=True)
     interrupted = {"count": 0}
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop at the next batch; second: stop now
@@ -272,7 +306,7 @@ def _print_best(best: dict, out: Path) -> None:
 def _score(args: argparse.Namespace) -> int:
     info = describe(load_structure(args.file), args.resolution, tuple(args.ratios))
     if args.json:
-        print(json.dumps(info))
+        print(json.dumps(info, allow_nan=False))
         return 0
     from rich.console import Console
 

@@ -9,8 +9,10 @@ why a resumed run ends exactly where an uninterrupted one does.
 from __future__ import annotations
 
 import base64
+import binascii
 import bisect
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text
 from maedet.zoo import Structure
 
@@ -28,13 +31,15 @@ from .errors import SearchError
 from .evaluator import GenomeEvaluator
 from .executors import Executor, SerialExecutor
 from .score import DEFAULT_RATIOS, ScoreResult, forward_score
-from .space import Genome, SearchSpace
+from .space import KERNELS, Genome, SearchSpace
 
 __all__ = ["CHECKPOINT_NAME", "ForwardOptions", "Search", "SearchError", "SearchSettings"]
 
 CHECKPOINT_NAME = "checkpoint.json"
 CHECKPOINT_FORMAT = "maedet-search-checkpoint/1"
 MAX_EXTRA_MUTATIONS = 30
+MAX_MUTATIONS = 64  # a genome has 1 + 4 genes per stage (21 for five stages): more steps make an unrelated child
+MAX_CHECKPOINT_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,46 @@ def _setting_differences(saved: Any, current: dict[str, Any], prefix: str = "") 
     return differences
 
 
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's JSON object (a regular file of bounded size; NaN and Infinity refused)."""
+    if not path.is_file():
+        raise SearchError(f"cannot read the checkpoint {str(path)!r}: it does not exist or is not a regular file.")
+    try:
+        if path.stat().st_size > MAX_CHECKPOINT_BYTES:
+            raise ValueError("larger than 1 GiB")
+        state = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise SearchError(f"cannot read the checkpoint {str(path)!r} ({exc}).") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise SearchError(f"{str(path)!r} is not a maedet-search checkpoint.")
+    return state
+
+
+def _shown(number: int) -> str:
+    """A number for a message: in full when short, else only how long it is (10**400 is not worth 400 digits)."""
+    return f"{number:,}" if abs(number) < 10**12 else f"a {number.bit_length()}-bit number of"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+def _whole(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} is not a non-negative whole number")
+    return value
+
+
+def _finite(value: Any, what: str) -> float:
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # a whole number of hundreds of digits
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"{what} is not a finite number")
+    return number
+
+
 class Search:
     """One search run; ``run`` advances it, ``checkpoint``/``resume`` make it survive interruption."""
 
@@ -155,6 +200,11 @@ class Search:
     def _validate(s: SearchSettings) -> None:
         if s.population < 1 or s.batch < 1 or s.iterations < 1 or s.mutations < 1 or s.checkpoint_every < 1:
             raise SearchError("population, batch, iterations, mutations and checkpoint-every must be at least 1.")
+        if s.mutations > MAX_MUTATIONS:
+            raise SearchError(
+                f"mutations must be at most {MAX_MUTATIONS}, got {s.mutations:,}: a child gets 1 to N random steps, "
+                "so more makes children unrelated to their parents and every child slower to propose."
+            )
         if not 0.0 < s.elite <= 1.0:
             raise SearchError(f"elite must be a fraction in (0, 1], got {s.elite}.")
         if s.score not in ("closed-form", "forward"):
@@ -300,18 +350,17 @@ class Search:
         }
 
     def checkpoint(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.state_dict()))
+        atomic_write_text(path, json.dumps(self.state_dict(), allow_nan=False))
 
     @classmethod
     def resume(cls, settings: SearchSettings, path: str | Path) -> Search:
-        """Continue from a checkpoint; the settings must be those it was written with (iterations may differ)."""
+        """Continue from a checkpoint; the settings must be those it was written with (iterations may differ).
+
+        Everything read back is checked (types, genome length and limits, finite numbers), so a damaged or edited
+        checkpoint is refused in one sentence instead of failing deep inside the search.
+        """
         path = Path(path)
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SearchError(f"cannot read the checkpoint {str(path)!r} ({type(exc).__name__}).") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise SearchError(f"{str(path)!r} is not a maedet-search checkpoint.")
+        state = _read_checkpoint(path)
         differences = _setting_differences(state.get("settings"), settings.fingerprint())
         if differences:
             raise SearchError(
@@ -320,19 +369,81 @@ class Search:
             )
         search = cls(settings)
         try:
-            search.candidates = int(state["candidates"])
-            search.wall_s = float(state["wall_s"])
-            search._keys = sorted(
-                (-float(score), tuple(int(v) for v in genome)) for score, genome in state["population"]
-            )
-            version, internal, gauss = state["rng"]
-            search.rng.setstate((version, tuple(internal), gauss))
-            seen = np.frombuffer(base64.b64decode(state["seen"]), dtype=np.int64)
-            search.seen = {int(v) for v in seen}
-            search.history = [HistoryRow(**row) for row in state["history"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SearchError(f"the checkpoint {str(path)!r} is damaged ({exc}).") from None
+            search._restore(state)
+        except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as exc:
+            reason = f"no {exc}" if isinstance(exc, KeyError) else str(exc).rstrip(".")
+            raise SearchError(f"the checkpoint {str(path)!r} is damaged ({reason}).") from None
         return search
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's state into this search; raises KeyError/TypeError/ValueError on anything malformed."""
+        candidates = _whole(state["candidates"], "candidates")
+        wall_s = _finite(state["wall_s"], "wall_s")
+        keys = sorted((-score, genome) for score, genome in self._checked_population(state["population"]))
+        if candidates < len(keys):
+            raise ValueError(f"{candidates} candidates but {len(keys)} population members")
+        try:
+            version, internal, gauss = state["rng"]
+            self.rng.setstate((version, tuple(internal), gauss))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"its random-number state is not valid: {exc}") from None
+        try:
+            seen = np.frombuffer(base64.b64decode(state["seen"], validate=True), dtype=np.int64)
+            history = [HistoryRow(**row) for row in state["history"]]
+        except (TypeError, ValueError, binascii.Error) as exc:
+            raise ValueError(f"its seen set or history is not valid: {exc}") from None
+        for row in history:
+            for value in (row.best_score, row.worst_score, row.wall_s):
+                _finite(value, "a history row")
+            _whole(row.candidates, "a history row")
+            _whole(row.population, "a history row")
+        self.candidates, self.wall_s, self._keys = candidates, wall_s, keys
+        self.seen = {int(v) for v in seen} | {hash(genome) for _, genome in keys}
+        self.history = history
+
+    def _checked_population(self, members: Any) -> list[tuple[float, Genome]]:
+        """(score, genome) pairs that fit this search: the right length, inside the space and the budget."""
+        if not isinstance(members, list) or not members:
+            raise ValueError("its population is empty" if members == [] else "its population is not a list")
+        if len(members) > self.settings.population:
+            raise ValueError(f"{len(members)} population members, more than --population {self.settings.population}")
+        width = 1 + 4 * self.space.num_stages
+        checked = []
+        for rank, member in enumerate(members, start=1):
+            if not isinstance(member, list) or len(member) != 2:
+                raise ValueError(f"population member {rank} is not a [score, genome] pair")
+            score, genes = member
+            if not isinstance(genes, list) or len(genes) != width:
+                raise ValueError(f"population member {rank} is not a genome of {width} whole numbers")
+            genome = tuple(_whole(v, f"population member {rank}") for v in genes)
+            problem = self._genome_problem(genome)
+            if problem:
+                raise ValueError(f"population member {rank}: {problem}")
+            checked.append((_finite(score, f"population member {rank}'s score"), genome))
+        return checked
+
+    def _genome_problem(self, genome: Genome) -> str | None:
+        """Why this search cannot have produced ``genome`` (None if it can): mutation keeps channels in
+        [8, max_channels] and kernels in {3, 5} unless a gene still holds the initial structure's value, every
+        depth is at least 1, and every candidate is a valid structure inside the budget."""
+        start = self.space.encode(self.settings.init)
+        for i, (gene, initial) in enumerate(zip(genome, start, strict=True)):
+            if gene == initial:
+                continue
+            role = i % 4 if i else 1
+            if role in (0, 1) and not 8 <= gene <= self.space.max_channels:
+                return f"{_shown(gene)} channels outside [8, {self.space.max_channels}]"
+            if role == 2 and gene not in KERNELS:
+                return f"kernel {gene} not one of {KERNELS}"
+            if role == 3 and gene < 1:
+                return f"depth {gene}"
+        try:
+            self.space.decode(genome)
+        except MaeDetError as exc:
+            return str(exc).rstrip(".")
+        if not self.settings.budget.admits(self.evaluator, genome):
+            return "over the budget"
+        return None
 
     def structure(self, genome: Genome) -> Structure:
         return self.space.decode(genome)

@@ -6,9 +6,11 @@ to score, so the result never depends on which executor ran (see evolution.py).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol
@@ -17,7 +19,16 @@ from maedet.errors import MissingDependencyError
 
 from .errors import SearchError
 
-__all__ = ["Executor", "LocalProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor"]
+__all__ = [
+    "Executor",
+    "LocalProcessExecutor",
+    "RayExecutor",
+    "SerialExecutor",
+    "executor_parallelism",
+    "make_executor",
+]
+
+LOGGER = logging.getLogger(__name__)
 
 
 class Executor(Protocol):
@@ -73,11 +84,36 @@ def _ray_call(fn: Callable[[Any], float], item: Any) -> float:
     return fn(item)
 
 
+def _host_and_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` of an explicit Ray address (``ray://`` prefix allowed); None for 'auto', 'local' and the like."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """Fail in one sentence within ``timeout`` seconds when nothing listens at the address (Ray itself waits
+    minutes, silently, before it gives up)."""
+    target = _host_and_port(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=timeout).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise SearchError(
+            f"cannot reach the Ray cluster at {address} within {timeout:g} s ({reason}); check --ray-address."
+        ) from None
+
+
 class RayExecutor:
     """Score on a Ray cluster (``address`` as for ``ray.init``: None starts or joins a local one, 'auto', or
     'ray://host:port'). Ray is the optional extra ``maedet[distributed]``."""
 
-    def __init__(self, address: str | None = None, num_cpus_per_task: float = 1.0, **init_kwargs: Any) -> None:
+    def __init__(
+        self, address: str | None = None, num_cpus_per_task: float = 1.0, timeout: float = 30.0, **init_kwargs: Any
+    ) -> None:
         try:
             import ray
         except ImportError:
@@ -87,7 +123,14 @@ class RayExecutor:
         self._ray = ray
         self._owns = not ray.is_initialized()
         if self._owns:
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, **init_kwargs)
+            if address:
+                _check_reachable(address, timeout)
+            try:
+                ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, **init_kwargs)
+            except (ConnectionError, TimeoutError, RuntimeError) as exc:
+                reason = " ".join(str(exc).split())[:200]
+                raise SearchError(f"cannot connect to Ray at {address or 'a local cluster'} ({reason}).") from None
+        self.workers = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus_per_task))
         self._remote = ray.remote(num_cpus=num_cpus_per_task)(_ray_call)
 
     def map(self, fn: Callable[[Any], float], items: Sequence[Any]) -> list[float]:
@@ -99,12 +142,21 @@ class RayExecutor:
             self._ray.shutdown()
 
 
-def make_executor(kind: str, workers: int = 1, ray_address: str | None = None) -> Executor:
-    """'local' (``workers`` processes, or this process when 1) or 'ray'."""
+def executor_parallelism(executor: Executor) -> int:
+    """How many candidates ``executor`` scores at once (1 for this process)."""
+    return max(1, int(getattr(executor, "workers", 1)))
+
+
+def make_executor(kind: str, workers: int = 1, ray_address: str | None = None, ray_timeout: float = 30.0) -> Executor:
+    """'local' (``workers`` processes, at most one per CPU core, or this process when 1) or 'ray'."""
     if kind == "ray":
-        return RayExecutor(ray_address)
+        return RayExecutor(ray_address, timeout=ray_timeout)
     if kind != "local":
         raise SearchError(f"unknown executor {kind!r}; choose local or ray.")
+    cores = os.cpu_count() or 1
+    if workers > cores:
+        LOGGER.warning("%d workers asked for, but this machine has %d CPU cores: using %d.", workers, cores, cores)
+        workers = cores
     if workers <= 1:
         return SerialExecutor()
     threads = max(1, (os.cpu_count() or 1) // workers)

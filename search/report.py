@@ -88,9 +88,11 @@ def write_outputs(search: Search, out_dir: str | Path, top_k: int = 32, plot: bo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     best = best_record(search)
-    atomic_write_text(out / "best.json", json.dumps(best, indent=1) + "\n")
+    atomic_write_text(out / "best.json", json.dumps(best, indent=1, allow_nan=False) + "\n")
     atomic_write_text(out / "best_structure.txt", search.structure(search.best[1]).to_authors_text())
-    atomic_write_text(out / "population.json", json.dumps(population_records(search, top_k), indent=1) + "\n")
+    atomic_write_text(
+        out / "population.json", json.dumps(population_records(search, top_k), indent=1, allow_nan=False) + "\n"
+    )
     atomic_write_text(out / "history.csv", _history_csv(search))
     if plot:
         _plot(search, out / "search.png")

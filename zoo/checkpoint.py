@@ -5,6 +5,10 @@ read as safetensors or with ``torch.load(weights_only=True)``, which only rebuil
 mmdetection's checkpoints also keep numpy scalars (and their dtypes) in ``meta``: those types are allow-listed with
 torch's safe-globals mechanism, which admits exactly the named classes and still runs nothing else. A file that
 names anything more is refused in one sentence that names what it tried to load (``posix.system`` and the like).
+
+What loads is checked too: every tensor must be dense and hold data (no meta or sparse tensors, which no model can
+load), keyed by text; and :func:`check_state_dict_matches` compares shapes and kinds of number with the model's
+for every key, so a bool, integer or complex tensor never turns silently into float weights.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import pickle
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,7 @@ import torch
 
 from maedet.errors import MaeDetError
 
-__all__ = ["CheckpointError", "load_checkpoint", "safe_numpy_globals"]
+__all__ = ["CheckpointError", "check_state_dict_matches", "load_checkpoint", "safe_numpy_globals"]
 
 _GLOBAL_RE = re.compile(r"GLOBAL\s+([A-Za-z_][\w.]*)")
 _REASON_MARKER = "WeightsUnpickler error:"
@@ -111,6 +116,76 @@ def _load_pickle(path: Path) -> Any:
         ) from None
 
 
+def _tensor_problem(tensor: torch.Tensor) -> str | None:
+    if tensor.is_meta:
+        return "a meta tensor (shape only, no data)"
+    if tensor.layout != torch.strided:
+        return f"a {tensor.layout} tensor"
+    if tensor.is_quantized:
+        return f"a quantized {tensor.dtype} tensor"
+    return None
+
+
+def _place(where: str) -> str:
+    return repr(where) if where else "its top level"
+
+
+def _check_tensors(checkpoint: Any, name: str) -> None:
+    """Every tensor dense with data, every mapping that holds tensors keyed by text (walked without recursion)."""
+    stack: list[tuple[Any, str]] = [(checkpoint, "")]
+    visited: set[int] = set()
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, torch.Tensor):
+            problem = _tensor_problem(item)
+            if problem:
+                raise CheckpointError(
+                    f"checkpoint {name} holds {problem} at {_place(where)}; only dense tensors with data can be loaded."
+                )
+            continue
+        if not isinstance(item, (Mapping, list, tuple)) or id(item) in visited:
+            continue
+        visited.add(id(item))
+        pairs = item.items() if isinstance(item, Mapping) else enumerate(item)
+        for key, value in pairs:
+            if isinstance(item, Mapping) and isinstance(value, torch.Tensor) and not isinstance(key, str):
+                raise CheckpointError(
+                    f"checkpoint {name} has a tensor under the key {key!r} (of type {type(key).__name__}) in "
+                    f"{_place(where)}; keys must be text."
+                )
+            stack.append((value, f"{where}.{key}" if where else str(key)))
+
+
+def _number_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "float" if dtype.is_floating_point else "integer"
+
+
+def check_state_dict_matches(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Every tensor of ``state_dict`` that the model has must match its shape and kind of number (float weights
+    for float parameters, integers for integer buffers); missing and extra keys are the caller's business."""
+    expected = model.state_dict()
+    shared = [key for key in state_dict if key in expected]
+    wrong = [
+        f"{key} {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in shared
+        if state_dict[key].shape != expected[key].shape
+    ]
+    if wrong:
+        shown = ", ".join(wrong[:6]) + (f", … ({len(wrong) - 6} more)" if len(wrong) > 6 else "")
+        raise CheckpointError(f"checkpoint does not match this structure: shape mismatch in {shown}.")
+    for key in shared:
+        got, want = state_dict[key].dtype, expected[key].dtype
+        if _number_kind(got) != _number_kind(want):
+            raise CheckpointError(
+                f"checkpoint tensor {key} has dtype {got}, but the model's is {want}: "
+                f"{_number_kind(want)} values are needed there, not {_number_kind(got)}."
+            )
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint safely: safetensors, or a pickle restricted to tensors, plain containers and numpy scalars."""
     path = Path(path)
@@ -121,4 +196,5 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     checkpoint = _load_pickle(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint {path.name} holds a {type(checkpoint).__name__}, not a state dict.")
+    _check_tensors(checkpoint, path.name)
     return checkpoint

@@ -20,7 +20,7 @@ from maedet.cli import make_parser, run_cli
 from maedet.errors import MaeDetError
 from maedet.fileio import atomic_output_dir
 
-from .checkpoint import load_checkpoint
+from .checkpoint import check_state_dict_matches, load_checkpoint
 from .maedet import MaeDet, checkpoint_filter_fn
 from .structure import Structure, load_structure
 
@@ -31,11 +31,21 @@ LOGGER = logging.getLogger(__name__)
 MODEL_NAMES = ("maedet_s", "maedet_m", "maedet_l", "maedet")
 
 
-def build_model(model_name: str, structure: Structure | str | os.PathLike[str] | None = None) -> MaeDet:
-    """An untrained backbone (no classifier) of a registered MAE-DET name or of any structure."""
+def build_model(model_name: str | None, structure: Structure | str | os.PathLike[str] | None = None) -> MaeDet:
+    """An untrained backbone (no classifier) of a registered MAE-DET name or of any structure.
+
+    ``model_name`` None means 'maedet' when a structure is given and 'maedet_m' otherwise; a named model
+    (maedet_s/m/l) has its own structure, so giving one as well is refused rather than silently ignored.
+    """
+    model_name = model_name or ("maedet" if structure is not None else "maedet_m")
     if model_name not in MODEL_NAMES:
         raise MaeDetError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}.")
     kwargs: dict[str, Any] = {"num_classes": 0}
+    if structure is not None and model_name != "maedet":
+        raise MaeDetError(
+            f"--model {model_name} has its own structure, so --structure conflicts with it; use --model maedet "
+            "with a structure file, or leave out --structure."
+        )
     if structure is not None:
         kwargs["structure"] = load_structure(structure)
     elif model_name == "maedet":
@@ -46,24 +56,41 @@ def build_model(model_name: str, structure: Structure | str | os.PathLike[str] |
 def convert_checkpoint(
     checkpoint: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
-    model_name: str = "maedet_m",
+    model_name: str | None = None,
     structure: Structure | str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``out_dir`` (config.json + model.safetensors) from an authors', TinyNAS or maedet checkpoint.
 
     The folder appears whole or not at all (:func:`maedet.fileio.atomic_output_dir`), with the permissions any
-    file written by this user gets (the umask), not the private mode of a temporary folder.
+    file written by this user gets (the umask), not the private mode of a temporary folder. Every tensor must
+    match the model's shape and kind of number (the stem included), or the conversion stops in one sentence.
     """
     out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise MaeDetError(f"output folder {str(out_dir)!r} exists and is not empty.")
+    _check_out_dir(out_dir)
     model = build_model(model_name, structure)
     state_dict = checkpoint_filter_fn(load_checkpoint(checkpoint), model)
+    check_state_dict_matches(state_dict, model)
     model.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith("head.")}, strict=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output_dir(out_dir, "output folder") as staging:
         save_folder(model, staging)
     return out_dir
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse, before any work, an output folder that exists with content, is a file, or cannot be created."""
+    shown = str(out_dir)
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise MaeDetError(f"the output folder {shown!r} exists and is not a folder.")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise MaeDetError(f"output folder {shown!r} exists and is not empty.")
+    base = out_dir.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise MaeDetError(f"cannot create the output folder {shown!r}: {str(base)!r} is a file, not a folder.")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise MaeDetError(f"cannot create the output folder {shown!r}: {str(base)!r} is not writable.")
 
 
 def _model_args(model: MaeDet) -> dict[str, Any]:
@@ -96,8 +123,10 @@ def _parser() -> argparse.ArgumentParser:
         "maedet-convert", "Convert the authors' MAE-DET checkpoint (mmdetection latest.pth) into a timm folder."
     )
     parser.add_argument("checkpoint", help="authors' latest.pth, a bare TinyNAS state dict, or ours")
-    parser.add_argument("--model", default="maedet_m", choices=MODEL_NAMES, help="architecture")
-    parser.add_argument("--structure", help="structure file (JSON or the authors' txt) for --model maedet")
+    parser.add_argument(
+        "--model", choices=MODEL_NAMES, help="architecture (default: maedet_m, or maedet when --structure is given)"
+    )
+    parser.add_argument("--structure", help="structure file (JSON or the authors' txt); implies --model maedet")
     parser.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also push the folder to this Hugging Face repo")
     parser.add_argument("--private", action="store_true", help="create the hub repo as private")
