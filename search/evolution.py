@@ -30,6 +30,7 @@ from .budget import Budget
 from .errors import SearchError
 from .evaluator import GenomeEvaluator
 from .executors import Executor, SerialExecutor
+from .latency import GenomeLatency, LatencyTarget
 from .score import DEFAULT_RATIOS, ScoreResult, forward_score
 from .space import KERNELS, Genome, SearchSpace
 
@@ -81,6 +82,7 @@ class SearchSettings:
     mutations: int = 2  # mutations per child drawn from 1..mutations (one step often only moves along a wall)
     elite: float = 0.25  # half of the parents are drawn from this top fraction of the population
     checkpoint_every: int = 5000
+    latency: LatencyTarget | None = None  # the table that predicts latency (budget and reports); None: no latency
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the checkpoint (iterations may grow)."""
@@ -95,6 +97,7 @@ class SearchSettings:
             "batch": self.batch,
             "mutations": self.mutations,
             "elite": self.elite,
+            "latency_table": self.latency.identity if self.latency is not None else None,
         }
 
 
@@ -115,6 +118,7 @@ class HistoryRow:
     worst_score: float
     population: int
     wall_s: float
+    best_latency_ms: float | None = None  # predicted, of the best member; None without a table (or if infinite)
 
 
 def _setting_differences(saved: Any, current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -183,8 +187,9 @@ class Search:
         self._validate(settings)
         self.space = SearchSpace.from_structure(settings.init, settings.budget.resolution)
         self.evaluator = GenomeEvaluator(self.space, settings.ratios)
+        self.latency = GenomeLatency(self.space, settings.latency) if settings.latency is not None else None
         init = self.space.encode(settings.init)
-        over = settings.budget.violations(settings.init)
+        over = settings.budget.violations(settings.init, settings.latency)
         if over:
             raise SearchError(f"the initial structure is over budget: {'; '.join(over)}.")
         self.rng = random.Random(settings.seed)
@@ -209,6 +214,8 @@ class Search:
             raise SearchError(f"elite must be a fraction in (0, 1], got {s.elite}.")
         if s.score not in ("closed-form", "forward"):
             raise SearchError(f"unknown score {s.score!r}; choose closed-form or forward.")
+        if s.budget.latency_ms is not None and s.latency is None:
+            raise SearchError("a latency budget needs a latency table to predict with (--latency-table).")
         min_layers = 1 + 3 * len(s.init.stages)
         if s.budget.layers is not None and s.budget.layers < min_layers:
             raise SearchError(
@@ -260,6 +267,7 @@ class Search:
         mutations per child grows, so a converged population still finds new structures.
         """
         space, rng, budget, evaluator, seen = self.space, self.rng, self.settings.budget, self.evaluator, self.seen
+        latency = self.latency
         children: list[Genome] = []
         fresh: set[int] = set()
         failures = 0
@@ -269,7 +277,7 @@ class Search:
             for _ in range(1 + int(rng.random() * max_mutations)):
                 child = space.mutate(child, rng) or child
             h = hash(child)
-            if h in seen or h in fresh or not budget.admits(evaluator, child):
+            if h in seen or h in fresh or not budget.admits(evaluator, child, latency):
                 failures += 1
                 if failures % 2000 == 0:
                     max_mutations += 1
@@ -317,8 +325,16 @@ class Search:
                 self._insert(score, child)
             self.candidates += len(children)
             self.wall_s = time.perf_counter() - started
+            best_ms = self.latency(self._keys[0][1]) if self.latency is not None else None
             self.history.append(
-                HistoryRow(self.candidates, -self._keys[0][0], -self._keys[-1][0], len(self._keys), self.wall_s)
+                HistoryRow(
+                    self.candidates,
+                    -self._keys[0][0],
+                    -self._keys[-1][0],
+                    len(self._keys),
+                    self.wall_s,
+                    best_ms if best_ms is not None and math.isfinite(best_ms) else None,
+                )
             )
             if progress is not None:
                 progress(self)
