@@ -18,7 +18,9 @@ from .errors import SearchError
 from .eta import log_forward_eta
 from .evolution import CHECKPOINT_NAME, ForwardOptions, Search, SearchSettings
 from .executors import executor_parallelism, make_executor
+from .latency import LatencyTarget, open_latency_target, parse_latency_budget
 from .output_folder import check_output_folder, locked_output_folder
+from .pareto import ParetoSettings, run_pareto, write_pareto
 from .report import OUTPUT_NAMES, describe, write_outputs
 from .score import DEFAULT_RATIOS
 
@@ -26,8 +28,8 @@ __all__ = ["main"]
 
 PROG = "maedet-search"
 DESCRIPTION = (
-    "Zero-shot maximum-entropy search for MAE-DET detection backbones ('run'), and the score and cost figures "
-    "of a structure file ('score')."
+    "Zero-shot maximum-entropy search for MAE-DET detection backbones ('run'), the score, cost and predicted "
+    "latency of a structure file ('score'), and the front of score against predicted latency ('pareto')."
 )
 
 
@@ -108,6 +110,27 @@ def _add_budget_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--resolution", type=int, default=480, metavar="PX", help="input size of the FLOPs budget")
 
 
+def _add_latency_table_options(parser: argparse.ArgumentParser, batch_flags: tuple[str, ...]) -> None:
+    parser.add_argument(
+        "--latency-table",
+        metavar="FILE_OR_NAME",
+        help="latency table: a profiled table file (maedet-bench profile) or v100-fp32, v100-fp16, v100-int8",
+    )
+    parser.add_argument(*batch_flags, dest="latency_batch", type=int, metavar="N", help="batch of a V100 table")
+    parser.add_argument("--input-size", type=int, metavar="PX", help="input size of a V100 table")
+
+
+def _add_latency_budget_options(run: argparse.ArgumentParser) -> None:
+    _add_latency_table_options(run, ("--latency-batch",))
+    limit = run.add_mutually_exclusive_group()
+    limit.add_argument(
+        "--budget-latency",
+        metavar="MS",
+        help="predicted ms per batch of the table's target, or relative to a reference it stores (1.0xresnet50)",
+    )
+    limit.add_argument("--budget-latency-per-image", type=_limit, metavar="MS", help="predicted ms per image")
+
+
 def _add_search_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--init", default="r50_like_init", metavar="FILE", help="initial structure (file or built-in)")
     run.add_argument("--ratios", type=_ratios, default=RATIOS_TEXT, help="level ratios stem,C2,C3,C4,C5")
@@ -136,11 +159,26 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--out", required=True, help="output folder")
 
 
+def _add_pareto_parser(sub: argparse._SubParsersAction) -> None:
+    summary = "sweep latency budgets and write the front of score against predicted latency"
+    pareto = _subcommand(sub, "pareto", "--latency-table FILE_OR_NAME [options] --out OUT", summary)
+    _add_latency_table_options(pareto, ("--batch", "--latency-batch"))
+    pareto.add_argument("--points", type=int, default=8, help="latency budgets swept (one search each)")
+    pareto.add_argument("--iterations", type=int, default=5000, help="candidates per search")
+    pareto.add_argument("--seed", type=int, default=0, help="seed of every search")
+    pareto.add_argument("--population", type=int, default=256, help="structures kept per search")
+    pareto.add_argument("--budget-layers", type=int, metavar="LAYERS", help="conv layers limit of every search")
+    pareto.add_argument("--init", default="r50_like_init", metavar="FILE", help="initial structure")
+    pareto.add_argument("--ratios", type=_ratios, default=RATIOS_TEXT, help="level ratios stem,C2,C3,C4,C5")
+    pareto.add_argument("--out", required=True, help="output folder (pareto.json, pareto.png)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, DESCRIPTION)
     sub = add_subparsers(parser)
     run = _subcommand(sub, "run", "[options] --out OUT", "search for the highest-scoring backbone within a budget")
     _add_budget_options(run)
+    _add_latency_budget_options(run)
     _add_search_options(run)
     _add_run_options(run)
     score = _subcommand(sub, "score", "[options] FILE", "score and cost figures of a structure (ours or the authors')")
@@ -148,16 +186,38 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--json", action="store_true", help="print one JSON object")
     score.add_argument("--resolution", type=int, default=480, metavar="PX", help="input size of the FLOPs figure")
     score.add_argument("--ratios", type=_ratios, default=RATIOS_TEXT, help="level ratios stem,C2,C3,C4,C5")
+    _add_latency_table_options(score, ("--batch", "--latency-batch"))
+    _add_pareto_parser(sub)
     return parser
 
 
-def _budget(args: argparse.Namespace) -> Budget:
+def _latency_target(args: argparse.Namespace) -> LatencyTarget | None:
+    """The --latency-table predictor, or None; --latency-batch/--input-size only make sense with one."""
+    if args.latency_table is None:
+        if args.latency_batch is not None or args.input_size is not None:
+            raise SearchError("a batch or input size for latency needs a --latency-table.")
+        return None
+    return open_latency_target(args.latency_table, batch=args.latency_batch, input_size=args.input_size)
+
+
+def _latency_limit(args: argparse.Namespace, target: LatencyTarget | None) -> float | None:
+    if args.budget_latency is None and args.budget_latency_per_image is None:
+        return None
+    if target is None:
+        raise SearchError("a latency budget needs a --latency-table to predict with.")
+    if args.budget_latency is not None:
+        return parse_latency_budget(args.budget_latency, target)
+    return args.budget_latency_per_image * target.batch
+
+
+def _budget(args: argparse.Namespace, target: LatencyTarget | None) -> Budget:
     base = preset_budget(args.preset, args.resolution) if args.preset else Budget(resolution=args.resolution)
     limits = {
         "flops": int(args.budget_flops) if args.budget_flops is not None else base.flops,
         "params": int(args.budget_params) if args.budget_params is not None else base.params,
         "layers": args.budget_layers if args.budget_layers is not None else base.layers,
         "gmacs": args.budget_gmacs if args.budget_gmacs is not None else base.gmacs,
+        "latency_ms": _latency_limit(args, target),
     }
     if all(v is None for v in limits.values()):
         raise SearchError("give a --preset or at least one --budget-* limit.")
@@ -166,9 +226,10 @@ def _budget(args: argparse.Namespace) -> Budget:
 
 def _settings(args: argparse.Namespace) -> SearchSettings:
     forward = ForwardOptions(args.forward_batch, args.forward_resolution, args.forward_repeats, args.seed, args.device)
+    target = _latency_target(args)
     return SearchSettings(
         init=load_structure(args.init),
-        budget=_budget(args),
+        budget=_budget(args, target),
         ratios=tuple(args.ratios),
         population=args.population,
         iterations=args.iterations,
@@ -178,6 +239,7 @@ def _settings(args: argparse.Namespace) -> SearchSettings:
         batch=args.batch,
         mutations=args.mutations,
         checkpoint_every=args.checkpoint_every,
+        latency=target,
     )
 
 
@@ -293,18 +355,30 @@ def _cost_rows(info: dict, resolution: int) -> list[tuple[str, str]]:
     ]
 
 
+def _latency_rows(info: dict) -> list[tuple[str, str]]:
+    if "latency_label" not in info:
+        return []
+    if info["latency_ms"] is None:
+        return [(f"latency, {info['latency_label']}", "no prediction (outside the table)")]
+    batch = info["latency_target"]["batch"]
+    return [
+        (f"latency, {info['latency_label']}", f"{info['latency_ms']:.4f} ms per batch of {batch}"),
+        ("  per image", f"{info['latency_ms_per_image']:.4f} ms"),
+    ]
+
+
 def _print_best(best: dict, out: Path) -> None:
     from rich.console import Console
 
     rows = [("score", f"{best['score']:.6f}")]
     rows += [(f"  level {name}", f"{value:.6f}") for name, value in best["stage_scores"].items()]
-    rows += _cost_rows(best, best["budget"]["resolution"])
+    rows += _cost_rows(best, best["budget"]["resolution"]) + _latency_rows(best)
     rows += [("candidates", f"{best['candidates']:,}"), ("wall time", f"{best['wall_s']:.1f} s")]
     Console(stderr=True).print(_figures_table(f"{PROG}: best structure ({out / 'best.json'})", rows))
 
 
 def _score(args: argparse.Namespace) -> int:
-    info = describe(load_structure(args.file), args.resolution, tuple(args.ratios))
+    info = describe(load_structure(args.file), args.resolution, tuple(args.ratios), _latency_target(args))
     if args.json:
         print(json.dumps(info, allow_nan=False))
         return 0
@@ -312,13 +386,71 @@ def _score(args: argparse.Namespace) -> int:
 
     rows = [(f"level {name}", f"{value:.6f}") for name, value in info["stage_scores"].items()]
     rows.append(("score (ratios " + ",".join(f"{r:g}" for r in args.ratios) + ")", f"{info['score']:.6f}"))
-    rows += _cost_rows(info, args.resolution)
+    rows += _cost_rows(info, args.resolution) + _latency_rows(info)
     Console().print(_figures_table(f"score of {args.file}", rows))
     return 0
 
 
+def _pareto(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    target = _latency_target(args)
+    if target is None:
+        raise SearchError("pareto needs a --latency-table.")
+    settings = ParetoSettings(
+        init=load_structure(args.init),
+        points=args.points,
+        iterations=args.iterations,
+        seed=args.seed,
+        population=args.population,
+        layers=args.budget_layers,
+        ratios=tuple(args.ratios),
+    )
+    columns = (
+        TextColumn("[bold]pareto {task.fields[point]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), disable=bool(args.quiet)) as bar:
+        task = bar.add_task("pareto", total=args.points * args.iterations, point=f"1/{args.points}")
+        result = run_pareto(
+            target,
+            settings,
+            progress=lambda i, s: bar.update(
+                task, completed=i * args.iterations + s.candidates, point=f"{i + 1}/{args.points}"
+            ),
+        )
+    paths = write_pareto(result, args.out)
+    if not args.quiet:
+        _print_front(result, paths[0])
+    return 0
+
+
+def _print_front(result: dict, path: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    batch = result["latency_target"]["batch"]
+    table = Table(title=f"{PROG}: score against predicted latency ({path})", caption=result["latency_label"])
+    for name in ("budget ms", "predicted ms", "ms per image", "score", "GFLOPs", "front"):
+        table.add_column(name, justify="right")
+    for p in result["points"]:
+        table.add_row(
+            f"{p['budget_ms']:.4g}",
+            f"{p['latency_ms']:.4g}",
+            f"{p['latency_ms'] / batch:.4g}",
+            f"{p['score']:.2f}",
+            f"{p['flops'] / 1e9:.2f}",
+            "yes" if p["on_front"] else "",
+        )
+    Console(stderr=True).print(table)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    return _run(args) if args.command == "run" else _score(args)
+    handlers = {"run": _run, "score": _score, "pareto": _pareto}
+    return handlers[args.command](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
