@@ -20,7 +20,7 @@ from .evolution import CHECKPOINT_NAME, ForwardOptions, Search, SearchSettings
 from .executors import executor_parallelism, make_executor
 from .latency import LatencyTarget, open_latency_target, parse_latency_budget
 from .output_folder import check_output_folder, locked_output_folder
-from .pareto import ParetoSettings, run_pareto, write_pareto
+from .pareto import PARETO_NAMES, ParetoSettings, run_pareto, write_pareto
 from .report import OUTPUT_NAMES, describe, write_outputs
 from .score import DEFAULT_RATIOS
 
@@ -163,10 +163,10 @@ def _add_pareto_parser(sub: argparse._SubParsersAction) -> None:
     summary = "sweep latency budgets and write the front of score against predicted latency"
     pareto = _subcommand(sub, "pareto", "--latency-table FILE_OR_NAME [options] --out OUT", summary)
     _add_latency_table_options(pareto, ("--batch", "--latency-batch"))
-    pareto.add_argument("--points", type=int, default=8, help="latency budgets swept (one search each)")
-    pareto.add_argument("--iterations", type=int, default=5000, help="candidates per search")
+    pareto.add_argument("--points", type=_positive_int, default=8, help="latency budgets swept (one search each)")
+    pareto.add_argument("--iterations", type=_positive_int, default=5000, help="candidates per search")
     pareto.add_argument("--seed", type=int, default=0, help="seed of every search")
-    pareto.add_argument("--population", type=int, default=256, help="structures kept per search")
+    pareto.add_argument("--population", type=_positive_int, default=256, help="structures kept per search")
     pareto.add_argument("--budget-layers", type=int, metavar="LAYERS", help="conv layers limit of every search")
     pareto.add_argument("--init", default="r50_like_init", metavar="FILE", help="initial structure")
     pareto.add_argument("--ratios", type=_ratios, default=RATIOS_TEXT, help="level ratios stem,C2,C3,C4,C5")
@@ -398,6 +398,8 @@ def _pareto(args: argparse.Namespace) -> int:
     target = _latency_target(args)
     if target is None:
         raise SearchError("pareto needs a --latency-table.")
+    out = Path(args.out)
+    check_output_folder(out, PARETO_NAMES)
     settings = ParetoSettings(
         init=load_structure(args.init),
         points=args.points,
@@ -413,7 +415,8 @@ def _pareto(args: argparse.Namespace) -> int:
         MofNCompleteColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True), disable=bool(args.quiet)) as bar:
+    console = Console(stderr=True)
+    with locked_output_folder(out, PARETO_NAMES), Progress(*columns, console=console, disable=bool(args.quiet)) as bar:
         task = bar.add_task("pareto", total=args.points * args.iterations, point=f"1/{args.points}")
         result = run_pareto(
             target,
@@ -422,7 +425,7 @@ def _pareto(args: argparse.Namespace) -> int:
                 task, completed=i * args.iterations + s.candidates, point=f"{i + 1}/{args.points}"
             ),
         )
-    paths = write_pareto(result, args.out)
+        paths = write_pareto(result, out)
     if not args.quiet:
         _print_front(result, paths[0])
     return 0

@@ -26,11 +26,12 @@ from .evolution import Search, SearchSettings
 from .latency import LatencyTarget, latency_figures
 from .score import DEFAULT_RATIOS, closed_form_score
 
-__all__ = ["PUBLISHED", "RESNETS", "ParetoSettings", "latency_budgets", "run_pareto", "write_pareto"]
+__all__ = ["PARETO_NAMES", "PUBLISHED", "RESNETS", "ParetoSettings", "latency_budgets", "run_pareto", "write_pareto"]
 
 PUBLISHED = {"MAE-DET-S": "maedet_s", "MAE-DET-M": "maedet_m", "MAE-DET-L": "maedet_l"}
 RESNETS = {"ResNet-50": "resnet50", "ResNet-101": "resnet101"}
 PARETO_FORMAT = "maedet-pareto/1"
+PARETO_NAMES = ("pareto.json", "pareto.png")
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def write_pareto(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=1, allow_nan=False) + "\n"
     png = _plot(result)
-    paths = [out / "pareto.json", out / "pareto.png"]
+    paths = [out / name for name in PARETO_NAMES]
     write_all_or_none(
         [(paths[0], lambda tmp: tmp.write_text(text, encoding="utf-8")), (paths[1], lambda tmp: tmp.write_bytes(png))]
     )
