@@ -457,7 +457,7 @@ class Search:
             self.space.decode(genome)
         except MaeDetError as exc:
             return str(exc).rstrip(".")
-        if not self.settings.budget.admits(self.evaluator, genome):
+        if not self.settings.budget.admits(self.evaluator, genome, self.latency):
             return "over the budget"
         return None
 

@@ -244,3 +244,15 @@ def test_pareto_api_on_the_v100_table(v100, tmp_path):
     assert result["references"]["resnets_measured_ms"] == {}
     paths = write_pareto(result, tmp_path)
     assert [p.name for p in paths] == ["pareto.json", "pareto.png"] and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_a_latency_search_resumes_to_the_uninterrupted_result(table_file, tmp_path):
+    common = ["run", "--latency-table", str(table_file), "--budget-latency", "60", "--budget-layers", "91"]
+    common += ["--population", "16", "--quiet"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main([*common, "--iterations", "320", "--out", str(whole)]) == 0
+    assert main([*common, "--iterations", "160", "--out", str(parts)]) == 0
+    assert main([*common, "--iterations", "320", "--resume", "--out", str(parts)]) == 0
+    first, second = (json.loads((out / "best.json").read_text()) for out in (whole, parts))
+    assert first["structure"] == second["structure"] and first["latency_ms"] == second["latency_ms"]
+    assert (whole / "history.csv").read_text().count("\n") == (parts / "history.csv").read_text().count("\n")
