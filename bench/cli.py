@@ -205,7 +205,7 @@ def build_profile_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=640, metavar="S", help="square input size in pixels")
     p.add_argument("--batch-size", type=int, default=1, metavar="B", help="batch of the target")
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the usable cores)")
-    p.add_argument("--pieces", type=int, default=360, help="pieces to measure")
+    p.add_argument("--pieces", type=int, default=160, help="pieces to measure")
     p.add_argument("--validation-nets", type=int, default=30, help="held-out networks measured end to end")
     p.add_argument("--calibration-nets", type=int, default=6, help="networks that calibrate the piece sum")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per measurement")

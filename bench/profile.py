@@ -50,7 +50,7 @@ class ProfileSettings:
     input_size: int = 640
     batch: int = 1
     threads: int | None = None
-    pieces: int = 360
+    pieces: int = 160
     calibration_nets: int = 6
     validation_nets: int = 30
     rounds: int = 5
