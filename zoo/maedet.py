@@ -68,9 +68,7 @@ class Bottleneck(nn.Module):
         self.conv3 = ConvBnAct(bottleneck_chs, out_chs, 1, act=False)
         # The authors project on block 0 of every stage, even when in == out. Ceil mode without the padding in the
         # average keeps the shortcut the same size as the strided conv at odd sizes (and identical at even ones).
-        self.downsample = (
-            nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) if stride == 2 else nn.Identity()
-        )
+        self.downsample = nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) if stride == 2 else nn.Identity()
         self.shortcut = ConvBnAct(in_chs, out_chs, 1, act=False) if project else nn.Identity()
         self.act = nn.ReLU(inplace=True)
 
