@@ -62,3 +62,19 @@ def test_dynamic_onnx_runs_at_333x517(tmp_path: Path) -> None:
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["maedet_s", "maedet_m", "maedet_l"])
+def test_fresh_model_fits_fp16(name: str) -> None:
+    model = timm.create_model(name, features_only=True).eval()
+    with torch.no_grad():
+        c5 = model(torch.randn(1, 3, 320, 320, generator=torch.Generator().manual_seed(0)))[-1]
+    assert c5.abs().max().item() < torch.finfo(torch.float16).max
+
+
+def test_zero_init_last_is_an_option() -> None:
+    zeroed = timm.create_model("maedet", structure=TINY)
+    kept = timm.create_model("maedet", structure=TINY, zero_init_last=False)
+    last_bns = [block.conv3.bn.weight for stage in zeroed.stages for block in stage.blocks]
+    assert all(torch.count_nonzero(w) == 0 for w in last_bns)
+    assert all(torch.all(block.conv3.bn.weight == 1) for stage in kept.stages for block in stage.blocks)

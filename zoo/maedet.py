@@ -72,6 +72,10 @@ class Bottleneck(nn.Module):
         self.shortcut = ConvBnAct(in_chs, out_chs, 1, act=False) if project else nn.Identity()
         self.act = nn.ReLU(inplace=True)
 
+    def zero_init_last(self) -> None:
+        """Start the residual branch at zero: the block begins as its shortcut."""
+        nn.init.zeros_(self.conv3.bn.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(self.downsample(x))
         return self.act(self.conv3(self.conv2(self.conv1(x))) + shortcut)
@@ -114,6 +118,7 @@ class MaeDet(nn.Module):
         global_pool: str = "avg",
         drop_rate: float = 0.0,
         output_stride: int = 32,
+        zero_init_last: bool = True,
     ) -> None:
         super().__init__()
         if structure is None:
@@ -138,9 +143,11 @@ class MaeDet(nn.Module):
             for p in s.feature_points()
         ]
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        self._init_weights()
+        self._init_weights(zero_init_last)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_last: bool = True) -> None:
+        """Kaiming convs; with ``zero_init_last`` every residual branch starts at zero (as timm's ResNet does), so
+        a fresh model's activations stay small enough for fp16 (without it MAE-DET-L's C5 reaches ~8e5)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -150,6 +157,10 @@ class MaeDet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    m.zero_init_last()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
