@@ -78,3 +78,57 @@ def test_zero_init_last_is_an_option() -> None:
     last_bns = [block.conv3.bn.weight for stage in zeroed.stages for block in stage.blocks]
     assert all(torch.count_nonzero(w) == 0 for w in last_bns)
     assert all(torch.all(block.conv3.bn.weight == 1) for stage in kept.stages for block in stage.blocks)
+
+
+def test_stochastic_depth_rises_linearly_and_is_off_in_eval() -> None:
+    model = timm.create_model("maedet", structure=TINY, drop_path_rate=0.1, num_classes=0)
+    rates = [
+        block.drop_path.drop_prob if isinstance(block.drop_path, timm.layers.DropPath) else 0.0
+        for stage in model.stages
+        for block in stage.blocks
+    ]
+    assert rates == pytest.approx([0.1 * i / 5 for i in range(6)])
+    plain = timm.create_model("maedet", structure=TINY, num_classes=0)
+    plain.load_state_dict(model.state_dict())
+    for m in model.modules():  # give the residual branches a say, so that dropping them shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+    model.train(), plain.train()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        assert not torch.equal(model(x), plain(x))
+
+
+def test_forward_intermediates_match_features_only() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("maedet", structure=TINY).eval()
+    torch.manual_seed(0)
+    features = timm.create_model("maedet", structure=TINY, features_only=True).eval()
+    x = torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = features(x)
+        final, every = model.forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x))
+        assert len(every) == len(want) == len(model.feature_info)
+        assert all(torch.equal(a, b) for a, b in zip(every, want, strict=True))
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(last_two, want[-2:], strict=True))
+        early = model.forward_intermediates(x, indices=[0, 1], stop_early=True, intermediates_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(early, want[:2], strict=True))
+
+
+def test_prune_intermediate_layers_keeps_what_is_asked() -> None:
+    model = timm.create_model("maedet", structure=TINY).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model.forward_intermediates(x, intermediates_only=True)
+        kept = model.prune_intermediate_layers([0, 1])
+        assert kept == [0, 1] and model.num_classes == 0
+        got = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+    assert len(model.stages) < len(TINY.stages)
+    assert all(torch.equal(a, b) for a, b in zip(got, want[:2], strict=True))
