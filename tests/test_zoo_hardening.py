@@ -10,7 +10,8 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from maedet.zoo import Stage, Stem, Structure, gmacs
+from maedet.errors import MaeDetError
+from maedet.zoo import Stage, Stem, Structure, checkpoint_filter_fn, gmacs
 
 TINY = Structure(
     Stem(3, 8, 2, 3),
@@ -132,3 +133,34 @@ def test_prune_intermediate_layers_keeps_what_is_asked() -> None:
         got = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
     assert len(model.stages) < len(TINY.stages)
     assert all(torch.equal(a, b) for a, b in zip(got, want[:2], strict=True))
+
+
+def test_each_pretrained_model_has_its_own_cache_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, authors_checkpoint, authors_state_dict
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(authors_checkpoint("s"), checkpoints / "latest.pth")  # what the shared name held before
+    for size in ("s", "m"):
+        torch.save(authors_checkpoint(size), checkpoints / f"maedet_{size}-gflv2_coco-latest.pth")
+    for size in ("m", "s"):
+        model = timm.create_model(f"maedet_{size}.gflv2_coco", pretrained=True)
+        want = checkpoint_filter_fn(authors_state_dict(size), model)
+        state = model.state_dict()
+        assert all(torch.equal(state[key], tensor) for key, tensor in want.items())
+
+
+def test_no_network_is_one_sentence_naming_the_local_way(tmp_path: Path) -> None:
+    with pytest.raises(MaeDetError) as caught:
+        timm.create_model(
+            "maedet_s.gflv2_coco",
+            pretrained=True,
+            pretrained_cfg_overlay={"url": "http://127.0.0.1:9/x.pth"},
+            cache_dir=tmp_path,
+        )
+    message = str(caught.value)
+    assert "could not download" in message and "http://127.0.0.1:9/x.pth" in message
+    assert "pretrained_cfg_overlay=dict(file=" in message and "--checkpoint" in message
+    assert "\n" not in message and caught.value.__suppress_context__
+    assert list(tmp_path.iterdir()) == []  # nothing half-downloaded left behind

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import PretrainedCfg, build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices  # timm's own resnet.py imports it from here
+from timm.models._hub import download_cached_file
 
 from maedet.errors import MaeDetError
 
@@ -345,7 +349,38 @@ def _preview(items: list[str], limit: int = 6) -> str:
 
 
 # ------------------------------------------------------------------------------------------- factory
+def _cache_name(cfg: PretrainedCfg) -> str:
+    """The authors publish every model as ``latest.pth``: name the cached copy by model and tag so they differ."""
+    return f"{cfg.architecture}-{cfg.tag}-{Path(urlparse(cfg.url).path).name}"
+
+
+def _download_pretrained(variant: str, kwargs: dict[str, Any]) -> None:
+    """Fetch a url-sourced checkpoint under its own cache name and point timm at that file.
+
+    timm would cache all three of the authors' files under one name; and without network its download ends in a
+    long traceback. Here a failed download is one sentence that says how to load a local copy instead.
+    """
+    cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get("pretrained_cfg"),
+        pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
+    )
+    if cfg.source in ("hf-hub", "local-dir") or cfg.file or cfg.state_dict is not None or cfg.hf_hub_id or not cfg.url:
+        return  # timm loads these itself
+    try:
+        path = download_cached_file((cfg.url, _cache_name(cfg)), check_hash=False, cache_dir=kwargs.get("cache_dir"))
+    except OSError as exc:  # URLError and HTTPError are OSErrors
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise MaeDetError(
+            f"could not download the {variant} weights from {cfg.url} ({reason}); to load a local copy, pass "
+            "pretrained_cfg_overlay=dict(file='PATH') to timm.create_model, or --checkpoint PATH to the tools."
+        ) from None
+    kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": path}
+
+
 def _create_maedet(variant: str, pretrained: bool = False, **kwargs: Any) -> MaeDet:
+    if pretrained:
+        _download_pretrained(variant, kwargs)
     structure = load_structure(kwargs["structure"]) if "structure" in kwargs else builtin_structure(variant)
     kwargs["structure"] = structure  # parsed once, here
     num_features = len(structure.feature_points())
