@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from maedet.errors import MaeDetError
 from maedet.zoo import Stage, Stem, Structure, checkpoint_filter_fn, gmacs
+from maedet.zoo.structure import StructureError, load_structure
 
 TINY = Structure(
     Stem(3, 8, 2, 3),
@@ -164,3 +167,78 @@ def test_no_network_is_one_sentence_naming_the_local_way(tmp_path: Path) -> None
     assert "pretrained_cfg_overlay=dict(file=" in message and "--checkpoint" in message
     assert "\n" not in message and caught.value.__suppress_context__
     assert list(tmp_path.iterdir()) == []  # nothing half-downloaded left behind
+
+
+def _blocks(**stage_fields: object) -> list[dict[str, object]]:
+    stage = {"class": "SuperResK1KXK1", "in": 8, "out": 16, "s": 2, "k": 3, "L": 1, "btn": 8, **stage_fields}
+    return [{"class": "ConvKXBNRELU", "in": 3, "out": 8, "s": 2, "k": 3}, stage]
+
+
+def _nested(depth: int) -> object:
+    data: object = _blocks()
+    for _ in range(depth):
+        data = {"structure": data}
+    return data
+
+
+BAD_STRUCTURES = {
+    "channels 10^400": _blocks(out=10**400),
+    "channels over the limit": _blocks(out=16385, btn=8),
+    "L 10^7": _blocks(L=10_000_000),
+    "kernel 17": _blocks(k=17),
+    "float channels": _blocks(out=16.0),
+    "inf channels": _blocks(out=float("inf")),
+    "bool depth": _blocks(L=True),
+    "str kernel": _blocks(k="3"),
+    "33 stages": [_blocks()[0]] + [{**_blocks()[1], "in": 8, "out": 8, "s": 1}] * 33,
+    "nested 5000 deep": _nested(5000),
+    "an int": 7,
+    "a set": {1, 2},
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_STRUCTURES))
+def test_bad_structures_raise_one_structure_error(name: str) -> None:
+    with pytest.raises(StructureError) as caught:
+        timm.create_model("maedet", structure=BAD_STRUCTURES[name])
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_in_chans_is_bounded() -> None:
+    with pytest.raises(StructureError, match="image channels"):
+        timm.create_model("maedet", structure=TINY, in_chans=65)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "dev_urandom", "directory", "too_big", "deep_json"])
+def test_structure_files_are_bounded(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it for reading would block forever
+    elif kind == "dev_zero":
+        path = Path("/dev/zero")
+    elif kind == "dev_urandom":
+        path = Path("/dev/urandom")
+    elif kind == "directory":
+        path = tmp_path
+    elif kind == "too_big":
+        path.write_text("[" + "1," * 1_000_000 + "1]")
+    else:
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(StructureError) as caught:
+        load_structure(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_utf8_bom_json_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + TINY.to_json().encode())
+    assert load_structure(path) == TINY
+
+
+@pytest.mark.parametrize("structure", ["/dev/zero", "deep", "huge"])
+def test_local_dir_with_a_hostile_structure(structure: str, tmp_path: Path) -> None:
+    value: object = {"/dev/zero": "/dev/zero", "deep": _nested(500), "huge": _blocks(L=10**400)}[structure]
+    config = {"architecture": "maedet", "pretrained_cfg": {}, "num_classes": 0, "model_args": {"structure": value}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(StructureError):
+        timm.create_model(f"local-dir:{tmp_path}")
