@@ -78,7 +78,7 @@ def test_pretrained_from_url(
         cache_dir=cache,
     )
     assert_loaded(model, "m")
-    assert (cache / "latest.pth").is_file()
+    assert (cache / "maedet_m-gflv2_coco-latest.pth").is_file()  # its own name: the authors call all three latest.pth
 
 
 def test_filter_accepts_tinynas_and_our_layouts(authors_state_dict) -> None:

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import ClassifierHead, DropPath
+from timm.models import PretrainedCfg, build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
+from timm.models._features import feature_take_indices  # timm's own resnet.py imports it from here
+from timm.models._hub import download_cached_file
 
 from maedet.errors import MaeDetError
 
@@ -57,29 +62,42 @@ class ConvBnAct(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """One residual block: ReLU(1×1 → k×k (strided) → 1×1  +  shortcut)."""
+    """One residual block: ReLU(1×1 → k×k (strided) → 1×1  +  shortcut); ``drop_path`` is stochastic depth."""
 
     def __init__(
-        self, in_chs: int, out_chs: int, bottleneck_chs: int, kernel_size: int, stride: int, project: bool
+        self,
+        in_chs: int,
+        out_chs: int,
+        bottleneck_chs: int,
+        kernel_size: int,
+        stride: int,
+        project: bool,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.conv1 = ConvBnAct(in_chs, bottleneck_chs, 1)
         self.conv2 = ConvBnAct(bottleneck_chs, bottleneck_chs, kernel_size, stride)
         self.conv3 = ConvBnAct(bottleneck_chs, out_chs, 1, act=False)
-        # The authors project on block 0 of every stage, even when in == out.
-        self.downsample = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
+        # The authors project on block 0 of every stage, even when in == out. Ceil mode without the padding in the
+        # average keeps the shortcut the same size as the strided conv at odd sizes (and identical at even ones).
+        self.downsample = nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) if stride == 2 else nn.Identity()
         self.shortcut = ConvBnAct(in_chs, out_chs, 1, act=False) if project else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.act = nn.ReLU(inplace=True)
+
+    def zero_init_last(self) -> None:
+        """Start the residual branch at zero: the block begins as its shortcut."""
+        nn.init.zeros_(self.conv3.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(self.downsample(x))
-        return self.act(self.conv3(self.conv2(self.conv1(x))) + shortcut)
+        return self.act(self.drop_path(self.conv3(self.conv2(self.conv1(x)))) + shortcut)
 
 
 class MaeDetStage(nn.Module):
     """``depth`` bottleneck blocks; only block 0 strides and projects."""
 
-    def __init__(self, spec: Stage) -> None:
+    def __init__(self, spec: Stage, drop_path_rates: list[float] | None = None) -> None:
         super().__init__()
         self.grad_checkpointing = False
         self.blocks = nn.Sequential(
@@ -91,6 +109,7 @@ class MaeDetStage(nn.Module):
                     spec.kernel_size,
                     spec.stride if i == 0 else 1,
                     project=i == 0,
+                    drop_path=drop_path_rates[i] if drop_path_rates else 0.0,
                 )
                 for i in range(spec.depth)
             )
@@ -112,7 +131,9 @@ class MaeDet(nn.Module):
         in_chans: int = 3,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
         output_stride: int = 32,
+        zero_init_last: bool = True,
     ) -> None:
         super().__init__()
         if structure is None:
@@ -126,7 +147,8 @@ class MaeDet(nn.Module):
 
         s = self.structure
         self.stem = ConvBnAct(s.stem.in_chs, s.stem.out_chs, s.stem.kernel_size, s.stem.stride)
-        self.stages = nn.Sequential(*(MaeDetStage(spec) for spec in s.stages))
+        rates = _drop_path_rates(drop_path_rate, [spec.depth for spec in s.stages])
+        self.stages = nn.Sequential(*(MaeDetStage(spec, r) for spec, r in zip(s.stages, rates, strict=True)))
         self.num_features = self.head_hidden_size = s.num_features
         self.feature_info = [
             dict(
@@ -136,10 +158,13 @@ class MaeDet(nn.Module):
             )
             for p in s.feature_points()
         ]
+        self._feature_blocks = [p.block_index for p in s.feature_points()]  # 0 = stem, i = stages[i - 1]
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        self._init_weights()
+        self._init_weights(zero_init_last)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_last: bool = True) -> None:
+        """Kaiming convs; with ``zero_init_last`` every residual branch starts at zero (as timm's ResNet does), so
+        a fresh model's activations stay small enough for fp16 (without it MAE-DET-L's C5 reaches ~8e5)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -149,6 +174,10 @@ class MaeDet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    m.zero_init_last()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -168,6 +197,48 @@ class MaeDet(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature API: the detection features (C2..C5, as ``feature_info``) picked by ``indices``.
+
+        ``indices``: the last n features if an int, all if None, else those positions. ``norm`` is accepted for
+        the common signature (the backbone has no final norm). ``stop_early`` skips the stages after the last
+        feature asked for.
+        """
+        if output_fmt != "NCHW":
+            raise MaeDetError(f"forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}.")
+        take_indices, max_index = feature_take_indices(len(self._feature_blocks), indices)
+        take_blocks = {self._feature_blocks[i] for i in take_indices}
+        stages = self.stages[: self._feature_blocks[max_index]] if stop_early else self.stages
+        intermediates = []
+        x = self.stem(x)
+        if 0 in take_blocks:
+            intermediates.append(x)
+        for block_index, stage in enumerate(stages, start=1):
+            x = stage(x)
+            if block_index in take_blocks:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last feature in ``indices`` (and the classifier); returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self._feature_blocks), indices)
+        self.stages = self.stages[: self._feature_blocks[max_index]]
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
@@ -176,6 +247,14 @@ class MaeDet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _drop_path_rates(rate: float, depths: list[int]) -> list[list[float]]:
+    """Stochastic depth rising linearly from 0 at the first block to ``rate`` at the last (timm's rule)."""
+    total = sum(depths)
+    rates = [rate * i / max(total - 1, 1) for i in range(total)]
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return [rates[start : start + depth] for start, depth in zip(starts, depths, strict=True)]
 
 
 def fuse_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -270,7 +349,38 @@ def _preview(items: list[str], limit: int = 6) -> str:
 
 
 # ------------------------------------------------------------------------------------------- factory
+def _cache_name(cfg: PretrainedCfg) -> str:
+    """The authors publish every model as ``latest.pth``: name the cached copy by model and tag so they differ."""
+    return f"{cfg.architecture}-{cfg.tag}-{Path(urlparse(cfg.url).path).name}"
+
+
+def _download_pretrained(variant: str, kwargs: dict[str, Any]) -> None:
+    """Fetch a url-sourced checkpoint under its own cache name and point timm at that file.
+
+    timm would cache all three of the authors' files under one name; and without network its download ends in a
+    long traceback. Here a failed download is one sentence that says how to load a local copy instead.
+    """
+    cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get("pretrained_cfg"),
+        pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
+    )
+    if cfg.source in ("hf-hub", "local-dir") or cfg.file or cfg.state_dict is not None or cfg.hf_hub_id or not cfg.url:
+        return  # timm loads these itself
+    try:
+        path = download_cached_file((cfg.url, _cache_name(cfg)), check_hash=False, cache_dir=kwargs.get("cache_dir"))
+    except OSError as exc:  # URLError and HTTPError are OSErrors
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise MaeDetError(
+            f"could not download the {variant} weights from {cfg.url} ({reason}); to load a local copy, pass "
+            "pretrained_cfg_overlay=dict(file='PATH') to timm.create_model, or --checkpoint PATH to the tools."
+        ) from None
+    kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": path}
+
+
 def _create_maedet(variant: str, pretrained: bool = False, **kwargs: Any) -> MaeDet:
+    if pretrained:
+        _download_pretrained(variant, kwargs)
     structure = load_structure(kwargs["structure"]) if "structure" in kwargs else builtin_structure(variant)
     kwargs["structure"] = structure  # parsed once, here
     num_features = len(structure.feature_points())

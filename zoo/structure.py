@@ -12,6 +12,7 @@ import ast
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "Stage",
     "Stem",
     "Structure",
+    "StructureError",
     "builtin_structure",
     "feature_levels",
     "load_structure",
@@ -36,25 +38,54 @@ _BUILTIN_DIR = Path(__file__).with_name("structures")
 BUILTIN_NAMES = ("maedet_s", "maedet_m", "maedet_l", "r50_like_init")
 
 
-def _check_int(where: str, name: str, value: Any, minimum: int = 1) -> int:
+# Bounds: far above every published or searched backbone, low enough that a typo cannot build a model that
+# exhausts memory (issue 12.4) or a file exhaust the parser.
+MAX_CHANNELS = 16384  # widest MAE-DET layer is 2400; ResNet-152's is 2048
+MAX_DEPTH = 256  # blocks per stage (MAE-DET-L has 16 at most)
+MAX_STAGES = 32  # stages after the stem (the published ones have 5)
+MAX_KERNEL = 15  # the search space uses 3, 5, 7
+MAX_IN_CHANS = 64  # image channels
+MAX_FILE_BYTES = 1 << 20  # a structure file is ~2 kB; literal_eval needs ~500× the text in memory
+MAX_NESTING = 8  # wrappers such as {'structure': {'best_structures': [[...]]}} before the block list
+
+
+class StructureError(MaeDetError):
+    """A structure that cannot be read or is not a buildable MAE-DET backbone (one sentence)."""
+
+
+def _check_int(where: str, name: str, value: Any, minimum: int = 1, maximum: int = MAX_CHANNELS) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise MaeDetError(f"{where}: field '{name}' must be an integer, got {value!r}.")
+        shown = repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
+        raise StructureError(f"{where}: field '{name}' must be an integer, got {shown}.")
     if value < minimum:
-        raise MaeDetError(f"{where}: field '{name}' must be at least {minimum}, got {value}.")
+        raise StructureError(f"{where}: field '{name}' must be at least {minimum}, got {value}.")
+    if value > maximum:
+        shown = str(value) if value.bit_length() < 64 else f"a {len(str(value))}-digit number"
+        raise StructureError(f"{where}: field '{name}' must be at most {maximum} ({_LIMIT_REASON[name]}), got {shown}.")
     return value
 
 
+_LIMIT_REASON = {
+    "in": "the channel limit",
+    "out": "the channel limit",
+    "btn": "the channel limit",
+    "L": "blocks per stage",
+    "k": "the kernel size limit",
+    "s": "stride",
+}
+
+
 def _check_kernel(where: str, value: Any) -> int:
-    _check_int(where, "k", value)
+    _check_int(where, "k", value, maximum=MAX_KERNEL)
     if value % 2 == 0:
-        raise MaeDetError(f"{where}: field 'k' must be an odd kernel size, got {value}.")
+        raise StructureError(f"{where}: field 'k' must be an odd kernel size, got {value}.")
     return value
 
 
 def _check_stride(where: str, value: Any) -> int:
     _check_int(where, "s", value)
     if value not in (1, 2):
-        raise MaeDetError(f"{where}: field 's' must be 1 or 2, got {value}.")
+        raise StructureError(f"{where}: field 's' must be 1 or 2, got {value}.")
     return value
 
 
@@ -69,6 +100,8 @@ class Stem:
 
     def __post_init__(self) -> None:
         where = f"block 0 ({STEM_CLASS})"
+        if isinstance(self.in_chs, int) and not isinstance(self.in_chs, bool) and self.in_chs > MAX_IN_CHANS:
+            raise StructureError(f"{where}: field 'in' (image channels) must be at most {MAX_IN_CHANS}.")
         _check_int(where, "in", self.in_chs)
         _check_int(where, "out", self.out_chs)
         _check_stride(where, self.stride)
@@ -96,7 +129,7 @@ class Stage:
         _check_int(where, "out", self.out_chs)
         _check_stride(where, self.stride)
         _check_kernel(where, self.kernel_size)
-        _check_int(where, "L", self.depth)
+        _check_int(where, "L", self.depth, maximum=MAX_DEPTH)
         _check_int(where, "btn", self.bottleneck_chs)
 
     def to_authors(self) -> dict[str, Any]:
@@ -130,17 +163,19 @@ class Structure:
 
     def __post_init__(self) -> None:
         if not isinstance(self.stem, Stem):
-            raise MaeDetError("block 0: the first block must be a ConvKXBNRELU stem.")
+            raise StructureError("block 0: the first block must be a ConvKXBNRELU stem.")
         stages = tuple(self.stages)
         object.__setattr__(self, "stages", stages)
         if not stages:
-            raise MaeDetError("structure: it needs at least one SuperResK1KXK1 stage after the stem.")
+            raise StructureError("structure: it needs at least one SuperResK1KXK1 stage after the stem.")
+        if len(stages) > MAX_STAGES:
+            raise StructureError(f"structure: at most {MAX_STAGES} stages after the stem, got {len(stages)}.")
         prev_out = self.stem.out_chs
         for i, stage in enumerate(stages, start=1):
             if not isinstance(stage, Stage):
-                raise MaeDetError(f"block {i}: every block after the stem must be a SuperResK1KXK1 stage.")
+                raise StructureError(f"block {i}: every block after the stem must be a SuperResK1KXK1 stage.")
             if stage.in_chs != prev_out:
-                raise MaeDetError(
+                raise StructureError(
                     f"block {i} ({STAGE_CLASSES[0]}): field 'in' is {stage.in_chs} but the previous block's "
                     f"'out' is {prev_out}."
                 )
@@ -151,24 +186,28 @@ class Structure:
     def from_blocks(cls, blocks: Any) -> Structure:
         """Build from the authors' block list (dicts with 'class', 'in', 'out', 's', 'k', 'L', 'btn')."""
         if not isinstance(blocks, (list, tuple)):
-            raise MaeDetError(f"structure: expected a list of blocks, got {type(blocks).__name__}.")
+            raise StructureError(f"structure: expected a list of blocks, got {type(blocks).__name__}.")
         if not blocks:
-            raise MaeDetError("structure: the block list is empty.")
+            raise StructureError("structure: the block list is empty.")
+        if len(blocks) > MAX_STAGES + 1:
+            raise StructureError(f"structure: at most {MAX_STAGES} stages after the stem, got {len(blocks) - 1}.")
         parsed_stem: Stem | None = None
         stages: list[Stage] = []
         for i, block in enumerate(blocks):
             if not isinstance(block, Mapping):
-                raise MaeDetError(f"block {i}: expected a dict, got {type(block).__name__}.")
+                raise StructureError(f"block {i}: expected a dict, got {type(block).__name__}.")
             cls_name = block.get("class")
             where = f"block {i} ({cls_name})"
             if i == 0:
                 if cls_name != STEM_CLASS:
-                    raise MaeDetError(f"block 0: field 'class' must be '{STEM_CLASS}' for the stem, got {cls_name!r}.")
+                    raise StructureError(
+                        f"block 0: field 'class' must be '{STEM_CLASS}' for the stem, got {cls_name!r}."
+                    )
                 _require(where, block, ("in", "out", "s", "k"))
                 parsed_stem = Stem(block["in"], block["out"], block["s"], block["k"])
             else:
                 if cls_name not in STAGE_CLASSES:
-                    raise MaeDetError(
+                    raise StructureError(
                         f"block {i}: field 'class' must be one of {', '.join(STAGE_CLASSES)}, got {cls_name!r}."
                     )
                 _require(where, block, ("in", "out", "s", "k", "L", "btn"))
@@ -180,34 +219,50 @@ class Structure:
 
     @classmethod
     def from_dict(cls, data: Any) -> Structure:
-        """Accept our JSON object, ``{'structure': [...]}``, ``{'best_structures': [[...]]}`` or a bare list."""
-        if isinstance(data, Structure):
-            return data
-        if isinstance(data, (list, tuple)):
-            if data and isinstance(data[0], (list, tuple)):  # the authors' list of structures: take the best
-                data = data[0]
-            return cls.from_blocks(data)
-        if not isinstance(data, Mapping):
-            raise MaeDetError(f"structure: expected a list of blocks or a dict, got {type(data).__name__}.")
-        if "blocks" in data:
-            return cls.from_blocks(data["blocks"])
-        if "structure" in data:
-            return cls.from_dict(data["structure"])
-        if "best_structures" in data:
-            return cls.from_dict(data["best_structures"])
-        raise MaeDetError("structure: the dict has none of the keys 'blocks', 'structure' or 'best_structures'.")
+        """Accept our JSON object, ``{'structure': [...]}``, ``{'best_structures': [[...]]}`` or a bare list.
+
+        Wrappers are unwrapped in a bounded loop, so deeply nested input is an error sentence, not a RecursionError.
+        """
+        for _ in range(MAX_NESTING):
+            if isinstance(data, Structure):
+                return data
+            if isinstance(data, (list, tuple)):
+                if data and isinstance(data[0], (list, tuple)):  # the authors' list of structures: take the best
+                    data = data[0]
+                    continue
+                return cls.from_blocks(data)
+            if not isinstance(data, Mapping):
+                raise StructureError(f"structure: expected a list of blocks or a dict, got {type(data).__name__}.")
+            key = next((k for k in ("blocks", "structure", "best_structures") if k in data), None)
+            if key is None:
+                raise StructureError(
+                    "structure: the dict has none of the keys 'blocks', 'structure' or 'best_structures'."
+                )
+            if key == "blocks":
+                return cls.from_blocks(data["blocks"])
+            data = data[key]
+        raise StructureError(f"structure: nested more than {MAX_NESTING} levels deep before the block list.")
 
     @classmethod
     def from_text(cls, text: str) -> Structure:
-        """Parse JSON, or the authors' Python-literal format (``ast.literal_eval``; never executed)."""
+        """Parse JSON, or the authors' Python-literal format (``ast.literal_eval``; never executed).
+
+        The text is capped before either parser sees it; a UTF-8 byte-order mark is accepted.
+        """
+        if len(text) > MAX_FILE_BYTES:
+            raise StructureError(f"structure: the text is {len(text)} characters; the limit is {MAX_FILE_BYTES}.")
+        text = text.removeprefix("\ufeff")
         try:
             data = json.loads(text)
-        except json.JSONDecodeError:
+        except RecursionError:
+            raise StructureError("structure: the JSON is nested too deeply.") from None
+        except ValueError:  # JSONDecodeError, or an integer with more digits than Python converts
             literal = re.sub(r"^\s*[A-Za-z_]\w*\s*=\s*", "", text.strip(), count=1)
             try:
                 data = ast.literal_eval(literal)
             except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
-                raise MaeDetError(f"structure: the text is neither JSON nor a Python literal ({exc}).") from None
+                reason = type(exc).__name__ if isinstance(exc, (MemoryError, RecursionError)) else exc
+                raise StructureError(f"structure: the text is neither JSON nor a Python literal ({reason}).") from None
         return cls.from_dict(data)
 
     # ---------------------------------------------------------------- output
@@ -276,14 +331,14 @@ def feature_levels(strides: Sequence[int], min_reduction: int = 4) -> list[tuple
 def _require(where: str, block: Mapping[str, Any], keys: Iterable[str]) -> None:
     for key in keys:
         if key not in block:
-            raise MaeDetError(f"{where}: field '{key}' is missing.")
+            raise StructureError(f"{where}: field '{key}' is missing.")
 
 
 def builtin_structure(name: str) -> Structure:
     """A published structure shipped with the package: maedet_s, maedet_m, maedet_l or r50_like_init."""
     key = name.replace("-", "_").lower()
     if key not in BUILTIN_NAMES:
-        raise MaeDetError(f"unknown built-in structure {name!r}; choose one of {', '.join(BUILTIN_NAMES)}.")
+        raise StructureError(f"unknown built-in structure {name!r}; choose one of {', '.join(BUILTIN_NAMES)}.")
     return Structure.from_text((_BUILTIN_DIR / f"{key}.json").read_text())
 
 
@@ -295,13 +350,33 @@ def load_structure(source: Structure | Mapping[str, Any] | Sequence[Any] | str |
         return Structure.from_dict(source)
     if isinstance(source, str) and source.replace("-", "_").lower() in BUILTIN_NAMES:
         return builtin_structure(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise StructureError(
+            f"structure: expected a Structure, a dict, a list, a built-in name or a path, got {type(source).__name__}."
+        )
     path = Path(source)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise MaeDetError(f"cannot read structure file {str(path)!r}: {reason}.") from None
+    text = _read_capped(path)
     try:
         return Structure.from_text(text)
     except ValueError as exc:
-        raise MaeDetError(f"{path.name}: {exc}") from None
+        raise StructureError(f"{path.name}: {exc}") from None
+
+
+def _read_capped(path: Path) -> str:
+    """The text of a regular file of at most MAX_FILE_BYTES: stat first, so a FIFO or device is never opened."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise StructureError(f"cannot read structure file {str(path)!r}: not a regular file.")
+        if info.st_size > MAX_FILE_BYTES:
+            raise StructureError(
+                f"cannot read structure file {str(path)!r}: {info.st_size} bytes; the limit is {MAX_FILE_BYTES}."
+            )
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:  # it grew since the stat
+            raise StructureError(f"cannot read structure file {str(path)!r}: larger than {MAX_FILE_BYTES} bytes.")
+        return data.decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise StructureError(f"cannot read structure file {str(path)!r}: {reason}.") from None
