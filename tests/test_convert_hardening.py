@@ -16,7 +16,6 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-import maedet.zoo.structure as zoo_structure
 from maedet.zoo import CheckpointError, checkpoint_filter_fn, load_checkpoint
 from maedet.zoo.convert import main
 
@@ -104,9 +103,6 @@ def test_a_structure_alone_means_the_generic_model(tmp_path, authors_checkpoint_
     assert timm.create_model(f"local-dir:{out}").pretrained_cfg["architecture"] == "maedet"
 
 
-@pytest.mark.skipif(
-    not hasattr(zoo_structure, "StructureError"), reason="needs the zoofix branch's load_structure (UTF-8 BOM)"
-)
 def test_a_utf8_bom_structure_converts(tmp_path, authors_checkpoint_file):
     structure = tmp_path / "bom.json"
     structure.write_bytes(b"\xef\xbb\xbf" + timm.create_model("maedet_s").structure.to_json().encode())

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-import maedet.zoo.structure as zoo_structure
 from maedet.search import Search, SearchSettings, make_executor, preset_budget
 from maedet.search.cli import main
 from maedet.search.evolution import CHECKPOINT_NAME, ForwardOptions
@@ -23,10 +22,6 @@ from maedet.zoo import builtin_structure
 
 LOCK_NAME = ".maedet-search.lock"  # maedet.search.output_folder.LOCK_NAME, spelled out: it is part of the contract
 SMALL_RUN = ["run", "--preset", "maedet-s", "--iterations", "200", "--population", "16", "--quiet"]
-NEEDS_ZOOFIX = pytest.mark.skipif(
-    not hasattr(zoo_structure, "StructureError"),
-    reason="needs the bounded load_structure of the zoofix branch (regular files only, size and channel limits)",
-)
 
 
 def _error(capsys, argv) -> str:
@@ -97,7 +92,6 @@ def test_mutations_are_bounded_with_the_reason(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-@NEEDS_ZOOFIX
 def test_score_of_a_fifo_does_not_hang(tmp_path, capsys):
     fifo = tmp_path / "structure.json"
     os.mkfifo(fifo)
@@ -120,7 +114,6 @@ def test_score_of_a_fifo_does_not_hang(tmp_path, capsys):
     assert err.startswith("maedet-search: error: ") and err.count("\n") == 1
 
 
-@NEEDS_ZOOFIX
 def test_score_of_dev_zero_is_refused_with_bounded_memory():
     code = (
         "import resource, sys\n"
@@ -133,7 +126,6 @@ def test_score_of_dev_zero_is_refused_with_bounded_memory():
     assert done.stderr.startswith("maedet-search: error: ") and done.stderr.count("\n") == 1
 
 
-@NEEDS_ZOOFIX
 def test_astronomical_channels_are_one_sentence(tmp_path, capsys):
     structure = builtin_structure("maedet_s").to_dict()
     structure["blocks"][1]["out"] = structure["blocks"][2]["in"] = 10**400
