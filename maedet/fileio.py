@@ -29,6 +29,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_output_path",
+    "pid_alive",
     "remove_stale_temps",
     "write_all_or_none",
 ]
@@ -75,7 +76,8 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name[:_NAME_ROOM]}.{os.getpid()}."
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID still runs (ours counts as running)."""
     if pid == os.getpid():
         return True
     try:
@@ -96,7 +98,7 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMP_RE.match(entry.name)
-        if not match or _pid_alive(int(match.group(1))):
+        if not match or pid_alive(int(match.group(1))):
             continue
         target = Path(entry.path)
         with contextlib.suppress(OSError):

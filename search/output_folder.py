@@ -17,7 +17,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from maedet.fileio import check_output_path, remove_stale_temps
+from maedet.fileio import check_output_path, pid_alive, remove_stale_temps
 
 from .errors import SearchError
 
@@ -55,22 +55,12 @@ def check_output_folder(out: Path, names: Iterable[str]) -> None:
             check_output_path(out / name, f"output {name}")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_legacy_temps(out: Path, names: Iterable[str]) -> None:
     """Temporary files of our own output names left by a killed writer of an earlier version."""
     ours = set(names)
     for entry in os.scandir(out):
         match = _LEGACY_TEMP_RE.match(entry.name)
-        stale = match and match["name"] in ours and not _pid_alive(int(match["pid"]))
+        stale = match and match["name"] in ours and not pid_alive(int(match["pid"]))
         if stale and entry.is_file(follow_symlinks=False):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
