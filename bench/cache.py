@@ -109,9 +109,33 @@ class ArtifactCache:
         model: Any = module_factory() if module_factory is not None else spec.name
         try:
             with _quiet_logging():
+                if spec.detector:
+                    return self._export_detector(spec, model, path, options)
                 return Path(export_onnx(model, path, options).path)
         except MaeDetError as exc:
             raise BackendUnavailable(f"export to ONNX failed: {exc}") from None
+
+    @staticmethod
+    def _export_detector(spec: ModelSpec, source: Any, path: Path, options: ExportOptions) -> Path:
+        """A whole detector (``+nms``: with NMS in the graph), from the bench's own deploy form when given."""
+        from maedet.export.detector_onnx import export_detector_onnx
+
+        from .detectors import bench_detector
+
+        detector = getattr(source, "detector", None) or bench_detector(spec.name)
+        result = export_detector_onnx(
+            detector,
+            path,
+            input_size=options.input_size,
+            batch=options.batch,
+            nms=spec.nms,
+            precision=options.precision,
+            calib_batches=options.calib_batches,
+            int8_mode=options.int8_mode,
+            opset=options.opset,
+            check=False,
+        )
+        return Path(result.path)
 
     def engine(self, onnx_path: Path, precision: str) -> TrtEngine:
         """A loaded TensorRT engine for ``onnx_path``, built (with maedet.export) on first use.

@@ -12,11 +12,13 @@ from maedet.cli import make_parser, run_cli
 
 from .backends import detect_backends, resolve_backends
 from .errors import BenchError
-from .models import DEFAULT_MODELS
+from .models import DEFAULT_MODELS, DETECTOR_MODELS
 from .suite import BenchSettings
 
 __all__ = ["build_parser", "main"]
 
+# The authors' test scale (1333, 800) for COCO's typical 640×480 image is 800×1067, padded to 800×1088.
+DETECTOR_SIZES = [(800, 1088), (640, 640)]
 QUICK: dict[str, Any] = dict(
     input_size=[(256, 256)], backends="torch-eager", warmup=1, rounds=4, min_rounds=2, max_time=30.0
 )
@@ -51,9 +53,16 @@ def _add_what_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models",
         nargs="+",
-        default=list(DEFAULT_MODELS),
+        default=None,
         metavar="MODEL",
-        help="timm names or structure files (JSON or authors' txt); default: %(default)s",
+        help=f"timm names, structure files (JSON or authors' txt) or detectors (maedet_m_gfl, maedet_m_gfl+nms); "
+        f"default: {' '.join(DEFAULT_MODELS)}",
+    )
+    p.add_argument(
+        "--detector",
+        action="store_true",
+        help="whole GFocalV2 detectors (backbone + FPN + head) of MAE-DET-S/M/L and ResNet-50/101, without and with "
+        "NMS, at 800x1088 (the authors' test size for a 640x480 image) and 640x640 unless --input-size is given",
     )
     p.add_argument(
         "--structure",
@@ -153,7 +162,7 @@ def _settings(args: argparse.Namespace) -> BenchSettings:
     quick = QUICK if args.quick else {}
     max_time = args.max_time if args.max_time is not None else quick.get("max_time", 210.0)
     return BenchSettings(
-        input_sizes=args.input_size or quick.get("input_size", [(640, 640)]),
+        input_sizes=args.input_size or quick.get("input_size", DETECTOR_SIZES if args.detector else [(640, 640)]),
         batch_sizes=args.batch_size,
         threads=args.threads,
         warmup=args.warmup if args.warmup is not None else quick.get("warmup", 2),
@@ -177,7 +186,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.plot is not None and not args.plot.lower().endswith(".png"):
         raise BenchError(f"the plot is written as PNG, so its name must end in .png (got {args.plot!r}).")
-    result = run_bench([*_names(args.models), *args.structure], _backend_spec(args), _settings(args))
+    models = _names(args.models) if args.models else list(DETECTOR_MODELS if args.detector else DEFAULT_MODELS)
+    result = run_bench([*models, *args.structure], _backend_spec(args), _settings(args))
     console = Console()
     if not console.is_terminal:
         console.width = max(console.width, 160)  # files and pipes get the whole table, not 80 columns

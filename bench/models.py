@@ -1,9 +1,12 @@
-"""What gets measured: model specs (timm names or structure files) and their cost at the benchmark input.
+"""What gets measured: model specs (timm names, structure files, or whole detectors) and their cost.
 
-Every model is measured as a detection backbone: its C2..C5 feature maps (strides 4, 8, 16, 32), in deploy form
-(eval mode, BN folded into the convs) — the same module the ONNX export writes. Cost figures are per image:
-params of the backbone as trained (BN counted, no classifier), and GMACs = conv + linear multiply-accumulates
-(the timm/fvcore convention; ResNet-50 @224 = 4.1 GMACs).
+A backbone is measured as a detection backbone: its C2..C5 feature maps (strides 4, 8, 16, 32), in deploy form
+(eval mode, BN folded into the convs) — the same module the ONNX export writes. A detector (``maedet_m_gfl``,
+``resnet50_gfl``, ...) is measured whole: backbone + FPN + GFocalV2 head giving the raw per-level outputs, and
+with ``+nms`` (``maedet_m_gfl+nms``) also decoding and NMS: ``predict`` (torchvision NMS) in PyTorch, the
+exported graph (ONNX ``NonMaxSuppression``) elsewhere. Cost figures are per image: params as trained (BN
+counted, no classifier), and GMACs = conv + linear multiply-accumulates (the timm/fvcore convention; ResNet-50
+@224 = 4.1 GMACs); a detector's GMACs cover backbone, FPN and head (NMS is not counted).
 """
 
 from __future__ import annotations
@@ -22,23 +25,33 @@ from torch.utils.flop_counter import FlopCounterMode
 import maedet  # noqa: F401  (registers the maedet models with timm)
 from maedet.export import ExportError, ModelSource, resolve_model
 from maedet.export.model_source import create_model, detection_out_indices, is_maedet_name
-from maedet.zoo import Structure, gmacs, load_structure, param_count
+from maedet.zoo import Structure, create_detector, gmacs, load_structure, param_count
+from maedet.zoo.detectors import DETECTORS, GENERIC_NAME, list_detectors
 
 from .errors import BenchError
 
 __all__ = [
     "DEFAULT_MODELS",
+    "DETECTOR_MODELS",
     "DISPLAY_NAMES",
     "REFERENCE_MODELS",
     "ModelCost",
     "ModelSpec",
     "build_deploy_source",
     "display_name",
+    "is_reference",
     "model_cost",
     "parse_model",
+    "reference_label",
 ]
 
 DEFAULT_MODELS = ("maedet_s", "maedet_m", "maedet_l", "resnet50", "resnet101")
+NMS_SUFFIX = "+nms"
+DETECTOR_MODELS = tuple(
+    f"{name}_gfl{suffix}"
+    for suffix in ("", NMS_SUFFIX)
+    for name in ("maedet_s", "maedet_m", "maedet_l", "resnet50", "resnet101")
+)
 # Speedups are reported against these, measured in the same run on the same backend.
 REFERENCE_MODELS = ("resnet50", "resnet101")
 DISPLAY_NAMES = {
@@ -47,6 +60,11 @@ DISPLAY_NAMES = {
     "maedet_l": "MAE-DET-L",
     "resnet50": "ResNet-50",
     "resnet101": "ResNet-101",
+    "maedet_s_gfl": "MAE-DET-S GFL",
+    "maedet_m_gfl": "MAE-DET-M GFL",
+    "maedet_l_gfl": "MAE-DET-L GFL",
+    "resnet50_gfl": "ResNet-50 GFL",
+    "resnet101_gfl": "ResNet-101 GFL",
 }
 _STRUCTURE_SUFFIXES = (".json", ".txt")
 
@@ -64,9 +82,13 @@ def _as_bench_error() -> Iterator[None]:
 class ModelSpec:
     """One model to measure: a timm name, or model 'maedet' with a structure read from a file."""
 
-    label: str  # the row's name in tables and JSON ('maedet_s', 'resnet50', or a structure file's stem)
-    name: str  # the timm model name
+    label: (
+        str  # the row's name in tables and JSON ('maedet_s', 'resnet50', a structure file's stem, 'maedet_m_gfl+nms')
+    )
+    name: str  # the timm model name, or the detector name
     structure: Structure | None = None
+    detector: bool = False  # a whole GFocalV2 detector (maedet.create_detector name)
+    nms: bool = False  # a detector measured with decoding and NMS
 
     @property
     def is_maedet(self) -> bool:
@@ -74,7 +96,7 @@ class ModelSpec:
 
     @property
     def is_reference(self) -> bool:
-        return self.label in REFERENCE_MODELS
+        return is_reference(self.label)
 
     def cache_key(self) -> str:
         """Stable text that changes whenever the network changes (used to key exported files)."""
@@ -83,7 +105,20 @@ class ModelSpec:
 
 
 def display_name(label: str) -> str:
-    return DISPLAY_NAMES.get(label, label)
+    base = label.removesuffix(NMS_SUFFIX)
+    return DISPLAY_NAMES.get(base, base) + (" + NMS" if label.endswith(NMS_SUFFIX) else "")
+
+
+def reference_label(label: str, reference: str) -> str:
+    """The row that ``label`` is compared with for ``reference`` (resnet50/resnet101): the backbone itself for a
+    backbone, the same-kind GFocalV2 detector (with or without NMS) for a detector."""
+    if not label.removesuffix(NMS_SUFFIX).endswith("_gfl"):
+        return reference
+    return f"{reference}_gfl" + (NMS_SUFFIX if label.endswith(NMS_SUFFIX) else "")
+
+
+def is_reference(label: str) -> bool:
+    return any(label == reference_label(label, ref) for ref in REFERENCE_MODELS)
 
 
 def parse_model(text: str) -> ModelSpec:
@@ -91,6 +126,11 @@ def parse_model(text: str) -> ModelSpec:
     text = text.strip()
     if not text:
         raise BenchError("an empty model name was given.")
+    detector = text.removesuffix(NMS_SUFFIX)
+    if detector in list_detectors() and detector != GENERIC_NAME:
+        return ModelSpec(label=text, name=detector, detector=True, nms=text.endswith(NMS_SUFFIX))
+    if text.endswith(NMS_SUFFIX):
+        raise BenchError(f"{NMS_SUFFIX!r} applies to detectors ({', '.join(DETECTORS)}), not to {detector!r}.")
     path = Path(text)
     if path.suffix.lower() in _STRUCTURE_SUFFIXES or path.is_file():
         if not path.is_file():
@@ -133,7 +173,11 @@ def model_cost(spec: ModelSpec, height: int, width: int) -> ModelCost:
     """
     if spec.structure is not None:
         return ModelCost(param_count(spec.structure), gmacs(spec.structure, height, width))
-    model = _meta_features_model(spec)
+    if spec.detector:
+        with torch.device("meta"):
+            model: nn.Module = create_detector(spec.name)
+    else:
+        model = _meta_features_model(spec)
     params = sum(p.numel() for p in model.parameters())
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -143,6 +187,10 @@ def model_cost(spec: ModelSpec, height: int, width: int) -> ModelCost:
 
 def build_deploy_source(spec: ModelSpec) -> ModelSource:
     """What every backend runs: the exporter's deploy form (eval, BN folded, C2..C5 tuple) with its names."""
+    if spec.detector:
+        from .detectors import detector_source
+
+        return detector_source(spec)
     with _as_bench_error():
         if spec.name == "maedet":
             return resolve_model("maedet", structure=spec.structure)

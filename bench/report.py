@@ -18,7 +18,7 @@ from maedet.fileio import atomic_write_bytes, atomic_write_text
 from .errors import BenchError
 from .machine import machine_line
 from .memory import MEMORY_KINDS
-from .models import REFERENCE_MODELS, display_name
+from .models import display_name, is_reference
 from .published import PUBLISHED_HEADLINE, PUBLISHED_SOURCE
 from .results import BenchResult, BenchRow
 
@@ -141,7 +141,7 @@ def _table_cells(r: BenchRow, paper: bool) -> list[str]:
 
     name = escape(display_name(r.model))
     cells = [
-        f"[bold]{name}[/]" if r.model in REFERENCE_MODELS else name,
+        f"[bold]{name}[/]" if is_reference(r.model) else name,
         r.backend,
         f"{r.batch}×{r.input[0]}×{r.input[1]}",
         f"{r.params / 1e6:.1f}",
@@ -219,8 +219,8 @@ def _plot_latency(ax: Any, groups: dict[_Group, list[BenchRow]], colours: list[s
     for i, (group, rows) in enumerate(groups.items()):
         colour = colours[i % len(colours)]
         rows = sorted(rows, key=lambda r: r.gmacs)
-        ours = [r for r in rows if r.model not in REFERENCE_MODELS]
-        refs = [r for r in rows if r.model in REFERENCE_MODELS]
+        ours = [r for r in rows if not is_reference(r.model)]
+        refs = [r for r in rows if is_reference(r.model)]
         if ours:
             ax.plot(
                 [r.gmacs for r in ours], [r.latency.median for r in ours], "o-", color=colour, label=_group_label(group)

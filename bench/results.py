@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .memory import MEMORY_KINDS
-from .models import REFERENCE_MODELS
+from .models import REFERENCE_MODELS, reference_label
 from .published import PUBLISHED_HEADLINE, PUBLISHED_SOURCE
 from .timing import LatencyStats
 
@@ -113,13 +113,16 @@ def compute_speedups(rows: Sequence[BenchRow], references: Sequence[str] = REFER
     """Set each row's speedup vs every reference model: reference median latency / row median latency.
 
     Only rows of the same backend, batch and input are compared; None where the reference was not measured.
+    A detector row is compared with the same kind of ResNet detector (``resnet50_gfl``, or ``resnet50_gfl+nms``),
+    still under the key ``resnet50``.
     """
     for row in rows:
         for ref in references:
+            target = reference_label(row.model, ref)
             match = [
                 r
                 for r in rows
-                if r.model == ref and r.backend == row.backend and r.batch == row.batch and r.input == row.input
+                if r.model == target and r.backend == row.backend and r.batch == row.batch and r.input == row.input
             ]
             row.speedup[ref] = (
                 match[0].latency.median / row.latency.median if match and row.latency.median > 0 else None

@@ -100,7 +100,8 @@ class BenchSettings:
             "max_time_s": self.max_time_s,
             "denormals": "flushed to zero",
             "timing": "interleaved rounds, rotated order; median/p90 over all timed runs",
-            "form": "deploy form (BN folded), C2..C5 feature outputs",
+            "form": "deploy form (BN folded), C2..C5 feature outputs; detectors (*_gfl): backbone + FPN + GFocalV2 "
+            "head raw outputs, +nms: with decoding and NMS (see maedet.bench.detectors for the NMS workload)",
         }
 
 

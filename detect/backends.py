@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from maedet.errors import MaeDetError
@@ -58,22 +57,14 @@ class OnnxBackend(Backend):
     """An exported detector (``maedet-export NAME --onnx FILE``, with or without NMS) in ONNX Runtime."""
 
     def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None) -> None:
-        import onnxruntime as ort
-
         from maedet.export.metadata import read_metadata
+        from maedet.export.runtime import ort_session
 
-        try:
-            meta = read_metadata(path)
-        except ValueError as exc:  # the exporter's error type (a ValueError) for unreadable files
-            raise MaeDetError(str(exc)) from None
+        meta = read_metadata(path)
         if meta.get("task") != "detection":
             raise MaeDetError(f"{str(path)!r} is not a detector export; write one with maedet-export NAME_gfl --onnx.")
         self.meta = meta
-        try:
-            self.session = ort.InferenceSession(str(path), providers=list(providers or ["CPUExecutionProvider"]))
-        except Exception as exc:  # ONNX Runtime raises its own exception types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise MaeDetError(f"ONNX Runtime cannot load {str(path)!r}: {first}") from None
+        self.session = ort_session(path, providers=tuple(providers or ("CPUExecutionProvider",)), what=str(path))
         self.name = str(meta.get("model_name", Path(path).stem))
         self.num_classes = int(meta["num_classes"])
         self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
@@ -84,15 +75,11 @@ class OnnxBackend(Backend):
         self.raw = meta["outputs"] == "raw"
         self.cfg = PostprocessConfig(**meta["postprocess"])
 
-    def _run(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
-        outs = self.session.run(names, {self.session.get_inputs()[0].name: batch.numpy()})
-        return dict(zip(names, outs, strict=True))
-
     def __call__(self, batch: torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         from maedet.export.detector_graph import DETECTION_OUTPUTS, unpad_detections
+        from maedet.export.runtime import run_session
 
-        outs = self._run(batch)
+        outs = run_session(self.session, batch.numpy())
         if not self.raw:
             return unpad_detections(*(outs[n] for n in DETECTION_OUTPUTS))
         strides = self.meta["strides"]

@@ -9,6 +9,9 @@
     build = build_engine("maedet_m.onnx", "maedet_m.engine", precision=res.precision, metadata=res.metadata)
     check_engine(build.engine_path, "maedet_m.onnx").passed  # TensorRT vs ONNX Runtime CPU
 
+Whole GFocalV2 detectors (``maedet_m_gfl``...) export with NMS in the graph: ``export_detector_onnx`` (see
+docs/detector.md).
+
 ``build_engine`` returns an :class:`EngineBuild` (TensorRT version, GPU, profiles, build time) and writes the engine
 with a JSON sidecar; ``check_engine`` runs the engine and ONNX Runtime on the same synthetic images and judges them
 by ``ENGINE_TOLERANCES``. Running exported files (ONNX Runtime sessions, TensorRT engines) goes through
@@ -16,6 +19,7 @@ by ``ENGINE_TOLERANCES``. Running exported files (ONNX Runtime sessions, TensorR
 """
 
 from .check import ENGINE_TOLERANCES, TOLERANCES, CheckReport, OutputCheck, Tolerance, check_engine
+from .detector_onnx import DetectorExportResult, export_detector_onnx
 from .errors import ExportError, MissingDependencyError
 from .metadata import read_metadata
 from .model_source import ModelSource, resolve_model
@@ -27,6 +31,7 @@ __all__ = [
     "ENGINE_TOLERANCES",
     "TOLERANCES",
     "CheckReport",
+    "DetectorExportResult",
     "EngineBuild",
     "ExportError",
     "ExportOptions",
@@ -41,6 +46,7 @@ __all__ = [
     "TrtRunner",
     "build_engine",
     "check_engine",
+    "export_detector_onnx",
     "export_onnx",
     "ort_session",
     "profile_shapes",

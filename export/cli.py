@@ -20,6 +20,7 @@ from rich.table import Table
 from maedet.cli import make_parser, run_cli
 
 from .check import CheckReport
+from .detector_cli import add_detector_options, is_detector, refuse_detector_options, run_detector_export
 from .errors import ExportError
 
 __all__ = ["build_parser", "main"]
@@ -28,7 +29,11 @@ PROG = "maedet-export"
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="timm model name: maedet_s/m/l, 'maedet' with --structure, resnet50...")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="timm model name: maedet_s/m/l, 'maedet' with --structure, resnet50...; or a detector: maedet_m_gfl...",
+    )
     p.add_argument("--info", metavar="FILE", help="print the metadata of an exported .onnx (or an engine's sidecar)")
     p.add_argument("--structure", metavar="FILE", help="structure file (JSON or the authors' txt) for 'maedet'")
     p.add_argument("--checkpoint", metavar="FILE", help="weights (.pth/.pt, loaded with weights_only, or .safetensors)")
@@ -39,8 +44,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     kind.add_argument("--logits", dest="outputs", action="store_const", const="logits", help="classifier output")
     p.set_defaults(outputs="features")
     p.add_argument("--out-indices", type=int, nargs="+", metavar="I", help="feature levels (timm out_indices)")
-    p.add_argument("--num-classes", type=int, help="classifier size for --logits (default: the model's)")
-    p.add_argument("--input-size", type=int, nargs=2, default=(640, 640), metavar=("H", "W"))
+    p.add_argument("--num-classes", type=int, help="classes for --logits or a detector (default: the model's / 80)")
+    p.add_argument(
+        "--input-size", type=int, nargs=2, metavar=("H", "W"), help="default 640 640; 800 1344 for detectors"
+    )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     p.add_argument("--opset", type=int, default=18)
@@ -80,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_precision_options(p)
     _add_tensorrt_options(p)
+    add_detector_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     return p
 
@@ -235,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(stderr=True)
         if args.info:
             return _info(args.info, args.json, console)
+        if is_detector(args.model):
+            return run_detector_export(args, console)
+        refuse_detector_options(args)
+        args.input_size = args.input_size or (640, 640)
         _validate(args)
         return _export(args, console)
 

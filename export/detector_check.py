@@ -22,8 +22,9 @@ import torch
 from maedet.zoo.gfl import GFocalV2
 from maedet.zoo.gfl_postprocess import PostprocessConfig
 
-from .check import CheckReport, compare_outputs, onnx_session
+from .check import CheckReport, compare_outputs
 from .detector_graph import DETECTION_OUTPUTS, INPUT_HW, NmsPostprocess, RawOutputs
+from .runtime import ort_session, run_session
 
 __all__ = ["BOX_REL_TOL", "DetectionComparison", "DetectorCheck", "check_detector", "compare_detections"]
 
@@ -90,11 +91,6 @@ def compare_detections(reference: dict[str, np.ndarray], actual: dict[str, np.nd
     return DetectionComparison(reference["num_dets"].shape[0], total, same_count, same_labels, box_rel, score_abs)
 
 
-def _run(session: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds), strict=True))
-
-
 @torch.no_grad()
 def _postprocess(detector: GFocalV2, cfg: PostprocessConfig, raw: list[torch.Tensor]) -> dict[str, np.ndarray]:
     outs = NmsPostprocess(detector.strides, detector.num_classes, cfg)(*raw)
@@ -117,20 +113,20 @@ def check_detector(
         raw = list(RawOutputs(detector, images.dtype == torch.uint8, with_input_hw=True)(images))
     names = detector.output_names
     reference = {n: t.numpy() for n, t in zip(names, raw, strict=False)}
-    network = _run(onnx_session(network_bytes), {INPUT_NAME: images.numpy()})
+    network = run_session(ort_session(network_bytes, what="the exported network"), {INPUT_NAME: images.numpy()})
     report = compare_outputs(
         reference, {n: network[n] for n in names}, precision, input_shape=tuple(images.shape), providers=["CPU"]
     )
     result = DetectorCheck(precision, report)
     if not nms:
         return result
-    whole = _run(onnx_session(file_bytes), {INPUT_NAME: images.numpy()})
+    whole = run_session(ort_session(file_bytes, what="the exported detector"), {INPUT_NAME: images.numpy()})
     result.detections = compare_detections(_postprocess(detector, cfg, raw), whole)
     probe_cfg = replace(cfg, score_thr=0.0)
     opset = max(o.version for o in _opsets(network_bytes) if o.domain in ("", "ai.onnx"))
     probe_graph = postprocess_graph(detector, raw, probe_cfg, dynamic=False, opset=opset)
     feeds = {n: t.numpy() for n, t in zip([*names, INPUT_HW], raw, strict=True)}
-    probe = _run(onnx_session(probe_graph.SerializeToString()), feeds)
+    probe = run_session(ort_session(probe_graph.SerializeToString(), what="the postprocess probe"), feeds)
     result.probe = compare_detections(_postprocess(detector, probe_cfg, raw), probe)
     return result
 

@@ -21,7 +21,7 @@ from maedet.zoo.gfl_postprocess import PostprocessConfig
 from .detector_check import DetectionComparison, DetectorCheck
 from .errors import ExportError
 
-__all__ = ["add_detector_options", "is_detector", "run_detector_export"]
+__all__ = ["add_detector_options", "is_detector", "refuse_detector_options", "run_detector_export"]
 
 DEFAULT_DETECTOR_SIZE = (800, 1344)  # (H, W): the authors' test scale for landscape images, padded to 32
 
@@ -38,6 +38,15 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--iou-thr", type=float, help="NMS IoU threshold (default 0.6)")
     group.add_argument("--max-det", type=int, help="detections per image, K of the outputs (default 100)")
     group.add_argument("--nms-pre", type=int, help="best points per level before NMS (default 1000)")
+
+
+def refuse_detector_options(args: argparse.Namespace) -> None:
+    """A backbone export given detector-only flags: one sentence instead of silently ignoring them."""
+    given = [flag for flag, on in (("--no-nms", not args.nms), ("--embed-preprocess", args.embed_preprocess),
+             ("--score-thr", args.score_thr is not None), ("--iou-thr", args.iou_thr is not None),
+             ("--max-det", args.max_det is not None), ("--nms-pre", args.nms_pre is not None)) if on]  # fmt: skip
+    if given:
+        raise ExportError(f"{', '.join(given)} apply to detectors (e.g. maedet_m_gfl), not to {args.model!r}.")
 
 
 def _postprocess_cfg(args: argparse.Namespace) -> PostprocessConfig:
@@ -129,15 +138,16 @@ def run_detector_export(args: argparse.Namespace, console: Console) -> int:
         console.print(detector_check_table(result.check))
         code = 0 if result.check.passed else 1
     if args.trt:
-        summary["engine"] = _build_engine(args, onnx_path, result, console)
+        summary["engine"], engine_code = _engine(args, onnx_path, result, console)
+        code = code or engine_code
     if args.json:
         print(json.dumps(summary, indent=1))
     return code
 
 
-def _build_engine(args: argparse.Namespace, onnx_path: Path, result: Any, console: Console) -> dict[str, Any]:
-    """The TensorRT engine of the exported file, with the backbones' builder (TensorRT 10+ imports
-    NonMaxSuppression as its NMS layer). Not compared here: the engine's outputs are checked on the GPU machine."""
+def _engine(args: argparse.Namespace, onnx_path: Path, result: Any, console: Console) -> tuple[dict[str, Any], int]:
+    """Build the TensorRT engine with the backbones' builder (TensorRT 10+ imports ``NonMaxSuppression`` as its
+    NMS layer) and, with --check, compare it with ONNX Runtime CPU on the same images."""
     from .tensorrt import build_engine, profile_shapes
 
     profile = profile_shapes(
@@ -150,7 +160,7 @@ def _build_engine(args: argparse.Namespace, onnx_path: Path, result: Any, consol
         max_size=args.max_size,
     )
     with console.status("building TensorRT engine"):
-        info = build_engine(
+        build = build_engine(
             onnx_path,
             args.trt,
             precision=result.precision,
@@ -159,5 +169,38 @@ def _build_engine(args: argparse.Namespace, onnx_path: Path, result: Any, consol
             timing_cache=args.timing_cache,
             metadata=result.metadata,
         )
-    console.print(f"wrote {args.trt}", markup=False)
-    return info if isinstance(info, dict) else info.summary()
+    console.print(f"wrote {args.trt} (TensorRT {build.tensorrt_version}, {build.gpu_name})", markup=False)
+    summary = build.summary()
+    if not args.check:
+        return summary, 0
+    comparison = check_detector_engine(args.trt, onnx_path, batch=args.batch)
+    summary["check"] = comparison
+    console.print(f"TensorRT vs ONNX Runtime CPU: {json.dumps(comparison)}", markup=False)
+    return summary, 0 if comparison["passed"] else 1
+
+
+def check_detector_engine(engine_path: str | Path, onnx_path: Path, batch: int = 1) -> dict[str, Any]:
+    """The engine and ONNX Runtime on the same synthetic images: detections compared (NMS files) or raw outputs
+    within the engine tolerance (--no-nms files)."""
+    import dataclasses
+
+    import numpy as np
+
+    from .check import ENGINE_TOLERANCES, compare_outputs, synthetic_images
+    from .detector_check import compare_detections
+    from .metadata import read_metadata
+    from .runtime import TrtEngine, ort_session, run_session
+
+    meta = read_metadata(onnx_path)
+    h, w = meta["input_size"][1:]
+    images = synthetic_images(batch, h, w, meta["mean"], meta["std"], seed=77)
+    if meta["input_dtype"] == "uint8":
+        mean, std = np.asarray(meta["mean"]).reshape(1, -1, 1, 1), np.asarray(meta["std"]).reshape(1, -1, 1, 1)
+        images = np.clip(np.round((images * std + mean) * 255.0), 0, 255).astype(np.uint8)
+    got = TrtEngine.load(engine_path).run(images)
+    ref = run_session(ort_session(onnx_path, what="the ONNX file"), images)
+    if meta["outputs"] == "detections":
+        comparison = compare_detections(ref, got)
+        return {**dataclasses.asdict(comparison), "passed": comparison.passed}
+    report = compare_outputs(ref, got, meta["precision"], tolerance=ENGINE_TOLERANCES[meta["precision"]])
+    return report.to_dict()

@@ -177,6 +177,7 @@ def _lower_precision(
     calib: str | os.PathLike[str] | None,
     calib_batches: int,
     notes: list[str],
+    int8_mode: str = "portable",
 ) -> onnx.ModelProto:
     """fp16 or INT8 Q/DQ for the network graph, with the backbones' functions (float I/O kept)."""
     if precision == "fp16":
@@ -197,7 +198,7 @@ def _lower_precision(
         notes.append(note)
         if example.dtype == torch.uint8:
             data = [to_pixels(torch.from_numpy(d), detector).numpy() for d in data]
-        return quantize_int8(network, data)
+        return quantize_int8(network, data, mode=int8_mode)
     return network
 
 
@@ -217,6 +218,7 @@ def export_detector_onnx(
     precision: str = "fp32",
     calib: str | os.PathLike[str] | None = None,
     calib_batches: int = 8,
+    int8_mode: str = "portable",
     opset: int = 18,
     check: bool = True,
     log: Callable[[str], None] | None = None,
@@ -241,7 +243,7 @@ def export_detector_onnx(
     network = raw_graph(
         detector, example, dynamic=dynamic, opset=opset, embed_preprocess=embed_preprocess, with_input_hw=nms
     )
-    network = _lower_precision(network, precision, detector, example, calib, calib_batches, notes)
+    network = _lower_precision(network, precision, detector, example, calib, calib_batches, notes, int8_mode)
     proto = network
     if nms:
         say("exporting the postprocess (decoding, NonMaxSuppression, top-k)")

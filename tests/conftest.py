@@ -67,7 +67,7 @@ def authors_checkpoint_file(tmp_path_factory: pytest.TempPathFactory):
     return make
 
 
-def authors_detector_state(name: str, seed: int = 0, num_classes: int | None = None) -> dict[str, torch.Tensor]:
+def make_authors_detector_state(name: str, seed: int = 0, num_classes: int | None = None) -> dict[str, torch.Tensor]:
     """A whole-detector state dict in the authors' exact layout (``maedet_{s,m,l}_gfl``), every tensor random.
 
     Every norm is randomised (BN weights, biases and running statistics; GN affine), so a tensor that lands in
@@ -93,3 +93,10 @@ def authors_detector_state(name: str, seed: int = 0, num_classes: int | None = N
             fan_in = max(1, int(torch.tensor(shape[1:]).prod()))
             out[key] = torch.randn(shape, generator=gen) * (2.0 / fan_in) ** 0.5
     return out
+
+
+@pytest.fixture(scope="session")
+def authors_detector_state():
+    """Factory: ``authors_detector_state(name, seed=0, num_classes=None)``, a whole-detector state dict in the
+    authors' layout (``maedet_{s,m,l}_gfl``) with every norm randomised."""
+    return make_authors_detector_state

@@ -17,8 +17,6 @@ from maedet.detect.run import ImageResult
 from maedet.export.detector_onnx import export_detector_onnx
 from maedet.zoo import Detections
 
-from conftest import authors_detector_state
-
 SIZE = ("--size", "320", "256")
 
 
@@ -148,7 +146,7 @@ def test_detection_records_use_the_files_category_ids() -> None:
 
 # ------------------------------------------------------------------------------------------- the tools
 @pytest.fixture(scope="module")
-def authors_s(tmp_path_factory) -> tuple[Path, Path]:
+def authors_s(tmp_path_factory, authors_detector_state) -> tuple[Path, Path]:
     """MAE-DET-S GFocalV2 for 3 classes in the authors' layout (random, every norm randomised), and its ONNX."""
     root = tmp_path_factory.mktemp("s3")
     state = authors_detector_state("maedet_s_gfl", seed=5, num_classes=3)

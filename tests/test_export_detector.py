@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -14,8 +16,6 @@ from maedet.export.detector_onnx import export_detector_onnx, resolve_detector, 
 from maedet.export.errors import ExportError
 from maedet.export.metadata import read_metadata
 from maedet.zoo import PostprocessConfig, Stage, Stem, Structure
-
-from conftest import authors_detector_state
 
 TINY = Structure(
     Stem(3, 16, 2, 3),
@@ -157,7 +157,7 @@ def test_lower_precision_lowers_the_network_only(tmp_path, precision) -> None:
     assert session.get_inputs()[0].type == "tensor(float)"
 
 
-def test_authors_checkpoint_through_the_exported_file(tmp_path) -> None:
+def test_authors_checkpoint_through_the_exported_file(tmp_path, authors_detector_state) -> None:
     """The authors' layout (81 channels, every norm randomised) → same detections in PyTorch and ONNX Runtime."""
     state = authors_detector_state("maedet_s_gfl", seed=5)
     state["bbox_head.gfl_cls.bias"] = torch.full((81,), 1.0)
@@ -176,4 +176,40 @@ def test_bad_requests_are_one_sentence(tmp_path) -> None:
         export_detector_onnx(tiny_detector(), tmp_path / "x.onnx", input_size=(100, 160))
     with pytest.raises(ExportError, match=r"precision must be one of"):
         export_detector_onnx(tiny_detector(), tmp_path / "x.onnx", input_size=(64, 64), precision="int4")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_exports_a_named_detector(tmp_path, capsys, authors_detector_state) -> None:
+    from maedet.export.cli import main
+
+    ckpt = tmp_path / "latest.pth"
+    state = authors_detector_state("maedet_s_gfl", seed=6)
+    state["bbox_head.gfl_cls.bias"] = torch.full((81,), 0.5)
+    torch.save({"state_dict": state}, ckpt)
+    out = tmp_path / "det.onnx"
+    argv = ["maedet_s_gfl", "--checkpoint", str(ckpt), "--onnx", str(out), "--input-size", "64", "96", "--json"]
+    assert main([*argv, "--max-det", "30", "--dynamic"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["output_names"] == list(DETECTION_OUTPUTS) and summary["check"]["passed"]
+    assert summary["check"]["detections"]["detections"] > 0
+    meta = read_metadata(out)
+    assert meta["model_name"] == "maedet_s_gfl" and meta["postprocess"]["max_per_img"] == 30 and meta["dynamic"]
+    assert main(["--info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["task"] == "detection"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["maedet_s_gfl", "--logits", "--onnx", "x.onnx"], "--logits apply to backbones, not to detectors"),
+        (["maedet_s", "--no-nms", "--onnx", "x.onnx"], "--no-nms apply to detectors"),
+        (["gfl", "--onnx", "x.onnx"], "needs --structure FILE"),
+    ],
+)
+def test_cli_refuses_mixed_options_in_one_sentence(tmp_path, capsys, argv, expected) -> None:
+    from maedet.export.cli import main
+
+    assert main([*argv[:-1], str(tmp_path / argv[-1])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x.onnx").exists()

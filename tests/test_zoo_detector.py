@@ -8,6 +8,7 @@ prior offset, DGQP input order, FPN extra level or class-channel rule shows up a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import timm
@@ -20,9 +21,8 @@ from maedet.zoo import PostprocessConfig
 from maedet.zoo.detectors import detector_state_dict
 from maedet.zoo.gfl_postprocess import level_points
 
-from conftest import DATA, authors_detector_state, authors_state_dict
-
 STRIDES = (8, 16, 32, 64, 128)
+KEYS = Path(__file__).parent / "data" / "official_checkpoint_keys"
 
 
 # ------------------------------------------------------------------------------------------- the reference
@@ -121,7 +121,7 @@ NUM_CLASSES = 3
 
 
 @pytest.fixture(scope="module")
-def small_s() -> tuple[maedet.GFocalV2, dict]:
+def small_s(authors_detector_state) -> tuple[maedet.GFocalV2, dict]:
     """MAE-DET-S GFocalV2 with 3 classes (4 class channels, the authors' rule), random authors'-layout weights."""
     state = authors_detector_state("maedet_s_gfl", seed=3, num_classes=NUM_CLASSES)
     state["bbox_head.gfl_cls.bias"] = torch.tensor([0.0, -0.5, -1.0, 1.5])  # the extra channel scores high
@@ -192,8 +192,8 @@ def test_predict_is_per_image(small_s) -> None:
 
 # ------------------------------------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("name", ["maedet_s_gfl", "maedet_m_gfl", "maedet_l_gfl"])
-def test_authors_checkpoint_maps_every_key_exactly(name: str) -> None:
-    keys = json.loads((DATA / "official_checkpoint_keys" / f"{name}.json").read_text())
+def test_authors_checkpoint_maps_every_key_exactly(name: str, authors_detector_state) -> None:
+    keys = json.loads((KEYS / f"{name}.json").read_text())
     state = authors_detector_state(name, seed=7)
     model = maedet.create_detector(name, checkpoint={"meta": {"epoch": 73}, "state_dict": state})
     assert model.cls_channels == 81 and model.num_classes == 80
@@ -205,7 +205,7 @@ def test_authors_checkpoint_maps_every_key_exactly(name: str) -> None:
         assert torch.equal(tensor, state[their_key]), (their_key, our_key)
 
 
-def test_checkpoint_file_round_trip_and_our_own_layout(tmp_path) -> None:
+def test_checkpoint_file_round_trip_and_our_own_layout(tmp_path, authors_detector_state) -> None:
     state = authors_detector_state("maedet_s_gfl", seed=9)
     path = tmp_path / "latest.pth"
     torch.save({"meta": {"CLASSES": ("person",)}, "state_dict": state}, path)
@@ -215,20 +215,20 @@ def test_checkpoint_file_round_trip_and_our_own_layout(tmp_path) -> None:
         assert torch.equal(tensor, again.state_dict()[key]), key
 
 
-def test_backbone_only_checkpoint_is_refused_in_one_sentence() -> None:
+def test_backbone_only_checkpoint_is_refused_in_one_sentence(authors_state_dict) -> None:
     with pytest.raises(MaeDetError, match=r"holds a backbone only") as err:
         maedet.create_detector("maedet_s_gfl", checkpoint={"state_dict": authors_state_dict("s")})
     assert "\n" not in str(err.value)
 
 
-def test_wrong_class_count_is_refused_in_one_sentence() -> None:
+def test_wrong_class_count_is_refused_in_one_sentence(authors_detector_state) -> None:
     state = authors_detector_state("maedet_s_gfl")
     with pytest.raises(MaeDetError, match=r"has 81 class channels, which does not fit num_classes=20") as err:
         maedet.create_detector("maedet_s_gfl", checkpoint=state, num_classes=20)
     assert "\n" not in str(err.value)
 
 
-def test_missing_unexpected_and_misshapen_keys_are_named() -> None:
+def test_missing_unexpected_and_misshapen_keys_are_named(authors_detector_state) -> None:
     model = maedet.create_detector("maedet_s_gfl")
     state = authors_detector_state("maedet_s_gfl")
     del state["neck.fpn_convs.4.conv.bias"]

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from maedet.errors import MaeDetError
 
-from .convert import load_checkpoint
+from .checkpoint import load_checkpoint
 from .gfl import GFocalV2
 from .gfl_postprocess import PostprocessConfig
 from .maedet import _authors_to_ours
@@ -205,15 +205,6 @@ def _download(name: str, url: str) -> Path:
     return path
 
 
-def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        return load_checkpoint(path)
-    except MaeDetError:
-        raise
-    except ValueError as exc:  # the zoo's loader speaks ValueError
-        raise MaeDetError(str(exc)) from None
-
-
 # ------------------------------------------------------------------------------------------- factory
 def _backbone_for(name: str, backbone: str | nn.Module | None, structure: Any) -> tuple[str | nn.Module, dict]:
     if name not in DETECTORS and name != GENERIC_NAME:
@@ -264,7 +255,7 @@ def create_detector(
     state = None
     if checkpoint is not None:
         where = "the checkpoint" if isinstance(checkpoint, Mapping) else f"checkpoint {Path(checkpoint).name}"
-        state = checkpoint if isinstance(checkpoint, Mapping) else _read(checkpoint)
+        state = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
         found = _class_channels(checkpoint_class_channels(state, where), num_classes, where)
         if cls_channels is not None and cls_channels != found:
             raise MaeDetError(f"{where} has {found} class channels, but cls_channels={cls_channels} was asked.")

@@ -17,6 +17,7 @@ into per-image detections (see :mod:`maedet.zoo.gfl_postprocess`).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -173,7 +174,7 @@ class GFocalV2Head(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        nn.init.constant_(self.cls_out.bias, -float(torch.log(torch.tensor((1 - prior_prob) / prior_prob))))
+        nn.init.constant_(self.cls_out.bias, -math.log((1 - prior_prob) / prior_prob))
 
 
 def create_backbone(backbone: str | nn.Module, pretrained: bool = False, **kwargs: Any) -> nn.Module:
