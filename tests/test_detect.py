@@ -239,3 +239,16 @@ def test_tool_errors_are_one_sentence(coco_set, authors_s, tmp_path, capsys) -> 
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine" and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("main", "prog"), [(detect_main, "maedet-detect"), (eval_main, "maedet-eval")])
+def test_detect_and_eval_share_the_cli_conventions(main, prog, tmp_path, capsys) -> None:
+    from maedet import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"{prog} {__version__}"
+    missing = str(tmp_path / "missing.json")
+    argv = ["--ann", missing, "--images", str(tmp_path), "--model", "maedet_s_gfl"] if prog == "maedet-eval" else []
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{prog}: error:") and "Traceback" not in err[0]
