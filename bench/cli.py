@@ -206,8 +206,9 @@ def _run(args: argparse.Namespace) -> int:
 def build_profile_parser() -> argparse.ArgumentParser:
     p = make_parser(
         "maedet-bench profile",
-        "Profile a latency target on this machine (pieces of the search space timed in the real runtime, a fitted "
-        "predictor, validated on networks it never saw) and write its table for maedet-search --latency-table.",
+        "Profile a latency target on this machine (the operators of the search space timed in the real runtime, "
+        "a fitted predictor, validated on networks it never saw) and write its table for maedet-search "
+        "--latency-table. An interrupted profile resumes from OUT.partial when run again with the same settings.",
     )
     p.add_argument("--info", metavar="FILE", help="print what a latency table holds, then exit")
     p.add_argument("--backend", default="ort-cpu", choices=("ort-cpu", "ort-cuda", "ort-trt"), help="runtime")
@@ -215,7 +216,10 @@ def build_profile_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=640, metavar="S", help="square input size in pixels")
     p.add_argument("--batch-size", type=int, default=1, metavar="B", help="batch of the target")
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the usable cores)")
-    p.add_argument("--pieces", type=int, default=160, help="pieces to measure")
+    p.add_argument(
+        "--train-nets", type=int, default=24, help="networks whose operators are timed (ort-cpu; default 24)"
+    )
+    p.add_argument("--pieces", type=int, default=160, help="pieces timed on their own (GPU backends; default 160)")
     p.add_argument("--validation-nets", type=int, default=30, help="held-out networks measured end to end")
     p.add_argument("--calibration-nets", type=int, default=6, help="networks that calibrate the piece sum")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per measurement")
@@ -241,6 +245,7 @@ def _profile(args: argparse.Namespace) -> int:
         input_size=args.input_size,
         batch=args.batch_size,
         threads=args.threads,
+        train_nets=args.train_nets,
         pieces=args.pieces,
         calibration_nets=args.calibration_nets,
         validation_nets=args.validation_nets,

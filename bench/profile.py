@@ -1,21 +1,27 @@
-"""Profile a latency target: time the pieces of the search space in the real runtime, fit, calibrate, validate.
+"""Profile a latency target: time the operators of the search space in the real runtime, fit, calibrate, validate.
 
-``profile_target`` measures, on this machine and runtime, the pieces backbones of the search space are made of
-(stems, first blocks with their projection shortcut, repeated identity blocks), each exported to ONNX in deploy form
-(BN folded) and timed in a real ONNX Runtime session with fixed threads, in interleaved rounds. It fits the
-per-piece model of :mod:`maedet.zoo.latency`, calibrates the sum on a few whole networks, then proves the prediction
-on networks it never saw (random members of the search space from small to large, plus MAE-DET-S/M/L), and stores
-ResNet-50/101's measured latencies so budgets can be given relative to them. Partial results are saved after every
-group of measurements, so an interrupted profile resumes where it stopped. docs/latency.md explains the choices.
+``profile_target`` measures, on this machine and runtime, what backbones of the search space are made of. On ONNX
+Runtime CPU it times whole random networks of the space with the runtime's own profiler on and attributes every
+kernel to the block operator it computes (so each conv is timed fused and laid out as the runtime runs it inside a
+network); on GPU runtimes it times the pieces (stem, first block, repeated block) on their own. Every unit is timed
+beside a fixed anchor network to cancel the machine's slow phases (:mod:`.profile_measure`). It fits the
+per-operator model of :mod:`maedet.zoo.latency`, calibrates its sum on a few whole networks, proves the prediction on
+networks it never saw (random members of the search space from small to large, plus MAE-DET-S/M/L), and stores
+ResNet-50/101's measured latencies so budgets can be given relative to them. Every measured unit is saved at once,
+so an interrupted profile resumes where it stopped. docs/latency.md explains the choices.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +31,10 @@ import numpy as np
 from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text, check_output_path
 from maedet.zoo import Structure, builtin_structure
-from maedet.zoo.latency import LatencyTable, Piece, fit_piece_model, structure_pieces
+from maedet.zoo.latency import LatencyTable, Op, Piece, fit_op_model, piece_ops, structure_pieces
 
 from .machine import cpu_model, machine_info, usable_cores
-from .timing import choose_iterations, run_interleaved, summarize, time_call
+from .profile_measure import ANCHOR, Measurer, Timing, steady_ms, structure_op_keys
 
 __all__ = ["ProfileSettings", "describe_table", "profile_target", "sample_structures", "validation_figures"]
 
@@ -37,19 +43,25 @@ BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt")
 PRECISIONS = ("fp32", "int8")
 REFERENCES = ("resnet50", "resnet101")
 PUBLISHED = ("maedet_s", "maedet_m", "maedet_l")
-GROUP = 8  # pieces timed together in interleaved rounds
-PARTIAL_FORMAT = "maedet-latency-profile-partial/1"
+PIECE_GROUP = 8  # pieces timed together in interleaved rounds (GPU runtimes)
+PARTIAL_FORMAT = "maedet-latency-profile-partial/2"
+ANCHOR_QUANTILE = 25  # the anchor's quiet time: this percentile of all its rounds
 
 
 @dataclass(frozen=True)
 class ProfileSettings:
-    """What to profile and how much. The defaults fit one CPU target at 640×640 in about 15 minutes on 2 cores."""
+    """What to profile and how much. The defaults fit one CPU target at 640×640 in about 10 minutes on 2 cores.
+
+    ``train_nets``: networks whose operators are timed (ONNX Runtime CPU); ``pieces``: pieces timed on their own
+    (GPU runtimes); ``calibration_nets``: networks that calibrate the sum; ``validation_nets``: held-out networks.
+    """
 
     backend: str = "ort-cpu"
     precision: str = "fp32"
     input_size: int = 640
     batch: int = 1
     threads: int | None = None
+    train_nets: int = 24
     pieces: int = 160
     calibration_nets: int = 6
     validation_nets: int = 30
@@ -64,8 +76,8 @@ class ProfileSettings:
             raise MaeDetError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}.")
         if self.backend != "ort-cpu" and self.precision == "int8":
             raise MaeDetError("INT8 profiles use the exporter's CPU layout: profile them on ort-cpu.")
-        limits = {"input_size": (32, 2048), "batch": (1, 256), "pieces": (8, 5000), "rounds": (1, 100)}
-        limits |= {"calibration_nets": (1, 100), "validation_nets": (1, 500)}
+        limits = {"input_size": (32, 2048), "batch": (1, 256), "train_nets": (1, 500), "pieces": (8, 5000)}
+        limits |= {"rounds": (1, 100), "calibration_nets": (1, 100), "validation_nets": (1, 500)}
         for name, (lo, hi) in limits.items():
             value = getattr(self, name)
             if not lo <= value <= hi:
@@ -76,6 +88,11 @@ class ProfileSettings:
     @property
     def thread_count(self) -> int:
         return self.threads or usable_cores()
+
+    @property
+    def in_network(self) -> bool:
+        """Operators timed inside networks by the runtime's profiler (CPU), or pieces on their own (GPU)."""
+        return self.backend == "ort-cpu"
 
     def fingerprint(self) -> dict[str, Any]:
         data = asdict(self)
@@ -124,133 +141,128 @@ def plan_pieces(settings: ProfileSettings) -> list[Piece]:
     return chosen
 
 
-# ------------------------------------------------------------------------------------------- building runnables
-def _piece_module(piece: Piece) -> Any:
-    from maedet.zoo.maedet import Bottleneck, ConvBnAct
+@dataclass
+class _Plan:
+    train: dict[str, Structure]
+    pieces: list[Piece]
+    calibration: dict[str, Structure]
+    validation: dict[str, Structure]
 
-    if piece.kind == "stem":
-        return ConvBnAct(piece.in_chs, piece.out_chs, piece.kernel_size, piece.stride)
-    return Bottleneck(
-        piece.in_chs,
-        piece.out_chs,
-        piece.bottleneck_chs,
-        piece.kernel_size,
-        piece.stride,
-        project=piece.kind == "first",
+    @property
+    def total(self) -> int:
+        units = len(self.train) + math.ceil(len(self.pieces) / PIECE_GROUP)
+        return units + len(self.calibration) + len(self.validation) + len(REFERENCES)
+
+
+def _plan(settings: ProfileSettings) -> _Plan:
+    """Training, calibration and validation networks are disjoint draws (different seeds, duplicates removed)."""
+    held_out = sample_structures(
+        settings.calibration_nets + settings.validation_nets, settings.seed + 3, settings.input_size
     )
+    calibration = {f"cal{i}": s for i, s in enumerate(held_out[: settings.calibration_nets])}
+    validation = {f"val{i}": s for i, s in enumerate(held_out[settings.calibration_nets :])}
+    validation |= {name: builtin_structure(name) for name in PUBLISHED}
+    train: dict[str, Structure] = {}
+    pieces: list[Piece] = []
+    if settings.in_network:
+        unseen = {s.to_json() for s in validation.values()} | {s.to_json() for s in calibration.values()}
+        drawn = sample_structures(settings.train_nets + len(unseen), settings.seed + 2, settings.input_size)
+        train = {f"train{i}": s for i, s in enumerate([s for s in drawn if s.to_json() not in unseen])}
+        train = dict(list(train.items())[: settings.train_nets])
+    else:
+        pieces = plan_pieces(settings)
+    return _Plan(train, pieces, calibration, validation)
 
 
-def _randomize_bn(module: Any, seed: int) -> None:
-    """Plausible BN statistics, so a folded conv has realistic weights (zero-init would make INT8 trivial)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.weight.data = torch.rand(m.num_features, generator=gen) + 0.5
-            m.bias.data = torch.randn(m.num_features, generator=gen) * 0.1
-            m.running_var.data = torch.rand(m.num_features, generator=gen) + 0.5
-
-
-def _to_onnx(module: Any, shape: Sequence[int], output_names: Sequence[str], settings: ProfileSettings) -> bytes:
-    import torch
-
-    from maedet.export.onnx_export import torch_to_onnx
-    from maedet.zoo import fuse_bn
-
-    deploy = fuse_bn(module.eval())
-    example = torch.rand(*shape)
-    proto = torch_to_onnx(deploy, example, output_names, dynamic=False, opset=settings.opset)
-    if settings.precision == "int8":
-        from maedet.export.precision import quantize_int8
-
-        calib = [np.random.default_rng(0).random(tuple(shape), dtype=np.float32)]
-        proto = quantize_int8(proto, calib, mode="cpu")
-    return proto.SerializeToString()
-
-
-def _session(model: bytes, settings: ProfileSettings) -> Any:
-    from maedet.export.runtime import ort_providers, ort_session
-
-    provider = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}.get(
-        settings.backend, "TensorrtExecutionProvider"
-    )
-    providers = ort_providers(provider, fp16=settings.precision == "fp16")
-    return ort_session(model, providers=providers, threads=settings.thread_count, what="a profiled piece")
-
-
-def _runner(model: bytes, shape: Sequence[int], settings: ProfileSettings) -> Callable[[], object]:
-    session = _session(model, settings)
-    feed = {session.get_inputs()[0].name: np.random.default_rng(1).random(tuple(shape), dtype=np.float32)}
-    return lambda: session.run(None, feed)
-
-
-def _piece_runner(piece: Piece, settings: ProfileSettings) -> Callable[[], object]:
-    module = _piece_module(piece)
-    _randomize_bn(module, hash(piece) & 0xFFFF)
-    shape = (settings.batch, piece.in_chs, piece.size, piece.size)
-    return _runner(_to_onnx(module, shape, ["y"], settings), shape, settings)
-
-
-def _network_runner(name: str, structure: Structure | None, settings: ProfileSettings) -> Callable[[], object]:
-    """A whole backbone as the bench times it: deploy form, C2..C5 outputs."""
-    from maedet.export.model_source import resolve_model
-
-    source = resolve_model("maedet", structure=structure) if structure is not None else resolve_model(name)
-    shape = (settings.batch, 3, settings.input_size, settings.input_size)
-    return _runner(_to_onnx(source.module, shape, source.output_names, settings), shape, settings)
-
-
-# ------------------------------------------------------------------------------------------- measuring
-def _time_group(runners: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median ms of each runner, timed in interleaved rounds after a warm-up run each."""
-    first = {}
-    for key, fn in runners.items():
-        fn()  # warm-up: the first run allocates
-        first[key] = time_call(fn)
-    iterations = {k: choose_iterations(v, target_round_s=0.05, cap=20) for k, v in first.items()}
-    times = run_interleaved(runners, iterations, max_rounds=rounds, min_rounds=rounds)
-    return {k: summarize(v).median for k, v in times.items()}
-
-
+# ------------------------------------------------------------------------------------------- resumable state
 class _State:
-    """Measurements so far, saved beside the output after every group so an interrupted profile resumes."""
+    """Measurements so far, saved beside the output after every unit so an interrupted profile resumes."""
 
     def __init__(self, out: Path, settings: ProfileSettings) -> None:
         self.path = out.with_name(out.name + ".partial")
         self.settings = settings
-        self.pieces: dict[str, float] = {}
-        self.nets: dict[str, float] = {}
+        self.units: dict[str, Timing] = {}
         if self.path.is_file():
             self._load()
 
     def _load(self) -> None:
-        import json
-
         try:
             data = json.loads(self.path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError
         except (OSError, ValueError):
             LOG.warning("ignoring an unreadable partial profile %s", self.path)
             return
         if data.get("format") != PARTIAL_FORMAT or data.get("settings") != self.settings.fingerprint():
-            diff = [k for k, v in self.settings.fingerprint().items() if (data.get("settings") or {}).get(k) != v]
+            stored = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+            diff = [k for k, v in self.settings.fingerprint().items() if stored.get(k) != v]
             raise MaeDetError(
                 f"{self.path} holds a partial profile with other settings ({', '.join(diff) or 'format'}); "
                 "delete it or profile with the same settings."
             )
-        self.pieces = {k: float(v) for k, v in data.get("pieces", {}).items()}
-        self.nets = {k: float(v) for k, v in data.get("nets", {}).items()}
-        LOG.info("resuming: %d pieces and %d networks already measured", len(self.pieces), len(self.nets))
+        try:
+            self.units = {str(k): Timing.from_dict(v) for k, v in data.get("units", {}).items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise MaeDetError(f"{self.path} is a damaged partial profile; delete it to start again.") from None
+        LOG.info("resuming: %d units already measured", len(self.units))
 
     def save(self) -> None:
-        import json
-
         data = {"format": PARTIAL_FORMAT, "settings": self.settings.fingerprint()}
-        data |= {"pieces": self.pieces, "nets": self.nets}
+        data["units"] = {k: t.to_dict() for k, t in self.units.items()}
         atomic_write_text(self.path, json.dumps(data) + "\n", "partial profile")
 
     def done(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _measure(plan: _Plan, state: _State, measurer: Measurer, step: Callable[[int], None]) -> None:
+    """Every unit not yet in the state, in plan order; the state is saved after each."""
+    done = sum(1 for name in [*plan.train, *plan.calibration, *plan.validation, *REFERENCES] if name in state.units)
+    todo_pieces = [p for p in plan.pieces if p.key() not in state.units]
+    done += math.ceil(len(plan.pieces) / PIECE_GROUP) - math.ceil(len(todo_pieces) / PIECE_GROUP)
+    step(done)
+    for name, structure in plan.train.items():
+        if name not in state.units:
+            state.units[name] = measurer.network(structure, profiled=True)
+            state.save()
+            step(1)
+    for start in range(0, len(todo_pieces), PIECE_GROUP):
+        state.units |= measurer.pieces(todo_pieces[start : start + PIECE_GROUP])
+        state.save()
+        step(1)
+    plain: dict[str, Structure | str] = {**plan.calibration, **plan.validation, **{r: r for r in REFERENCES}}
+    for name, structure in plain.items():
+        if name not in state.units:
+            state.units[name] = measurer.network(structure)
+            state.save()
+            step(1)
+
+
+# ------------------------------------------------------------------------------------------- fitting
+def _samples(plan: _Plan, state: _State, settings: ProfileSettings, ref: float) -> list[tuple[list[Op], float]]:
+    """Timed samples for the fit: each operator of each training network (median over the identical ones of one
+    network), or each piece on its own; all in steady ms (anchor-scaled)."""
+    samples: list[tuple[list[Op], float]] = []
+    for name, structure in plan.train.items():
+        timing = state.units[name]
+        ops = structure_op_keys(structure, settings.input_size)
+        by_op: dict[Op, list[float]] = {}
+        for key, per_round in timing.ops.items():
+            if key in ops:
+                by_op.setdefault(ops[key], []).append(steady_ms(per_round, timing.anchor, ref))
+        samples += [([op], float(np.median(ms))) for op, ms in by_op.items()]
+    for piece in plan.pieces:
+        timing = state.units[piece.key()]
+        samples.append((list(piece_ops(piece).values()), steady_ms(timing.times, timing.anchor, ref)))
+    return samples
+
+
+def _calibration_scale(table: LatencyTable, nets: Sequence[Structure], measured: Sequence[float]) -> float:
+    """measured ≈ scale · Σ operators, least squares on relative error (the time outside the attributed kernels:
+    the outputs' reorders and the run call)."""
+    p = np.asarray([table.raw_sum_ms(s) for s in nets])
+    m = np.asarray(measured)
+    return float(np.sum(p / m) / np.sum((p / m) ** 2))
 
 
 def validation_figures(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
@@ -269,71 +281,8 @@ def validation_figures(predicted: Sequence[float], measured: Sequence[float]) ->
     }
 
 
-# ------------------------------------------------------------------------------------------- the profile
-@dataclass
-class _Plan:
-    pieces: list[Piece]
-    calibration: dict[str, Structure]
-    validation: dict[str, Structure]
-
-    @property
-    def total(self) -> int:
-        return len(self.pieces) + len(self.calibration) + len(self.validation) + len(REFERENCES)
-
-
-def _plan(settings: ProfileSettings) -> _Plan:
-    nets = sample_structures(
-        settings.calibration_nets + settings.validation_nets, settings.seed + 3, settings.input_size
-    )
-    calibration = {f"cal{i}": s for i, s in enumerate(nets[: settings.calibration_nets])}
-    validation = {f"val{i}": s for i, s in enumerate(nets[settings.calibration_nets :])}
-    validation |= {name: builtin_structure(name) for name in PUBLISHED}
-    return _Plan(plan_pieces(settings), calibration, validation)
-
-
-def _measure_pieces(plan: _Plan, state: _State, settings: ProfileSettings, step: Callable[[int], None]) -> None:
-    todo = [p for p in plan.pieces if p.key() not in state.pieces]
-    step(len(plan.pieces) - len(todo))
-    for start in range(0, len(todo), GROUP):
-        group = todo[start : start + GROUP]
-        runners = {p.key(): _piece_runner(p, settings) for p in group}
-        state.pieces |= _time_group(runners, settings.rounds)
-        state.save()
-        step(len(group))
-
-
-def _measure_nets(names: dict[str, Structure | None], state: _State, settings: ProfileSettings, step) -> None:
-    for name, structure in names.items():
-        if name in state.nets:
-            step(1)
-            continue
-        runner = _network_runner(name, structure, settings)
-        state.nets |= _time_group({name: runner}, settings.rounds)
-        state.save()
-        step(1)
-
-
-def _calibrate(table: LatencyTable, calibration: dict[str, Structure], nets: dict[str, float]) -> dict[str, float]:
-    """measured ≈ scale · Σ pieces + offset, weighted by 1/measured (relative error), on the calibration networks."""
-    raw = np.asarray([table.raw_sum_ms(s) for s in calibration.values()])
-    meas = np.asarray([nets[n] for n in calibration])
-    if len(raw) < 2:
-        return {"scale": float(meas.sum() / raw.sum()), "offset_ms": 0.0}
-    w = 1.0 / meas
-    a = np.stack([raw * w, w], axis=1)
-    (scale, offset), *_ = np.linalg.lstsq(a, meas * w, rcond=None)
-    if scale <= 0:
-        return {"scale": float(meas.sum() / raw.sum()), "offset_ms": 0.0}
-    return {"scale": float(scale), "offset_ms": float(offset)}
-
-
-def _build_table(plan: _Plan, state: _State, settings: ProfileSettings, started: float) -> LatencyTable:
-    import time
-
-    pieces = [p for p in plan.pieces]
-    model = fit_piece_model(pieces, [state.pieces[p.key()] for p in pieces], settings.batch)
-    info = machine_info(settings.thread_count)
-    target = {
+def _target(settings: ProfileSettings, info: dict[str, Any]) -> dict[str, Any]:
+    return {
         "backend": settings.backend,
         "precision": settings.precision,
         "batch": settings.batch,
@@ -341,22 +290,62 @@ def _build_table(plan: _Plan, state: _State, settings: ProfileSettings, started:
         "threads": settings.thread_count,
         "device": cpu_model() if settings.backend == "ort-cpu" else str((info.get("gpu") or {}).get("name")),
     }
-    table = LatencyTable(target=target, model=model)
-    table.calibration = _calibrate(table, plan.calibration, state.nets)
+
+
+def _build_table(plan: _Plan, state: _State, settings: ProfileSettings, wall_s: float) -> LatencyTable:
+    units = state.units
+    ref = float(np.percentile([a for t in units.values() for a in t.anchor], ANCHOR_QUANTILE))
+
+    def steady(name: str) -> float:
+        return steady_ms(units[name].times, units[name].anchor, ref)
+
+    samples = _samples(plan, state, settings, ref)
+    info = machine_info(settings.thread_count)
+    table = LatencyTable(target=_target(settings, info), model=fit_op_model(samples, settings.batch))
+    scale = _calibration_scale(table, list(plan.calibration.values()), [steady(n) for n in plan.calibration])
+    table.calibration = {"scale": scale, "offset_ms": 0.0}
     rows = [
-        {"name": n, "structure": s.to_authors(), "measured_ms": state.nets[n], "predicted_ms": table.predict_ms(s)}
+        {
+            "name": n,
+            "structure": s.to_authors(),
+            "measured_ms": steady(n),
+            "measured_raw_ms": float(np.median(units[n].times)),
+            "predicted_ms": table.predict_ms(s),
+        }
         for n, s in plan.validation.items()
     ]
-    figures = validation_figures([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
-    table.validation = {**figures, "networks": rows, "wall_s": round(time.monotonic() - started, 1)}
-    table.references = {n: state.nets[n] for n in REFERENCES} | {n: state.nets[n] for n in PUBLISHED}
-    table.samples = [{"piece": k, "ms": v} for k, v in state.pieces.items()]
+    predicted = [r["predicted_ms"] for r in rows]
+    raw = validation_figures(predicted, [r["measured_raw_ms"] for r in rows])
+    figures = validation_figures(predicted, [r["measured_ms"] for r in rows])
+    table.validation = {**figures, "unscaled": raw, "networks": rows, "wall_s": round(wall_s, 1)}
+    table.references = {n: steady(n) for n in (*REFERENCES, *PUBLISHED)}
+    table.measurement = _measurement(settings, ref, len(samples))
+    table.samples = [_sample_row(ops, ms) for ops, ms in samples]
     table.machine = {k: v for k, v in info.items() if k != "libraries"}
     table.versions = dict(info.get("libraries") or {})
     table.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return table
 
 
+def _measurement(settings: ProfileSettings, ref: float, count: int) -> dict[str, Any]:
+    method = "operators inside networks (runtime profiler)" if settings.in_network else "pieces on their own"
+    return {
+        "method": method,
+        "rounds": settings.rounds,
+        "train_nets": settings.train_nets if settings.in_network else 0,
+        "pieces": 0 if settings.in_network else settings.pieces,
+        "samples": count,
+        "anchor": {"network": ANCHOR, "input_size": max(32, settings.input_size // 2), "quiet_ms": ref},
+        "seed": settings.seed,
+    }
+
+
+def _sample_row(ops: Sequence[Op], ms: float) -> dict[str, Any]:
+    fields = ("role", "in_chs", "out_chs", "kernel_size", "stride", "size")
+    return {"ops": [[getattr(op, f) for f in fields] for op in ops], "ms": ms}
+
+
+# ------------------------------------------------------------------------------------------- the profile
 def profile_target(
     out: str | Path,
     settings: ProfileSettings | None = None,
@@ -365,63 +354,50 @@ def profile_target(
     on_step: Callable[[int], None] | None = None,
 ) -> LatencyTable:
     """Profile one target and write its table to ``out``; resumes from ``out + '.partial'`` if present."""
-    import time
-
     settings = settings or ProfileSettings()
     out = check_output_path(out, "latency table")
     started = time.monotonic()
     plan = _plan(settings)
     state = _State(out, settings)
-    with _progress(progress, plan.total) as advance:
+    with tempfile.TemporaryDirectory(prefix="maedet-profile-") as tmp, _progress(progress, plan.total) as advance:
 
         def step(n: int) -> None:
             advance(n)
             if on_step is not None and n:
                 on_step(n)
 
-        _measure_pieces(plan, state, settings, step)
-        _measure_nets(dict(plan.calibration), state, settings, step)
-        _measure_nets({**plan.validation, **dict.fromkeys(REFERENCES)}, state, settings, step)
-    table = _build_table(plan, state, settings, started)
+        _measure(plan, state, Measurer(settings, tmp), step)
+    table = _build_table(plan, state, settings, time.monotonic() - started)
     table.save(out)
     state.done()
     return table
 
 
-class _progress:
-    """A rich progress bar with ETA (or nothing), as a context manager yielding ``advance(n)``."""
+@contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar with ETA (or nothing), yielding ``advance(n)``."""
+    if not enabled:
+        yield lambda _n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-        self.bar: Any = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda _n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("profiling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=False
-        )
-        self.bar.start()
-        task = self.bar.add_task("profile", total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    bar = Progress(TextColumn("profiling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with bar:
+        task = bar.add_task("profile", total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def describe_table(table: LatencyTable) -> str:
     """A readable summary of a latency table: target, machine, versions, validation and references."""
-    t, v = table.target, table.validation
+    t, v, m = table.target, table.validation, table.measurement
     lines = [
         f"target: {t.get('backend')} {t.get('precision')}, batch {t.get('batch')}, {t.get('input_size')}×"
         f"{t.get('input_size')} px, {t.get('threads')} threads, {t.get('device')}",
         f"machine: {table.machine.get('cpu', '?')}, {table.machine.get('cores', '?')} cores; created {table.created}",
         "versions: " + ", ".join(f"{k} {val}" for k, val in sorted(table.versions.items())),
-        f"samples: {len(table.samples)} pieces; calibration: scale {table.calibration.get('scale', 1):.3f}, "
-        f"offset {table.calibration.get('offset_ms', 0):.2f} ms",
+        f"measured: {m.get('method', '?')}, {m.get('samples', len(table.samples))} samples, "
+        f"{m.get('rounds', '?')} rounds; model: {', '.join(sorted(table.model.get('roles', {})))}, "
+        f"channel block {table.model.get('channel_block')}, calibration scale {table.calibration.get('scale', 1):.3f}",
     ]
     if v:
         lines.append(
@@ -429,6 +405,12 @@ def describe_table(table: LatencyTable) -> str:
             f"{100 * v.get('within_10pct', 0):.0f}% within ±10%, Spearman ρ {v.get('spearman_rho', float('nan')):.3f}"
             f" (profile took {v.get('wall_s', '?')} s)"
         )
+        raw = v.get("unscaled") or {}
+        if raw:
+            lines.append(
+                f"  against unscaled medians (no anchor): RMSPE {raw.get('rmspe_pct', float('nan')):.1f}%, "
+                f"{100 * raw.get('within_10pct', 0):.0f}% within ±10%, ρ {raw.get('spearman_rho', float('nan')):.3f}"
+            )
     if table.references:
         lines.append("measured: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(table.references.items())))
     return "\n".join(lines)

@@ -90,13 +90,16 @@ def ort_session(
     threads: int | None = None,
     optimize: bool = True,
     denormals_as_zero: bool = False,
+    profile_prefix: str | os.PathLike[str] | None = None,
     what: str = "the model",
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` on ``providers`` (the first one must really run, else ExportError).
 
     ``threads``: intra-op threads (inter-op 1, sequential execution); None lets ONNX Runtime choose.
     ``optimize=False`` disables graph optimizations. ``denormals_as_zero`` flushes denormals (random weights
-    must not hit slow denormal paths when timing). ``what`` names the model in the one-sentence error.
+    must not hit slow denormal paths when timing). ``profile_prefix`` turns on ONNX Runtime's own profiler (per-node
+    kernel times, written by ``session.end_profiling()`` to a file starting with it). ``what`` names the model in the
+    one-sentence error.
     """
     import onnxruntime as ort
 
@@ -110,6 +113,9 @@ def ort_session(
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if denormals_as_zero:
         opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
     source = model if isinstance(model, bytes) else str(model)
     try:
         session = ort.InferenceSession(source, sess_options=opts, providers=list(providers))

@@ -10,23 +10,27 @@ import numpy as np
 import pytest
 
 from maedet.errors import MaeDetError
-from maedet.zoo import load_structure
+from maedet.zoo import load_structure, macs
 from maedet.zoo.latency import (
     FEATURE_NAMES,
     TABLE_FORMAT,
     LatencyTable,
+    Op,
     Piece,
-    fit_piece_model,
+    fit_op_model,
     load_latency_table,
-    piece_features,
+    op_features,
+    piece_ops,
     predict_latency,
     structure_pieces,
 )
 
+ROLES = ("stem", "pw", "k3s1", "k3s2", "k5s1", "k5s2", "pool", "add")
 
-def _table(coefs: dict[str, list[float]], batch: int = 1, size: int = 224, **extra) -> LatencyTable:
+
+def _table(roles: dict[str, list[float]], batch: int = 1, size: int = 224, block: int = 1, **extra) -> LatencyTable:
     target = {"backend": "ort-cpu", "precision": "fp32", "batch": batch, "input_size": size, "threads": 2}
-    return LatencyTable(target=target, model=coefs, **extra)
+    return LatencyTable(target=target, model={"channel_block": block, "roles": roles}, **extra)
 
 
 def test_pieces_of_maedet_s_follow_its_stages():
@@ -39,74 +43,119 @@ def test_pieces_of_maedet_s_follow_its_stages():
     assert total_blocks == sum(st.depth for st in s.stages)
 
 
-def test_macs_features_add_up_to_the_zoo_conv_macs():
-    from maedet.zoo import macs
+def test_operators_of_a_first_block_as_the_model_builds_it():
+    ops = piece_ops(Piece("first", 48, 272, 3, 2, 80, 120))
+    assert ops == {
+        "conv1": Op("pw", 48, 120, 1, 1, 80),
+        "conv2": Op("k3s2", 120, 120, 3, 2, 80),
+        "conv3": Op("pw", 120, 272, 1, 1, 40),
+        "downsample": Op("pool", 48, 48, 2, 2, 80),
+        "shortcut": Op("pw", 48, 272, 1, 1, 40),
+        "add": Op("add", 272, 272, 1, 1, 40),
+    }
+    rest = piece_ops(Piece("rest", 272, 272, 5, 1, 40, 120))
+    assert set(rest) == {"conv1", "conv2", "conv3", "add"} and rest["conv2"].role == "k5s1"
 
+
+def test_macs_features_add_up_to_the_zoo_conv_macs():
     s = load_structure("maedet_m")
-    total = sum(piece_features(p)[:4].sum() * n for p, n in structure_pieces(s, 320))
+    total = sum(
+        op_features(op)[0] * n for p, n in structure_pieces(s, 320) for op in piece_ops(p).values()
+    )  # channel block 1: the real channel counts
     assert total == pytest.approx(macs(s, 320, 320), rel=1e-12)
 
 
 def test_prediction_is_the_hand_computed_linear_sum():
-    # 1 ns per MAC of any kind, nothing else: latency = conv MACs × 1e-6 ms (plus calibration).
-    ns_per_mac = [1e-6, 1e-6, 1e-6, 1e-6, 0.0, 0.0, 0.0]
-    table = _table({k: ns_per_mac for k in ("stem", "first", "rest")})
-    from maedet.zoo import macs
-
+    # 1 ns per MAC of any conv, nothing else: latency = conv MACs × 1e-6 ms (times the calibration).
+    table = _table({key: [1e-06, 0.0, 0.0, 0.0, 0.0] for key in ROLES})
     s = load_structure("maedet_s")
     assert predict_latency(s, table) == pytest.approx(macs(s, 224, 224) * 1e-6, rel=1e-12)
     table.calibration = {"scale": 2.0, "offset_ms": 3.0}
     assert table.predict_ms(s) == pytest.approx(2 * macs(s, 224, 224) * 1e-6 + 3.0, rel=1e-12)
-    overhead = _table({k: [0.0] * 6 + [0.5] for k in ("stem", "first", "rest")})
-    blocks = 1 + sum(st.depth for st in s.stages)
-    assert overhead.predict_ms(s) == pytest.approx(0.5 * blocks)  # one fixed overhead per piece run
+    # a fixed 0.5 ms per operator: stem, then per stage 3 convs + shortcut + pool (stride 2) + add, 4 per repeat
+    overhead = _table({key: [0.0, 0.0, 0.0, 0.0, 0.5] for key in ROLES})
+    ops = 1 + sum(5 + (st.stride == 2) + 4 * (st.depth - 1) for st in s.stages)
+    assert overhead.predict_ms(s) == pytest.approx(0.5 * ops)
+
+
+def test_roles_the_profile_never_met():
+    coefs = [1e-6, 0.0, 0.0, 0.0, 0.1]
+    table = _table({"stem": coefs, "pw": coefs, "k3s1": coefs, "k5s1": [2e-6, 0, 0, 0, 0.1], "k3s2": coefs})
+    k7 = Op("k7s1", 64, 64, 7, 1, 28)
+    assert table.op_ms(k7) == pytest.approx(2e-6 * 28 * 28 * 64 * 64 * 49 + 0.1)  # nearest kernel at stride 1: 5
+    assert table.op_ms(Op("k5s2", 64, 64, 5, 2, 28)) == table.op_ms(Op("k3s2", 64, 64, 5, 2, 28))
+    assert table.op_ms(Op("pool", 64, 64, 2, 2, 28)) == 0.0  # never timed: the runtime fused it away
+    assert table.op_ms(Op("add", 64, 64, 1, 1, 28)) == 0.0
+    no_pw = _table({"stem": coefs, "pw": coefs})
+    with pytest.raises(MaeDetError, match="no model for 'k3s1'"):
+        no_pw.op_ms(Op("k3s1", 64, 64, 3, 1, 28))
 
 
 def test_batch_scales_per_image_features_not_weights():
-    p = Piece("rest", 64, 64, 3, 1, 28, 16)
-    one, four = piece_features(p, 1), piece_features(p, 4)
-    np.testing.assert_allclose(four[:5], 4 * one[:5])
-    assert four[5] == one[5] and four[6] == one[6] == 1.0
+    op = Op("k3s1", 64, 64, 3, 1, 28)
+    one, four = op_features(op, 1), op_features(op, 4)
+    np.testing.assert_allclose(four[:3], 4 * one[:3])
+    assert four[3] == one[3] and four[4] == one[4] == 1.0
 
 
-def test_fit_recovers_known_coefficients():
+def test_channel_block_rounds_channels_up_except_the_stem_input():
+    op = Op("pw", 120, 40, 1, 1, 10)
+    assert op_features(op, 1, 16)[0] == 100 * 128 * 48 and op_features(op, 1, 1)[0] == 100 * 120 * 40
+    stem = Op("stem", 3, 40, 3, 2, 20)
+    assert op_features(stem, 1, 16)[0] == 100 * 3 * 48 * 9
+
+
+def _random_ops(rng: np.random.Generator, count: int) -> list[Op]:
+    ops = []
+    for _ in range(count):
+        k, s = int(rng.choice([3, 5])), int(rng.choice([1, 2]))
+        c_in, c_out = (int(rng.integers(2, 64)) * 8 for _ in range(2))
+        h = int(rng.choice([10, 20, 40, 80]))
+        role = str(rng.choice(["pw", "kxk", "pool", "stem"]))
+        if role == "kxk":
+            ops.append(Op(f"k{k}s{s}", c_in, c_in, k, s, h))
+        elif role == "stem":
+            ops.append(Op("stem", 3, c_out, 3, 2, 4 * h))
+        elif role == "pool":
+            ops.append(Op("pool", c_in, c_in, 2, 2, h))
+        else:
+            ops.append(Op("pw", c_in, c_out, 1, 1, h))
+    return ops
+
+
+def test_fit_recovers_known_coefficients_and_the_channel_block():
     rng = np.random.default_rng(0)
-    truth = [2e-8, 4e-8, 6e-8, 0.0, 3e-7, 1e-8, 0.05]
+    truth = {r: [float(rng.uniform(1, 3)) * 1e-8, 2e-7, 1e-7, 1e-8, 0.05] for r in ROLES}
+    truth["pool"][0] = 0.0
+    ops = _random_ops(rng, 400)
+    true_table = _table(truth, block=16)
+    single = [([op], true_table.op_ms(op)) for op in ops]
+    model = fit_op_model(single, batch=1)
+    assert model["channel_block"] == 16 and model["fit_rmspe_pct"] < 1e-6
+    fitted = _table(model["roles"], block=model["channel_block"])
+    for op in ops[:50]:
+        assert fitted.op_ms(op) == pytest.approx(true_table.op_ms(op), rel=1e-6)
+    # whole pieces timed on their own (GPU runtimes) fit the same per-role model
     pieces = [
-        Piece(kind, int(c), int(c * r), k, s, h, int(c / 4))
-        for kind, c, r, k, s, h in zip(
-            rng.choice(["first", "rest"], 80),
-            rng.integers(16, 512, 80),
-            rng.choice([1, 2], 80),
-            rng.choice([3, 5], 80),
-            rng.choice([1, 2], 80),
-            rng.choice([14, 28, 56], 80),
-            strict=True,
-        )
+        Piece("first" if i % 2 else "rest", 64 + 8 * i, 64 + 8 * i, 3, 1, 20, 32 + 8 * (i % 9)) for i in range(60)
     ]
-    pieces = [
-        Piece(
-            p.kind,
-            p.out_chs if p.kind == "rest" else p.in_chs,
-            p.out_chs,
-            p.kernel_size,
-            1 if p.kind == "rest" else p.stride,
-            p.size,
-            max(8, p.bottleneck_chs),
-        )
-        for p in pieces
-    ]
-    ms = [float(piece_features(p) @ np.asarray(truth)) for p in pieces]
-    model = fit_piece_model(pieces, ms, batch=1)
-    table = _table(model)
-    for p, m in zip(pieces, ms, strict=True):
-        assert table.piece_ms(p) == pytest.approx(m, rel=1e-6)
+    pieces += [Piece("first", 32 + 8 * i, 256, 5, 2, 40, 64 + 8 * (i % 5)) for i in range(30)]
+    timed = [(list(piece_ops(p).values()), true_table.piece_ms(p)) for p in pieces]
+    joint = _table(fit_op_model(timed + single, batch=1)["roles"], block=16)
+    for p in pieces[::7]:
+        assert joint.piece_ms(p) == pytest.approx(true_table.piece_ms(p), rel=1e-5)
+
+
+def test_fit_refuses_no_samples():
+    with pytest.raises(MaeDetError, match="no timed samples"):
+        fit_op_model([], batch=1)
 
 
 def test_round_trip_and_versioning(tmp_path):
-    table = _table({"rest": [1e-8] * 7, "first": [2e-8] * 7, "stem": [3e-8] * 7}, batch=2, size=320)
+    table = _table({key: [1e-08, 1e-09, 1e-09, 1e-09, 0.01] for key in ROLES}, batch=2, size=320, block=16)
     table.references = {"resnet50": 12.5, "resnet101": 20.0}
     table.validation = {"rmspe_pct": 4.2}
+    table.measurement = {"method": "operators inside networks (runtime profiler)"}
     path = table.save(tmp_path / "t.json")
     data = json.loads(path.read_text())
     assert data["format"] == TABLE_FORMAT and data["features"] == list(FEATURE_NAMES)
@@ -114,8 +163,13 @@ def test_round_trip_and_versioning(tmp_path):
     s = load_structure("maedet_m")
     assert again.predict_ms(s) == table.predict_ms(s)
     assert again.references == table.references and again.batch == 2 and again.input_size == 320
+    assert again.measurement == table.measurement and again.model["channel_block"] == 16
     with pytest.raises(MaeDetError, match="profiled at batch 2, not 1"):
         load_latency_table(path, batch=1)
+    older = dict(data, format="maedet-latency-table/1")
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    with pytest.raises(MaeDetError, match="profile the target again"):
+        load_latency_table(tmp_path / "old.json")
 
 
 @pytest.mark.parametrize(
@@ -124,6 +178,7 @@ def test_round_trip_and_versioning(tmp_path):
         ("not json", "not valid JSON"),
         ('{"a": 1}', "not a maedet latency table"),
         ('{"format": "maedet-latency-table/99"}', "this maedet reads"),
+        ('{"format": "something-else/1"}', "this maedet reads"),
         ("[" * 100000, "not valid JSON"),
     ],
 )
@@ -134,12 +189,25 @@ def test_foreign_or_malformed_tables_get_one_sentence(tmp_path, content, message
         load_latency_table(path)
 
 
-def test_malformed_model_and_special_files_are_refused(tmp_path):
-    good = _table({k: [1e-8] * 7 for k in ("stem", "first", "rest")}).to_dict()
-    bad = dict(good, model={"rest": [1.0, -1.0, 0, 0, 0, 0, 0]})
-    (tmp_path / "neg.json").write_text(json.dumps(bad))
-    with pytest.raises(MaeDetError, match="non-negative"):
-        load_latency_table(tmp_path / "neg.json")
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"roles": {"pw": [1.0, -1.0, 0, 0, 0], "stem": [0.0] * 5}}, "non-negative"),
+        ({"roles": {"pw": [1.0] * 7, "stem": [0.0] * 5}}, "5 non-negative"),
+        ({"roles": {"pw": [0.0] * 5, "stem": [0.0] * 5, "k4s1": [0.0] * 5}}, "unknown operator role 'k4s1'"),
+        ({"roles": {"stem": [0.0] * 5}}, "no 'pw' role"),
+        ({"stem": [0.0] * 7}, "no fitted 'model'"),
+        ({"channel_block": 0, "roles": {"pw": [0.0] * 5, "stem": [0.0] * 5}}, "channel_block"),
+    ],
+)
+def test_malformed_models_are_refused(tmp_path, model, message):
+    data = _table({"stem": [1e-8] * 5, "pw": [1e-8] * 5}).to_dict() | {"model": model}
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    with pytest.raises(MaeDetError, match=message):
+        load_latency_table(tmp_path / "m.json")
+
+
+def test_special_and_missing_files_are_refused(tmp_path):
     with pytest.raises(MaeDetError, match="not a regular file"):
         load_latency_table("/dev/zero")
     with pytest.raises(MaeDetError, match="cannot read"):

@@ -40,10 +40,11 @@ V100_FP16_MS_PER_IMAGE = {
 
 def hand_made_table(scale: float = 1.0) -> LatencyTable:
     """A small profiled-table object with hand-chosen coefficients (ms per feature unit) and stored references."""
-    coefs = [1.0e-8, 1.5e-8, 2.0e-8, 3.0e-8, 2.0e-8, 1.0e-8, 0.02]
+    coefs = [1.0e-8, 2.0e-8, 1.5e-8, 1.0e-8, 0.02]
+    roles = {"stem": coefs, "pw": coefs, "k3s1": coefs, "k3s2": coefs, "k5s1": coefs, "k5s2": coefs, "pool": coefs}
     table = LatencyTable(
         target={"backend": "ort-cpu", "precision": "fp32", "batch": 2, "input_size": 224, "threads": 2},
-        model={"stem": coefs, "first": coefs, "rest": coefs},
+        model={"channel_block": 16, "roles": roles},
         calibration={"scale": scale, "offset_ms": 0.5},
     )
     m = table.predict_ms(builtin_structure("maedet_m"))

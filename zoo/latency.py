@@ -1,17 +1,19 @@
 """Latency on a target device, predicted from a profiled table (docs/latency.md).
 
 A *target* is a runtime, a precision, a batch, an input size and a thread count on one machine. ``maedet-bench
-profile`` times the pieces a backbone of the search space is made of (the stem, a stage's first block with its
-projection shortcut, and the repeated identity blocks) as the runtime really runs them, fits a small non-negative
-linear model per piece kind on cost features, calibrates the sum on a few whole networks, and writes everything
-to one JSON table. This module reads such a table and predicts any Structure in microseconds, with numpy only
-(no torch or ONNX Runtime import here), so the search can use it in its hot loop.
+profile`` times, on that target, the operators backbones of the search space are made of (each convolution of the
+stem and of the bottleneck blocks, the shortcut's average pool, a residual add where the runtime runs one) as the
+runtime runs them inside whole networks, fits one small non-negative linear model per operator *role* (1×1 conv,
+k×k conv at stride s, stem, pool, add) on cost features, and writes everything to one JSON table. This module reads
+such a table and predicts any Structure in microseconds, with numpy only (no torch or ONNX Runtime import here), so
+the search can use it in its hot loop.
 
-Why a linear model on cost features (and not a lookup grid): the space has ~10⁶ distinct blocks per feature size,
-a grid would need thousands of measurements per kernel size, while a block's time on a CPU runtime is very close to
-a non-negative combination of its convolutions' MACs (per kernel size, since 1×1, 3×3 and 5×5 convs run at different
-efficiencies), the activation traffic it reads and writes, its weights, and a fixed per-piece overhead. The fit is
-weighted by 1/time, so it minimises relative error, which is what a budget needs.
+Why per-operator linear models (and not a lookup grid, a tree or a per-block model): an operator's time on a CPU
+runtime is close to a non-negative combination of its MACs, the activations it reads and writes, its weights and a
+fixed cost, once channels are rounded up to the runtime's blocked layout (16 with AVX-512); a linear model
+extrapolates to the widths a search drifts to, where a grid or a tree cannot, and stays a handful of numbers a
+person can read. Every block of the space is a sum of the same few roles, so a few hundred operator samples
+cover ~10⁶ distinct blocks. The fit is weighted by 1/time, so it minimises relative error.
 """
 
 from __future__ import annotations
@@ -31,26 +33,31 @@ from maedet.errors import MaeDetError
 from .structure import Structure
 
 __all__ = [
+    "CHANNEL_BLOCKS",
     "FEATURE_NAMES",
     "TABLE_FORMAT",
     "LatencyTable",
+    "Op",
     "Piece",
-    "fit_piece_model",
+    "fit_op_model",
     "load_latency_table",
-    "piece_features",
+    "op_features",
+    "piece_ops",
     "predict_latency",
     "structure_pieces",
 ]
 
-TABLE_FORMAT = "maedet-latency-table/1"
+TABLE_FORMAT = "maedet-latency-table/2"
+FEATURE_NAMES = ("macs", "in_elems", "out_elems", "weight_elems", "overhead")
+CHANNEL_BLOCKS = (1, 8, 16)  # candidate channel blocks of the runtime's layout (none, AVX2, AVX-512)
 PIECE_KINDS = ("stem", "first", "rest")
-FEATURE_NAMES = ("macs_1x1", "macs_3x3", "macs_5x5", "macs_other", "act_elems", "weight_elems", "overhead")
+FIXED_ROLES = ("stem", "pw", "pool", "add")  # plus "k{k}s{s}" for every k×k conv at stride s
 MAX_TABLE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
 class Piece:
-    """One profiled unit: the stem, a stage's first block (projection shortcut), or a repeated identity block.
+    """One unit a backbone repeats: the stem, a stage's first block (projection shortcut), or an identity block.
 
     ``size`` is the (square) input feature size of the piece; ``in_chs`` the channels it reads.
     """
@@ -74,8 +81,31 @@ class Piece:
         return cls(kind, i, o, k, s, h, b)
 
 
+@dataclass(frozen=True)
+class Op:
+    """One operator the runtime runs for a piece, in the role its cost model is fitted for.
+
+    ``size`` is the input feature size; ``kernel_size``/``stride`` are the conv's (the pool's window is 2×2/2).
+    """
+
+    role: str
+    in_chs: int
+    out_chs: int
+    kernel_size: int
+    stride: int
+    size: int
+
+    @property
+    def out_size(self) -> int:
+        return _out_size(self.size, self.stride)
+
+
 def _out_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
+
+
+def conv_role(kernel_size: int, stride: int) -> str:
+    return "pw" if kernel_size == 1 and stride == 1 else f"k{kernel_size}s{stride}"
 
 
 def structure_pieces(structure: Structure, input_size: int) -> list[tuple[Piece, int]]:
@@ -95,67 +125,108 @@ def structure_pieces(structure: Structure, input_size: int) -> list[tuple[Piece,
     return pieces
 
 
-def _conv_macs(by_kernel: list[float], k: int, macs: float) -> None:
-    slot = {1: 0, 3: 1, 5: 2}.get(k, 3)
-    by_kernel[slot] += macs
-
-
-def piece_features(piece: Piece, batch: int = 1) -> np.ndarray:
-    """Cost features of one piece for a batch (the columns of FEATURE_NAMES), as float64."""
-    macs = [0.0, 0.0, 0.0, 0.0]
-    h_in = piece.size
-    h_out = _out_size(h_in, piece.stride)
-    p_in, p_out = h_in * h_in, h_out * h_out
-    k = piece.kernel_size
+def piece_ops(piece: Piece) -> dict[str, Op]:
+    """The operators of a piece by their place in the block (``conv1``..``conv3``, ``downsample``, ``shortcut``,
+    ``add``), as zoo/maedet.py builds it: 1×1 → k×k (strided) → 1×1, plus the shortcut on a first block."""
     if piece.kind == "stem":
-        _conv_macs(macs, k, p_out * piece.in_chs * piece.out_chs * k * k)
-        acts = p_in * piece.in_chs + p_out * piece.out_chs
-        weights = piece.in_chs * piece.out_chs * k * k
-    else:
-        b = piece.bottleneck_chs
-        _conv_macs(macs, 1, p_in * piece.in_chs * b + p_out * b * piece.out_chs)
-        _conv_macs(macs, k, p_out * b * b * k * k)
-        acts = p_in * piece.in_chs + p_in * b + p_out * b + 2 * p_out * piece.out_chs
-        weights = piece.in_chs * b + b * b * k * k + b * piece.out_chs
-        if piece.kind == "first":
-            _conv_macs(macs, 1, p_out * piece.in_chs * piece.out_chs)
-            acts += p_out * piece.in_chs + p_out * piece.out_chs
-            weights += piece.in_chs * piece.out_chs
-    row = [m * batch for m in macs] + [acts * batch, float(weights), 1.0]
-    return np.asarray(row, dtype=np.float64)
+        return {"stem": Op("stem", piece.in_chs, piece.out_chs, piece.kernel_size, piece.stride, piece.size)}
+    b, k, s, h = piece.bottleneck_chs, piece.kernel_size, piece.stride, piece.size
+    h_out = _out_size(h, s)
+    ops = {
+        "conv1": Op("pw", piece.in_chs, b, 1, 1, h),
+        "conv2": Op(conv_role(k, s), b, b, k, s, h),
+        "conv3": Op("pw", b, piece.out_chs, 1, 1, h_out),
+    }
+    if piece.kind == "first":
+        if s > 1:
+            ops["downsample"] = Op("pool", piece.in_chs, piece.in_chs, 2, s, h)
+        ops["shortcut"] = Op("pw", piece.in_chs, piece.out_chs, 1, 1, h_out)
+    ops["add"] = Op("add", piece.out_chs, piece.out_chs, 1, 1, h_out)
+    return ops
 
 
-def fit_piece_model(pieces: Sequence[Piece], ms: Sequence[float], batch: int) -> dict[str, list[float]]:
-    """Non-negative least squares per piece kind, weighted by 1/time (relative error); coefficients in ms/feature.
+def _up(channels: int, block: int) -> int:
+    return -(-channels // block) * block
 
-    Features are rescaled to unit magnitude before the solve so the problem is well conditioned.
+
+def op_features(op: Op, batch: int = 1, channel_block: int = 1) -> np.ndarray:
+    """Cost features of one operator for a batch (the columns of FEATURE_NAMES), as float64.
+
+    Channels are rounded up to ``channel_block`` (the runtime's blocked layout pads them), except the stem's input,
+    which the runtime reads as it is.
     """
+    c_in = op.in_chs if op.role == "stem" else _up(op.in_chs, channel_block)
+    c_out = _up(op.out_chs, channel_block)
+    p_in, p_out = op.size * op.size, op.out_size * op.out_size
+    if op.role == "pool":
+        macs, weights, reads = 0.0, 0.0, p_in * c_in
+    elif op.role == "add":
+        macs, weights, reads = 0.0, 0.0, 2 * p_out * c_out
+    else:
+        k2 = op.kernel_size * op.kernel_size
+        macs, weights, reads = float(p_out * c_in * c_out * k2), float(c_in * c_out * k2), p_in * c_in
+    return np.asarray([macs * batch, reads * batch, p_out * c_out * batch, weights, 1.0], dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------- fitting
+def _design(
+    samples: Sequence[tuple[Sequence[Op], float]], roles: list[str], batch: int, block: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One row per sample: for each role, the summed features of the sample's operators in that role."""
+    width = len(FEATURE_NAMES)
+    x = np.zeros((len(samples), len(roles) * width))
+    for i, (ops, _ms) in enumerate(samples):
+        for op in ops:
+            j = roles.index(op.role) * width
+            x[i, j : j + width] += op_features(op, batch, block)
+    return x, np.asarray([ms for _ops, ms in samples], dtype=np.float64)
+
+
+def _nnls_relative(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Non-negative least squares on relative error; columns rescaled to unit magnitude for conditioning."""
     from scipy.optimize import nnls
 
-    model: dict[str, list[float]] = {}
-    times = np.asarray(ms, dtype=np.float64)
-    for kind in PIECE_KINDS:
-        idx = [i for i, p in enumerate(pieces) if p.kind == kind]
-        if not idx:
-            continue
-        x = np.stack([piece_features(pieces[i], batch) for i in idx])
-        y = times[idx]
-        scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
-        w = 1.0 / np.maximum(y, 1e-9)
-        coef, _ = nnls(x / scale * w[:, None], y * w)
-        model[kind] = (coef / scale).tolist()
-    return model
+    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
+    w = 1.0 / np.maximum(y, 1e-9)
+    coef, _ = nnls(x / scale * w[:, None], y * w, maxiter=50 * x.shape[1])
+    coef = coef / scale
+    rmspe = float(100 * np.sqrt(np.mean(((x @ coef - y) * w) ** 2)))
+    return coef, rmspe
 
 
+def fit_op_model(samples: Sequence[tuple[Sequence[Op], float]], batch: int) -> dict[str, Any]:
+    """Per-role non-negative coefficients (ms per feature unit) from timed samples.
+
+    A sample is the operators it ran and their measured ms: one operator timed inside a network, or a whole piece
+    timed on its own; the same linear model covers both. The channel block that fits best is kept (the runtime
+    pads channels to its layout's block, which the fit discovers instead of assuming an instruction set).
+    """
+    samples = [(list(ops), float(ms)) for ops, ms in samples if ops and ms > 0]
+    if not samples:
+        raise MaeDetError("no timed samples to fit a latency model on.")
+    roles = sorted({op.role for ops, _ in samples for op in ops})
+    best: dict[str, Any] | None = None
+    for block in CHANNEL_BLOCKS:
+        coef, rmspe = _nnls_relative(*_design(samples, roles, batch, block))
+        if best is None or rmspe < best["fit_rmspe_pct"] - 0.05:  # a larger block must fit clearly better
+            width = len(FEATURE_NAMES)
+            per_role = {r: coef[i * width : (i + 1) * width].tolist() for i, r in enumerate(roles)}
+            best = {"channel_block": block, "roles": per_role, "fit_rmspe_pct": rmspe}
+    assert best is not None
+    return best
+
+
+# ------------------------------------------------------------------------------------------- the table
 @dataclass
 class LatencyTable:
     """A profiled target: what was measured, the fitted model, its validation, and reference latencies."""
 
     target: dict[str, Any]
-    model: dict[str, list[float]]
+    model: dict[str, Any]
     calibration: dict[str, float] = field(default_factory=lambda: {"scale": 1.0, "offset_ms": 0.0})
     machine: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    measurement: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
     validation: dict[str, Any] = field(default_factory=dict)
     references: dict[str, float] = field(default_factory=dict)
@@ -164,7 +235,8 @@ class LatencyTable:
 
     def __post_init__(self) -> None:
         self._cache: dict[Piece, float] = {}
-        self._coefs = {k: np.asarray(v, dtype=np.float64) for k, v in self.model.items()}
+        self._block = int(self.model.get("channel_block", 1))
+        self._coefs = {r: np.asarray(c, dtype=np.float64) for r, c in self.model.get("roles", {}).items()}
 
     # ---------------------------------------------------------------- prediction
     @property
@@ -183,14 +255,27 @@ class LatencyTable:
             f"{t.get('input_size')} px, {t.get('device', 'this machine')})"
         )
 
+    def _role_coefs(self, op: Op) -> np.ndarray | None:
+        """The op's role model. A pool or add the profile never timed is one the runtime fused away (None: it costs
+        nothing extra); a k×k conv it never met uses the nearest profiled kernel at the same stride."""
+        coef = self._coefs.get(op.role)
+        if coef is not None or op.role in ("pool", "add"):
+            return coef
+        same_stride = [r for r in self._coefs if r.startswith("k") and r.endswith(f"s{op.stride}")]
+        if op.role in ("stem", "pw") or not same_stride:
+            raise MaeDetError(f"the latency table has no model for {op.role!r} operators.")
+        nearest = min(same_stride, key=lambda r: (abs(int(r[1 : r.index("s")]) - op.kernel_size), r))
+        return self._coefs[nearest]
+
+    def op_ms(self, op: Op) -> float:
+        coef = self._role_coefs(op)
+        return 0.0 if coef is None else float(op_features(op, self.batch, self._block) @ coef)
+
     def piece_ms(self, piece: Piece) -> float:
         """Predicted ms of one piece for the target's batch (cached: the search asks for the same pieces often)."""
         hit = self._cache.get(piece)
         if hit is None:
-            coef = self._coefs.get(piece.kind)
-            if coef is None:
-                raise MaeDetError(f"the latency table has no model for {piece.kind!r} pieces.")
-            hit = self._cache[piece] = float(piece_features(piece, self.batch) @ coef)
+            hit = self._cache[piece] = sum(self.op_ms(op) for op in piece_ops(piece).values())
         return hit
 
     def raw_sum_ms(self, structure: Structure) -> float:
@@ -215,6 +300,7 @@ class LatencyTable:
             "features": list(FEATURE_NAMES),
             "model": self.model,
             "calibration": self.calibration,
+            "measurement": self.measurement,
             "references": self.references,
             "validation": self.validation,
             "samples": self.samples,
@@ -232,17 +318,11 @@ class LatencyTable:
         if not isinstance(data, Mapping) or "format" not in data:
             raise MaeDetError(f"{where} is not a maedet latency table (no 'format' field).")
         if data["format"] != TABLE_FORMAT:
-            raise MaeDetError(f"{where} has format {data['format']!r}; this maedet reads {TABLE_FORMAT!r}.")
-        target = data.get("target")
-        if not isinstance(target, Mapping):
-            raise MaeDetError(f"{where} has no 'target' object.")
-        for key in ("batch", "input_size"):
-            value = target.get(key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MaeDetError(f"{where}: target field {key!r} must be a positive integer, got {value!r}.")
+            hint = "; profile the target again" if str(data["format"]).startswith("maedet-latency-table/") else ""
+            raise MaeDetError(f"{where} has format {data['format']!r}; this maedet reads {TABLE_FORMAT!r}{hint}.")
+        target = _check_target(data.get("target"), where)
         if data.get("features") != list(FEATURE_NAMES):
             raise MaeDetError(f"{where} uses features {data.get('features')!r}, not {list(FEATURE_NAMES)}.")
-        model = _check_model(data.get("model"), where)
         calibration = data.get("calibration") or {"scale": 1.0, "offset_ms": 0.0}
         refs = data.get("references") or {}
         if not isinstance(calibration, Mapping) or not all(_finite(v) for v in calibration.values()):
@@ -250,13 +330,14 @@ class LatencyTable:
         if not isinstance(refs, Mapping) or not all(_finite(v) and v > 0 for v in refs.values()):
             raise MaeDetError(f"{where} has a malformed 'references' object (names → positive ms).")
         return cls(
-            target=dict(target),
-            model=model,
+            target=target,
+            model=_check_model(data.get("model"), where),
             calibration={k: float(v) for k, v in calibration.items()},
-            machine=dict(data.get("machine") or {}),
-            versions=dict(data.get("versions") or {}),
+            machine=dict(_mapping(data, "machine", where)),
+            versions=dict(_mapping(data, "versions", where)),
+            measurement=dict(_mapping(data, "measurement", where)),
             samples=list(data.get("samples") or []),
-            validation=dict(data.get("validation") or {}),
+            validation=dict(_mapping(data, "validation", where)),
             references={str(k): float(v) for k, v in refs.items()},
             created=str(data.get("created", "")),
             source=source,
@@ -271,23 +352,53 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_model(model: Any, where: str) -> dict[str, list[float]]:
-    if not isinstance(model, Mapping) or not model:
-        raise MaeDetError(f"{where} has no fitted 'model'.")
-    out: dict[str, list[float]] = {}
-    for kind, coefs in model.items():
-        if kind not in PIECE_KINDS:
-            raise MaeDetError(f"{where}: unknown piece kind {kind!r} in 'model' (expected {', '.join(PIECE_KINDS)}).")
+def _mapping(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise MaeDetError(f"{where}: {key!r} must be an object.")
+    return value
+
+
+def _check_target(target: Any, where: str) -> dict[str, Any]:
+    if not isinstance(target, Mapping):
+        raise MaeDetError(f"{where} has no 'target' object.")
+    for key in ("batch", "input_size"):
+        value = target.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MaeDetError(f"{where}: target field {key!r} must be a positive integer, got {value!r}.")
+    return dict(target)
+
+
+def _valid_role(role: Any) -> bool:
+    if role in FIXED_ROLES:
+        return True
+    if not isinstance(role, str) or not role.startswith("k") or "s" not in role:
+        return False
+    k, _, s = role[1:].partition("s")
+    return k.isdigit() and s.isdigit() and int(k) % 2 == 1 and int(s) >= 1
+
+
+def _check_model(model: Any, where: str) -> dict[str, Any]:
+    if not isinstance(model, Mapping) or not isinstance(model.get("roles"), Mapping) or not model["roles"]:
+        raise MaeDetError(f"{where} has no fitted 'model' (an object with 'roles').")
+    block = model.get("channel_block", 1)
+    if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= 1024:
+        raise MaeDetError(f"{where}: the model's 'channel_block' must be an integer from 1 to 1024, got {block!r}.")
+    roles: dict[str, list[float]] = {}
+    for role, coefs in model["roles"].items():
+        if not _valid_role(role):
+            raise MaeDetError(f"{where}: unknown operator role {role!r} in the model.")
         if (
             not isinstance(coefs, list)
             or len(coefs) != len(FEATURE_NAMES)
             or not all(_finite(c) and c >= 0 for c in coefs)
         ):
-            raise MaeDetError(
-                f"{where}: the model of {kind!r} pieces must be {len(FEATURE_NAMES)} non-negative numbers."
-            )
-        out[kind] = [float(c) for c in coefs]
-    return out
+            raise MaeDetError(f"{where}: the model of {role!r} must be {len(FEATURE_NAMES)} non-negative numbers.")
+        roles[role] = [float(c) for c in coefs]
+    for needed in ("stem", "pw"):
+        if needed not in roles:
+            raise MaeDetError(f"{where}: the model has no {needed!r} role.")
+    return {**{k: v for k, v in model.items() if k != "roles"}, "channel_block": block, "roles": roles}
 
 
 def _read_json(path: Path) -> Any:
