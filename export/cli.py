@@ -25,6 +25,7 @@ from rich.table import Table
 from maedet.cli import make_parser, run_cli
 
 from .check import CheckReport
+from .detector_cli import _validate as validate_detector_request
 from .detector_cli import add_detector_options, is_detector, refuse_detector_options, run_detector_export
 from .errors import ExportError, MissingDependencyError
 
@@ -265,11 +266,13 @@ def _preflight(args: argparse.Namespace) -> None:
         _require_tensorrt_stack()
 
 
-def _warn_weights(args: argparse.Namespace) -> None:
-    if not args.checkpoint and not getattr(args, "pretrained", False):
+def _warn_random_detector(args: argparse.Namespace) -> None:
+    """A detector without --checkpoint exports random weights: say so (export_onnx says it for backbones)."""
+    if not args.checkpoint:
         logger.warning(
-            "no weights given: exporting RANDOM weights (fine for timing, meaningless outputs); "
-            "add --pretrained or --checkpoint FILE."
+            "no weights given: exporting %s with RANDOM weights (fine for timing, meaningless detections); add "
+            "--checkpoint FILE.",
+            args.model,
         )
 
 
@@ -339,19 +342,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(stderr=True)
         if args.info:
             return _info(args.info, args.json, console)
-        detector = is_detector(args.model)
-        if detector:
-            if args.pretrained:
-                raise ExportError(f"--pretrained applies to backbones; give {args.model!r} its --checkpoint FILE.")
-            if not args.onnx and not args.trt:
-                raise ExportError("say where to write: --onnx OUT.onnx and/or --trt OUT.engine.")
-        else:
+        if not is_detector(args.model):
             refuse_detector_options(args)
             args.input_size = args.input_size or (640, 640)
             _validate(args)
+            _preflight(args)
+            return _export(args, console)
+        if args.pretrained:
+            raise ExportError(f"--pretrained applies to backbones; give {args.model!r} its --checkpoint FILE.")
+        validate_detector_request(args)
         _preflight(args)
-        _warn_weights(args)
-        return run_detector_export(args, console) if detector else _export(args, console)
+        _warn_random_detector(args)
+        return run_detector_export(args, console)
 
     return run_cli(parser, handle, argv)
 

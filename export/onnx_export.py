@@ -371,9 +371,16 @@ def export_onnx(
     opts = _options(options, kwargs)
     out = check_output_path(out, "ONNX file")
     traced = _trace_inputs(model, opts)
+    weights = _weights(model, traced.source, opts)
+    if weights[0] == "random":
+        logger.warning(
+            "no weights given: exporting %s with RANDOM weights (fine for timing, meaningless outputs); add "
+            "--pretrained or --checkpoint FILE (pretrained=True or checkpoint= in Python).",
+            traced.source.model_name,
+        )
     lowered = _lower_precision(_graph(traced, opts), traced, opts)
     proto, notes = lowered.proto, lowered.notes
-    meta = _metadata(traced, opts, _weights(model, traced.source, opts))
+    meta = _metadata(traced, opts, weights)
     if lowered.calibration is not None:
         meta["int8_calibration"] = lowered.calibration
     apply_metadata(proto, meta)

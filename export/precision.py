@@ -60,8 +60,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # suggest hundreds; 128 keeps a CPU calibration at 640×640 within minutes.
 DEFAULT_CALIB_IMAGES = 128
 SYNTHETIC_CALIB_BATCHES = 8  # synthetic images carry no more information in 128 copies
-# Calibration keeps every quantized tensor of this many batches in memory before folding them into its ranges.
-CALIB_FLUSH_BATCHES = 4
 
 
 def to_fp16(model: onnx.ModelProto, keep_io_types: bool = True) -> onnx.ModelProto:
@@ -246,7 +244,6 @@ def quantize_int8(
                 {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "DedicatedQDQPair": True}
                 if mode == "portable"
                 else {"ActivationSymmetric": False, "WeightSymmetric": True}
-            )
-            | {"CalibMaxIntermediateOutputs": CALIB_FLUSH_BATCHES},
+            ),
         )
         return onnx.load(str(dst))

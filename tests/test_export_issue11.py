@@ -154,9 +154,12 @@ def test_metadata_values_are_plain_strings(tmp_path):
 def test_info_prints_plain_values(tmp_path, capsys):
     out = tmp_path / "s.onnx"
     export_onnx("maedet_s", out, input_size=(64, 64), check=False)
+    capsys.readouterr()
     assert main(["--info", str(out)]) == 0
-    err = capsys.readouterr().err
-    assert "RGB" in err and "1/255" in err and '"maedet_s"' not in err and '"random"' not in err
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in capsys.readouterr().err.splitlines()
+            if line.count("│") == 3}  # fmt: skip
+    assert rows["model_name"] == "maedet_s" and rows["weights"] == "random"
+    assert rows["color_order"] == "RGB" and rows["pixel_scale"] == "1/255"
 
 
 def test_older_files_with_json_quoted_text_still_read(tmp_path):
