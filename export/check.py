@@ -2,7 +2,9 @@
 
 Errors are reported per output as max abs error, max relative error (max abs error divided by the reference's
 largest magnitude: post-ReLU maps are mostly zeros, so elementwise relative error is meaningless) and cosine
-similarity. Tolerances (see TOLERANCES, and docs/design.md, 'Export and runtimes'): fp32 must match to 1e-4 of the
+similarity. An output holding inf or NaN fails without figures (``nonfinite`` counts them): in an fp16 file that
+means activations beyond fp16's ±65504 (random weights can do that), which :meth:`CheckReport.failure` says in one
+sentence. Tolerances (see TOLERANCES, and docs/design.md, 'Export and runtimes'): fp32 must match to 1e-4 of the
 output's scale; fp16 and int8 are judged by cosine, since their error is spread over every element rather than
 being a few outliers. Engines are compared with ONNX Runtime CPU on the ONNX file they were built from
 (ENGINE_TOLERANCES).
@@ -10,6 +12,7 @@ being a few outliers. Engines are compared with ONNX Runtime CPU on the ONNX fil
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -69,14 +72,18 @@ ENGINE_TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+FP16_MAX = 65504.0
+
+
 @dataclass
 class OutputCheck:
     name: str
     shape: tuple[int, ...]
-    max_abs: float
+    max_abs: float  # inf, and cosine NaN, when the file's output holds inf/NaN (no meaningful figure)
     max_rel: float
     cosine: float
     passed: bool
+    nonfinite: int = 0  # inf/NaN elements in the exported file's output
 
 
 @dataclass
@@ -97,9 +104,27 @@ class CheckReport:
         return self.outputs[name]
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: inf/NaN figures become None (strict JSON has neither)."""
         data = asdict(self)
+        for out in data["outputs"].values():
+            for key in ("max_abs", "max_rel", "cosine"):
+                out[key] = out[key] if math.isfinite(out[key]) else None
         data["passed"] = self.passed
         return data
+
+    def failure(self) -> str | None:
+        """Why the check failed, as one sentence (None when it passed)."""
+        if self.passed:
+            return None
+        broken = [o.name for o in self.outputs.values() if o.nonfinite]
+        if broken and self.precision == "fp16":
+            return (
+                f"{', '.join(broken)} overflowed fp16 (inf/NaN in the file: activations beyond ±{FP16_MAX:g}); "
+                "export trained weights (--checkpoint/--pretrained) or use fp32."
+            )
+        if broken:
+            return f"{', '.join(broken)} hold inf/NaN in the exported {self.precision} file."
+        return f"outside the {self.precision} tolerance ({self.tolerance})."
 
 
 def synthetic_images(
@@ -134,6 +159,9 @@ def _output_check(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance) -
     a = np.asarray(got, dtype=np.float64)
     if r.shape != a.shape:
         raise ExportError(f"output {name!r} has shape {a.shape} in the file but {r.shape} in the reference.")
+    nonfinite = int(a.size - np.count_nonzero(np.isfinite(a)))
+    if nonfinite or not np.isfinite(r).all():  # no arithmetic on inf/NaN: no figures, and no numpy warnings
+        return OutputCheck(name, tuple(r.shape), float("inf"), float("inf"), float("nan"), False, nonfinite)
     diff = np.abs(a - r)
     max_abs = float(diff.max()) if diff.size else 0.0
     scale = float(np.abs(r).max()) if r.size else 0.0

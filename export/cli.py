@@ -3,12 +3,17 @@ and :func:`~maedet.export.check_engine`.
 
 Exit codes: 0 done (and checked), 1 the parity check failed its tolerance (the file is kept for inspection),
 2 bad input or a missing optional dependency (one sentence on stderr; no partial file), 130 interrupted.
+
+Every check that can fail runs before any work (:func:`_preflight`): the output paths (the ONNX file, the engine,
+its sidecar and the timing cache must be different files, and the ONNX file derived from ``--trt`` never replaces
+an existing one), the ``--calib`` folder, and TensorRT, Polygraphy and a GPU for ``--trt``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,12 +25,14 @@ from rich.table import Table
 from maedet.cli import make_parser, run_cli
 
 from .check import CheckReport
+from .detector_cli import _validate as validate_detector_request
 from .detector_cli import add_detector_options, is_detector, refuse_detector_options, run_detector_export
-from .errors import ExportError
+from .errors import ExportError, MissingDependencyError
 
 __all__ = ["build_parser", "main"]
 
 PROG = "maedet-export"
+logger = logging.getLogger(__name__)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -36,7 +43,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--info", metavar="FILE", help="print the metadata of an exported .onnx (or an engine's sidecar)")
     p.add_argument("--structure", metavar="FILE", help="structure file (JSON or the authors' txt) for 'maedet'")
-    p.add_argument("--checkpoint", metavar="FILE", help="weights (.pth/.pt, loaded with weights_only, or .safetensors)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument(
+        "--checkpoint", metavar="FILE", help="weights (.pth/.pt, loaded with weights_only, or .safetensors)"
+    )
+    weights.add_argument(
+        "--pretrained", action="store_true", help="the model's default pretrained weights through timm (downloaded)"
+    )
     p.add_argument("--onnx", metavar="OUT", help="ONNX file to write")
     p.add_argument("--trt", metavar="OUT", help="TensorRT engine to build (the ONNX is written first)")
     kind = p.add_mutually_exclusive_group()
@@ -67,7 +80,14 @@ def _add_precision_options(p: argparse.ArgumentParser) -> None:
         "~2x faster in ONNX Runtime on x86 CPUs, not loadable by TensorRT",
     )
     p.add_argument("--calib", metavar="DIR", help="with --int8: folder of calibration images")
-    p.add_argument("--calib-batches", type=int, default=8, metavar="N", help="calibration batches (default 8)")
+    p.add_argument(
+        "--calib-batches",
+        type=int,
+        metavar="N",
+        help="calibration batches (default: 128 images sampled from --calib, or all of a smaller folder; "
+        "8 synthetic batches without --calib)",
+    )
+    p.add_argument("--calib-seed", type=int, metavar="S", help="which --calib images are sampled (default 0)")
     p.add_argument("--check", dest="check", action="store_true", default=True, help="compare with PyTorch (default)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the parity check")
 
@@ -154,8 +174,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise ExportError("say where to write: --onnx OUT.onnx and/or --trt OUT.engine.")
     if args.io_half and not args.half:
         raise ExportError("--io-half needs --half.")
-    if (args.calib or args.calib_batches != 8 or args.int8_mode != "portable") and not args.int8:
-        raise ExportError("--calib, --calib-batches and --int8-mode need --int8.")
+    given = (args.calib, args.calib_batches, args.calib_seed)
+    if (any(v is not None for v in given) or args.int8_mode != "portable") and not args.int8:
+        raise ExportError("--calib, --calib-batches, --calib-seed and --int8-mode need --int8.")
     if args.trt and args.int8 and args.int8_mode == "cpu":
         raise ExportError("--int8-mode cpu writes uint8 asymmetric Q/DQ, which TensorRT cannot load; use the default.")
     if args.trt:
@@ -173,7 +194,86 @@ def _export_options(args: argparse.Namespace) -> Any:
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions) if hasattr(args, f.name)}
     given.update(precision="fp16" if args.half else "int8" if args.int8 else "fp32", input_size=tuple(args.input_size))
+    given["calib_seed"] = args.calib_seed or 0
     return ExportOptions(**given)
+
+
+def _onnx_path(args: argparse.Namespace) -> Path:
+    """--onnx, or the engine's name with .onnx (the ONNX file an engine is built from is kept beside it)."""
+    return Path(args.onnx) if args.onnx else Path(args.trt).with_suffix(".onnx")
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Every file this run writes is a distinct path, and no ONNX file is replaced unless --onnx names it."""
+    from maedet.fileio import check_output_path
+
+    onnx_path = check_output_path(_onnx_path(args), "ONNX file")
+    if not args.trt:
+        return
+    from .engine_sidecar import sidecar_path
+
+    engine = check_output_path(args.trt, "TensorRT engine")
+    sidecar = check_output_path(sidecar_path(engine), "engine sidecar")
+    named = {
+        "--onnx" if args.onnx else "the ONNX file derived from --trt": onnx_path,
+        "--trt": engine,
+        "the engine's sidecar": sidecar,
+    }
+    if args.timing_cache:
+        named["--timing-cache"] = Path(args.timing_cache)
+    seen: dict[Path, str] = {}
+    for label, path in named.items():
+        other = seen.setdefault(path.resolve(), label)
+        if other != label:
+            raise ExportError(f"{other} and {label} are the same file {str(path)!r}; give each its own path.")
+    if not args.onnx and onnx_path.exists():
+        raise ExportError(
+            f"--trt {args.trt} would replace {str(onnx_path)!r} with the ONNX file it is built from; pass "
+            f"--onnx {onnx_path} to replace it, or --onnx with another path."
+        )
+
+
+def _require_tensorrt_stack() -> None:
+    """--trt needs TensorRT, Polygraphy and a GPU: say so before the export, not after it."""
+    from .runtime import INSTALL_HINT, gpu_identity
+
+    missing = []
+    for module, name in (("tensorrt", "TensorRT"), ("polygraphy.backend.trt", "Polygraphy")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise MissingDependencyError(
+            f"--trt needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+            f"{INSTALL_HINT} on an NVIDIA GPU machine (or drop --trt to write only the ONNX file); nothing was written."
+        )
+    if gpu_identity()[0] is None:
+        raise MissingDependencyError(
+            "--trt needs an NVIDIA GPU (TensorRT builds an engine on the GPU it will run on) and none is visible; "
+            "drop --trt to write only the ONNX file; nothing was written."
+        )
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Everything that can be refused, refused before the (slow) export: paths, calibration folder, TensorRT."""
+    _check_paths(args)
+    if args.int8 and args.calib is not None:
+        from .precision import calibration_files
+
+        calibration_files(args.calib, args.batch)
+    if args.trt:
+        _require_tensorrt_stack()
+
+
+def _warn_random_detector(args: argparse.Namespace) -> None:
+    """A detector without --checkpoint exports random weights: say so (export_onnx says it for backbones)."""
+    if not args.checkpoint:
+        logger.warning(
+            "no weights given: exporting %s with RANDOM weights (fine for timing, meaningless detections); add "
+            "--checkpoint FILE.",
+            args.model,
+        )
 
 
 def _engine(args: argparse.Namespace, onnx_path: Path, result: Any, console: Console) -> tuple[dict[str, Any], int]:
@@ -207,7 +307,7 @@ def _engine(args: argparse.Namespace, onnx_path: Path, result: Any, console: Con
 def _export(args: argparse.Namespace, console: Console) -> int:
     from .onnx_export import export_onnx
 
-    onnx_path = Path(args.onnx) if args.onnx else Path(args.trt).with_suffix(".onnx")
+    onnx_path = _onnx_path(args)
     options = _export_options(args)
     result = export_onnx(args.model, onnx_path, options)
     size_mb = onnx_path.stat().st_size / 1e6
@@ -225,8 +325,7 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     if result.check is not None:
         console.print(_check_table(result.check, "ONNX Runtime CPU vs PyTorch fp32"))
         if not result.check.passed:
-            tolerance = result.check.tolerance
-            console.print(f"[red]check failed:[/red] outside the {options.precision} tolerance ({tolerance}).")
+            console.print(f"check failed: {result.check.failure()}", markup=False, style="red", soft_wrap=True)
             code = 1
     if args.trt:
         summary["engine"], engine_code = _engine(args, onnx_path, result, console)
@@ -243,12 +342,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(stderr=True)
         if args.info:
             return _info(args.info, args.json, console)
-        if is_detector(args.model):
-            return run_detector_export(args, console)
-        refuse_detector_options(args)
-        args.input_size = args.input_size or (640, 640)
-        _validate(args)
-        return _export(args, console)
+        if not is_detector(args.model):
+            refuse_detector_options(args)
+            args.input_size = args.input_size or (640, 640)
+            _validate(args)
+            _preflight(args)
+            return _export(args, console)
+        if args.pretrained:
+            raise ExportError(f"--pretrained applies to backbones; give {args.model!r} its --checkpoint FILE.")
+        validate_detector_request(args)
+        _preflight(args)
+        _warn_random_detector(args)
+        return run_detector_export(args, console)
 
     return run_cli(parser, handle, argv)
 

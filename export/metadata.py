@@ -1,7 +1,10 @@
-"""What an exported file says about itself: stored as ONNX ``metadata_props`` (string → JSON string).
+"""What an exported file says about itself: stored as ONNX ``metadata_props`` (string → string).
 
 A consumer (the bench, a detector, ``maedet-export --info``) can preprocess and interpret the outputs from the
-file alone: the input size, mean/std, output names with their strides, the precision and the structure.
+file alone: the input size, colour order, pixel scale and mean/std, output names with their strides, the precision,
+the structure, and which weights and INT8 calibration images made it. Text values are stored as they are (``fp16``,
+not ``"fp16"``), so any ONNX tool shows them plainly; numbers, lists and mappings as JSON text. Files written before
+that stored every value as JSON, and still read back the same.
 """
 
 from __future__ import annotations
@@ -17,9 +20,19 @@ from google.protobuf.message import DecodeError
 
 from .errors import ExportError
 
-__all__ = ["METADATA_KEYS", "apply_metadata", "build_metadata", "format_metadata", "read_metadata"]
+__all__ = [
+    "METADATA_KEYS",
+    "TEXT_KEYS",
+    "apply_metadata",
+    "build_metadata",
+    "decode_value",
+    "encode_value",
+    "format_metadata",
+    "read_metadata",
+]
 
-# Every key export writes; values are JSON so numbers and lists survive the round trip exactly.
+# Every key export writes. Numbers, booleans, lists and mappings are JSON so they survive the round trip exactly;
+# the TEXT_KEYS are plain text.
 METADATA_KEYS = (
     "model_name",
     "structure",
@@ -36,7 +49,35 @@ METADATA_KEYS = (
     "io_dtype",
     "opset",
     "maedet_version",
+    "color_order",
+    "pixel_scale",
+    "weights",
+    "weights_sha256",
+    "int8_calibration",
+    "int8_mode",
 )
+# Values that are text, whatever they look like (a weights path "123" stays a string). Detector files add theirs.
+TEXT_KEYS = frozenset(
+    {
+        "model_name",
+        "outputs",
+        "input_name",
+        "precision",
+        "io_dtype",
+        "maedet_version",
+        "color_order",
+        "pixel_scale",
+        "weights",
+        "weights_sha256",
+        "int8_calibration",
+        "int8_mode",
+        "task",
+        "input_dtype",
+    }
+)
+# How a consumer turns an image into the input: RGB pixels × PIXEL_SCALE, minus mean, divided by std (per channel).
+COLOR_ORDER = "RGB"
+PIXEL_SCALE = "1/255"
 
 
 def build_metadata(
@@ -55,11 +96,17 @@ def build_metadata(
     precision: str,
     io_dtype: str,
     opset: int,
+    weights: str = "random",
+    weights_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """The metadata as plain Python values (what ``read_metadata`` returns after a round trip)."""
+    """The metadata as plain Python values (what ``read_metadata`` returns after a round trip).
+
+    ``weights`` says what the file computes with: ``random``, a timm pretrained tag, or a checkpoint path (then
+    ``weights_sha256`` identifies its content).
+    """
     from maedet import __version__
 
-    return {
+    meta: dict[str, Any] = {
         "model_name": model_name,
         "structure": structure_json,
         "outputs": outputs,
@@ -69,13 +116,43 @@ def build_metadata(
         "input_size": list(input_size),
         "batch": batch,
         "dynamic": dynamic,
+        "color_order": COLOR_ORDER,
+        "pixel_scale": PIXEL_SCALE,
         "mean": list(mean),
         "std": list(std),
         "precision": precision,
         "io_dtype": io_dtype,
         "opset": opset,
         "maedet_version": __version__,
+        "weights": weights,
     }
+    if weights_sha256 is not None:
+        meta["weights_sha256"] = weights_sha256
+    return meta
+
+
+def encode_value(value: Any) -> str:
+    """Text as it is; anything else as JSON text."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def decode_value(key: str, text: str) -> Any:
+    """The value ``encode_value`` stored: TEXT_KEYS stay text, other keys are JSON (or text that is not JSON).
+
+    Older files stored text JSON-quoted (``"fp16"``); such a value reads back as the text inside the quotes.
+    """
+    if text.startswith('"'):
+        try:
+            quoted = json.loads(text)
+        except json.JSONDecodeError:
+            return text
+        return quoted if isinstance(quoted, str) else text
+    if key in TEXT_KEYS:
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def apply_metadata(model: onnx.ModelProto, metadata: Mapping[str, Any]) -> None:
@@ -85,13 +162,13 @@ def apply_metadata(model: onnx.ModelProto, metadata: Mapping[str, Any]) -> None:
     for prop in keep:
         model.metadata_props.add(key=prop.key, value=prop.value)
     for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=json.dumps(value))
+        model.metadata_props.add(key=key, value=encode_value(value))
     model.producer_name = "maedet-export"
     model.producer_version = str(metadata.get("maedet_version", ""))
 
 
 def read_metadata(source: str | os.PathLike[str] | onnx.ModelProto) -> dict[str, Any]:
-    """The metadata of an ONNX file (or loaded model); values that are not JSON are returned as text."""
+    """The metadata of an ONNX file (or loaded model), values decoded by :func:`decode_value`."""
     if isinstance(source, onnx.ModelProto):
         model = source
     else:
@@ -102,13 +179,7 @@ def read_metadata(source: str | os.PathLike[str] | onnx.ModelProto) -> dict[str,
             model = onnx.load(str(path), load_external_data=False)
         except (DecodeError, OSError) as exc:  # protobuf's DecodeError for any non-ONNX file
             raise ExportError(f"{str(path)!r} is not a readable ONNX file ({type(exc).__name__}).") from None
-    out: dict[str, Any] = {}
-    for prop in model.metadata_props:
-        try:
-            out[prop.key] = json.loads(prop.value)
-        except json.JSONDecodeError:
-            out[prop.key] = prop.value
-    return out
+    return {prop.key: decode_value(prop.key, prop.value) for prop in model.metadata_props}
 
 
 def format_metadata(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ from maedet.zoo import Structure, fuse_bn, load_structure
 from maedet.zoo.checkpoint import load_checkpoint
 from maedet.zoo.structure import BUILTIN_NAMES
 
-from .errors import ExportError
+from .errors import ExportError, first_line
 
 __all__ = [
     "DETECTION_STRIDES",
@@ -39,6 +39,8 @@ __all__ = [
 
 # The feature pyramid a detector neck expects: C2..C5 at strides 4, 8, 16, 32.
 DETECTION_STRIDES = (4, 8, 16, 32)
+# Largest input side: 4× the authors' 1333-pixel test scale, far below what exhausts memory at batch 1.
+MAX_INPUT_SIDE = 8192
 
 
 class TupleOutputs(nn.Module):
@@ -69,7 +71,7 @@ class ModelSource:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     in_chans: int
-    size_multiple: int  # input H and W must be multiples of this (the largest stride of the network)
+    size_multiple: int  # the network's largest stride: the smallest input H and W
     outputs: str  # "features" or "logits"
 
 
@@ -90,8 +92,11 @@ def create_model(name: str, *, state: dict[str, Any] | None = None, **kwargs: An
     """``timm.create_model`` whose refusals are one sentence; a checkpoint goes through timm's own loading path.
 
     With ``state`` the model's ``filter_fn`` maps the keys, and a mismatch (``load_state_dict``'s RuntimeError) is
-    reported as a checkpoint that does not fit. Without one, only timm's argument errors are translated.
+    reported as a checkpoint that does not fit. With ``pretrained=True`` a failed download or unreadable file
+    (OSError) is one sentence too. Without either, only timm's argument errors are translated.
     """
+    if kwargs.get("pretrained"):
+        return _create_pretrained(name, kwargs)
     if state is not None:
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(state_dict=state, file=None, hf_hub_id=None))
         expected: tuple[type[Exception], ...] = (ValueError, KeyError, TypeError, RuntimeError)
@@ -104,6 +109,23 @@ def create_model(name: str, *, state: dict[str, Any] | None = None, **kwargs: An
         if state is not None:
             raise ExportError(f"checkpoint does not fit model {name!r}: {text[:300]}") from None
         raise ExportError(f"cannot build model {name!r}: {text[:300]}") from None
+
+
+def _create_pretrained(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """timm's pretrained weights for ``name``, refused in one sentence when there are none or they cannot be had."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if cfg is None or not any(overlay.get(k) or getattr(cfg, k, None) for k in ("url", "file", "hf_hub_id")):
+        raise ExportError(f"model {name!r} has no pretrained weights in timm; give a checkpoint (--checkpoint FILE).")
+    try:
+        return timm.create_model(name, **kwargs)
+    except OSError as exc:  # URLError, HTTPError, huggingface_hub's errors, a missing local file
+        raise ExportError(
+            f"could not load the pretrained weights of {name!r} ({first_line(exc, 160)}); download them where there "
+            "is network and give the file with --checkpoint FILE (or pretrained_cfg_overlay=dict(file=...))."
+        ) from None
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # the zoo's download sentence is a ValueError
+        raise ExportError(f"cannot load the pretrained weights of {name!r}: {first_line(exc, 300)}") from None
 
 
 def detection_out_indices(feature_module: nn.Module, name: str) -> tuple[int, ...]:
@@ -145,17 +167,25 @@ def _parse_structure(name: str, structure: Any) -> tuple[str, Structure | None]:
 
 
 def _features_module(
-    name: str, state: dict[str, Any] | None, out_indices: Sequence[int] | None, kwargs: dict[str, Any]
+    name: str,
+    state: dict[str, Any] | None,
+    out_indices: Sequence[int] | None,
+    kwargs: dict[str, Any],
+    weights: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """The features_only model at ``out_indices``, by default C2..C5 (a probe without weights picks them)."""
+    """The features_only model at ``out_indices``, by default C2..C5 (a probe without weights picks them).
+
+    ``weights`` holds timm's ``pretrained`` arguments, which only the final model gets.
+    """
+    weights = weights or {}
     if out_indices is not None:
-        return create_model(name, state=state, features_only=True, out_indices=tuple(out_indices), **kwargs)
+        return create_model(name, state=state, features_only=True, out_indices=tuple(out_indices), **weights, **kwargs)
     probe = create_model(name, features_only=True, **kwargs)
     picked = detection_out_indices(probe, name)
-    if picked == tuple(probe.feature_info.out_indices) and state is None:
+    if picked == tuple(probe.feature_info.out_indices) and state is None and not weights:
         return probe
     del probe
-    return create_model(name, state=state, features_only=True, out_indices=picked, **kwargs)
+    return create_model(name, state=state, features_only=True, out_indices=picked, **weights, **kwargs)
 
 
 def _resolve_name(
@@ -165,6 +195,7 @@ def _resolve_name(
     outputs: str,
     out_indices: Sequence[int] | None,
     num_classes: int | None,
+    weights: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, str, Structure | None, tuple[int, ...]]:
     """Build the (not yet fused) module for a timm name; returns (module, name, structure, strides)."""
     name, parsed = _parse_structure(name, structure)
@@ -175,10 +206,10 @@ def _resolve_name(
     if outputs == "logits":
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
-        module = create_model(name, state=state, **kwargs)
+        module = create_model(name, state=state, **(weights or {}), **kwargs)
         struct = getattr(module, "structure", None)
         return module, name, struct if isinstance(struct, Structure) else None, (0,)
-    module = _features_module(name, state, out_indices, kwargs)
+    module = _features_module(name, state, out_indices, kwargs, weights)
     strides = tuple(int(r) for r in module.feature_info.reduction())
     struct = parsed if parsed is not None else (load_structure(name) if is_maedet_name(name) else None)
     return module, name, struct, strides
@@ -223,17 +254,25 @@ def resolve_model(
     outputs: str = "features",
     out_indices: Sequence[int] | None = None,
     num_classes: int | None = None,
+    pretrained: bool = False,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
 ) -> ModelSource:
     """The deploy-form module (eval, BN folded, tuple outputs) and its description.
 
     ``model`` is a timm name (``maedet_m``, ``maedet`` with ``structure``, ``resnet50``...) or a module. For
-    features the default is C2..C5; ``out_indices`` picks others (timm's features_only indices).
+    features the default is C2..C5; ``out_indices`` picks others (timm's features_only indices). ``pretrained``
+    loads the name's default pretrained weights through timm (``pretrained_cfg_overlay`` as timm takes it).
     """
     _check_request(model, structure, checkpoint, outputs, out_indices)
+    weights = dict(pretrained=True, pretrained_cfg_overlay=pretrained_cfg_overlay) if pretrained else None
+    if weights is not None and not isinstance(model, str):
+        raise ExportError("pretrained weights apply to a model name; a module already has its weights.")
     if isinstance(model, ModelSource):  # already resolved (e.g. shared with the bench's PyTorch runs)
         return model
     if isinstance(model, str):
-        module, name, struct, strides = _resolve_name(model, structure, checkpoint, outputs, out_indices, num_classes)
+        module, name, struct, strides = _resolve_name(
+            model, structure, checkpoint, outputs, out_indices, num_classes, weights
+        )
     else:
         module, name, struct, strides = _resolve_module(model, outputs)
     return _deploy_source(module, name, struct, strides, outputs)
@@ -270,7 +309,8 @@ def _deploy_source(
 
 
 def validate_input_size(input_size: Sequence[int], size_multiple: int = 32) -> tuple[int, int]:
-    """H and W must be positive multiples of the network's largest stride (so every level has a whole size)."""
+    """H and W from the network's largest stride (``size_multiple``: every level keeps at least one pixel) up to
+    MAX_INPUT_SIDE; any size in between runs (odd sizes round up level by level, as a strided conv does)."""
     if len(input_size) != 2:
         raise ExportError(f"input size needs two numbers (H W), got {list(input_size)}.")
     h, w = (int(v) for v in input_size)
@@ -279,10 +319,6 @@ def validate_input_size(input_size: Sequence[int], size_multiple: int = 32) -> t
             f"input size {h}×{w} is too small: the network downsamples {size_multiple}×, so H and W must be at "
             f"least {size_multiple}."
         )
-    if h % size_multiple or w % size_multiple:
-        raise ExportError(
-            f"input size {h}×{w} is not a multiple of {size_multiple} (H and W must be multiples of "
-            f"{size_multiple}, the network's largest stride); try {round(h / size_multiple) * size_multiple}×"
-            f"{round(w / size_multiple) * size_multiple}."
-        )
+    if h > MAX_INPUT_SIDE or w > MAX_INPUT_SIDE:
+        raise ExportError(f"input size {h}×{w} is too large: H and W must be at most {MAX_INPUT_SIDE}.")
     return h, w

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import logging
 import os
@@ -39,6 +40,8 @@ class ExportOptions:
 
     structure: Any = None  # a structure file or Structure, for model 'maedet'
     checkpoint: str | os.PathLike[str] | None = None
+    pretrained: bool = False  # the model's default pretrained weights, through timm (its cache or a download)
+    pretrained_cfg_overlay: dict[str, Any] | None = None  # timm's, e.g. dict(file=PATH) for a local copy
     input_size: Sequence[int] = (640, 640)
     batch: int = 1
     outputs: str = "features"  # 'features' (C2..C5 by default) or 'logits'
@@ -49,7 +52,8 @@ class ExportOptions:
     precision: str = "fp32"  # fp32, fp16 or int8
     io_half: bool = False  # with fp16: fp16 inputs and outputs too
     calib: str | os.PathLike[str] | None = None  # with int8: a folder of calibration images
-    calib_batches: int = 8
+    calib_batches: int | None = None  # default: 128 images' worth from calib (all of a smaller folder), else 8
+    calib_seed: int = 0  # which images are sampled from calib
     simplify: bool = False  # onnxslim
     check: bool = True  # compare with PyTorch in ONNX Runtime CPU
     tolerance: Tolerance | None = None  # default: TOLERANCES[precision]
@@ -59,7 +63,10 @@ class ExportOptions:
     def model_request(self) -> dict[str, Any]:
         """The options that pick the module (what :func:`resolve_model` takes besides the model)."""
         names = ("structure", "checkpoint", "outputs", "out_indices", "num_classes")
-        return {name: getattr(self, name) for name in names}
+        request = {name: getattr(self, name) for name in names}
+        if self.pretrained:  # only then, so callers that never ask for weights need no such parameter
+            request.update(pretrained=True, pretrained_cfg_overlay=self.pretrained_cfg_overlay)
+        return request
 
     def validate(self) -> None:
         """Refuse impossible combinations in one sentence, before any model is built."""
@@ -75,11 +82,19 @@ class ExportOptions:
             raise ExportError("INT8 Q/DQ with per-channel weights needs opset 13 or newer.")
         if self.int8_mode != "portable" and self.precision != "int8":
             raise ExportError("int8_mode applies to precision 'int8' only.")
-        if self.calib_batches < 1:
+        if self.calib_batches is not None and self.calib_batches < 1:
             raise ExportError(f"calib_batches must be at least 1, got {self.calib_batches}.")
         if self.batch < 1:
             raise ExportError(f"batch must be at least 1, got {self.batch}.")
+        if self.pretrained and self.checkpoint is not None:
+            raise ExportError("give either a checkpoint or pretrained weights, not both.")
+        if self.pretrained_cfg_overlay is not None and not self.pretrained:
+            raise ExportError("pretrained_cfg_overlay applies with pretrained=True.")
         validate_input_size(self.input_size)  # the stride is known only later; bad sizes still fail in milliseconds
+        if self.precision == "int8" and self.calib is not None:
+            from .precision import calibration_files
+
+            calibration_files(self.calib, self.batch)  # a missing or empty folder fails now, not after the export
 
 
 @dataclass
@@ -203,13 +218,22 @@ def _trace_inputs(model: str | nn.Module | ModelSource, opts: ExportOptions) -> 
     return _Traced(source, example, tuple(outs), names, h, w)
 
 
-def _lower_precision(proto: onnx.ModelProto, traced: _Traced, opts: ExportOptions) -> tuple[onnx.ModelProto, list[str]]:
-    """fp16 conversion or INT8 quantization of the fp32 graph; returns the graph and the notes for the user."""
+@dataclass
+class _Lowered:
+    """The graph at the requested precision, the notes for the user and, for INT8, the calibration source."""
+
+    proto: onnx.ModelProto
+    notes: list[str] = field(default_factory=list)
+    calibration: str | None = None  # 'synthetic' or 'N images from DIR, seed S'
+
+
+def _lower_precision(proto: onnx.ModelProto, traced: _Traced, opts: ExportOptions) -> _Lowered:
+    """fp16 conversion or INT8 quantization of the fp32 graph."""
     if opts.precision == "fp16":
         from .precision import to_fp16
 
         logger.info("converting to fp16 (%s inputs/outputs)", "fp16" if opts.io_half else "fp32")
-        return to_fp16(proto, keep_io_types=not opts.io_half), []
+        return _Lowered(to_fp16(proto, keep_io_types=not opts.io_half))
     if opts.precision == "int8":
         from .precision import calibration_batches, quantize_int8
 
@@ -222,12 +246,41 @@ def _lower_precision(proto: onnx.ModelProto, traced: _Traced, opts: ExportOption
             input_size=(traced.height, traced.width),
             mean=source.mean,
             std=source.std,
+            seed=opts.calib_seed,
         )
-        return quantize_int8(proto, data, per_channel=opts.per_channel, mode=opts.int8_mode), [calib_note]
-    return proto, []
+        images = len(data) * opts.batch
+        calibration = (
+            "synthetic" if opts.calib is None else f"{images} images from {opts.calib}, seed {opts.calib_seed}"
+        )
+        quantized = quantize_int8(proto, data, per_channel=opts.per_channel, mode=opts.int8_mode)
+        return _Lowered(quantized, [calib_note], calibration)
+    return _Lowered(proto)
 
 
-def _metadata(traced: _Traced, opts: ExportOptions) -> dict[str, Any]:
+def _sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _weights(model: str | nn.Module | ModelSource, source: ModelSource, opts: ExportOptions) -> tuple[str, str | None]:
+    """What the file computes with, for its metadata: (``weights``, ``weights_sha256`` or None)."""
+    if opts.checkpoint is not None:
+        path = Path(opts.checkpoint)
+        return str(path), _sha256(path) if path.is_file() else None
+    if opts.pretrained:
+        cfg = getattr(getattr(source.module, "inner", None), "pretrained_cfg", None) or {}
+        tag = ".".join(p for p in (cfg.get("architecture") or source.model_name, cfg.get("tag")) if p)
+        file = (opts.pretrained_cfg_overlay or {}).get("file")
+        return tag, _sha256(file) if file and Path(file).is_file() else None
+    if isinstance(model, str):
+        return "random", None
+    return "given module (built by the caller)", None
+
+
+def _metadata(traced: _Traced, opts: ExportOptions, weights: tuple[str, str | None]) -> dict[str, Any]:
     source = traced.source
     meta = build_metadata(
         model_name=source.model_name,
@@ -244,6 +297,8 @@ def _metadata(traced: _Traced, opts: ExportOptions) -> dict[str, Any]:
         precision=opts.precision,
         io_dtype="float16" if opts.io_half else "float32",
         opset=opts.opset,
+        weights=weights[0],
+        weights_sha256=weights[1],
     )
     if opts.precision == "int8":
         meta["int8_mode"] = opts.int8_mode
@@ -316,8 +371,18 @@ def export_onnx(
     opts = _options(options, kwargs)
     out = check_output_path(out, "ONNX file")
     traced = _trace_inputs(model, opts)
-    proto, notes = _lower_precision(_graph(traced, opts), traced, opts)
-    meta = _metadata(traced, opts)
+    weights = _weights(model, traced.source, opts)
+    if weights[0] == "random":
+        logger.warning(
+            "no weights given: exporting %s with RANDOM weights (fine for timing, meaningless outputs); add "
+            "--pretrained or --checkpoint FILE (pretrained=True or checkpoint= in Python).",
+            traced.source.model_name,
+        )
+    lowered = _lower_precision(_graph(traced, opts), traced, opts)
+    proto, notes = lowered.proto, lowered.notes
+    meta = _metadata(traced, opts, weights)
+    if lowered.calibration is not None:
+        meta["int8_calibration"] = lowered.calibration
     apply_metadata(proto, meta)
     data = proto.SerializeToString()
     if len(data) > _PROTOBUF_LIMIT:

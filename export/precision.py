@@ -34,15 +34,32 @@ from typing import Any
 import numpy as np
 import onnx
 
+from maedet.errors import MaeDetError
+
 from .check import synthetic_images
 from .errors import ExportError
 
-__all__ = ["IMAGE_SUFFIXES", "INT8_MODES", "calibration_batches", "load_calibration_images", "quantize_int8", "to_fp16"]
+__all__ = [
+    "DEFAULT_CALIB_IMAGES",
+    "IMAGE_SUFFIXES",
+    "INT8_MODES",
+    "CalibrationImages",
+    "calibration_batches",
+    "calibration_files",
+    "load_calibration_images",
+    "quantize_int8",
+    "sample_files",
+    "to_fp16",
+]
 
 # portable: symmetric signed int8 (TensorRT and ONNX Runtime); cpu: uint8 asymmetric activations (ONNX Runtime x86).
 INT8_MODES = ("portable", "cpu")
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Images sampled from a --calib folder by default (all of a smaller folder). ONNX Runtime's and TensorRT's guides
+# suggest hundreds; 128 keeps a CPU calibration at 640×640 within minutes.
+DEFAULT_CALIB_IMAGES = 128
+SYNTHETIC_CALIB_BATCHES = 8  # synthetic images carry no more information in 128 copies
 
 
 def to_fp16(model: onnx.ModelProto, keep_io_types: bool = True) -> onnx.ModelProto:
@@ -56,69 +73,120 @@ def to_fp16(model: onnx.ModelProto, keep_io_types: bool = True) -> onnx.ModelPro
     return convert_float_to_float16(model, keep_io_types=keep_io_types, op_block_list=[], disable_shape_infer=False)
 
 
-def load_calibration_images(
-    folder: str | os.PathLike[str],
-    count: int,
-    input_size: tuple[int, int],
-    mean: Sequence[float],
-    std: Sequence[float],
-    interpolation: str = "bilinear",
-) -> np.ndarray:
-    """Up to ``count`` images from ``folder`` (sorted names), resized to ``input_size`` and normalized.
+def calibration_files(folder: str | os.PathLike[str], batch: int = 1) -> list[Path]:
+    """The image files under ``folder`` (sorted), or one sentence saying why it cannot calibrate.
 
-    The whole image is resized (no crop) as a detector would, with the model's pretrained mean/std.
+    Cheap (names only), so the CLI and :class:`~maedet.export.ExportOptions` refuse a bad folder before any export.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(folder)
-    if not root.is_dir():
+    if not root.exists():
         raise ExportError(f"calibration folder {str(root)!r} does not exist.")
+    if not root.is_dir():
+        raise ExportError(f"calibration folder {str(root)!r} is not a folder; give a folder of images.")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise ExportError(f"calibration folder {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-    resample = {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST}.get(interpolation, Image.BILINEAR)
-    h, w = input_size
-    m = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
-    images = []
-    for path in files[:count]:
-        try:
-            with Image.open(path) as img:
-                rgb = img.convert("RGB").resize((w, h), resample)
-        except (OSError, UnidentifiedImageError):
-            raise ExportError(f"calibration image {str(path)!r} cannot be read.") from None
-        arr = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
-        images.append((arr - m) / s)
-    return np.stack(images).astype(np.float32)
+    if len(files) < batch:
+        raise ExportError(
+            f"calibration folder {str(root)!r} holds {len(files)} images, fewer than one batch of {batch}."
+        )
+    return files
+
+
+def sample_files(files: Sequence[Path], count: int, seed: int) -> list[Path]:
+    """``count`` files drawn across the whole list without replacement (seeded), not the first ``count`` by name."""
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(files), size=min(count, len(files)), replace=False)
+    return [files[int(i)] for i in picked]
+
+
+def _read_calibration_image(path: Path) -> np.ndarray:
+    """RGB uint8 as inference reads it; a decompression bomb (beyond PIL's MAX_IMAGE_PIXELS) is one sentence."""
+    import warnings
+
+    from PIL import Image
+
+    from maedet.detect.run import read_image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return read_image(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ExportError(
+            f"calibration image {str(path)!r} is larger than PIL's limit of {Image.MAX_IMAGE_PIXELS} pixels "
+            "(a possible decompression bomb); remove it from the folder."
+        ) from None
+    except MaeDetError:
+        raise ExportError(f"calibration image {str(path)!r} cannot be read.") from None
+
+
+def load_calibration_images(
+    files: Sequence[str | os.PathLike[str]], input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
+    """``files`` preprocessed exactly as inference does (:func:`maedet.detect.preprocess.letterbox` to the fixed
+    input size, normalised, zero-padded at the bottom and right), as one float32 batch."""
+    from maedet.detect.preprocess import collate, letterbox
+
+    items = [letterbox(_read_calibration_image(Path(f)), fixed_hw=tuple(input_size)) for f in files]
+    return collate(items, mean, std).numpy()
+
+
+class CalibrationImages(Sequence[np.ndarray]):
+    """Batches of letterboxed images, read when asked for: 128 images at 640×640 would hold 630 MB at once."""
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        batch: int,
+        input_size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.files, self.batch, self.input_size = list(files), batch, input_size
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.files) // self.batch
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        chunk = self.files[index * self.batch : (index + 1) * self.batch]
+        return load_calibration_images(chunk, self.input_size, self.mean, self.std)
 
 
 def calibration_batches(
     *,
     calib: str | os.PathLike[str] | None,
-    batches: int,
+    batches: int | None,
     batch: int,
     input_size: tuple[int, int],
     mean: Sequence[float],
     std: Sequence[float],
-    interpolation: str = "bilinear",
-) -> tuple[list[np.ndarray], str]:
+    seed: int = 0,
+) -> tuple[Sequence[np.ndarray], str]:
     """The calibration batches and a note saying where they came from.
 
-    The note is logged too: as information for real images, as a warning for synthetic ones (real images give
-    more accurate scales, and the user must see that they were not used).
+    From a folder: ``batches`` full batches (default: enough for DEFAULT_CALIB_IMAGES images, or all the folder
+    holds) sampled across it with ``seed``, read lazily. Without one: ``batches`` (default SYNTHETIC_CALIB_BATCHES)
+    synthetic batches. The note is logged too: as information for real images, as a warning for synthetic ones
+    (real images give more accurate scales, and the user must see that they were not used).
     """
     h, w = input_size
     if calib is not None:
-        images = load_calibration_images(calib, batches * batch, (h, w), mean, std, interpolation)
-        split = [images[i : i + batch] for i in range(0, len(images), batch)]
-        note = f"calibrated on {len(images)} images from {calib}"
+        files = calibration_files(calib, batch)
+        wanted = (batches * batch) if batches is not None else -(-DEFAULT_CALIB_IMAGES // batch) * batch
+        picked = sample_files(files, min(wanted, len(files) // batch * batch), seed)
+        note = f"INT8 calibrated on {len(picked)} of the {len(files)} images in {calib} (sampled with seed {seed})"
         logger.info(note)
-        return split, note
-    data = synthetic_images(batches * batch, h, w, mean, std, seed=2022)
+        return CalibrationImages(picked, batch, (h, w), mean, std), note
+    count = batches if batches is not None else SYNTHETIC_CALIB_BATCHES
+    data = synthetic_images(count * batch, h, w, mean, std, seed=2022)
     split = [data[i : i + batch] for i in range(0, len(data), batch)]
     note = (
-        f"INT8 calibrated on {batches} synthetic batches (no --calib DIR given); "
-        "scales from real images are more accurate."
+        f"INT8 calibrated on {count} synthetic batches (no --calib DIR given); scales from real images are more "
+        "accurate."
     )
     logger.warning(note)
     return split, note

@@ -100,3 +100,28 @@ def authors_detector_state():
     """Factory: ``authors_detector_state(name, seed=0, num_classes=None)``, a whole-detector state dict in the
     authors' layout (``maedet_{s,m,l}_gfl``) with every norm randomised."""
     return make_authors_detector_state
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0, weight: tuple[float, float] = (0.3, 0.6)) -> torch.nn.Module:
+    """Random BN affine and running statistics, in place, so parity checks exercise every channel.
+
+    A fresh timm model zero-initialises the last BN of every residual branch (``zero_init_last``): its branches add
+    nothing, and an exporter that dropped or mangled them would still match. ``weight`` bounds the BN scales (small
+    enough that a deep random net stays well inside fp16's range).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=gen) * (weight[1] - weight[0]) + weight[0])
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def random_bn():
+    """Factory: ``random_bn(model, seed=0)`` randomises every BN of ``model`` in place (see :func:`randomize_bn`)."""
+    return randomize_bn

@@ -38,7 +38,7 @@ def _no_leftovers(folder) -> list[str]:
         (["no_such_model_xyz"], "unknown model 'no_such_model_xyz'"),
         (["maedet"], "needs a structure"),
         (["resnet18", "--structure", "maedet_s"], "only applies to MAE-DET"),
-        (["maedet_s", "--input-size", "100", "100"], "not a multiple of 32"),
+        (["maedet_s", "--input-size", "100000", "100"], "too large"),
         (["maedet_s", "--input-size", "16", "16"], "too small"),
         (["maedet_s", "--input-size", "0", "64"], "too small"),
         (["maedet_s", "--batch", "0"], "batch must be at least 1"),

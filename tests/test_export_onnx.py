@@ -43,13 +43,14 @@ def _assert_fp32_parity(report):
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
-def exported(request, tmp_path_factory):
-    """Each variant built once (features and classifier), exported four ways: features/logits × static/dynamic."""
+def exported(request, tmp_path_factory, random_bn):
+    """Each variant built once (features and classifier, random BN so every residual branch counts), exported four
+    ways: features/logits × static/dynamic."""
     name = request.param
     torch.manual_seed(0)
-    features = timm.create_model(name, features_only=True)
+    features = random_bn(timm.create_model(name, features_only=True), seed=0).eval()
     torch.manual_seed(1)
-    classifier = timm.create_model(name, num_classes=10)
+    classifier = random_bn(timm.create_model(name, num_classes=10), seed=1).eval()
     folder = tmp_path_factory.mktemp(name)
     files = {
         "features_static": export_onnx(features, folder / "fs.onnx", input_size=SIZE),
@@ -128,40 +129,51 @@ def test_logits_dynamic_match_pytorch_at_other_shapes(exported):
         assert report["logits"].shape == (shape[0], 10)
 
 
-def test_export_by_name_builds_the_registered_model(tmp_path):
-    result = export_onnx("maedet_s", tmp_path / "s.onnx", input_size=SIZE, outputs="logits", num_classes=5)
+def _random_checkpoint(path, name, random_bn, **kwargs):
+    """A checkpoint of ``name`` with random BN, so exports by name are checked with every branch live."""
+    torch.manual_seed(7)
+    torch.save(random_bn(timm.create_model(name, **kwargs), seed=7).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def s_weights(tmp_path_factory, random_bn):
+    return _random_checkpoint(tmp_path_factory.mktemp("w") / "s.pth", "maedet_s", random_bn)
+
+
+def test_export_by_name_builds_the_registered_model(tmp_path, random_bn):
+    ckpt = _random_checkpoint(tmp_path / "s5.pth", "maedet_s", random_bn, num_classes=5)
+    result = export_onnx(
+        "maedet_s", tmp_path / "s.onnx", input_size=SIZE, outputs="logits", num_classes=5, checkpoint=ckpt
+    )
     _assert_fp32_parity(result.check)
     assert _static_dims(onnx.load(str(result.path)).graph.output[0]) == [1, 5]
     assert result.metadata["model_name"] == "maedet_s"
     assert result.metadata["structure"] == builtin_structure("maedet_s").to_dict()
 
 
-def test_timm_model_defaults_to_strides_4_to_32(tmp_path):
-    result = export_onnx("resnet18", tmp_path / "r18.onnx", input_size=SIZE)
+def test_timm_model_defaults_to_strides_4_to_32(tmp_path, random_bn):
+    ckpt = _random_checkpoint(tmp_path / "r18.pth", "resnet18", random_bn)
+    result = export_onnx("resnet18", tmp_path / "r18.onnx", input_size=SIZE, checkpoint=ckpt)
     assert result.output_names == ["c2", "c3", "c4", "c5"]
     assert result.metadata["output_strides"] == [4, 8, 16, 32]
     assert result.metadata["structure"] is None
     _assert_fp32_parity(result.check)
 
 
-def test_out_indices_pick_levels(tmp_path):
-    result = export_onnx("maedet_s", tmp_path / "s.onnx", input_size=SIZE, out_indices=(2, 3))
+def test_out_indices_pick_levels(tmp_path, s_weights):
+    result = export_onnx("maedet_s", tmp_path / "s.onnx", input_size=SIZE, out_indices=(2, 3), checkpoint=s_weights)
     assert result.output_names == ["c4", "c5"]
     assert result.metadata["output_strides"] == [16, 32]
     _assert_fp32_parity(result.check)
 
 
-def test_structure_file_and_checkpoint(tmp_path):
+def test_structure_file_and_checkpoint(tmp_path, random_bn):
     """A searched structure plus our own checkpoint: the exported file computes with those weights."""
     structure = builtin_structure("r50_like_init")
     structure.save(tmp_path / "best.json")
     torch.manual_seed(3)
-    model = timm.create_model("maedet", structure=structure)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
+    model = random_bn(timm.create_model("maedet", structure=structure), seed=3)
     torch.save(model.state_dict(), tmp_path / "w.pth")
     result = export_onnx(
         "maedet",
@@ -180,9 +192,11 @@ def test_structure_file_and_checkpoint(tmp_path):
     _assert_fp32_parity(report)
 
 
-def test_simplify_keeps_parity(tmp_path):
+def test_simplify_keeps_parity(tmp_path, s_weights):
     pytest.importorskip("onnxslim", reason="onnxslim (extra 'simplify') is not installed")
-    result = export_onnx("maedet_s", tmp_path / "s.onnx", input_size=SIZE, simplify=True, dynamic=True)
+    result = export_onnx(
+        "maedet_s", tmp_path / "s.onnx", input_size=SIZE, simplify=True, dynamic=True, checkpoint=s_weights
+    )
     _assert_fp32_parity(result.check)
     assert read_metadata(result.path)["model_name"] == "maedet_s"
 
