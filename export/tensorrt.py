@@ -62,8 +62,8 @@ def _check_profile(shapes: ProfileShapes, multiple: int) -> None:
     for label, shape in (("minimum", shapes.min), ("maximum", shapes.max)):
         if shape[0] < 1:
             raise ExportError(f"the {label} batch must be at least 1, got {shape[0]}.")
-        if shape[2] % multiple or shape[3] % multiple or shape[2] < multiple or shape[3] < multiple:
-            raise ExportError(f"the {label} input size {shape[2]}×{shape[3]} must be positive multiples of {multiple}.")
+        if shape[2] < multiple or shape[3] < multiple:  # any size from one stride up runs (the model pads nothing)
+            raise ExportError(f"the {label} input size {shape[2]}×{shape[3]} must be at least {multiple}×{multiple}.")
     for axis, name in ((0, "batch"), (2, "height"), (3, "width")):
         if not shapes.min[axis] <= shapes.opt[axis] <= shapes.max[axis]:
             raise ExportError(

@@ -52,6 +52,11 @@ def test_dynamic_profile_from_flags():
     assert (p.min, p.opt, p.max) == ((2, 3, 256, 320), (4, 3, 512, 512), (16, 3, 1024, 768))
 
 
+def test_dynamic_profiles_take_sizes_that_are_not_multiples_of_the_stride():
+    p = profile_shapes(batch=1, input_size=(333, 517), dynamic=True, min_size=(225, 300), max_size=(650, 1000))
+    assert (p.min, p.opt, p.max) == ((1, 3, 225, 300), (1, 3, 333, 517), (8, 3, 650, 1000))
+
+
 def test_tiny_opt_keeps_min_at_one_stride():
     assert profile_shapes(batch=1, input_size=(32, 64), dynamic=True).min == (1, 3, 32, 32)
 
@@ -63,8 +68,8 @@ def test_tiny_opt_keeps_min_at_one_stride():
         (dict(dynamic=True, min_batch=0), "minimum batch must be at least 1"),
         (dict(dynamic=True, max_batch=1, batch=2), "batch must satisfy min ≤ opt ≤ max"),
         (dict(dynamic=True, max_size=(320, 640)), "height must satisfy"),
-        (dict(dynamic=True, min_size=(100, 128)), "multiples of 32"),
-        (dict(dynamic=True, max_size=(640, 650)), "multiples of 32"),
+        (dict(dynamic=True, min_size=(16, 128)), "at least 32×32"),
+        (dict(dynamic=True, min_size=(128, 0)), "at least 32×32"),
     ],
 )
 def test_profile_rejects_bad_flags(kwargs, message):
