@@ -51,8 +51,8 @@ def test_letterbox_pads_to_32_and_maps_boxes_back() -> None:
 
 # ------------------------------------------------------------------------------------------- a small COCO set
 CATEGORIES = [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}, {"id": 9, "name": "boat"}]
-# (h, w) chosen so that at --size 320 256 the letterboxed image needs no padding: PyTorch and a file with NMS
-# inside then clamp to the same bounds (see maedet.detect.backends).
+# (h, w) chosen so that at --size 320 256 the letterboxed image needs no padding (images that do: see
+# test_pytorch_and_onnx_agree_when_boxes_reach_into_the_padding).
 IMAGES = {"a.png": (160, 200), "b.png": (200, 160), "c.jpg": (100, 125)}
 
 
@@ -169,7 +169,7 @@ def test_detect_gives_the_same_detections_in_pytorch_and_onnx(coco_set, authors_
     root, _ = coco_set
     ckpt, onnx_file = authors_s
     images = [str(root / n) for n in IMAGES]
-    common = [*images, *SIZE]  # one image per run: a batch pads to its largest image, and the file clamps to that
+    common = [*images, *SIZE]
     assert detect_main([*common, "--model", "maedet_s_gfl", "--num-classes", "3", "--checkpoint", str(ckpt),
                         "--out", str(tmp_path / "pt")]) == 0  # fmt: skip
     assert detect_main([*common, "--onnx", str(onnx_file), "--out", str(tmp_path / "onnx")]) == 0

@@ -306,9 +306,10 @@ class GFocalV2(nn.Module):
         image_sizes: Sequence[tuple[int, int]] | None = None,
         cfg: PostprocessConfig | None = None,
     ) -> list[Detections]:
-        """Detections per image, boxes (x1, y1, x2, y2) in input pixels clamped to each image's unpadded size.
+        """Detections per image, boxes (x1, y1, x2, y2) in input pixels, clamped before NMS to the whole input.
 
-        ``image_sizes``: (height, width) of every image before padding; the whole input when omitted.
+        ``image_sizes``: (height, width) of every image before padding, to clamp to those instead (the authors'
+        rule). Without them the result equals an exported file with NMS inside, given the same input.
         """
         scores, distances = self.forward_levels(x)
         return postprocess(
