@@ -258,14 +258,17 @@ def _from_folder(
         raise MaeDetError(
             f"folder {shown!r} holds a detector for {config['num_classes']} classes, not num_classes={num_classes}."
         )
-    given = sorted(k for k, v in fixed.items() if v not in (None, False, {}))
+    given = sorted(k for k, v in fixed.items() if v is not None and v is not False)
     if given:
         raise MaeDetError(f"a converted folder fixes the architecture; leave out {', '.join(given)}.")
     kwargs = build_kwargs(config)
     if postprocess_cfg is not None:
         kwargs["postprocess_cfg"] = postprocess_cfg
     weights = load_checkpoint(Path(folder) / WEIGHTS_NAME)
-    return create_detector(arch, checkpoint=weights, num_classes=config["num_classes"], **kwargs)
+    try:
+        return create_detector(arch, checkpoint=weights, num_classes=config["num_classes"], **kwargs)
+    except TypeError as exc:  # a hand-edited config.json with a value of the wrong type
+        raise MaeDetError(f"the config.json of {shown!r} does not describe a detector ({exc}).") from None
 
 
 def _folder_of(name: str) -> Path | None:
