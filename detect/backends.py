@@ -1,10 +1,12 @@
 """Who runs the detector: the PyTorch model or an exported ONNX file, behind one call.
 
 ``backend(batch, image_sizes)`` takes a letterboxed batch (see :mod:`maedet.detect.preprocess`) and returns one
-:class:`~maedet.zoo.Detections` per image in network-input pixels. The PyTorch model clamps boxes to each image's
-unpadded size (the authors' rule); a file with NMS inside can only clamp to its whole input, so a box reaching
-into the < 32 px padding is clamped later, when mapped back — NMS may then differ in rare overlaps at that edge.
-A file exported with ``--no-nms`` is decoded here with the authors' rule, like the PyTorch model.
+:class:`~maedet.zoo.Detections` per image in network-input pixels. Every backend clamps boxes to the whole input
+before NMS — the only bound a file with NMS inside can know — so the PyTorch model, a file with NMS and a
+``--no-nms`` file give the same detections on the same batch; boxes are clamped to each original image later,
+when mapped back (:func:`maedet.detect.preprocess.map_back`). The authors clamp to the unpadded image before NMS
+(``GFocalV2.predict(x, image_sizes=...)`` still does): the final boxes are the same, but NMS can differ where two
+boxes of a class reach into the padding (see docs/detector.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from maedet.errors import MaeDetError
+from maedet.zoo.detector_folder import HUB_PREFIX, LOCAL_PREFIX, is_detector_folder
 from maedet.zoo.detectors import create_detector
 from maedet.zoo.gfl import GFocalV2
 from maedet.zoo.gfl_postprocess import Detections, PostprocessConfig, postprocess
@@ -49,7 +52,8 @@ class TorchBackend(Backend):
         self.mean, self.std = detector.mean, detector.std
 
     def __call__(self, batch: torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
-        dets = self.detector.predict(batch.to(self.device), image_sizes=image_sizes, cfg=self.cfg)
+        # clamped to the whole input, as a file with NMS inside does (see the module docstring)
+        dets = self.detector.predict(batch.to(self.device), cfg=self.cfg)
         return [Detections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu()) for d in dets]
 
 
@@ -85,7 +89,7 @@ class OnnxBackend(Backend):
         strides = self.meta["strides"]
         levels = [torch.from_numpy(outs[n]) for n in [o.name for o in self.session.get_outputs()]]
         scores, distances = levels[: len(strides)], levels[len(strides) :]
-        return postprocess(scores, distances, strides, self.num_classes, tuple(batch.shape[-2:]), image_sizes, self.cfg)
+        return postprocess(scores, distances, strides, self.num_classes, tuple(batch.shape[-2:]), None, self.cfg)
 
 
 def load_backend(
@@ -93,21 +97,27 @@ def load_backend(
     checkpoint: str | os.PathLike[str] | None = None,
     onnx: str | os.PathLike[str] | None = None,
     *,
-    num_classes: int = 80,
+    num_classes: int | None = None,
     device: str = "cpu",
     pretrained: bool = False,
     **kwargs: Any,
 ) -> Backend:
-    """A PyTorch backend (``model`` + ``checkpoint`` or ``pretrained``) or an ONNX one (``onnx``)."""
+    """A PyTorch backend (``model`` + ``checkpoint`` or ``pretrained``) or an ONNX one (``onnx``).
+
+    ``checkpoint`` may be a converted detector folder (``maedet-convert ... --model NAME_gfl``), which also
+    names the model; ``num_classes`` defaults to 80, or the folder's.
+    """
     if onnx is not None:
         if checkpoint is not None or pretrained:
             raise MaeDetError("an ONNX file carries its own weights: give --onnx without --checkpoint.")
         if not Path(onnx).is_file():
             raise MaeDetError(f"ONNX file {str(onnx)!r} does not exist.")
         return OnnxBackend(onnx)
+    if model is None and is_detector_folder(checkpoint):
+        model, checkpoint = f"{LOCAL_PREFIX}{checkpoint}", None
     if model is None:
         raise MaeDetError("say which detector to run: --model NAME (with --checkpoint FILE) or --onnx FILE.")
-    if checkpoint is None and not pretrained:
+    if checkpoint is None and not pretrained and not model.startswith((LOCAL_PREFIX, HUB_PREFIX)):
         raise MaeDetError(
             f"model {model!r} needs weights: --checkpoint FILE (the authors' latest.pth loads) or --pretrained."
         )

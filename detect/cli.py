@@ -31,10 +31,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="detector name: maedet_s_gfl, maedet_m_gfl, maedet_l_gfl, resnet50_gfl, ...")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", metavar="FILE", help="weights: the authors' latest.pth, or ours")
+    src.add_argument(
+        "--checkpoint", metavar="FILE", help="weights: the authors' latest.pth, ours, or a maedet-convert folder"
+    )
     src.add_argument("--pretrained", action="store_true", help="download the authors' COCO weights")
     src.add_argument("--onnx", metavar="FILE", help="an exported detector (maedet-export NAME --onnx FILE)")
-    p.add_argument("--num-classes", type=int, default=80, help="classes of --model")
+    p.add_argument("--num-classes", type=int, help="classes of --model (default 80, or the converted folder's)")
     p.add_argument("--size", type=int, nargs=2, default=TEST_SCALE, metavar=("LONG", "SHORT"), help="test scale")
     p.add_argument("--batch", type=int, default=1, help="images per run")
     p.add_argument("--device", default="cpu", help="PyTorch device for --model")

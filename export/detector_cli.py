@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from maedet.zoo.detector_folder import LOCAL_PREFIX, is_detector_folder
 from maedet.zoo.detectors import GENERIC_NAME, list_detectors
 from maedet.zoo.gfl_postprocess import PostprocessConfig
 
@@ -27,6 +28,9 @@ DEFAULT_DETECTOR_SIZE = (800, 1344)  # (H, W): the authors' test scale for lands
 
 
 def is_detector(name: str | None) -> bool:
+    """A detector name, or ``local-dir:FOLDER`` of a converted detector (maedet-convert --model NAME_gfl)."""
+    if name is not None and name.startswith(LOCAL_PREFIX):
+        return is_detector_folder(name[len(LOCAL_PREFIX) :])
     return name is not None and name in list_detectors()
 
 
@@ -49,7 +53,10 @@ def refuse_detector_options(args: argparse.Namespace) -> None:
         raise ExportError(f"{', '.join(given)} apply to detectors (e.g. maedet_m_gfl), not to {args.model!r}.")
 
 
-def _postprocess_cfg(args: argparse.Namespace) -> PostprocessConfig:
+def _postprocess_cfg(args: argparse.Namespace) -> PostprocessConfig | None:
+    """The settings asked for; None (the detector's own, e.g. a converted folder's) when no flag is given."""
+    if all(getattr(args, k) is None for k in ("nms_pre", "score_thr", "iou_thr", "max_det")):
+        return None
     base = PostprocessConfig()
     return PostprocessConfig(
         nms_pre=args.nms_pre if args.nms_pre is not None else base.nms_pre,
@@ -62,7 +69,7 @@ def _postprocess_cfg(args: argparse.Namespace) -> PostprocessConfig:
 def _validate(args: argparse.Namespace) -> None:
     if not args.onnx and not args.trt:
         raise ExportError("say where to write: --onnx OUT.onnx and/or --trt OUT.engine.")
-    if args.model == GENERIC_NAME and args.structure is None:
+    if args.model == GENERIC_NAME and args.structure is None and not is_detector_folder(args.checkpoint):
         raise ExportError("detector 'gfl' needs --structure FILE (a searched MAE-DET backbone).")
     if args.model != GENERIC_NAME and args.structure is not None:
         raise ExportError(f"{args.model!r} has a fixed backbone; a structure goes with 'gfl'.")
@@ -114,7 +121,7 @@ def run_detector_export(args: argparse.Namespace, console: Console) -> int:
             args.model,
             onnx_path,
             checkpoint=args.checkpoint,
-            num_classes=args.num_classes or 80,
+            num_classes=args.num_classes,
             structure=args.structure,
             input_size=size,
             batch=args.batch,

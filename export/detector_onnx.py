@@ -55,12 +55,13 @@ class DetectorExportResult:
 def resolve_detector(
     model: str | GFocalV2,
     checkpoint: str | os.PathLike[str] | None = None,
-    num_classes: int = 80,
+    num_classes: int | None = None,
     structure: Any = None,
 ) -> GFocalV2:
     """The deploy form: eval mode, the backbone's BN folded (a given module is copied, never changed).
 
-    ``structure`` (a searched MAE-DET backbone) goes with the generic name ``gfl``.
+    ``structure`` (a searched MAE-DET backbone) goes with the generic name ``gfl``. ``checkpoint`` may be a
+    converted detector folder; ``num_classes`` defaults to 80, or the folder's.
     """
     if isinstance(model, str):
         detector = create_detector(model, checkpoint=checkpoint, num_classes=num_classes, structure=structure)
@@ -207,7 +208,7 @@ def export_detector_onnx(
     out: str | os.PathLike[str],
     *,
     checkpoint: str | os.PathLike[str] | None = None,
-    num_classes: int = 80,
+    num_classes: int | None = None,
     structure: Any = None,
     input_size: Sequence[int] = (800, 1344),
     batch: int = 1,

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from maedet.detect import Backend, coco_box_ap, collate, evaluate, letterbox, load_annotations, map_back, rescale_size
+from maedet.detect.backends import load_backend
 from maedet.detect.cli import detect_main, eval_main
 from maedet.detect.evaluate import detections_to_results
-from maedet.detect.run import ImageResult
+from maedet.detect.run import ImageResult, detect_images
 from maedet.export.detector_onnx import export_detector_onnx
 from maedet.zoo import Detections
 
@@ -50,8 +51,8 @@ def test_letterbox_pads_to_32_and_maps_boxes_back() -> None:
 
 # ------------------------------------------------------------------------------------------- a small COCO set
 CATEGORIES = [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}, {"id": 9, "name": "boat"}]
-# (h, w) chosen so that at --size 320 256 the letterboxed image needs no padding: PyTorch and a file with NMS
-# inside then clamp to the same bounds (see maedet.detect.backends).
+# (h, w) chosen so that at --size 320 256 the letterboxed image needs no padding (images that do: see
+# test_pytorch_and_onnx_agree_when_boxes_reach_into_the_padding).
 IMAGES = {"a.png": (160, 200), "b.png": (200, 160), "c.jpg": (100, 125)}
 
 
@@ -168,7 +169,7 @@ def test_detect_gives_the_same_detections_in_pytorch_and_onnx(coco_set, authors_
     root, _ = coco_set
     ckpt, onnx_file = authors_s
     images = [str(root / n) for n in IMAGES]
-    common = [*images, *SIZE]  # one image per run: a batch pads to its largest image, and the file clamps to that
+    common = [*images, *SIZE]
     assert detect_main([*common, "--model", "maedet_s_gfl", "--num-classes", "3", "--checkpoint", str(ckpt),
                         "--out", str(tmp_path / "pt")]) == 0  # fmt: skip
     assert detect_main([*common, "--onnx", str(onnx_file), "--out", str(tmp_path / "onnx")]) == 0
@@ -185,6 +186,41 @@ def test_detect_gives_the_same_detections_in_pytorch_and_onnx(coco_set, authors_
         with Image.open(tmp_path / "pt" / name) as drawn:
             assert drawn.size == (w, h)
     assert str(tmp_path / "pt" / "detections.json") in capsys.readouterr().out
+
+
+def test_pytorch_and_onnx_agree_when_boxes_reach_into_the_padding(authors_s, tmp_path) -> None:
+    """Images that need padding, alone and batched: every backend clamps to the whole input before NMS (all a file
+    with NMS inside can know), so PyTorch and the file give the same detections even for boxes in the padding."""
+    ckpt, onnx_file = authors_s
+    rng = np.random.default_rng(3)
+    paths = []
+    for name, hw in (("wide.png", (150, 200)), ("tall.png", (200, 130))):  # 240×320 in 256×320; 256×166 in 256×192
+        Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(tmp_path / name)
+        paths.append(tmp_path / name)
+    pt, ox = load_backend("maedet_s_gfl", ckpt, num_classes=3), load_backend(onnx=onnx_file)
+    for batch_size in (1, 2):
+        got = [detect_images(paths, b, scale=(320, 256), batch_size=batch_size) for b in (pt, ox)]
+        for a, b in zip(*got, strict=True):
+            assert 10 < len(a.detections) == len(b.detections) < 100
+            x, y = _by_score(a.detections), _by_score(b.detections)
+            assert torch.equal(x.labels, y.labels)
+            assert torch.allclose(x.scores, y.scores, atol=1e-4)
+            assert torch.allclose(x.boxes, y.boxes, rtol=1e-3, atol=1e-2)
+            assert (x.boxes[:, 2] <= a.width).all() and (x.boxes[:, 3] <= a.height).all()
+    # the case is real: boxes reach into the padding, where the authors' clamping (to the unpadded image) changes NMS
+    item = letterbox(np.asarray(Image.open(paths[0]).convert("RGB")), (320, 256))
+    x = collate([item], pt.mean, pt.std)
+    whole = pt.detector.predict(x)[0]
+    authors = pt.detector.predict(x, image_sizes=[item.resized_hw])[0]
+    assert (whole.boxes[:, 3] > item.resized_hw[0]).any() and (whole.boxes[:, 3] <= item.padded_hw[0]).all()
+    assert (authors.boxes[:, 3] <= item.resized_hw[0]).all()
+    assert len(whole) != len(authors) or not torch.equal(whole.labels, authors.labels)
+
+
+def _by_score(d: Detections) -> Detections:
+    """Best first, ties by label then box (the two runtimes may order exactly equal scores differently)."""
+    keys = sorted(range(len(d)), key=lambda i: (-round(float(d.scores[i]), 4), int(d.labels[i]), d.boxes[i].tolist()))
+    return Detections(d.boxes[keys], d.scores[keys], d.labels[keys])
 
 
 def test_eval_cli_runs_a_model_on_the_set(coco_set, authors_s, tmp_path, capsys) -> None:

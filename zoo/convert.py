@@ -3,6 +3,10 @@
 The folder loads with ``timm.create_model('local-dir:FOLDER', pretrained=True)``; pushed to a Hugging Face repo
 it loads with ``timm.create_model('hf-hub:USER/REPO', pretrained=True)``. Checkpoints are untrusted input: they
 are read with ``torch.load(weights_only=True)`` (or safetensors) and refused, in one sentence, otherwise.
+
+With a detector name (``--model maedet_m_gfl``) the whole GFocalV2 detector is converted instead — backbone, neck
+and head — into a folder that ``maedet.create_detector('local-dir:FOLDER')`` (or ``'hf-hub:USER/REPO'``) rebuilds
+exactly (see :mod:`maedet.zoo.detector_folder`).
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from maedet.errors import MaeDetError
 from maedet.fileio import atomic_output_dir
 
 from .checkpoint import check_state_dict_matches, load_checkpoint
+from .detector_folder import push_detector_folder, save_detector_folder
+from .detectors import create_detector, list_detectors
 from .maedet import MaeDet, checkpoint_filter_fn
 from .structure import Structure, load_structure
 
 # load_checkpoint is re-exported here for callers that imported it from this module before zoo/checkpoint.py existed.
-__all__ = ["build_model", "convert_checkpoint", "load_checkpoint", "main", "push_to_hub"]
+__all__ = ["build_model", "convert_checkpoint", "convert_detector", "load_checkpoint", "main", "push_to_hub"]
 
 LOGGER = logging.getLogger(__name__)
 MODEL_NAMES = ("maedet_s", "maedet_m", "maedet_l", "maedet")
@@ -64,7 +70,11 @@ def convert_checkpoint(
     The folder appears whole or not at all (:func:`maedet.fileio.atomic_output_dir`), with the permissions any
     file written by this user gets (the umask), not the private mode of a temporary folder. Every tensor must
     match the model's shape and kind of number (the stem included), or the conversion stops in one sentence.
+    A detector name (``maedet_m_gfl``, ``gfl`` with a structure, ...) converts the whole detector
+    (:func:`convert_detector`).
     """
+    if model_name in list_detectors():
+        return convert_detector(checkpoint, out_dir, model_name, structure)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     model = build_model(model_name, structure)
@@ -74,6 +84,27 @@ def convert_checkpoint(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output_dir(out_dir, "output folder") as staging:
         save_folder(model, staging)
+    return out_dir
+
+
+def convert_detector(
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    model_name: str = "maedet_m_gfl",
+    structure: Structure | str | os.PathLike[str] | None = None,
+    num_classes: int | None = None,
+) -> Path:
+    """Write ``out_dir`` (config.json + model.safetensors + README.md) from a whole-detector checkpoint.
+
+    Every key of the checkpoint is mapped exactly as :func:`~maedet.zoo.create_detector` does; the folder appears
+    whole or not at all, like a backbone's.
+    """
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    model = create_detector(model_name, checkpoint=checkpoint, num_classes=num_classes, structure=structure)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output_dir(out_dir, "output folder") as staging:
+        save_detector_folder(model, staging, source=Path(checkpoint).name)
     return out_dir
 
 
@@ -124,9 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoint", help="authors' latest.pth, a bare TinyNAS state dict, or ours")
     parser.add_argument(
-        "--model", choices=MODEL_NAMES, help="architecture (default: maedet_m, or maedet when --structure is given)"
+        "--model",
+        choices=(*MODEL_NAMES, *list_detectors()),
+        help="a backbone (default: maedet_m, or maedet when --structure is given), or a whole detector: "
+        "maedet_s_gfl, maedet_m_gfl, maedet_l_gfl, resnet50_gfl, resnet101_gfl, gfl (with --structure)",
     )
     parser.add_argument("--structure", help="structure file (JSON or the authors' txt); implies --model maedet")
+    parser.add_argument("--num-classes", type=int, help="classes of a detector (default 80)")
     parser.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also push the folder to this Hugging Face repo")
     parser.add_argument("--private", action="store_true", help="create the hub repo as private")
@@ -134,16 +169,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    folder = convert_checkpoint(args.checkpoint, args.out, args.model, args.structure)
-    print(f"wrote {folder}/config.json and {folder}/model.safetensors")
-    print(f"load it with: timm.create_model('local-dir:{folder}', pretrained=True)")
+    detector = args.model in list_detectors()
+    if args.num_classes is not None and not detector:
+        raise MaeDetError("--num-classes applies to detectors (--model maedet_m_gfl, ...), not to backbones.")
+    if detector:
+        folder = convert_detector(args.checkpoint, args.out, args.model, args.structure, args.num_classes)
+        print(f"wrote {folder}/config.json, {folder}/model.safetensors and {folder}/README.md")
+        load = f"maedet.create_detector('local-dir:{folder}')"
+    else:
+        folder = convert_checkpoint(args.checkpoint, args.out, args.model, args.structure)
+        print(f"wrote {folder}/config.json and {folder}/model.safetensors")
+        load = f"timm.create_model('local-dir:{folder}', pretrained=True)"
+    print(f"load it with: {load}")
     if args.push_to_hub:
-        LOGGER.info("pushing %s to %s", folder, args.push_to_hub)
+        repo = args.push_to_hub
+        LOGGER.info("pushing %s to %s", folder, repo)
+        push = push_detector_folder if detector else push_to_hub
         try:
-            url = push_to_hub(folder, args.push_to_hub, private=args.private)
-        except Exception as exc:  # the hub client raises many kinds (HTTP, auth, connection)
-            raise MaeDetError(f"could not push to {args.push_to_hub} ({type(exc).__name__}: {exc})") from None
-        print(f"pushed to {url}; load it with: timm.create_model('hf-hub:{args.push_to_hub}', pretrained=True)")
+            url = push(folder, repo, private=args.private)
+        except Exception as exc:  # the hub client raises many kinds (HTTP, auth, connection, offline)
+            reason = " ".join(str(exc).split())
+            raise MaeDetError(f"could not push to {repo} ({type(exc).__name__}: {reason})") from None
+        hub = load.replace(f"local-dir:{folder}", f"hf-hub:{repo}")
+        print(f"pushed to {url}; load it with: {hub}")
     return 0
 
 

@@ -23,6 +23,16 @@ import torch.nn as nn
 from maedet.errors import MaeDetError
 
 from .checkpoint import load_checkpoint
+from .detector_folder import (
+    CONFIG_NAME,
+    HUB_PREFIX,
+    LOCAL_PREFIX,
+    WEIGHTS_NAME,
+    build_kwargs,
+    hub_detector_folder,
+    is_detector_folder,
+    read_detector_config,
+)
 from .gfl import GFocalV2
 from .gfl_postprocess import PostprocessConfig
 from .maedet import _authors_to_ours
@@ -74,6 +84,7 @@ _NECK_HEAD_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 _FPN_CONV = re.compile(r"^neck\.fpn_convs\.(\d+)\.conv\.(?P<rest>.+)$")
 _CLASS_CONV_KEYS = ("bbox_head.gfl_cls.weight", "head.cls_out.weight")
+_LATERAL_KEYS = ("neck.lateral_convs.0.conv.weight", "neck.lateral_convs.0.weight")
 
 
 def _feature_key(key: str, children: set[str]) -> str:
@@ -172,6 +183,15 @@ def checkpoint_class_channels(checkpoint: Mapping[str, Any], source: str = "the 
     raise MaeDetError(f"{source} is not a GFocalV2 detector checkpoint (no bbox_head.gfl_cls or head.cls_out).")
 
 
+def checkpoint_fpn_channels(checkpoint: Mapping[str, Any]) -> int | None:
+    """The neck/head width of a detector checkpoint (its first lateral conv's outputs), None when absent."""
+    state = _unwrap(checkpoint)
+    for key in _LATERAL_KEYS:
+        if key in state and state[key].dim() == 4:
+            return int(state[key].shape[0])
+    return None
+
+
 def _class_channels(channels: int, num_classes: int, source: str) -> int:
     if channels not in (num_classes, num_classes + 1):
         raise MaeDetError(
@@ -222,11 +242,53 @@ def _backbone_for(name: str, backbone: str | nn.Module | None, structure: Any) -
     return backbone, {}
 
 
+def _from_folder(
+    folder: str | os.PathLike[str],
+    name: str | None,
+    num_classes: int | None,
+    postprocess_cfg: PostprocessConfig | None,
+    fixed: dict[str, Any],
+) -> GFocalV2:
+    """The detector of a converted folder (see :mod:`maedet.zoo.detector_folder`), checked against what was asked."""
+    config = read_detector_config(folder)
+    arch, shown = config["architecture"], str(folder)
+    if name is not None and name != arch:
+        raise MaeDetError(f"folder {shown!r} holds a {arch!r} detector, not {name!r}.")
+    if num_classes is not None and num_classes != config["num_classes"]:
+        raise MaeDetError(
+            f"folder {shown!r} holds a detector for {config['num_classes']} classes, not num_classes={num_classes}."
+        )
+    given = sorted(k for k, v in fixed.items() if v is not None and v is not False)
+    if given:
+        raise MaeDetError(f"a converted folder fixes the architecture; leave out {', '.join(given)}.")
+    kwargs = build_kwargs(config)
+    if postprocess_cfg is not None:
+        kwargs["postprocess_cfg"] = postprocess_cfg
+    weights = load_checkpoint(Path(folder) / WEIGHTS_NAME)
+    try:
+        return create_detector(arch, checkpoint=weights, num_classes=config["num_classes"], **kwargs)
+    except TypeError as exc:  # a hand-edited config.json with a value of the wrong type
+        raise MaeDetError(f"the config.json of {shown!r} does not describe a detector ({exc}).") from None
+
+
+def _folder_of(name: str) -> Path | None:
+    """The folder a ``local-dir:`` or ``hf-hub:`` name refers to (the hub's is downloaded), else None."""
+    if name.startswith(LOCAL_PREFIX):
+        folder = Path(name[len(LOCAL_PREFIX) :])
+    elif name.startswith(HUB_PREFIX):
+        folder = hub_detector_folder(name[len(HUB_PREFIX) :])
+    else:
+        return None
+    if not is_detector_folder(folder):
+        raise MaeDetError(f"{name!r}: no converted detector there (no {folder / CONFIG_NAME}).")
+    return folder
+
+
 def create_detector(
     name: str = "maedet_m_gfl",
     pretrained: bool = False,
     checkpoint: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-    num_classes: int = 80,
+    num_classes: int | None = None,
     *,
     backbone: str | nn.Module | None = None,
     structure: Any = None,
@@ -242,7 +304,19 @@ def create_detector(
     (read safely: safetensors or ``weights_only``) or an already-loaded dict. The class-output width follows the
     checkpoint (the authors' have ``num_classes + 1``). ``pretrained_backbone`` loads timm's pretrained
     backbone weights into an otherwise untrained detector. Other keyword arguments go to :class:`GFocalV2`.
+    A converted folder (``maedet-convert ... --model NAME_gfl``) loads as ``checkpoint=FOLDER``, or by itself as
+    ``name='local-dir:FOLDER'`` / ``'hf-hub:USER/REPO'``; ``num_classes`` defaults to 80 or the folder's.
     """
+    if name.startswith((LOCAL_PREFIX, HUB_PREFIX)) and (checkpoint is not None or pretrained):
+        raise MaeDetError(f"{name!r} carries its own weights; leave out checkpoint= and pretrained=.")
+    folder, asked_name = _folder_of(name), None
+    if folder is None and is_detector_folder(checkpoint):  # checkpoint=FOLDER: the folder must hold `name`
+        folder, asked_name = Path(checkpoint), name
+    if folder is not None:
+        fixed = {"backbone": backbone, "structure": structure, "fpn_channels": fpn_channels,
+                 "cls_channels": cls_channels, "pretrained_backbone": pretrained_backbone, **kwargs}  # fmt: skip
+        return _from_folder(folder, asked_name, num_classes, postprocess_cfg, fixed)
+    num_classes = 80 if num_classes is None else num_classes
     source_backbone, backbone_kwargs = _backbone_for(name, backbone, structure)
     spec = DETECTORS.get(name)
     if pretrained and checkpoint is None:
@@ -260,6 +334,8 @@ def create_detector(
         if cls_channels is not None and cls_channels != found:
             raise MaeDetError(f"{where} has {found} class channels, but cls_channels={cls_channels} was asked.")
         cls_channels = found
+        if spec is None and fpn_channels is None:  # the generic detector takes its width from the checkpoint
+            fpn_channels = checkpoint_fpn_channels(state)
     model = GFocalV2(
         source_backbone,
         num_classes=num_classes,

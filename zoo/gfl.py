@@ -241,6 +241,20 @@ class GFocalV2(nn.Module):
         if fpn_channels < 32 or fpn_channels % 32:
             raise MaeDetError(f"fpn_channels must be a multiple of 32 (GroupNorm's 32 groups), got {fpn_channels}.")
         self.name = "gfl"  # the factory sets the registered name (maedet_m_gfl, ...)
+        # what rebuilds this detector (a converted folder's config.json): the backbone by name, and the head's shape
+        self.backbone_name = backbone if isinstance(backbone, str) else None
+        self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.build_args: dict[str, Any] = {
+            "num_classes": num_classes,
+            "cls_channels": cls_channels,
+            "fpn_channels": fpn_channels,
+            "stacked_convs": stacked_convs,
+            "reg_max": reg_max,
+            "reg_topk": reg_topk,
+            "reg_channels": reg_channels,
+            "add_mean": add_mean,
+            "strides": [int(s) for s in strides],
+        }
         self.num_classes = num_classes
         self.cls_channels = cls_channels
         self.strides = tuple(int(s) for s in strides)
@@ -292,9 +306,10 @@ class GFocalV2(nn.Module):
         image_sizes: Sequence[tuple[int, int]] | None = None,
         cfg: PostprocessConfig | None = None,
     ) -> list[Detections]:
-        """Detections per image, boxes (x1, y1, x2, y2) in input pixels clamped to each image's unpadded size.
+        """Detections per image, boxes (x1, y1, x2, y2) in input pixels, clamped before NMS to the whole input.
 
-        ``image_sizes``: (height, width) of every image before padding; the whole input when omitted.
+        ``image_sizes``: (height, width) of every image before padding, to clamp to those instead (the authors'
+        rule). Without them the result equals an exported file with NMS inside, given the same input.
         """
         scores, distances = self.forward_levels(x)
         return postprocess(

@@ -4,7 +4,9 @@ The steps are the authors' (mmdetection 2.6 ``GFocalHead.get_bboxes`` with their
 
 1. per level, points at (x·stride, y·stride) in row-major order — no half-stride offset;
 2. per level, the ``nms_pre`` points with the highest class score (max over classes) are kept;
-3. boxes = point ± distances, clamped to [0, width] × [0, height] of the unpadded image;
+3. boxes = point ± distances, clamped to [0, width] × [0, height] of the unpadded image (the authors' rule, when
+   ``image_sizes`` are given) or of the whole input (without them — what an exported file with NMS inside does,
+   since it cannot know where the padding starts; maedet-detect and maedet-eval use this rule throughout);
 4. every (point, class) pair with score > ``score_thr`` (strict) is a candidate; class-aware NMS at IoU
    ``iou_thr``; the ``max_per_img`` highest survivors are kept;
 5. only then, detections of the extra class channel (label == num_classes, present in the authors'
