@@ -182,7 +182,7 @@ def _load_strictly(
         keys = load_error_keys(exc)
         sentence = mismatch_sentence(lead, *keys) if keys else None
         raise ExportError(sentence or f"{lead}: {_one_line(exc)[:300]}") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a model's key mapping meeting foreign keys
         raise ExportError(f"{lead}: {_one_line(exc)[:300]}") from None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,13 @@ def _timm_features(folder: Path, x: torch.Tensor) -> list[np.ndarray]:
         return [t.numpy() for t in model(x)]
 
 
+def _assert_same(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    """Equal up to float reassociation (BN folding, ONNX Runtime's kernels), relative to each map's scale."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-5 * float(np.abs(w).max()))
+
+
 def _one_sentence(err: str, prog: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -69,8 +77,7 @@ def test_export_loads_a_converted_folder(model, extra, workdir, monkeypatch, tmp
     argv = [model, *extra, "--onnx", str(out), "--input-size", *map(str, SIZE), "--no-check"]
     assert export_main(argv) == 0, capsys.readouterr().err
     x = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(0))
-    for got, want in zip(_features(out, x), _timm_features(workdir / "weights/s", x), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    _assert_same(_features(out, x), _timm_features(workdir / "weights/s", x))
 
 
 def test_bench_measures_a_converted_folder(workdir, monkeypatch, tmp_path, capsys) -> None:
@@ -141,18 +148,17 @@ def test_a_folder_with_a_structure_file_conflicts(workdir, tmp_path, capsys) -> 
 
 
 def test_wrong_weights_in_a_folder_are_refused(workdir, tmp_path, capsys) -> None:
-    """A folder is weights like any checkpoint: a resnet50 folder whose file holds MAE-DET-S keys does not load."""
-    folder = tmp_path / "r50"
+    """A folder is weights like any checkpoint: a resnet18 folder whose file holds MAE-DET-S weights does not load."""
+    folder = tmp_path / "r18"
     folder.mkdir()
-    config = json.loads((workdir / "weights/s/config.json").read_text())
-    config["architecture"] = "resnet50"
-    config.pop("model_args", None)
-    (folder / "config.json").write_text(json.dumps(config))
+    cfg = {"input_size": [3, 224, 224], "first_conv": "conv1", "classifier": "fc", "num_classes": 1000}
+    (folder / "config.json").write_text(json.dumps({"architecture": "resnet18", "pretrained_cfg": cfg}))
     shutil.copy(workdir / "weights/s/model.safetensors", folder)
     assert export_main([str(folder), "--onnx", str(tmp_path / "o.onnx")]) == 2
     line = _one_sentence(capsys.readouterr().err, "maedet-export")
     assert f"the weights in {folder} does not fit model {str(folder)!r}: " in line
-    assert "missing keys (conv1.weight" in line and "unexpected keys (stages.0." in line
+    assert re.search(r": \d+ missing keys \(conv1\.weight, .*\), \d+ unexpected keys \(st(em|ages)\.", line), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r18"]
 
 
 # ------------------------------------------------------------------------------- hf-hub, with no network
@@ -184,5 +190,4 @@ def test_a_hub_repo_loads_from_the_local_hub_cache(workdir, tmp_path) -> None:
     result = _run_offline(args, tmp_path / "hf", tmp_path)
     assert result.returncode == 0, result.stderr
     x = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(3))
-    for got, want in zip(_features(out, x), _timm_features(workdir / "weights/s", x), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    _assert_same(_features(out, x), _timm_features(workdir / "weights/s", x))
