@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 import maedet  # noqa: F401  (registers the maedet models with timm)
+from maedet.errors import MaeDetError
 from maedet.zoo import Structure, fuse_bn, load_structure
 from maedet.zoo.checkpoint import load_checkpoint, load_error_keys, mismatch_sentence, unwrap_state_dict
 from maedet.zoo.structure import BUILTIN_NAMES
@@ -182,6 +183,8 @@ def _load_strictly(
         keys = load_error_keys(exc)
         sentence = mismatch_sentence(lead, *keys) if keys else None
         raise ExportError(sentence or f"{lead}: {_one_line(exc)[:300]}") from None
+    except MaeDetError as exc:  # our own key mapping's sentence (MAE-DET), whole
+        raise ExportError(f"{lead}: {_one_line(exc)}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a model's key mapping meeting foreign keys
         raise ExportError(f"{lead}: {_one_line(exc)[:300]}") from None
 
