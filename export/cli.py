@@ -32,11 +32,16 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
         nargs="?",
-        help="timm model name: maedet_s/m/l, 'maedet' with --structure, resnet50...; or a detector: maedet_m_gfl...",
+        help="timm model (maedet_s/m/l, 'maedet' with --structure, resnet50, NAME.TAG), local-dir:FOLDER, "
+        "hf-hub:ORG/REPO or a converted folder's path; or a detector: maedet_m_gfl...",
     )
     p.add_argument("--info", metavar="FILE", help="print the metadata of an exported .onnx (or an engine's sidecar)")
     p.add_argument("--structure", metavar="FILE", help="structure file (JSON or the authors' txt) for 'maedet'")
-    p.add_argument("--checkpoint", metavar="FILE", help="weights (.pth/.pt, loaded with weights_only, or .safetensors)")
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="weights (.pth/.pt, loaded with weights_only, .safetensors, or a converted folder); loaded strictly",
+    )
     p.add_argument("--onnx", metavar="OUT", help="ONNX file to write")
     p.add_argument("--trt", metavar="OUT", help="TensorRT engine to build (the ONNX is written first)")
     kind = p.add_mutually_exclusive_group()
