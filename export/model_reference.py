@@ -68,9 +68,12 @@ def parse_model_reference(text: str) -> ModelReference:
         return _folder_reference(text, Path(ident))
     if source == "hf-hub":
         return _folder_reference(text, _hub_snapshot(ident))
-    architecture, _tag = split_model_name_tag(ident)
+    architecture, tag = split_model_name_tag(ident)
     if not timm.is_model(architecture):
         raise ExportError(f"unknown model {text!r}: not a maedet model nor a registered timm model.")
+    if tag and not timm.list_pretrained(text):
+        tags = [name.split(".", 1)[1] for name in timm.list_pretrained(f"{architecture}.*")]
+        raise ExportError(f"unknown model {text!r}: {architecture} has no tag {tag!r} (it has: {', '.join(tags)}).")
     return ModelReference(text=text, architecture=architecture, create_name=text)
 
 

@@ -20,6 +20,7 @@ import torch
 
 from maedet.bench.cli import main as bench_main
 from maedet.bench.models import parse_model
+from maedet.export import ExportError
 from maedet.export.cli import main as export_main
 from maedet.export.model_reference import parse_model_reference, reference_structure
 from maedet.zoo import builtin_structure, gmacs
@@ -98,6 +99,10 @@ def test_every_timm_form_parses() -> None:
     assert (tagged.architecture, tagged.create_name, tagged.folder) == ("resnet50", "resnet50.a1_in1k", None)
     assert reference_structure(parse_model_reference("maedet_s.gflv2_coco")) == builtin_structure("maedet_s")
     assert parse_model("maedet_m.gflv2_coco").structure == builtin_structure("maedet_m")
+    with pytest.raises(
+        ExportError, match=r"unknown model 'maedet_s\.nope': maedet_s has no tag 'nope' \(it has: gflv2_coco\)"
+    ):
+        parse_model_reference("maedet_s.nope")
 
 
 def test_a_searched_structure_folder_brings_its_structure(authors_checkpoint_file, tmp_path) -> None:
