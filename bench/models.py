@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import maedet  # noqa: F401  (registers the maedet models with timm)
 from maedet.export import ExportError, ModelSource, resolve_model
+from maedet.export.model_reference import parse_model_reference, reference_structure
 from maedet.export.model_source import create_model, detection_out_indices, is_maedet_name
 from maedet.zoo import Structure, create_detector, gmacs, load_structure, param_count
 from maedet.zoo.detectors import DETECTORS, GENERIC_NAME, list_detectors
@@ -101,7 +102,8 @@ class ModelSpec:
     def cache_key(self) -> str:
         """Stable text that changes whenever the network changes (used to key exported files)."""
         body = self.name if self.structure is None else self.structure.to_json()
-        return f"{self.label}-{hashlib.sha1(body.encode()).hexdigest()[:10]}"
+        safe_label = re.sub(r"[^\w.+-]", "_", self.label)  # 'local-dir:weights/x' names a file too
+        return f"{safe_label}-{hashlib.sha1(body.encode()).hexdigest()[:10]}"
 
 
 def display_name(label: str) -> str:
@@ -122,7 +124,8 @@ def is_reference(label: str) -> bool:
 
 
 def parse_model(text: str) -> ModelSpec:
-    """A timm model name ('resnet50', 'maedet_m', 'convnext_tiny') or a structure file (JSON or authors' txt)."""
+    """A structure file (JSON or authors' txt), a detector name, or any model reference the exporter takes
+    ('resnet50', 'maedet_m', 'local-dir:FOLDER', 'hf-hub:ORG/REPO', a converted folder's path)."""
     text = text.strip()
     if not text:
         raise BenchError("an empty model name was given.")
@@ -142,9 +145,9 @@ def parse_model(text: str) -> ModelSpec:
         return ModelSpec(label=path.stem, name="maedet", structure=structure)
     if text == "maedet":
         raise BenchError("model 'maedet' needs a structure: pass the structure file's path instead.")
-    if not timm.is_model(text):
-        raise BenchError(f"unknown model {text!r}: not a maedet model, a timm model nor a structure file.")
-    structure = load_structure(text) if is_maedet_name(text) else None
+    with _as_bench_error():  # any reference timm takes, or a converted folder (the exporter's rules)
+        ref = parse_model_reference(text)
+        structure = reference_structure(ref)
     return ModelSpec(label=text, name=text, structure=structure)
 
 

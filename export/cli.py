@@ -39,13 +39,16 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
         nargs="?",
-        help="timm model name: maedet_s/m/l, 'maedet' with --structure, resnet50...; or a detector: maedet_m_gfl...",
+        help="timm model (maedet_s/m/l, 'maedet' with --structure, resnet50, NAME.TAG), local-dir:FOLDER, "
+        "hf-hub:ORG/REPO or a converted folder's path; or a detector: maedet_m_gfl...",
     )
     p.add_argument("--info", metavar="FILE", help="print the metadata of an exported .onnx (or an engine's sidecar)")
     p.add_argument("--structure", metavar="FILE", help="structure file (JSON or the authors' txt) for 'maedet'")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument(
-        "--checkpoint", metavar="FILE", help="weights (.pth/.pt, loaded with weights_only, or .safetensors)"
+        "--checkpoint",
+        metavar="FILE",
+        help="weights (.pth/.pt, loaded with weights_only, .safetensors, or a converted folder); loaded strictly",
     )
     weights.add_argument(
         "--pretrained", action="store_true", help="the model's default pretrained weights through timm (downloaded)"
@@ -268,7 +271,7 @@ def _preflight(args: argparse.Namespace) -> None:
 
 def _warn_random_detector(args: argparse.Namespace) -> None:
     """A detector without --checkpoint exports random weights: say so (export_onnx says it for backbones)."""
-    if not args.checkpoint:
+    if not args.checkpoint and not args.model.startswith(("local-dir:", "hf-hub:")):
         logger.warning(
             "no weights given: exporting %s with RANDOM weights (fine for timing, meaningless detections); add "
             "--checkpoint FILE.",

@@ -4,10 +4,15 @@ The exported module is always the deploy form: eval mode, every BN folded into i
 named outputs (``c2``..``c5`` for feature maps, ``logits`` for the classifier output). The bench measures exactly
 this module, so the rules for building it (the C2..C5 levels, which names are MAE-DET models, the input sizes a
 network accepts) live here once.
+
+Weights load strictly, whatever the model (MAE-DET or any timm model, feature extractor or classifier): every
+tensor of the exported module must come from the checkpoint, and every backbone tensor of the checkpoint must find
+its place. Only classifier keys are set aside when the export has no classifier, and that is logged by name.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -19,11 +24,13 @@ import torch
 import torch.nn as nn
 
 import maedet  # noqa: F401  (registers the maedet models with timm)
+from maedet.errors import MaeDetError
 from maedet.zoo import Structure, fuse_bn, load_structure
-from maedet.zoo.checkpoint import load_checkpoint
+from maedet.zoo.checkpoint import load_checkpoint, load_error_keys, mismatch_sentence, unwrap_state_dict
 from maedet.zoo.structure import BUILTIN_NAMES
 
 from .errors import ExportError, first_line
+from .model_reference import ModelReference, parse_model_reference, reference_structure
 
 __all__ = [
     "DETECTION_STRIDES",
@@ -33,12 +40,14 @@ __all__ = [
     "detection_out_indices",
     "is_maedet_name",
     "load_checkpoint_state",
+    "parse_model_reference",
     "resolve_model",
     "validate_input_size",
 ]
 
 # The feature pyramid a detector neck expects: C2..C5 at strides 4, 8, 16, 32.
 DETECTION_STRIDES = (4, 8, 16, 32)
+LOGGER = logging.getLogger(__name__)
 # Largest input side: 4× the authors' 1333-pixel test scale, far below what exhausts memory at batch 1.
 MAX_INPUT_SIDE = 8192
 
@@ -81,34 +90,108 @@ def is_maedet_name(name: str) -> bool:
 
 
 def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load weights without executing code (the zoo's safe loader: safetensors or ``weights_only=True``)."""
+    """Load weights without executing code (the zoo's safe loader: safetensors or ``weights_only=True``).
+
+    ``path`` is a file or a converted folder (config.json + model.safetensors)."""
     try:
         return load_checkpoint(path)
     except ValueError as exc:
         raise ExportError(str(exc)) from None
 
 
-def create_model(name: str, *, state: dict[str, Any] | None = None, **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` whose refusals are one sentence; a checkpoint goes through timm's own loading path.
+def create_model(
+    name: str | ModelReference,
+    *,
+    state: dict[str, Any] | None = None,
+    weights_name: str = "the checkpoint",
+    **kwargs: Any,
+) -> nn.Module:
+    """``timm.create_model`` for any model reference, whose refusals are one sentence; ``state`` loads strictly.
 
-    With ``state`` the model's ``filter_fn`` maps the keys, and a mismatch (``load_state_dict``'s RuntimeError) is
-    reported as a checkpoint that does not fit. With ``pretrained=True`` a failed download or unreadable file
-    (OSError) is one sentence too. Without either, only timm's argument errors are translated.
+    ``name`` is anything :func:`parse_model_reference` takes. With ``state`` the model's own ``filter_fn`` maps the
+    keys (timm's loading path), and the result must fit the whole model (see :func:`_create_with_weights`);
+    ``weights_name`` names the weights in messages. A folder's own weights are not loaded here: pass them as ``state``.
+    With ``pretrained=True`` timm's own pretrained weights load, and a failed download is one sentence.
     """
+    ref = name if isinstance(name, ModelReference) else parse_model_reference(name)
+    kwargs = {**ref.create_kwargs(), **kwargs}
     if kwargs.get("pretrained"):
-        return _create_pretrained(name, kwargs)
+        return _create_pretrained(ref.create_name, kwargs)
     if state is not None:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(state_dict=state, file=None, hf_hub_id=None))
-        expected: tuple[type[Exception], ...] = (ValueError, KeyError, TypeError, RuntimeError)
-    else:
-        expected = (ValueError, KeyError, TypeError)
+        return _create_with_weights(ref, state, weights_name, kwargs)
     try:
-        return timm.create_model(name, **kwargs)
-    except expected as exc:
-        text = " ".join(str(exc).split()) or type(exc).__name__  # one line, e.g. load_state_dict's key lists
-        if state is not None:
-            raise ExportError(f"checkpoint does not fit model {name!r}: {text[:300]}") from None
-        raise ExportError(f"cannot build model {name!r}: {text[:300]}") from None
+        return timm.create_model(ref.create_name, **kwargs)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"cannot build model {ref.text!r}: {_one_line(exc)[:300]}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _create_with_weights(
+    ref: ModelReference, state: dict[str, Any], weights_name: str, kwargs: dict[str, Any]
+) -> nn.Module:
+    """Build the model with these weights, loaded strictly.
+
+    timm loads a feature extractor's weights (and a classifier's whose class count differs) without checking the
+    keys, so random weights could pass for trained ones. Here a feature extractor is built without a classifier,
+    the weights are declared to have the model's class count, and timm's load stays strict (it happens on the
+    whole model, before timm wraps it as a feature extractor). Classifier keys of the checkpoint are set aside when
+    the model has no classifier; what was set aside is logged by name once the weights have loaded.
+    """
+    if kwargs.get("features_only"):
+        kwargs = {**kwargs, "num_classes": 0}
+    tensors, num_classes, notes = _backbone_tensors(ref, state, kwargs.get("num_classes"))
+    model = _load_strictly(ref, tensors, weights_name, {**kwargs, "num_classes": num_classes})
+    for note in notes:
+        LOGGER.info("%s: %s", weights_name, note)
+    return model
+
+
+def _backbone_tensors(
+    ref: ModelReference, state: dict[str, Any], num_classes: int | None
+) -> tuple[dict[str, torch.Tensor], int, list[str]]:
+    """The checkpoint's tensors for this model, the model's class count, and notes on the keys left out (a
+    detector's neck and head; a classifier the model is built without)."""
+    tensors, outside = unwrap_state_dict(state)
+    notes = []
+    if outside:
+        groups = sorted({key.split(".", 1)[0] for key in outside})
+        notes.append(f"left out {len(outside)} keys outside the backbone ({', '.join(groups)})")
+    cfg = ref.pretrained_cfg
+    if cfg is None:
+        registered = timm.models.get_pretrained_cfg(ref.create_name)
+        cfg = registered.to_dict() if registered is not None else {}
+    num_classes = int(cfg.get("num_classes", 1000)) if num_classes is None else num_classes
+    classifiers = cfg.get("classifier") or ()
+    prefixes = tuple(f"{name}." for name in ((classifiers,) if isinstance(classifiers, str) else classifiers))
+    head = sorted(key for key in tensors if prefixes and key.startswith(prefixes))
+    if head and num_classes == 0:
+        notes.append(
+            f"skipped {len(head)} classifier keys ({', '.join(head)}): the model is built without a classifier"
+        )
+        tensors = {key: value for key, value in tensors.items() if key not in head}
+    return tensors, num_classes, notes
+
+
+def _load_strictly(
+    ref: ModelReference, tensors: dict[str, torch.Tensor], weights_name: str, kwargs: dict[str, Any]
+) -> nn.Module:
+    """timm's loading path (the model's key mapping included), strict: timm relaxes it only when the class count
+    differs from the weights', so the weights are declared to have the model's class count."""
+    overlay = dict(state_dict=tensors, source="", file=None, hf_hub_id=None, num_classes=kwargs["num_classes"])
+    lead = f"{weights_name} does not fit model {ref.text!r}"
+    try:
+        return timm.create_model(ref.create_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except RuntimeError as exc:
+        keys = load_error_keys(exc)
+        sentence = mismatch_sentence(lead, *keys) if keys else None
+        raise ExportError(sentence or f"{lead}: {_one_line(exc)[:300]}") from None
+    except MaeDetError as exc:  # our own key mapping's sentence (MAE-DET), whole
+        raise ExportError(f"{lead}: {_one_line(exc)}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a model's key mapping meeting foreign keys
+        raise ExportError(f"{lead}: {_one_line(exc)[:300]}") from None
 
 
 def _create_pretrained(name: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -152,40 +235,56 @@ def _feature_names(strides: Sequence[int]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _parse_structure(name: str, structure: Any) -> tuple[str, Structure | None]:
-    """The timm name to build and the structure it needs (a structure file only applies to MAE-DET models)."""
+def _reference(name: str, structure: Any) -> tuple[ModelReference, Structure | None]:
+    """The reference to build and its MAE-DET structure (a structure file applies to MAE-DET names only)."""
+    ref = parse_model_reference(name)
     if structure is None:
-        if name == "maedet":
+        if ref.architecture == "maedet" and ref.folder is None:
             raise ExportError("model 'maedet' needs a structure (--structure FILE, or structure= in Python).")
-        return name, None
-    if not is_maedet_name(name):
+        return ref, reference_structure(ref)
+    if ref.folder is not None:
+        raise ExportError(f"{name!r} has its own structure (in its config.json); leave out the structure file.")
+    if not is_maedet_name(ref.architecture):
         raise ExportError(f"a structure file only applies to MAE-DET models, not to {name!r}.")
     try:
-        return "maedet", load_structure(structure)
+        parsed = load_structure(structure)
     except ValueError as exc:
         raise ExportError(str(exc)) from None
+    return ModelReference(name, "maedet", "maedet", model_args={"structure": parsed}), parsed
+
+
+def _weights(ref: ModelReference, checkpoint: str | os.PathLike[str] | None) -> tuple[dict[str, Any] | None, str]:
+    """The weights to load and their name in messages: the checkpoint if given, else a folder's own weights."""
+    if checkpoint is not None:
+        if ref.folder is not None:
+            LOGGER.info("loading %s instead of the weights in %s", checkpoint, ref.text)
+        return load_checkpoint_state(checkpoint), f"checkpoint {os.path.basename(os.fspath(checkpoint))}"
+    if ref.folder is not None:
+        return load_checkpoint_state(ref.folder), f"the weights in {ref.text}"
+    return None, "the checkpoint"
 
 
 def _features_module(
-    name: str,
-    state: dict[str, Any] | None,
+    ref: ModelReference,
+    weights: tuple[dict[str, Any] | None, str],
     out_indices: Sequence[int] | None,
-    kwargs: dict[str, Any],
-    weights: dict[str, Any] | None = None,
+    pretrained: dict[str, Any] | None = None,
 ) -> nn.Module:
     """The features_only model at ``out_indices``, by default C2..C5 (a probe without weights picks them).
 
-    ``weights`` holds timm's ``pretrained`` arguments, which only the final model gets.
+    ``pretrained`` holds timm's ``pretrained`` arguments, which only the final model gets.
     """
-    weights = weights or {}
+    state, weights_name = weights
+    pretrained = pretrained or {}
+    final = dict(state=state, weights_name=weights_name, features_only=True, **pretrained)
     if out_indices is not None:
-        return create_model(name, state=state, features_only=True, out_indices=tuple(out_indices), **weights, **kwargs)
-    probe = create_model(name, features_only=True, **kwargs)
-    picked = detection_out_indices(probe, name)
-    if picked == tuple(probe.feature_info.out_indices) and state is None and not weights:
+        return create_model(ref, out_indices=tuple(out_indices), **final)
+    probe = create_model(ref, features_only=True)
+    picked = detection_out_indices(probe, ref.text)
+    if picked == tuple(probe.feature_info.out_indices) and state is None and not pretrained:
         return probe
     del probe
-    return create_model(name, state=state, features_only=True, out_indices=picked, **weights, **kwargs)
+    return create_model(ref, out_indices=picked, **final)
 
 
 def _resolve_name(
@@ -195,24 +294,18 @@ def _resolve_name(
     outputs: str,
     out_indices: Sequence[int] | None,
     num_classes: int | None,
-    weights: dict[str, Any] | None = None,
+    pretrained: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, str, Structure | None, tuple[int, ...]]:
-    """Build the (not yet fused) module for a timm name; returns (module, name, structure, strides)."""
-    name, parsed = _parse_structure(name, structure)
-    if not timm.is_model(name):
-        raise ExportError(f"unknown model {name!r}: not a maedet model nor a registered timm model.")
-    kwargs: dict[str, Any] = {} if parsed is None else {"structure": parsed}
-    state = load_checkpoint_state(checkpoint) if checkpoint is not None else None
+    """Build the (not yet fused) module for a model reference; returns (module, name, structure, strides)."""
+    ref, struct = _reference(name, structure)
+    weights = _weights(ref, checkpoint)
     if outputs == "logits":
-        if num_classes is not None:
-            kwargs["num_classes"] = num_classes
-        module = create_model(name, state=state, **(weights or {}), **kwargs)
-        struct = getattr(module, "structure", None)
-        return module, name, struct if isinstance(struct, Structure) else None, (0,)
-    module = _features_module(name, state, out_indices, kwargs, weights)
+        kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+        module = create_model(ref, state=weights[0], weights_name=weights[1], **(pretrained or {}), **kwargs)
+        return module, ref.create_name, struct, (0,)
+    module = _features_module(ref, weights, out_indices, pretrained)
     strides = tuple(int(r) for r in module.feature_info.reduction())
-    struct = parsed if parsed is not None else (load_structure(name) if is_maedet_name(name) else None)
-    return module, name, struct, strides
+    return module, ref.create_name, struct, strides
 
 
 def _resolve_module(model: nn.Module, outputs: str) -> tuple[nn.Module, str, Structure | None, tuple[int, ...]]:
@@ -259,8 +352,10 @@ def resolve_model(
 ) -> ModelSource:
     """The deploy-form module (eval, BN folded, tuple outputs) and its description.
 
-    ``model`` is a timm name (``maedet_m``, ``maedet`` with ``structure``, ``resnet50``...) or a module. For
-    features the default is C2..C5; ``out_indices`` picks others (timm's features_only indices). ``pretrained``
+    ``model`` is a model reference (``maedet_m``, ``maedet`` with ``structure``, ``resnet50.a1_in1k``,
+    ``local-dir:FOLDER``, ``hf-hub:ORG/REPO``, or a converted folder's path, whose own weights load) or a module.
+    ``checkpoint`` is a weights file or a converted folder; any weights load strictly (see :func:`create_model`).
+    For features the default is C2..C5; ``out_indices`` picks others (timm's features_only indices). ``pretrained``
     loads the name's default pretrained weights through timm (``pretrained_cfg_overlay`` as timm takes it).
     """
     _check_request(model, structure, checkpoint, outputs, out_indices)

@@ -269,15 +269,33 @@ def _weights(model: str | nn.Module | ModelSource, source: ModelSource, opts: Ex
     """What the file computes with, for its metadata: (``weights``, ``weights_sha256`` or None)."""
     if opts.checkpoint is not None:
         path = Path(opts.checkpoint)
-        return str(path), _sha256(path) if path.is_file() else None
+        return str(path), _sha256(path) if path.is_file() else _folder_sha256(path)
     if opts.pretrained:
         cfg = getattr(getattr(source.module, "inner", None), "pretrained_cfg", None) or {}
         tag = ".".join(p for p in (cfg.get("architecture") or source.model_name, cfg.get("tag")) if p)
         file = (opts.pretrained_cfg_overlay or {}).get("file")
         return tag, _sha256(file) if file and Path(file).is_file() else None
     if isinstance(model, str):
-        return "random", None
+        return _reference_weights(model)
     return "given module (built by the caller)", None
+
+
+def _reference_weights(model: str) -> tuple[str, str | None]:
+    """A converted folder (``local-dir:``, ``hf-hub:`` or a plain path) brings its own weights; a bare name none."""
+    if model.startswith("hf-hub:"):
+        return model, None
+    folder = Path(model.removeprefix("local-dir:"))
+    if not (model.startswith("local-dir:") or folder.is_dir()):
+        return "random", None
+    return model, _folder_sha256(folder)
+
+
+def _folder_sha256(folder: Path) -> str | None:
+    """The sha256 of a converted folder's weights file (the one timm loads), if it has one."""
+    from maedet.zoo.checkpoint import FOLDER_WEIGHT_FILES
+
+    found = next((folder / n for n in FOLDER_WEIGHT_FILES if (folder / n).is_file()), None)
+    return _sha256(found) if found is not None else None
 
 
 def _metadata(traced: _Traced, opts: ExportOptions, weights: tuple[str, str | None]) -> dict[str, Any]:

@@ -233,7 +233,7 @@ def test_cli_version_and_one_line_errors(capsys, tmp_path) -> None:
     assert main(["--models", "resnet5", "--cache-dir", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == [
-        "maedet-bench: error: unknown model 'resnet5': not a maedet model, a timm model nor a structure file."
+        "maedet-bench: error: unknown model 'resnet5': not a maedet model nor a registered timm model."
     ]
     assert main(["--rounds", "many"]) == 2  # an argparse usage error: one line too
     err = capsys.readouterr().err

@@ -115,7 +115,7 @@ def test_unreadable_checkpoints(tmp_path, capsys):
     torch.save({"state_dict": {"backbone.body.block_list.0.conv1.weight": torch.zeros(8, 3, 3, 3)}}, wrong)
     code, err = _run(["maedet_s", "--checkpoint", wrong, "--onnx", out], capsys)
     assert code == 2
-    assert "checkpoint does not fit model 'maedet_s'" in _one_sentence(err)
+    assert "checkpoint wrong.pth does not fit model 'maedet_s'" in _one_sentence(err)
     assert not out.exists()
 
 

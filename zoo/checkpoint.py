@@ -9,6 +9,11 @@ names anything more is refused in one sentence that names what it tried to load 
 What loads is checked too: every tensor must be dense and hold data (no meta or sparse tensors, which no model can
 load), keyed by text; and :func:`check_state_dict_matches` compares shapes and kinds of number with the model's
 for every key, so a bool, integer or complex tensor never turns silently into float weights.
+
+A checkpoint may also be a converted folder (``config.json`` + ``model.safetensors``, what ``maedet-convert``
+writes). :func:`unwrap_state_dict` takes the model's tensors out of a training checkpoint (``state_dict`` /
+``model`` containers, DDP's ``module.`` prefix, a detector's ``backbone.``), and :func:`mismatch_sentence` says in
+one sentence how a checkpoint fails to fit a model: counts and a few example keys of each kind.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +31,25 @@ import torch
 
 from maedet.errors import MaeDetError
 
-__all__ = ["CheckpointError", "check_state_dict_matches", "load_checkpoint", "safe_numpy_globals"]
+__all__ = [
+    "FOLDER_WEIGHT_FILES",
+    "CheckpointError",
+    "check_state_dict_matches",
+    "load_checkpoint",
+    "load_error_keys",
+    "mismatch_sentence",
+    "safe_numpy_globals",
+    "unwrap_state_dict",
+]
 
 _GLOBAL_RE = re.compile(r"GLOBAL\s+([A-Za-z_][\w.]*)")
 _REASON_MARKER = "WeightsUnpickler error:"
+# The weight files a timm folder (save_for_hf, maedet-convert, a hub snapshot) may hold, in the order timm prefers.
+FOLDER_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+# Training checkpoints keep the weights under one of these (mmdetection: state_dict; many trainers: model).
+_CONTAINER_KEYS = ("state_dict", "model")
+_DDP_PREFIX = "module."
+_BACKBONE_PREFIX = "backbone."
 
 
 class CheckpointError(MaeDetError):
@@ -186,9 +206,25 @@ def check_state_dict_matches(state_dict: Mapping[str, torch.Tensor], model: torc
             )
 
 
+def _folder_weights(folder: Path) -> Path:
+    """The weight file of a converted folder (timm's hub layout), or one sentence saying it has none."""
+    for name in FOLDER_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(
+        f"folder {str(folder)!r} holds no weights file ({', '.join(FOLDER_WEIGHT_FILES)}); a converted folder "
+        "(maedet-convert) has config.json + model.safetensors."
+    )
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint safely: safetensors, or a pickle restricted to tensors, plain containers and numpy scalars."""
+    """Read a checkpoint safely: safetensors, or a pickle restricted to tensors, plain containers and numpy scalars.
+
+    ``path`` may also be a converted folder (config.json + model.safetensors): its weight file is read.
+    """
     path = Path(path)
+    if path.is_dir():
+        path = _folder_weights(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file.")
     if path.suffix == ".safetensors":
@@ -198,3 +234,72 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path.name} holds a {type(checkpoint).__name__}, not a state dict.")
     _check_tensors(checkpoint, path.name)
     return checkpoint
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The model's tensors out of a training checkpoint, and the keys left out (to be named in a log line).
+
+    Takes the ``state_dict`` or ``model`` entry when there is one, drops DDP's ``module.`` prefix, and when some
+    keys start with ``backbone.`` (a detector's checkpoint) keeps just those, without the prefix: the neck and
+    head of the detector are left out. Entries that are not tensors (epochs, configs) are left out silently.
+    """
+    for key in _CONTAINER_KEYS:
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping):
+            checkpoint = inner
+            break
+    tensors = {
+        key.removeprefix(_DDP_PREFIX): value
+        for key, value in checkpoint.items()
+        if isinstance(key, str) and isinstance(value, torch.Tensor)
+    }
+    if not any(key.startswith(_BACKBONE_PREFIX) for key in tensors):
+        return tensors, []
+    kept = {key.removeprefix(_BACKBONE_PREFIX): v for key, v in tensors.items() if key.startswith(_BACKBONE_PREFIX)}
+    return kept, sorted(key for key in tensors if not key.startswith(_BACKBONE_PREFIX))
+
+
+def preview(items: Sequence[str], limit: int = 4) -> str:
+    """A few items and how many more: ``a, b, c, d, … (316 more)``."""
+    shown = ", ".join(items[:limit])
+    return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def mismatch_sentence(
+    lead: str, missing: Sequence[str], unexpected: Sequence[str], misshapen: Sequence[str]
+) -> str | None:
+    """``{lead}: 320 missing keys (…), 320 unexpected keys (…), 1 misshapen key (…).``, or None if all fit."""
+    parts = [
+        f"{len(keys)} {kind} key{'s' if len(keys) != 1 else ''} ({preview(keys)})"
+        for kind, keys in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen))
+        if keys
+    ]
+    return f"{lead}: {', '.join(parts)}." if parts else None
+
+
+_MISSING_RE = re.compile(r"^Missing key\(s\) in state_dict:")
+_UNEXPECTED_RE = re.compile(r"^Unexpected key\(s\) in state_dict:")
+_QUOTED_RE = re.compile(r'"([^"]+)"')
+_SIZE_RE = re.compile(
+    r"^size mismatch for (?P<key>\S+): copying a param with shape torch\.Size\(\[(?P<got>[^\]]*)\]\) from "
+    r"checkpoint, the shape in current model is torch\.Size\(\[(?P<want>[^\]]*)\]\)"
+)
+
+
+def load_error_keys(exc: RuntimeError) -> tuple[list[str], list[str], list[str]] | None:
+    """(missing, unexpected, misshapen) out of ``load_state_dict(strict=True)``'s error, or None for other errors.
+
+    torch reports every problem of a strict load in one RuntimeError, one line per kind (its format has been stable
+    since torch 1.0); reading it back lets timm run the model's own key mapping and still be judged key by key.
+    """
+    missing: list[str] = []
+    unexpected: list[str] = []
+    misshapen: list[str] = []
+    for line in (part.strip() for part in str(exc).split("\n\t")):
+        if _MISSING_RE.match(line):
+            missing += _QUOTED_RE.findall(line)
+        elif _UNEXPECTED_RE.match(line):
+            unexpected += _QUOTED_RE.findall(line)
+        elif m := _SIZE_RE.match(line):
+            misshapen.append(f"{m['key']} ({m['got']}) vs model ({m['want']})")
+    return (missing, unexpected, misshapen) if missing or unexpected or misshapen else None

@@ -110,8 +110,20 @@ best points per level, score > {post["score_thr"]}, class-aware NMS at IoU {post
 
 # ------------------------------------------------------------------------------------------- reading
 def is_detector_folder(path: object) -> bool:
-    """True for a folder that holds a config.json (whether it is a valid detector config is checked on reading)."""
-    return isinstance(path, (str, os.PathLike)) and (Path(path) / CONFIG_NAME).is_file()
+    """True for a folder whose config.json declares a converted detector (a backbone folder's does not).
+
+    Only the marker is read here (a regular file of at most 1 MB); the rest is checked on reading.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    config = Path(path) / CONFIG_NAME
+    try:
+        if not config.is_file() or config.stat().st_size > 2**20:
+            return False
+        data = json.loads(config.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 def read_detector_config(folder: str | os.PathLike[str]) -> dict[str, Any]:

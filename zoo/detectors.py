@@ -280,6 +280,8 @@ def _folder_of(name: str) -> Path | None:
     else:
         return None
     if not is_detector_folder(folder):
+        if (folder / CONFIG_NAME).is_file():
+            read_detector_config(folder)  # a config of something else: its own sentence says what
         raise MaeDetError(f"{name!r}: no converted detector there (no {folder / CONFIG_NAME}).")
     return folder
 
