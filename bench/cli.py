@@ -27,7 +27,7 @@ QUICK: dict[str, Any] = dict(
 )
 QUICK_HELP = (
     f"a quick check that the models run, and a first look at the ratios: PyTorch eager at 256x256, at least "
-    f"{MIN_ROUNDS} interleaved rounds per model, about a minute for the five default models on 2 CPU cores "
+    f"{MIN_ROUNDS} interleaved rounds per model, about a minute for the five default models on an idle 2-core CPU "
     f"(explicit flags still win). Rows too noisy to trust are flagged unreliable; for numbers to quote, run "
     f"without --quick"
 )
