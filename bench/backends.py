@@ -25,6 +25,7 @@ __all__ = [
     "detect_backends",
     "resolve_backends",
     "unavailable_reason",
+    "unavailable_reason_and_hint",
 ]
 
 
@@ -135,6 +136,7 @@ def _ort_providers() -> tuple[str, ...]:
 
 
 ORT_GPU_SWAP = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+GPU_EXTRA = "pip install 'maedet[gpu]'"
 
 
 def _ort_gpu_hint() -> str:
@@ -147,8 +149,8 @@ def _ort_gpu_hint() -> str:
         except metadata.PackageNotFoundError:
             pass
     if len(installed) == 2:
-        return f" (onnxruntime and onnxruntime-gpu are both installed and overwrite each other: {ORT_GPU_SWAP})"
-    return f" (the CUDA and TensorRT providers come with onnxruntime-gpu instead of onnxruntime: {ORT_GPU_SWAP})"
+        return f"onnxruntime and onnxruntime-gpu are both installed and overwrite each other: {ORT_GPU_SWAP}"
+    return f"the CUDA and TensorRT providers come with onnxruntime-gpu instead of onnxruntime: {ORT_GPU_SWAP}"
 
 
 def _compiler_reason() -> str | None:
@@ -159,30 +161,49 @@ def _compiler_reason() -> str | None:
     return "torch.compile on CPU needs a C++ compiler (g++ or clang++), and none is on PATH"
 
 
-def unavailable_reason(backend: Backend) -> str | None:
-    """None when ``backend`` can run here, else one sentence saying why not."""
-    if backend.runtime in ("onnxruntime", "tensorrt") and not _has_module("onnxruntime"):
-        return "onnxruntime is not installed"
-    if backend.runtime == "onnxruntime":
-        import onnxruntime as ort
+def _ort_gap(backend: Backend) -> tuple[str | None, str | None]:
+    import onnxruntime as ort
 
-        if backend.precision == "int8" and not _has_module("onnxruntime.quantization"):
-            return "onnxruntime.quantization is missing (needed to make the INT8 model)"
-        if backend.provider not in _ort_providers():
-            hint = _ort_gpu_hint() if backend.device == "cuda" else ""
-            return f"onnxruntime {ort.__version__} has no {backend.provider}{hint}"
+    if backend.precision == "int8" and not _has_module("onnxruntime.quantization"):
+        return "onnxruntime.quantization is missing (needed to make the INT8 model)", None
+    if backend.provider not in _ort_providers():
+        hint = _ort_gpu_hint() if backend.device == "cuda" else None
+        return f"onnxruntime {ort.__version__} has no {backend.provider}", hint
+    return None, None
+
+
+def unavailable_reason_and_hint(backend: Backend) -> tuple[str | None, str | None]:
+    """(why ``backend`` cannot run here, how to fix it) — (None, None) when it can; the hint may be None.
+
+    Several backends share one fix (every ONNX Runtime GPU backend needs onnxruntime-gpu), so listings show each
+    hint once; :func:`unavailable_reason` joins the two for a single backend.
+    """
+    if backend.runtime in ("onnxruntime", "tensorrt") and not _has_module("onnxruntime"):
+        return "onnxruntime is not installed", None
+    if backend.runtime == "onnxruntime":
+        reason, hint = _ort_gap(backend)
+        if reason:
+            return reason, hint
     if backend.device == "cuda":
         if backend.runtime == "tensorrt" and not _has_module("tensorrt"):
-            return "TensorRT is not installed (pip install 'maedet[gpu]' on a CUDA machine)"
+            return "TensorRT is not installed", f"{GPU_EXTRA} on a CUDA machine"
         if backend.runtime == "tensorrt" and not _has_module("polygraphy"):
-            return "Polygraphy, which runs the TensorRT engines, is not installed (pip install 'maedet[gpu]')"
+            return "Polygraphy, which runs the TensorRT engines, is not installed", GPU_EXTRA
         if backend.runtime in ("torch", "tensorrt"):  # torch allocates TensorRT's buffers too
             reason = _cuda_reason()
             if reason:
-                return reason
+                return reason, None
     if backend.compile and backend.device == "cpu":
-        return _compiler_reason()
-    return None
+        return _compiler_reason(), None
+    return None, None
+
+
+def unavailable_reason(backend: Backend) -> str | None:
+    """None when ``backend`` can run here, else one sentence saying why not (and how to fix it, when we know)."""
+    reason, hint = unavailable_reason_and_hint(backend)
+    if reason is None:
+        return None
+    return f"{reason} ({hint})" if hint else reason
 
 
 @dataclass(frozen=True)

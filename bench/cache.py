@@ -1,13 +1,17 @@
 """Exported ONNX files and TensorRT engines kept between runs, keyed by everything that changes them.
 
 The first run of a model on an ONNX Runtime or TensorRT backend exports it (and builds its engine) with
-:mod:`maedet.export`; later runs find the files here, so reruns are fast.
+:mod:`maedet.export`; later runs find the files here, so reruns are fast. A cached file is never trusted by its
+name alone: beside each goes a record (``<file>.record.json``) of what it holds (model, structure key, precision,
+input) and its SHA-256. A file whose record is missing or different, or whose bytes no longer match (another
+model's file copied over it, a damaged or truncated file), is logged and rebuilt, never timed under a wrong name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -17,16 +21,48 @@ from typing import Any
 from maedet.errors import MaeDetError
 from maedet.export import ExportOptions, TrtEngine, build_engine, export_onnx
 from maedet.export.runtime import gpu_identity, require_tensorrt
+from maedet.fileio import atomic_write_text
 
 from .errors import BackendUnavailable, BenchError
 from .models import ModelSpec
 
-__all__ = ["INT8_CALIB_BATCHES", "ONNX_OPSET", "ArtifactCache", "default_cache_dir"]
+__all__ = ["INT8_CALIB_BATCHES", "ONNX_OPSET", "RECORD_FORMAT", "ArtifactCache", "default_cache_dir", "record_path"]
 
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 18
 INT8_CALIB_BATCHES = 4  # synthetic calibration: timing does not depend on calibration quality
+RECORD_FORMAT = "maedet-bench-cache/1"
+
+
+def record_path(artifact: str | os.PathLike[str]) -> Path:
+    """Where the record of a cached file lives: ``<file>.record.json`` beside it."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".record.json")
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(record_path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == RECORD_FORMAT else None
+
+
+def _onnx_identity(path: Path) -> str:
+    """What a mismatched ONNX file says it holds, for the log line ('' when it says nothing readable)."""
+    from maedet.export import read_metadata
+
+    try:
+        name = read_metadata(path).get("model_name")
+    except (MaeDetError, OSError, ValueError, RuntimeError, RecursionError):
+        return "; it is not a readable ONNX file"
+    return f"; its metadata names {str(name)!r}" if name else ""
 
 
 def default_cache_dir() -> Path:
@@ -91,7 +127,14 @@ class ArtifactCache:
         the exporter's INT8 layout ('cpu' is ONNX Runtime CPU's fast layout, 'portable' is what TensorRT reads).
         """
         path = self.onnx_path(spec, precision, batch, height, width, int8_mode)
-        if path.is_file():
+        expected = {
+            "model": spec.label,
+            "key": spec.cache_key(),
+            "precision": precision,
+            "int8_mode": int8_mode,
+            "input": [batch, 3, height, width],
+        }
+        if self._reusable(path, expected, describe=_onnx_identity):
             return path
         self._prepare_root()
         logger.debug("exporting %s to ONNX (%s, %d×3×%d×%d)", spec.label, precision, batch, height, width)
@@ -110,20 +153,65 @@ class ArtifactCache:
         try:
             with _quiet_logging():
                 if spec.detector:
-                    return self._export_detector(spec, model, path, options)
-                return Path(export_onnx(model, path, options).path)
+                    self._export_detector(spec, model, path, options)
+                else:
+                    export_onnx(model, path, options)
         except MaeDetError as exc:
             raise BackendUnavailable(f"export to ONNX failed: {exc}") from None
+        self._write_record(path, expected)
+        return path
+
+    def _reusable(self, path: Path, expected: dict[str, Any], describe: Callable[[Path], str] = lambda _: "") -> bool:
+        """Whether the cached ``path`` is the file recorded for ``expected``; if it exists but is not, say why in
+        the log and remove it (with its record), so the caller rebuilds it."""
+        if not (path.exists() or path.is_symlink()):
+            return False
+        problem = self._problem(path, expected)
+        if problem is None:
+            return True
+        logger.warning("the cached %s %s%s; rebuilding it.", path.name, problem, describe(path))
+        try:
+            path.unlink()
+            record_path(path).unlink(missing_ok=True)
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"the cached {str(path)!r} {problem} and cannot be removed ({exc.strerror}); delete it by hand."
+            ) from None
+        return False
 
     @staticmethod
-    def _export_detector(spec: ModelSpec, source: Any, path: Path, options: ExportOptions) -> Path:
+    def _problem(path: Path, expected: dict[str, Any]) -> str | None:
+        """Why the cached file cannot be reused, or None when its record and its bytes match."""
+        if path.is_symlink() or not path.is_file():
+            return "is not a regular file"
+        record = _read_record(path)
+        if record is None:
+            return "has no readable record of what it holds"
+        for key, value in expected.items():
+            if record.get(key) != value:
+                return f"was recorded with {key} {record.get(key)!r}, not {value!r}"
+        try:
+            digest = _sha256(path)
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror})"
+        if digest != record.get("sha256"):
+            return "does not match the file that was exported (its SHA-256 differs)"
+        return None
+
+    @staticmethod
+    def _write_record(path: Path, expected: dict[str, Any]) -> None:
+        record = {"format": RECORD_FORMAT, **expected, "sha256": _sha256(path)}
+        atomic_write_text(record_path(path), json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+    @staticmethod
+    def _export_detector(spec: ModelSpec, source: Any, path: Path, options: ExportOptions) -> None:
         """A whole detector (``+nms``: with NMS in the graph), from the bench's own deploy form when given."""
         from maedet.export.detector_onnx import export_detector_onnx
 
         from .detectors import bench_detector
 
         detector = getattr(source, "detector", None) or bench_detector(spec.name)
-        result = export_detector_onnx(
+        export_detector_onnx(
             detector,
             path,
             input_size=options.input_size,
@@ -135,21 +223,24 @@ class ArtifactCache:
             opset=options.opset,
             check=False,
         )
-        return Path(result.path)
 
     def engine(self, onnx_path: Path, precision: str) -> TrtEngine:
         """A loaded TensorRT engine for ``onnx_path``, built (with maedet.export) on first use.
 
         Engines only run on the TensorRT version and GPU model that built them, so both are in the file name;
-        the exporter's sidecar check refuses a mismatched engine with one sentence.
+        the exporter's sidecar check refuses a mismatched engine with one sentence. The bench's record ties the
+        engine to the ONNX file it was built from (its SHA-256), so rebuilding that file rebuilds the engine.
         """
         try:
             trt = require_tensorrt()
             gpu = "".join(c if c.isalnum() else "_" for c in (gpu_identity()[0] or "nogpu"))
             path = self.root / f"{onnx_path.stem}-trt{trt.__version__}-{precision}-{gpu}.engine"
-            if not path.is_file():
+            source = _read_record(onnx_path) or {}
+            expected = {"onnx_sha256": source.get("sha256"), "precision": precision, "tensorrt": trt.__version__}
+            if not self._reusable(path, expected):
                 logger.debug("building TensorRT %s engine from %s", precision, onnx_path.name)
                 build_engine(onnx_path, path, precision=precision, timing_cache=self.root / "trt.cache")
+                self._write_record(path, expected)
             return TrtEngine.load(path)
         except MaeDetError as exc:
             raise BackendUnavailable(str(exc)) from None

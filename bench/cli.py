@@ -3,33 +3,34 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from maedet.cli import make_parser, run_cli
 
-from .backends import detect_backends, resolve_backends
+from .backends import BACKENDS, resolve_backends, unavailable_reason_and_hint
 from .errors import BenchError
 from .models import DEFAULT_MODELS, DETECTOR_MODELS
+from .reliability import MAX_UNCERTAINTY_PCT, MIN_ROUNDS
+from .sizes import SIZE_FORMS, InputSizeAction, parse_input_size_flag
 from .suite import BenchSettings
 
 __all__ = ["build_parser", "main"]
 
 # The authors' test scale (1333, 800) for COCO's typical 640×480 image is 800×1067, padded to 800×1088.
 DETECTOR_SIZES = [(800, 1088), (640, 640)]
+# --quick: a check that everything runs, with ratios good enough to see the trend. At least MIN_ROUNDS interleaved
+# rounds per model, even past the time budget, so no row rests on one or two runs; noisy rows are flagged.
 QUICK: dict[str, Any] = dict(
-    input_size=[(256, 256)], backends="torch-eager", warmup=1, rounds=4, min_rounds=2, max_time=30.0
+    input_size=[(256, 256)], backends="torch-eager", warmup=1, rounds=8, min_rounds=MIN_ROUNDS, max_time=45.0
 )
-
-
-def _size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*(?:[x×,]\s*(\d+)\s*)?", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"input size must look like 640 or 480x640, not {text!r}")
-    h = int(match.group(1))
-    return h, int(match.group(2) or h)
+QUICK_HELP = (
+    f"a quick check that the models run, and a first look at the ratios: PyTorch eager at 256x256, at least "
+    f"{MIN_ROUNDS} interleaved rounds per model, about a minute for the five default models on an idle 2-core CPU "
+    f"(explicit flags still win). Rows too noisy to trust are flagged unreliable; for numbers to quote, run "
+    f"without --quick"
+)
 
 
 def _names(values: Sequence[str]) -> list[str]:
@@ -68,8 +69,9 @@ def _add_what_options(p: argparse.ArgumentParser) -> None:
         "--structure",
         action="append",
         default=[],
-        metavar="FILE",
-        help="add a searched structure file as a model (repeatable)",
+        metavar="[NAME=]FILE",
+        help="add a searched structure file as a model (repeatable); its row is named by the file's stem, by its "
+        "folder when two stems clash (--structure a/best.json --structure b/best.json: rows a and b), or NAME",
     )
     p.add_argument(
         "--backends",
@@ -83,10 +85,12 @@ def _add_what_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--input-size",
         nargs="+",
-        type=_size,
+        action=InputSizeAction,
         default=None,
-        metavar="HxW",
-        help="one or more input sizes, e.g. 640 or 480x640 (default 640x640)",
+        metavar="SIZE",
+        help=f"one input size per flag: {SIZE_FORMS}, as maedet-export reads it; several sizes: repeat the flag "
+        "(--input-size 480 640 --input-size 640) or give a comma list (640,800 is two square sizes); multiples of 32 "
+        "(default 640x640; with --detector 800x1088 and 640x640)",
     )
     p.add_argument("--batch-size", nargs="+", type=int, default=[1], metavar="N", help="one or more batch sizes")
 
@@ -95,7 +99,13 @@ def _add_timing_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every runtime (default: usable cores)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs per model and backend (default 2)")
     p.add_argument("--rounds", type=int, default=None, help="most interleaved timing rounds (default 12)")
-    p.add_argument("--min-rounds", type=int, default=None, help="rounds done even past the time budget (default 3)")
+    p.add_argument(
+        "--min-rounds",
+        type=int,
+        default=None,
+        help=f"rounds done even past the time budget (default 3; rows with fewer than {MIN_ROUNDS} rounds, or a "
+        f"ratio uncertain by more than ±{MAX_UNCERTAINTY_PCT:.0f}%%, are flagged unreliable)",
+    )
     p.add_argument("--iters", type=int, default=None, help="timed runs per model per round (default: auto)")
     p.add_argument(
         "--max-time",
@@ -103,11 +113,7 @@ def _add_timing_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds for the whole run; no new round starts that would end later (default 210, 0: none)",
     )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="a one-minute check: PyTorch eager at 256x256, few rounds (explicit flags still win)",
-    )
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     p.add_argument("--cache-dir", default=None, help="where exported ONNX files and engines are kept")
 
 
@@ -121,22 +127,34 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
 
 
 def _list_backends() -> int:
+    """Every backend with its status. Names never wrap (users type them); each reason and each install hint is
+    written once, under the table, however many backends share it."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="maedet-bench backends on this machine", title_justify="left")
-    for col in ("backend", "device", "precision", "what", "status"):
-        table.add_column(col)
-    for status in detect_backends():
-        b = status.backend
-        table.add_row(
-            b.name,
-            b.device,
-            b.precision,
-            b.description,
-            "[green]available[/]" if status.available else f"[yellow]skipped:[/] {escape(status.reason or '')}",
-        )
+    table = Table(title="maedet-bench backends on this machine", title_justify="left", caption_justify="left")
+    table.add_column("backend", no_wrap=True, min_width=max(len(name) for name in BACKENDS))
+    table.add_column("device", no_wrap=True)
+    table.add_column("precision", no_wrap=True)
+    table.add_column("what", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    reasons: list[str] = []
+    hints: dict[str, list[int]] = {}
+    for name, backend in BACKENDS.items():
+        reason, hint = unavailable_reason_and_hint(backend)
+        status = "[green]available[/]"
+        if reason is not None:
+            if reason not in reasons:
+                reasons.append(reason)
+            number = reasons.index(reason) + 1
+            if hint and number not in hints.setdefault(hint, []):
+                hints[hint].append(number)
+            status = f"[yellow]skipped[/] ({number})"
+        table.add_row(name, backend.device, backend.precision, escape(backend.description), status)
+    notes = [f"({i}) {reason}" for i, reason in enumerate(reasons, 1)]
+    notes += [f"to fix {', '.join(f'({n})' for n in numbers)}: {hint}" for hint, numbers in hints.items()]
+    table.caption = escape("\n".join(notes)) or None
     Console().print(table)
     return 0
 
@@ -176,31 +194,49 @@ def _settings(args: argparse.Namespace) -> BenchSettings:
     )
 
 
+def _check_output_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The --json/--csv/--plot paths, refused in one sentence before any work when they cannot be written."""
+    from .outputs import check_outputs
+
+    if args.plot is not None and not args.plot.lower().endswith(".png"):
+        raise BenchError(f"the plot is written as PNG, so its name must end in .png (got {args.plot!r}).")
+    return check_outputs({"JSON": args.json, "CSV": args.csv, "plot": args.plot})
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.list_backends:
         return _list_backends()
     from rich.console import Console
 
-    from .report import render_table, write_csv, write_json, write_plot
+    from .outputs import write_outputs
+    from .report import render_table
     from .suite import run_bench
 
-    if args.plot is not None and not args.plot.lower().endswith(".png"):
-        raise BenchError(f"the plot is written as PNG, so its name must end in .png (got {args.plot!r}).")
+    outputs = _check_output_flags(args)
     models = _names(args.models) if args.models else list(DETECTOR_MODELS if args.detector else DEFAULT_MODELS)
     result = run_bench([*models, *args.structure], _backend_spec(args), _settings(args))
     console = Console()
     if not console.is_terminal:
         console.width = max(console.width, 160)  # files and pipes get the whole table, not 80 columns
     console.print(render_table(result))
-    for flag, writer, what in (
-        (args.json, write_json, "JSON"),
-        (args.csv, write_csv, "CSV"),
-        (args.plot, write_plot, "plot"),
-    ):
-        if flag:
-            console.print(f"{what}: {writer(result, flag)}")
+    for what, path in write_outputs(result, outputs).items():
+        console.print(f"{what}: {path}")
     console.print(f"done in {result.elapsed_s:.0f} s")
     return 0
+
+
+def _square_size(text: str) -> int:
+    """``640`` or ``640x640`` → 640; a non-square or a list is refused (a latency table is for one square size)."""
+    try:
+        sizes = parse_input_size_flag([text])
+    except BenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
+    if len(sizes) != 1 or sizes[0][0] != sizes[0][1]:
+        raise argparse.ArgumentTypeError(
+            f"profile times one square input size (a latency table is for one side length), not {text!r}; "
+            "give one number such as 640"
+        )
+    return sizes[0][0]
 
 
 def build_profile_parser() -> argparse.ArgumentParser:
@@ -213,7 +249,13 @@ def build_profile_parser() -> argparse.ArgumentParser:
     p.add_argument("--info", metavar="FILE", help="print what a latency table holds, then exit")
     p.add_argument("--backend", default="ort-cpu", choices=("ort-cpu", "ort-cuda", "ort-trt"), help="runtime")
     p.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="int8: the exporter's CPU layout")
-    p.add_argument("--input-size", type=int, default=640, metavar="S", help="square input size in pixels")
+    p.add_argument(
+        "--input-size",
+        type=_square_size,
+        default=640,
+        metavar="S",
+        help="one square input size in pixels (640, or 640x640); a latency table is made for one side length",
+    )
     p.add_argument("--batch-size", type=int, default=1, metavar="B", help="batch of the target")
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the usable cores)")
     p.add_argument(

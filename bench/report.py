@@ -20,9 +20,21 @@ from .machine import machine_line
 from .memory import MEMORY_KINDS
 from .models import display_name, is_reference
 from .published import PUBLISHED_HEADLINE, PUBLISHED_SOURCE
+from .reliability import RULE
 from .results import BenchResult, BenchRow
 
-__all__ = ["CSV_COLUMNS", "csv_rows", "render_table", "write_csv", "write_json", "write_plot"]
+__all__ = [
+    "CSV_COLUMNS",
+    "csv_rows",
+    "csv_text",
+    "json_text",
+    "plot_figure",
+    "plot_png",
+    "render_table",
+    "write_csv",
+    "write_json",
+    "write_plot",
+]
 
 CSV_COLUMNS = (
     "model",
@@ -45,6 +57,8 @@ CSV_COLUMNS = (
     "published_coco_ap",
     "published_params_m",
     "published_gflops",
+    "reliable",
+    "unreliable_reason",
 )
 
 
@@ -56,11 +70,16 @@ def _check_parent(path: Path) -> None:
             raise BenchError(f"cannot create folder {str(path.parent)!r} for {str(path)!r}: {exc.strerror}.") from None
 
 
+def json_text(result: BenchResult) -> str:
+    """One object: ``machine``, ``config``, ``results`` (rows), ``skipped``, ``memory_kinds`` (strict JSON)."""
+    return json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
 def write_json(result: BenchResult, path: str | os.PathLike[str]) -> Path:
-    """One object: ``machine``, ``config``, ``results`` (rows), ``skipped``, ``memory_kinds``; written atomically."""
+    """:func:`json_text`, written atomically."""
     path = Path(path)
     _check_parent(path)
-    atomic_write_text(path, json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic_write_text(path, json_text(result))
     return path
 
 
@@ -94,28 +113,42 @@ def csv_rows(result: BenchResult) -> list[dict[str, Any]]:
                 "published_coco_ap": pub.get("coco_ap", ""),
                 "published_params_m": pub.get("params_m", ""),
                 "published_gflops": pub.get("gflops", ""),
+                "reliable": "yes" if r.reliable else "no",
+                "unreliable_reason": r.unreliable_reason or "",
             }
         )
     return out
 
 
-def write_csv(result: BenchResult, path: str | os.PathLike[str]) -> Path:
-    """One line per row, columns CSV_COLUMNS (published_* empty unless --paper); written atomically."""
-    path = Path(path)
-    _check_parent(path)
+def csv_text(result: BenchResult) -> str:
+    """One line per row, columns CSV_COLUMNS (published_* empty unless --paper)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
     writer.writeheader()
     writer.writerows(csv_rows(result))
-    atomic_write_text(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_csv(result: BenchResult, path: str | os.PathLike[str]) -> Path:
+    """:func:`csv_text`, written atomically."""
+    path = Path(path)
+    _check_parent(path)
+    atomic_write_text(path, csv_text(result))
     return path
 
 
-def _speedup_text(value: float | None) -> str:
+UNRELIABLE_MARK = "*"
+UNRELIABLE_HATCH = "//"
+_UNRELIABLE_POINT: dict[str, Any] = dict(marker="x", s=120, color="black", linewidths=1.5, zorder=5)
+
+
+def _speedup_text(value: float | None, reliable: bool = True) -> str:
     if value is None:
         return "–"
     colour = "green" if value > 1.0 else "red" if value < 1.0 else ""
     text = f"{value:.2f}×"
+    if not reliable:
+        return f"[yellow]{text}{UNRELIABLE_MARK}[/]"
     return f"[{colour}]{text}[/]" if colour else text
 
 
@@ -140,8 +173,9 @@ def _table_cells(r: BenchRow, paper: bool) -> list[str]:
     from rich.markup import escape
 
     name = escape(display_name(r.model))
+    name = f"[bold]{name}[/]" if is_reference(r.model) else name
     cells = [
-        f"[bold]{name}[/]" if is_reference(r.model) else name,
+        name if r.reliable else f"{name} [yellow]{UNRELIABLE_MARK}[/]",
         r.backend,
         f"{r.batch}×{r.input[0]}×{r.input[1]}",
         f"{r.params / 1e6:.1f}",
@@ -152,8 +186,8 @@ def _table_cells(r: BenchRow, paper: bool) -> list[str]:
         str(r.latency.samples),
         f"{r.throughput:.1f}",
         "–" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}",
-        _speedup_text(r.speedup.get("resnet50")),
-        _speedup_text(r.speedup.get("resnet101")),
+        _speedup_text(r.speedup.get("resnet50"), r.reliable),
+        _speedup_text(r.speedup.get("resnet101"), r.reliable),
     ]
     if paper:
         pub = r.published or {}
@@ -170,6 +204,13 @@ def _table_notes(result: BenchResult, paper: bool) -> list[str]:
     notes += [f"mem: {MEMORY_KINDS[k]}" for k in sorted({r.memory_kind for r in result.results})]
     if paper:
         notes += [f"AP/GFLOPs (pub.): {PUBLISHED_SOURCE}", PUBLISHED_HEADLINE]
+    unreliable = [r for r in result.results if not r.reliable]
+    if unreliable:
+        notes.append(f"{UNRELIABLE_MARK} {RULE}:")
+        notes += [
+            f"  {display_name(r.model)} on {r.backend} ({r.batch}×{r.input[0]}×{r.input[1]}): {r.unreliable_reason}"
+            for r in unreliable
+        ]
     for s in result.skipped:
         notes.append(f"skipped {s.backend}{f' ({s.model})' if s.model else ''}: {s.reason}")
     return notes
@@ -252,7 +293,12 @@ def _plot_latency(ax: Any, groups: dict[_Group, list[BenchRow]], colours: list[s
                 alpha=0.4,
                 capsize=2,
             )
+        shaky = [r for r in rows if not r.reliable]
+        if shaky:
+            ax.scatter([r.gmacs for r in shaky], [r.latency.median for r in shaky], **_UNRELIABLE_POINT)
     ax.scatter([], [], marker="s", facecolors="none", edgecolors="black", label="ResNet (reference)")
+    if any(not r.reliable for rows in groups.values() for r in rows):
+        ax.scatter([], [], label=f"unreliable ({UNRELIABLE_MARK} in the table)", **_UNRELIABLE_POINT)
     ax.set_xlabel("GMACs per image (conv + linear)")
     ax.set_ylabel("median latency per batch (ms), bar to p90")
     ax.set_title("Latency vs compute (C2..C5 backbones)")
@@ -261,22 +307,29 @@ def _plot_latency(ax: Any, groups: dict[_Group, list[BenchRow]], colours: list[s
 
 
 def _plot_speedups(ax: Any, groups: dict[_Group, list[BenchRow]], models: list[str], colours: list[str]) -> None:
-    """Speedup vs ResNet-50 per model, one bar per backend/input, labelled with the ratio."""
+    """Speedup vs ResNet-50 per model, one bar per backend/input, labelled with the ratio; unreliable ones hatched."""
     width = 0.8 / max(1, len(groups))
     for i, (group, rows) in enumerate(groups.items()):
-        by_model = {r.model: r.speedup.get("resnet50") for r in rows}
+        by_model = {r.model: r for r in rows}
         xs = [m + (i - (len(groups) - 1) / 2) * width for m in range(len(models))]
-        values = [by_model.get(m) or 0.0 for m in models]
+        values = [(by_model[m].speedup.get("resnet50") if m in by_model else None) or 0.0 for m in models]
         bars = ax.bar(xs, values, width=width, color=colours[i % len(colours)], label=_group_label(group))
-        for bar, m in zip(bars, models, strict=True):
-            if by_model.get(m):
-                ax.annotate(
-                    f"{by_model[m]:.2f}×",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+        for bar, m, value in zip(bars, models, values, strict=True):
+            if not value:
+                continue
+            reliable = by_model[m].reliable
+            if not reliable:
+                bar.set_hatch(UNRELIABLE_HATCH)
+                bar.set_alpha(0.5)
+            ax.annotate(
+                f"{value:.2f}×" + ("" if reliable else UNRELIABLE_MARK),
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+    if any(not r.reliable and r.speedup.get("resnet50") for rows in groups.values() for r in rows):
+        ax.bar([0], [0], color="white", edgecolor="grey", hatch=UNRELIABLE_HATCH, label="hatched: unreliable")
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
     ax.set_xticks(range(len(models)), [display_name(m) for m in models], rotation=20)
     ax.set_ylabel("speedup vs ResNet-50 (same backend, same run)")
@@ -285,10 +338,12 @@ def _plot_speedups(ax: Any, groups: dict[_Group, list[BenchRow]], models: list[s
     ax.legend(fontsize=8)
 
 
-def write_plot(result: BenchResult, path: str | os.PathLike[str]) -> Path:
+def plot_figure(result: BenchResult) -> Any:
     """Left: median latency against GMACs per backend, ResNets marked. Right: speedup vs ResNet-50 bars.
 
-    In the spirit of the paper's Figure 1; the title carries the machine line, the axes their units.
+    In the spirit of the paper's Figure 1; the title carries the machine line, the axes their units. Unreliable
+    rows (maedet.bench.reliability) are crossed on the left and hatched on the right. Close it with
+    ``matplotlib.pyplot.close(fig)``.
     """
     import matplotlib
 
@@ -297,8 +352,6 @@ def write_plot(result: BenchResult, path: str | os.PathLike[str]) -> Path:
 
     if not result.results:
         raise BenchError("there are no measured rows to plot.")
-    path = Path(path)
-    _check_parent(path)
     groups = _group_rows(result)
     fig, (ax_lat, ax_bar) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [1.1, 1]})
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -306,8 +359,26 @@ def write_plot(result: BenchResult, path: str | os.PathLike[str]) -> Path:
     _plot_speedups(ax_bar, groups, list(dict.fromkeys(r.model for r in result.results)), colours)
     fig.suptitle(f"maedet-bench — {machine_line(result.machine)}", fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    return fig
+
+
+def plot_png(result: BenchResult) -> bytes:
+    """:func:`plot_figure` as PNG bytes."""
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(result)
+    try:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_plot(result: BenchResult, path: str | os.PathLike[str]) -> Path:
+    """:func:`plot_png`, written atomically."""
+    path = Path(path)
+    data = plot_png(result)
+    _check_parent(path)
+    atomic_write_bytes(path, data)
     return path

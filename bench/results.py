@@ -12,7 +12,7 @@ from .models import REFERENCE_MODELS, reference_label
 from .published import PUBLISHED_HEADLINE, PUBLISHED_SOURCE
 from .timing import LatencyStats
 
-__all__ = ["BenchResult", "BenchRow", "Skipped", "compute_speedups"]
+__all__ = ["BenchResult", "BenchRow", "Skipped", "compute_speedups", "reference_row"]
 
 
 @dataclass
@@ -34,6 +34,18 @@ class BenchRow:
     memory_kind: str
     speedup: dict[str, float | None] = field(default_factory=dict)  # reference latency / this latency
     published: dict[str, Any] | None = None
+    # How far each speedup may be off (± %, see maedet.bench.reliability), and why the row cannot be trusted.
+    ratio_uncertainty_pct: dict[str, float | None] = field(default_factory=dict)
+    unreliable_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def reliable(self) -> bool:
+        """False when too few rounds or too much spread make this row's ratios untrustworthy."""
+        return not self.unreliable_reasons
+
+    @property
+    def unreliable_reason(self) -> str | None:
+        return "; ".join(self.unreliable_reasons) or None
 
     @property
     def throughput(self) -> float:
@@ -57,6 +69,9 @@ class BenchRow:
             "memory_kind": self.memory_kind,
             "iterations_per_round": self.iterations_per_round,
             "rounds": self.rounds,
+            "reliable": self.reliable,
+            "unreliable_reason": self.unreliable_reason,
+            "ratio_uncertainty_pct": dict(self.ratio_uncertainty_pct),
         }
         if self.published is not None:
             out["published"] = self.published
@@ -109,21 +124,27 @@ class BenchResult:
         return out
 
 
+def reference_row(rows: Sequence[BenchRow], row: BenchRow, reference: str) -> BenchRow | None:
+    """The row ``row`` is compared with for ``reference``: same backend, batch and input (None if not measured).
+
+    A detector row is compared with the same kind of ResNet detector (``resnet50_gfl``, or ``resnet50_gfl+nms``).
+    """
+    target = reference_label(row.model, reference)
+    for r in rows:
+        if r.model == target and r.backend == row.backend and r.batch == row.batch and r.input == row.input:
+            return r
+    return None
+
+
 def compute_speedups(rows: Sequence[BenchRow], references: Sequence[str] = REFERENCE_MODELS) -> None:
     """Set each row's speedup vs every reference model: reference median latency / row median latency.
 
-    Only rows of the same backend, batch and input are compared; None where the reference was not measured.
-    A detector row is compared with the same kind of ResNet detector (``resnet50_gfl``, or ``resnet50_gfl+nms``),
-    still under the key ``resnet50``.
+    Only rows of the same backend, batch and input are compared (:func:`reference_row`); None where the reference
+    was not measured. A detector's speedups are against the ResNet detector, still under the key ``resnet50``.
     """
     for row in rows:
         for ref in references:
-            target = reference_label(row.model, ref)
-            match = [
-                r
-                for r in rows
-                if r.model == target and r.backend == row.backend and r.batch == row.batch and r.input == row.input
-            ]
+            match = reference_row(rows, row, ref)
             row.speedup[ref] = (
-                match[0].latency.median / row.latency.median if match and row.latency.median > 0 else None
+                match.latency.median / row.latency.median if match is not None and row.latency.median > 0 else None
             )

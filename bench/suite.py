@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -25,8 +26,10 @@ from .cache import ArtifactCache, default_cache_dir
 from .errors import BackendUnavailable, BenchError
 from .machine import machine_info, usable_cores
 from .memory import PeakMemory
-from .models import DEFAULT_MODELS, ModelCost, ModelSpec, build_deploy_source, model_cost, parse_model
+from .models import DEFAULT_MODELS, ModelCost, ModelSpec, build_deploy_source, model_cost
+from .naming import parse_models
 from .published import PUBLISHED_SOURCE, published_for
+from .reliability import RULE, assess_reliability
 from .results import BenchResult, BenchRow, Skipped, compute_speedups
 from .runners import Runner, make_input, make_runner
 from .timing import choose_iterations, run_interleaved, summarize, time_call
@@ -83,6 +86,8 @@ class BenchSettings:
             raise BenchError("rounds and min_rounds must be at least 1.")
         if self.iterations is not None and self.iterations < 1:
             raise BenchError(f"iterations must be at least 1, got {self.iterations}.")
+        if self.max_time_s is not None and not (math.isfinite(self.max_time_s) and self.max_time_s >= 0):
+            raise BenchError(f"the time budget must be a finite number of seconds (0: none), got {self.max_time_s}.")
         return dataclasses.replace(self, threads=threads, min_rounds=min(self.min_rounds, self.rounds))
 
     def to_config(self, labels: list[str], backends: list[str]) -> dict[str, Any]:
@@ -100,6 +105,7 @@ class BenchSettings:
             "max_time_s": self.max_time_s,
             "denormals": "flushed to zero",
             "timing": "interleaved rounds, rotated order; median/p90 over all timed runs",
+            "reliability": RULE,
             "form": "deploy form (BN folded), C2..C5 feature outputs; detectors (*_gfl): backbone + FPN + GFocalV2 "
             "head raw outputs, +nms: with decoding and NMS (see maedet.bench.detectors for the NMS workload)",
         }
@@ -180,16 +186,6 @@ class _Run:
         if spec.label not in self.deploy:
             self.deploy[spec.label] = build_deploy_source(spec)
         return self.deploy[spec.label]
-
-
-def _parse_specs(models: Sequence[str | ModelSpec]) -> list[ModelSpec]:
-    specs = [m if isinstance(m, ModelSpec) else parse_model(m) for m in models]
-    if not specs:
-        raise BenchError("no model was given.")
-    labels = [s.label for s in specs]
-    if len(set(labels)) != len(labels):
-        raise BenchError(f"a model was named twice: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}.")
-    return specs
 
 
 def _prepare_runners(run: _Run, data: Any) -> dict[Key, Runner]:
@@ -307,7 +303,7 @@ def run_bench(
     except TypeError:
         unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(BenchSettings)})
         raise BenchError(f"run_bench has no setting {', '.join(unknown)}.") from None
-    specs = _parse_specs(models)
+    specs = parse_models(models)
     names = resolve_backends(backends if backends is None or isinstance(backends, str) else ",".join(backends))
     settings = settings.validated()
     statuses = detect_backends(names)
@@ -326,6 +322,7 @@ def run_bench(
                 budget_end = now + max(0.0, deadline_at - now) / (len(configs) - index)
             rows += _measure(run, size, batch, budget_end)
     compute_speedups(rows)
+    assess_reliability(rows)
     labels = [s.label for s in specs]
     order = {n: i for i, n in enumerate(names)}
     rows.sort(key=lambda r: (r.input, r.batch, order.get(r.backend, 99), labels.index(r.model)))

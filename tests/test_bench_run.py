@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 
 import matplotlib.image as mpimg
@@ -250,3 +251,110 @@ def test_settings_dataclass_and_keywords_agree(tmp_path) -> None:
         run_bench(models=["resnet50"], backends="torch-eager", warm_up=1)
     assert BenchSettings(rounds=2, min_rounds=5).validated().min_rounds == 2
     assert not os.listdir(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------- a verified cache
+@pytest.fixture
+def cache_copy(tiny: BenchResult, workdir, tmp_path):
+    """A copy of the tiny run's cache (3 ONNX files and their records), free to damage."""
+    import shutil
+
+    return shutil.copytree(workdir / "cache", tmp_path / "cache")
+
+
+class _Lines(logging.Handler):
+    """The cache's log lines, as the user would read them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def cache_log():
+    logger = logging.getLogger("maedet.bench.cache")
+    handler, level = _Lines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler.lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_another_models_onnx_under_a_cache_name_is_rebuilt(cache_copy, cache_log) -> None:
+    from maedet.export import read_metadata
+
+    cache = ArtifactCache(cache_copy)
+    s_path = cache.onnx(parse_model("maedet_s"), "fp32", 1, *SIZE)
+    r50_path = cache.onnx(parse_model("resnet50"), "fp32", 1, *SIZE)
+    assert not cache_log  # both found and verified
+    s_name = read_metadata(s_path)["model_name"]
+    s_path.write_bytes(r50_path.read_bytes())  # issue #12: another model's file copied over MAE-DET-S's name
+    assert cache.onnx(parse_model("maedet_s"), "fp32", 1, *SIZE) == s_path
+    assert read_metadata(s_path)["model_name"] == s_name != read_metadata(r50_path)["model_name"]
+    (message,) = cache_log
+    assert s_path.name in message and "rebuilding" in message and "SHA-256 differs" in message
+    assert repr(str(read_metadata(r50_path)["model_name"])) in message  # what the wrong file said it was
+
+
+def test_a_garbage_cached_file_is_rebuilt_not_skipped(cache_copy, cache_log) -> None:
+    cache = ArtifactCache(cache_copy)
+    path = cache.onnx(parse_model("maedet_s"), "fp32", 1, *SIZE)
+    path.write_bytes(b"\x00garbage" * 100)
+    result = run_bench(
+        models=["maedet_s"],
+        backends="ort-cpu",
+        input_sizes=[SIZE],
+        warmup=1,
+        rounds=1,
+        iterations=1,
+        cache_dir=cache_copy,
+    )
+    assert [r.model for r in result.results] == ["maedet_s"] and not result.skipped  # measured, not skipped
+    assert any("not a readable ONNX file" in line for line in cache_log)
+    cache_log.clear()
+    assert cache.onnx(parse_model("maedet_s"), "fp32", 1, *SIZE) == path  # and the rebuilt file is trusted again
+    assert not cache_log
+
+
+def test_a_cached_file_without_its_record_is_rebuilt(cache_copy, cache_log) -> None:
+    from maedet.bench.cache import record_path
+
+    cache = ArtifactCache(cache_copy)
+    path = cache.onnx(parse_model("resnet50"), "fp32", 1, *SIZE)
+    record_path(path).unlink()
+    cache.onnx(parse_model("resnet50"), "fp32", 1, *SIZE)
+    assert "has no readable record" in cache_log[0]
+    assert record_path(path).is_file()
+
+
+# ----------------------------------------------------------------------------------------------- --quick and names
+def test_cli_quick_run_guarantees_rounds_flags_noise_and_names_searches_by_folder(workdir, capsys, tmp_path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        builtin_structure("r50_like_init").save(tmp_path / folder / "best.json")
+    out = tmp_path / "out"
+    argv = ["--quick", "--models", "maedet_s", "resnet50", "--input-size", "64", "--max-time", "0.001"]
+    argv += ["--structure", str(tmp_path / "a" / "best.json"), "--structure", str(tmp_path / "b" / "best.json")]
+    argv += ["--threads", "1", "--no-progress", "--cache-dir", str(workdir / "cache")]
+    argv += ["--json", str(out / "q.json"), "--csv", str(out / "q.csv"), "--plot", str(out / "q.png")]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    data = json.loads((out / "q.json").read_text())
+    rows = data["results"]
+    assert {(r["model"], r["backend"]) for r in rows} == {
+        (m, "torch-eager") for m in ("maedet_s", "resnet50", "a", "b")
+    }
+    assert all(r["rounds"] >= 5 for r in rows)  # past a spent time budget, --quick still does 5 rounds
+    assert data["config"]["min_rounds"] == 5 and "unreliable" in data["config"]["reliability"]
+    for r in rows:  # the flag follows the documented rule
+        rule_says = r["rounds"] >= 5 and all(u is None or u <= 15 for u in r["ratio_uncertainty_pct"].values())
+        assert r["reliable"] == rule_says or not [u for u in r["ratio_uncertainty_pct"].values() if u is not None]
+        assert (r["unreliable_reason"] is None) == r["reliable"]
+    with (out / "q.csv").open() as f:
+        assert [line["reliable"] for line in csv.DictReader(f)] == ["yes" if r["reliable"] else "no" for r in rows]
+    assert (out / "q.png").read_bytes()[:4] == b"\x89PNG"
+    assert "done in" in stdout

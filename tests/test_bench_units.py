@@ -211,3 +211,68 @@ def test_parse_model_names_and_structure_files(tmp_path) -> None:
 def test_a_model_without_c2_to_c5_is_refused() -> None:
     with pytest.raises(BenchError, match="no feature map at stride 4"):
         model_cost(parse_model("vit_tiny_patch16_224"), 224, 224)
+
+
+# ----------------------------------------------------------------------------------------------- reliability
+def _noisy_row(model: str, spread_pct: float, rounds: int, median: float = 100.0) -> BenchRow:
+    stats = LatencyStats(median, median * 1.2, median * 0.8, median * 0.8, median, spread_pct, rounds)
+    return BenchRow(model, "torch-eager", "fp32", "cpu", 1, (64, 64), 1, 1.0, stats, 1, rounds, None, "cpu-rss-rise")
+
+
+def _assessed(rows: list[BenchRow]) -> list[BenchRow]:
+    from maedet.bench.reliability import assess_reliability
+
+    compute_speedups(rows)
+    assess_reliability(rows)
+    return rows
+
+
+def test_rows_with_too_few_rounds_or_too_much_spread_are_unreliable() -> None:
+    from maedet.bench.reliability import MAX_UNCERTAINTY_PCT, MIN_ROUNDS, median_uncertainty_pct
+
+    # 12 quiet rounds: ±1.57·5/√12 = ±2.3% per median, ±3.2% on the ratio.
+    quiet = _assessed([_noisy_row("maedet_s", 5.0, 12, 60.0), _noisy_row("resnet50", 5.0, 12)])
+    assert all(r.reliable and r.unreliable_reason is None for r in quiet)
+    assert quiet[0].ratio_uncertainty_pct["resnet50"] == pytest.approx(2**0.5 * 1.57 * 5.0 / 12**0.5)
+    assert quiet[0].ratio_uncertainty_pct["resnet101"] is None  # not measured
+    # What issue #11 saw with --quick: 2 rounds at 90% spread.
+    shaky = _assessed([_noisy_row("maedet_s", 90.0, 2, 60.0), _noisy_row("resnet50", 10.0, 2)])
+    assert not any(r.reliable for r in shaky)
+    assert f"only 2 timed rounds (at least {MIN_ROUNDS} needed)" in shaky[1].unreliable_reasons
+    assert any(reason.startswith("ratio vs ResNet-50 uncertain by ±") for reason in shaky[0].unreliable_reasons)
+    # Enough rounds, but one side too noisy: both rows' ratios rest on it.
+    noisy = _assessed([_noisy_row("maedet_s", 30.0, 6, 60.0), _noisy_row("resnet50", 5.0, 6)])
+    assert median_uncertainty_pct(noisy[0].latency, 6) > MAX_UNCERTAINTY_PCT
+    assert not noisy[0].reliable and noisy[1].reliable  # the reference against itself is exactly 1
+    alone = _assessed([_noisy_row("maedet_s", 40.0, 6)])  # no reference: its own median counts
+    assert alone[0].unreliable_reasons == ["median uncertain by ±26% (over ±15%)"]
+
+
+def test_unreliable_rows_are_flagged_in_table_json_csv_and_plot() -> None:
+    import matplotlib.pyplot as plt
+    from rich.console import Console
+
+    from maedet.bench import BenchResult, render_table
+    from maedet.bench.reliability import RULE
+    from maedet.bench.report import UNRELIABLE_HATCH, csv_rows, plot_figure
+
+    rows = _assessed(
+        [_noisy_row("maedet_s", 90.0, 2, 60.0), _noisy_row("maedet_m", 2.0, 12, 80.0), _noisy_row("resnet50", 2.0, 12)]
+    )
+    result = BenchResult({"cpu": "test cpu", "cores": 2}, {}, rows, [])
+    data = result.to_dict()["results"]
+    assert [(r["model"], r["reliable"]) for r in data] == [("maedet_s", False), ("maedet_m", True), ("resnet50", True)]
+    assert "only 2 timed rounds" in data[0]["unreliable_reason"] and data[1]["unreliable_reason"] is None
+    assert [line["reliable"] for line in csv_rows(result)] == ["no", "yes", "yes"]
+    assert "only 2 timed rounds" in csv_rows(result)[0]["unreliable_reason"]
+    console = Console(record=True, width=240)
+    console.print(render_table(result))
+    text = console.export_text()
+    assert "MAE-DET-S *" in text and "MAE-DET-M *" not in text
+    assert " ".join(RULE.split()) in " ".join(text.split())
+    fig = plot_figure(result)
+    try:
+        bars = [p for p in fig.axes[1].patches if p.get_height() > 0]
+        assert [b.get_hatch() for b in bars] == [UNRELIABLE_HATCH, None, None]  # S, M, ResNet-50
+    finally:
+        plt.close(fig)
