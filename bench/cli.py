@@ -89,7 +89,7 @@ def _add_what_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SIZE",
         help=f"one input size per flag: {SIZE_FORMS}, as maedet-export reads it; several sizes: repeat the flag "
-        "(--input-size 480 640 --input-size 640) or give a comma list (640,800 is two square sizes); multiples of 32 "
+        "(--input-size 480 640 --input-size 640) or give a comma list (640,800 is two square sizes); 32 to 8192 "
         "(default 640x640; with --detector 800x1088 and 640x640)",
     )
     p.add_argument("--batch-size", nargs="+", type=int, default=[1], metavar="N", help="one or more batch sizes")

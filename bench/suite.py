@@ -63,7 +63,7 @@ class BenchSettings:
     progress: bool = False
 
     def sizes(self) -> list[tuple[int, int]]:
-        """The input sizes as (H, W), each a multiple of 32 (the backbones' C5 stride)."""
+        """The input sizes as (H, W), each from 32 (the backbones' C5 stride) to 8192."""
         try:
             sizes = [validate_input_size(size) for size in self.input_sizes]
         except ExportError as exc:

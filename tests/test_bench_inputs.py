@@ -54,7 +54,7 @@ def test_repeated_input_size_flags_add_sizes() -> None:
         (["--input-size", "480x"], "an input size looks like"),
         (["--input-size", "640,"], "empty entry"),
         (["--input-size", "0"], "must be positive"),
-        (["--input-size", "100"], "multiples of 32"),
+        (["--input-size", "16"], "too small"),
     ],
 )
 def test_bad_input_sizes_are_one_sentence(argv, message, capsys, tmp_path) -> None:

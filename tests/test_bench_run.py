@@ -161,7 +161,7 @@ def test_table_shows_rows_machine_and_skips(tiny: BenchResult) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--input-size", "100"], "multiples of 32"),
+        (["--input-size", "16"], "too small"),
         (["--backends", "onnx"], "unknown backend"),
         (["--models", "resnet5"], "unknown model"),
         (["--plot", "out.jpg"], "must end in .png"),
