@@ -3,8 +3,8 @@
 ``--input-size 480 640`` (H W), ``--input-size 480x640`` and ``--input-size 640`` (square) each name ONE input, as
 ``maedet-export`` reads them. The bench measures several sizes when the flag is repeated
 (``--input-size 480 640 --input-size 640``) or given a comma list (``--input-size 640,800`` is two square sizes,
-``480x640,640`` is two sizes). Whether a size suits the models (32 to 8192 pixels a side) is checked later, with the rest of
-the settings.
+``480x640,640`` is two sizes). Whether a size suits the models (32 to 8192 pixels a side) is checked later,
+with the rest of the settings.
 """
 
 from __future__ import annotations
