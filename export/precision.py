@@ -24,6 +24,7 @@ per-channel weights: 2.0× faster than fp32 there, but TensorRT rejects it (non-
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -210,6 +211,28 @@ def _batch_reader(input_name: str, batches: Sequence[np.ndarray]) -> Any:
     return BatchReader()
 
 
+class _PreprocessingHint(logging.Filter):
+    """Drops ONNX Runtime's "Please consider (to run) pre-processing before quantization" records.
+
+    The hint is for graphs without shapes or with unfused ops; ours come straight from the exporter with BN folded
+    and every shape inferred, so it says nothing here, and ORT logs it twice per file to the root logger.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider")
+
+
+@contextlib.contextmanager
+def _without_preprocessing_hint() -> Iterator[None]:
+    hint = _PreprocessingHint()
+    root = logging.getLogger()
+    root.addFilter(hint)
+    try:
+        yield
+    finally:
+        root.removeFilter(hint)
+
+
 def quantize_int8(
     model: onnx.ModelProto,
     data: Sequence[np.ndarray],
@@ -227,7 +250,7 @@ def quantize_int8(
     if calibrate_method not in methods:
         raise ExportError(f"calibration method must be one of {', '.join(methods)}, not {calibrate_method!r}.")
     reader = _batch_reader(model.graph.input[0].name, data)
-    with tempfile.TemporaryDirectory(prefix="maedet-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="maedet-int8-") as tmp, _without_preprocessing_hint():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
         quantize_static(
