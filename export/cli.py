@@ -22,6 +22,7 @@ from maedet.cli import make_parser, run_cli
 from .check import CheckReport
 from .detector_cli import add_detector_options, is_detector, refuse_detector_options, run_detector_export
 from .errors import ExportError
+from .validate import validate_request
 
 __all__ = ["build_parser", "main"]
 
@@ -118,8 +119,8 @@ def _info(path: str, as_json: bool, console: Console) -> int:
         meta.update({f"onnx.{k}": v for k, v in data.get("onnx_metadata", {}).items()})
     else:
         meta = read_metadata(path)
-        if not meta:
-            raise ExportError(f"{path!r} holds no metadata (it was not written by maedet-export).")
+        if "maedet_version" not in meta:  # empty, or only other producers' keys
+            raise ExportError(f"{path!r} holds no maedet metadata (it was not written by maedet-export).")
     if as_json:
         print(json.dumps(meta, indent=1))
         return 0
@@ -243,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(stderr=True)
         if args.info:
             return _info(args.info, args.json, console)
+        validate_request(args)
         if is_detector(args.model):
             return run_detector_export(args, console)
         refuse_detector_options(args)

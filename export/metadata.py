@@ -97,7 +97,8 @@ def read_metadata(source: str | os.PathLike[str] | onnx.ModelProto) -> dict[str,
     else:
         path = Path(source)
         if not path.is_file():
-            raise ExportError(f"cannot read {str(path)!r}: no such file.")
+            reason = "not a regular file" if path.exists() else "no such file"
+            raise ExportError(f"cannot read {str(path)!r}: {reason}.")
         try:
             model = onnx.load(str(path), load_external_data=False)
         except (DecodeError, OSError) as exc:  # protobuf's DecodeError for any non-ONNX file
@@ -106,7 +107,7 @@ def read_metadata(source: str | os.PathLike[str] | onnx.ModelProto) -> dict[str,
     for prop in model.metadata_props:
         try:
             out[prop.key] = json.loads(prop.value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # not JSON, or nested too deeply to be ours: the text
             out[prop.key] = prop.value
     return out
 
@@ -117,6 +118,7 @@ def format_metadata(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
     for key, value in metadata.items():
         if key == "structure" and isinstance(value, Mapping):
             blocks = value.get("blocks", [])
+            blocks = blocks if isinstance(blocks, list) else []
             text = f"{len(blocks)} blocks: " + " → ".join(
                 f"{b.get('class', '?')}({b.get('out', '?')})" for b in blocks if isinstance(b, Mapping)
             )
