@@ -22,7 +22,13 @@ from .check import CheckReport, Tolerance, check_against_torch, synthetic_images
 from .errors import ExportError, MissingDependencyError, first_line
 from .metadata import apply_metadata, build_metadata
 from .model_source import ModelSource, resolve_model, validate_input_size
-from .validate import check_activation_memory, check_calibration, check_num_classes, check_opset
+from .validate import (
+    check_activation_memory,
+    check_calibration,
+    check_num_classes,
+    check_opset,
+    check_out_indices,
+)
 
 __all__ = ["INPUT_NAME", "PRECISIONS", "ExportOptions", "ExportResult", "export_onnx", "simplify_onnx", "torch_to_onnx"]
 
@@ -185,6 +191,7 @@ class _Traced:
 
 def _trace_inputs(model: str | nn.Module | ModelSource, opts: ExportOptions) -> _Traced:
     """Resolve the model and run PyTorch once at the export size, so size problems surface as one sentence."""
+    check_out_indices(model, opts.structure, opts.out_indices)
     source = resolve_model(model, **opts.model_request())
     h, w = validate_input_size(opts.input_size, source.size_multiple)
     check_activation_memory(source.module, (opts.batch, source.in_chans, h, w), f"exporting at {opts.batch}×{h}×{w}")

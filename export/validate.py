@@ -15,18 +15,21 @@ from typing import Any
 
 import torch.nn as nn
 
-from maedet.memory import MemoryEstimateError, available_memory_bytes, check_fits, forward_peak_bytes, gib
+from maedet.memory import MemoryEstimateError, check_fits, forward_peak_bytes
 
 from .errors import ExportError
 
 __all__ = [
+    "EXPORT_MEMORY_FACTOR",
     "MAX_CALIB_BATCHES",
     "MAX_CALIB_PIXELS",
     "check_activation_memory",
     "check_calibration",
     "check_num_classes",
     "check_opset",
+    "check_out_indices",
     "supported_opsets",
+    "validate_request",
 ]
 
 # Min/max calibration settles within a few hundred images; every batch is held in memory and run once.
@@ -128,15 +131,35 @@ def check_activation_memory(
     return needed
 
 
-def describe_room() -> str:
-    """The memory this process can still get, for log lines."""
-    room = available_memory_bytes()
-    return "unknown" if room is None else gib(room)
-
-
 def validate_request(args: Any) -> None:
     """The CLI's checks that need no model, for backbones and detectors alike (``maedet-export`` arguments)."""
     check_opset(args.opset)
     check_num_classes(args.num_classes)
     if args.int8:
         check_calibration(args.calib, args.calib_batches, args.batch)
+
+
+def check_out_indices(model: Any, structure: Any, out_indices: Sequence[int] | None) -> None:
+    """Every index must name one of the model's feature levels (timm fails with an IndexError deep inside).
+
+    The model's levels are read from a features model built on the meta device: no weights, no memory.
+    """
+    if out_indices is None or not isinstance(model, str):
+        return
+    import timm
+    import torch
+
+    from .model_source import _parse_structure, create_model
+
+    name, parsed = _parse_structure(model, structure)
+    if not timm.is_model(name):
+        return  # resolve_model says so in its own sentence
+    with torch.device("meta"):
+        probe = create_model(name, features_only=True, **({"structure": parsed} if parsed is not None else {}))
+    levels = len(probe.feature_info)
+    wrong = [i for i in out_indices if not -levels <= i < levels]
+    if wrong:
+        raise ExportError(
+            f"--out-indices {' '.join(map(str, wrong))} out of range: {name!r} has {levels} feature levels "
+            f"(0..{levels - 1}, strides {list(probe.feature_info.reduction())})."
+        )

@@ -74,7 +74,8 @@ def _checkpoints(folder: Path) -> None:
         def __reduce__(self):
             return (os.system, ("touch pwned",))
 
-    (folder / "evil.pth").write_bytes(pickle.dumps({"state_dict": Payload()}))
+    torch.save({"state_dict": Payload()}, folder / "evil.pth")  # torch's zip format, as a real file would be
+    (folder / "evil_legacy.pth").write_bytes(pickle.dumps({"state_dict": Payload()}))  # a bare pickle
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -168,8 +169,8 @@ PROBES = [
     # ---- export: outputs
     _p("export-onnx-is-dir", EXPORT, "maedet_s --onnx {out}", "is a directory"),
     _p("export-onnx-in-proc", EXPORT, "maedet_s --onnx /proc/maedet-fuzz.onnx", "cannot write"),
-    _p("export-onnx-under-file", EXPORT, "maedet_s --onnx {in}/a_file/m.onnx", "not a directory"),
-    _p("export-onnx-name-256-bytes", EXPORT, f"maedet_s --onnx {{out}}/{NAME_256}", "at most 255"),
+    _p("export-onnx-under-file", EXPORT, "maedet_s --onnx {in}/a_file/m.onnx", "a_file"),
+    _p("export-onnx-name-256-bytes", EXPORT, f"maedet_s --onnx {{out}}/{NAME_256}", "too long"),
     _p("export-onnx-dev-null", EXPORT, "maedet_s --onnx /dev/null", "not a regular file"),
     _p("export-onnx-fifo", EXPORT, "maedet_s --onnx {in}/fifo.json", "not a regular file"),
     # ---- export: options
@@ -199,6 +200,13 @@ PROBES = [
     _p("export-ckpt-meta", EXPORT, "maedet_s --checkpoint {in}/meta.pth --onnx {out}/m.onnx", "meta"),
     _p("export-ckpt-sparse", EXPORT, "maedet_s --checkpoint {in}/sparse.pth --onnx {out}/m.onnx", "sparse"),
     _p("export-ckpt-evil", EXPORT, "maedet_s --checkpoint {in}/evil.pth --onnx {out}/m.onnx", "posix.system"),
+    _p(
+        "export-ckpt-evil-bare-pickle",
+        EXPORT,
+        "maedet_s --checkpoint {in}/evil_legacy.pth --onnx {out}/m.onnx",
+        "posix.system",
+        owner="strict",
+    ),
     _p("export-ckpt-garbage", EXPORT, "maedet_s --checkpoint {in}/garbage.pth --onnx {out}/m.onnx", "garbage"),
     _p("export-ckpt-dir", EXPORT, "maedet_s --checkpoint {in}/empty_folder --onnx {out}/m.onnx", "not a file"),
     _p("export-ckpt-dev-zero", EXPORT, "maedet_s --checkpoint /dev/zero --onnx {out}/m.onnx", "not a file"),
@@ -220,7 +228,7 @@ PROBES = [
     _p("search-run-budget-inf", SEARCH, "run --iterations 10 --budget-flops inf --out {out}", "finite"),
     _p("search-run-ratios-nan", SEARCH, "run --iterations 10 --ratios nan,1,1,1,1 --out {out}", "finite"),
     _p("search-run-top-k-negative", SEARCH, "run --iterations 10 --top-k -5 --out {out}", "-5"),
-    _p("search-run-mutations-huge", SEARCH, "run --iterations 10 --mutations 100000 --out {out}", "mutations"),
+    _p("search-run-mutations-huge", SEARCH, "run --iterations 10 --budget-params 1e7 --mutations 100000 --out {out}", "mutations"),
     _p("search-run-init-nested", SEARCH, "run --iterations 10 --init {in}/nested.json --out {out}", "nested"),
     _p("search-run-latency-table-garbage", SEARCH, "run --latency-table {in}/garbage.pth --out {out}", "garbage"),
     # ---- bench
@@ -259,7 +267,7 @@ PROBES = [
     # ---- detect / eval
     _p("detect-onnx-garbage", DETECT, "{in}/calib --onnx {in}/garbage.pth --out {out}/d", "garbage"),
     _p("detect-out-is-file", DETECT, "{in}/calib --model maedet_s_gfl --out {in}/a_file", "a_file"),
-    _p("eval-ann-nested", EVAL, "--model maedet_s_gfl --ann {in}/nested.json --images {in}/calib", "nested"),
+    _p("eval-onnx-foreign", EVAL, "--onnx {in}/foreign.onnx --ann {in}/nested.json --images {in}/calib", "detector"),
 ]
 
 
