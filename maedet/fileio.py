@@ -50,6 +50,7 @@ def check_output_path(path: str | os.PathLike[str], what: str = "output") -> Pat
     path = Path(path)
     if not path.name or path.name in (".", ".."):
         raise MaeDetError(f"the {what} path {str(path)!r} names no file.")
+    _check_name_length(path, what)
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -69,7 +70,6 @@ def check_output_path(path: str | os.PathLike[str], what: str = "output") -> Pat
         raise MaeDetError(f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} {reason}.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MaeDetError(f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} is not writable.")
-    _check_name_length(path, what)
     _probe_writable(path, what)
     return path
 

@@ -112,9 +112,7 @@ def forward_peak_bytes(
     The module's own weights are replaced by meta stand-ins for the run (``torch.func.functional_call``), so
     neither the module nor any real memory is touched, and the answer comes in milliseconds even for 8192×8192.
     """
-    stand_ins = {
-        name: torch.empty_like(t, device="meta") for name, t in module.state_dict(keep_vars=True).items()
-    }
+    stand_ins = {name: torch.empty_like(t, device="meta") for name, t in module.state_dict(keep_vars=True).items()}
     counter = _LiveBytes()
     with torch.no_grad(), counter:
         example = torch.empty(input_shape, device="meta")

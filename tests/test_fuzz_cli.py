@@ -228,7 +228,12 @@ PROBES = [
     _p("search-run-budget-inf", SEARCH, "run --iterations 10 --budget-flops inf --out {out}", "finite"),
     _p("search-run-ratios-nan", SEARCH, "run --iterations 10 --ratios nan,1,1,1,1 --out {out}", "finite"),
     _p("search-run-top-k-negative", SEARCH, "run --iterations 10 --top-k -5 --out {out}", "-5"),
-    _p("search-run-mutations-huge", SEARCH, "run --iterations 10 --budget-params 1e7 --mutations 100000 --out {out}", "mutations"),
+    _p(
+        "search-run-mutations-huge",
+        SEARCH,
+        "run --iterations 10 --budget-params 1e7 --mutations 100000 --out {out}",
+        "mutations",
+    ),
     _p("search-run-init-nested", SEARCH, "run --iterations 10 --init {in}/nested.json --out {out}", "nested"),
     _p("search-run-latency-table-garbage", SEARCH, "run --latency-table {in}/garbage.pth --out {out}", "garbage"),
     # ---- bench
@@ -236,7 +241,9 @@ PROBES = [
     _p("bench-models-huge", BENCH, "--models {in}/huge.json --backends torch-eager", "digit"),
     _p("bench-models-unknown", BENCH, "--models no_such_model --backends torch-eager", "unknown model"),
     _p("bench-input-8192", BENCH, "--models resnet18 --backends torch-eager --input-size 8192", "GiB"),
-    _p("bench-batch-huge", BENCH, "--models resnet18 --backends torch-eager --input-size 64 --batch-size 100000", "GiB"),
+    _p(
+        "bench-batch-huge", BENCH, "--models resnet18 --backends torch-eager --input-size 64 --batch-size 100000", "GiB"
+    ),
     _p(
         "bench-json-is-dir",
         BENCH,
@@ -260,7 +267,12 @@ PROBES = [
     _p("convert-list", CONVERT, "{in}/list.pth --model maedet_s --out {out}/c", "list"),
     _p("convert-evil", CONVERT, "{in}/evil.pth --model maedet_s --out {out}/c", "posix.system"),
     _p("convert-structure-nested", CONVERT, "{in}/int_keys.pth --structure {in}/nested.json --out {out}/c", "nested"),
-    _p("convert-model-and-structure", CONVERT, "{in}/int_keys.pth --model maedet_m --structure {in}/bom.json --out {out}/c", "conflicts"),
+    _p(
+        "convert-model-and-structure",
+        CONVERT,
+        "{in}/int_keys.pth --model maedet_m --structure {in}/bom.json --out {out}/c",
+        "conflicts",
+    ),
     _p("convert-out-is-file", CONVERT, "{in}/int_keys.pth --model maedet_s --out {in}/a_file", "not a folder"),
     _p("convert-out-under-file", CONVERT, "{in}/int_keys.pth --model maedet_s --out {in}/a_file/c", "a_file"),
     _p("convert-ckpt-dev-zero", CONVERT, "/dev/zero --model maedet_s --out {out}/c", "not a file"),
