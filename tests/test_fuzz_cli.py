@@ -183,6 +183,8 @@ PROBES = [
     _p("export-out-indices-negative", EXPORT, "resnet18 --out-indices -7 --onnx {out}/m.onnx", "-7"),
     _p("export-logits-classes-negative", EXPORT, "maedet_s --logits --num-classes -1 --onnx {out}/m.onnx", "-1"),
     _p("export-logits-classes-zero", EXPORT, "maedet_s --logits --num-classes 0 --onnx {out}/m.onnx", "pooled"),
+    _p("export-detector-onnx-is-dir", EXPORT, "maedet_s_gfl --onnx {out}", "is a directory"),
+    _p("export-detector-input-8192", EXPORT, "maedet_s_gfl --input-size 8192 8192 --onnx {out}/d.onnx", "GiB"),
     _p("export-detector-classes-zero", EXPORT, "maedet_s_gfl --num-classes 0 --onnx {out}/m.onnx", "at least 1"),
     _p("export-calib-batches-huge", EXPORT, "maedet_s --int8 --calib-batches 100000 --onnx {out}/m.onnx", "1024"),
     _p("export-calib-bomb", EXPORT, "maedet_s --int8 --calib {in}/calib_bomb --onnx {out}/m.onnx", "megapixels"),
