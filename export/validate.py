@@ -66,8 +66,8 @@ def check_num_classes(num_classes: int | None) -> None:
     """``num_classes`` 0 or less makes timm drop the classifier: the 'logits' would be pooled features."""
     if num_classes is not None and num_classes < 1:
         raise ExportError(
-            f"--num-classes must be at least 1, got {num_classes} (with none, timm drops the classifier and the 'logits' "
-            "would be pooled features)."
+            f"--num-classes must be at least 1, got {num_classes} (with none, timm drops the classifier "
+            "and the 'logits' would be pooled features)."
         )
 
 
