@@ -172,7 +172,7 @@ PROBES = [
     _p("export-onnx-is-dir", EXPORT, "maedet_s --onnx {out}", "is a directory"),
     _p("export-onnx-in-proc", EXPORT, "maedet_s --onnx /proc/maedet-fuzz.onnx", "cannot write"),
     _p("export-onnx-under-file", EXPORT, "maedet_s --onnx {in}/a_file/m.onnx", "a_file"),
-    _p("export-onnx-name-256-bytes", EXPORT, f"maedet_s --onnx {{out}}/{NAME_256}", "too long"),
+    _p("export-onnx-name-256-bytes", EXPORT, f"maedet_s --onnx {{out}}/{NAME_256}", "at most 255"),
     _p("export-onnx-dev-null", EXPORT, "maedet_s --onnx /dev/null", "not a regular file"),
     _p("export-onnx-fifo", EXPORT, "maedet_s --onnx {in}/fifo.json", "not a regular file"),
     # ---- export: options
