@@ -1,8 +1,9 @@
 """One runner for every command line tool: the same error format, exit codes, verbosity and ``--version``.
 
 * ``maedet-<tool>: error: <one sentence>`` on stderr and exit 2 for bad input (:class:`MaeDetError`, an argparse
-  usage error, or an OS error on a path the user gave); anything else is a bug and keeps its traceback.
-* exit 130 on Ctrl-C, with one line.
+  usage error, an OS error on a path the user gave (missing, unwritable, too long, a full disk), or running out of
+  memory); anything else is a bug and keeps its traceback.
+* exit 130 on Ctrl-C, with one line (during start-up too: see ``maedet_launch``).
 * ``-v`` / ``-q`` set the level of the ``maedet`` logger, which library code uses instead of printing; log lines
   read ``maedet-<tool>: <message>`` (no source file and line).
 * ``--version`` on every tool.
