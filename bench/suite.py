@@ -26,6 +26,7 @@ from .cache import ArtifactCache, default_cache_dir
 from .errors import BackendUnavailable, BenchError
 from .machine import machine_info, usable_cores
 from .memory import PeakMemory
+from .memory_check import check_bench_memory
 from .models import DEFAULT_MODELS, ModelCost, ModelSpec, build_deploy_source, model_cost
 from .naming import parse_models
 from .published import PUBLISHED_SOURCE, published_for
@@ -308,6 +309,7 @@ def run_bench(
     settings = settings.validated()
     statuses = detect_backends(names)
     configs = [(size, int(b)) for size in settings.sizes() for b in settings.batch_sizes]
+    check_bench_memory(specs, configs)
     active = [s.backend for s in statuses if s.available]
     skipped = [Skipped(s.backend.name, s.reason or "") for s in statuses if not s.available]
     deadline_at = started + settings.max_time_s if settings.max_time_s else None

@@ -28,6 +28,7 @@ from .check import CheckReport
 from .detector_cli import _validate as validate_detector_request
 from .detector_cli import add_detector_options, is_detector, refuse_detector_options, run_detector_export
 from .errors import ExportError, MissingDependencyError
+from .validate import validate_request
 
 __all__ = ["build_parser", "main"]
 
@@ -141,8 +142,8 @@ def _info(path: str, as_json: bool, console: Console) -> int:
         meta.update({f"onnx.{k}": v for k, v in data.get("onnx_metadata", {}).items()})
     else:
         meta = read_metadata(path)
-        if not meta:
-            raise ExportError(f"{path!r} holds no metadata (it was not written by maedet-export).")
+        if "maedet_version" not in meta:  # empty, or only other producers' keys
+            raise ExportError(f"{path!r} holds no maedet metadata (it was not written by maedet-export).")
     if as_json:
         print(json.dumps(meta, indent=1))
         return 0
@@ -345,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(stderr=True)
         if args.info:
             return _info(args.info, args.json, console)
+        validate_request(args)
         if not is_detector(args.model):
             refuse_detector_options(args)
             args.input_size = args.input_size or (640, 640)

@@ -22,7 +22,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from maedet.fileio import atomic_write_bytes
+from maedet.fileio import atomic_write_bytes, check_output_path
 from maedet.zoo import fuse_bn
 from maedet.zoo.detectors import create_detector
 from maedet.zoo.gfl import GFocalV2
@@ -33,6 +33,7 @@ from .detector_check import DetectorCheck, check_detector
 from .detector_graph import DETECTION_OUTPUTS, INPUT_HW, NmsPostprocess, RawOutputs
 from .errors import ExportError
 from .metadata import apply_metadata
+from .validate import check_activation_memory
 
 __all__ = ["DetectorExportResult", "export_detector_onnx", "postprocess_graph", "raw_graph", "resolve_detector"]
 
@@ -232,10 +233,9 @@ def export_detector_onnx(
     say = log or (lambda _msg: None)
     h, w = (int(v) for v in input_size)
     _validate(h, w, batch, precision, opset)
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise ExportError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist.")
+    out = check_output_path(out, "ONNX file")
     detector = resolve_detector(model, checkpoint, num_classes, structure)
+    check_activation_memory(detector, (batch, 3, h, w), f"exporting {detector.name} at {batch}×{h}×{w}")
     cfg = postprocess_cfg or detector.postprocess_cfg
     example = _example(detector, batch, h, w, embed_preprocess)
     notes: list[str] = []

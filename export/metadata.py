@@ -144,14 +144,14 @@ def decode_value(key: str, text: str) -> Any:
     if text.startswith('"'):
         try:
             quoted = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return text
         return quoted if isinstance(quoted, str) else text
     if key in TEXT_KEYS:
         return text
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # not JSON, or nested too deeply to be ours: the text
         return text
 
 
@@ -174,7 +174,8 @@ def read_metadata(source: str | os.PathLike[str] | onnx.ModelProto) -> dict[str,
     else:
         path = Path(source)
         if not path.is_file():
-            raise ExportError(f"cannot read {str(path)!r}: no such file.")
+            reason = "not a regular file" if path.exists() else "no such file"
+            raise ExportError(f"cannot read {str(path)!r}: {reason}.")
         try:
             model = onnx.load(str(path), load_external_data=False)
         except (DecodeError, OSError) as exc:  # protobuf's DecodeError for any non-ONNX file
@@ -188,6 +189,7 @@ def format_metadata(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
     for key, value in metadata.items():
         if key == "structure" and isinstance(value, Mapping):
             blocks = value.get("blocks", [])
+            blocks = blocks if isinstance(blocks, list) else []
             text = f"{len(blocks)} blocks: " + " → ".join(
                 f"{b.get('class', '?')}({b.get('out', '?')})" for b in blocks if isinstance(b, Mapping)
             )

@@ -23,6 +23,13 @@ from .check import CheckReport, Tolerance, check_against_torch, synthetic_images
 from .errors import ExportError, MissingDependencyError, first_line
 from .metadata import apply_metadata, build_metadata
 from .model_source import ModelSource, resolve_model, validate_input_size
+from .validate import (
+    check_activation_memory,
+    check_calibration,
+    check_num_classes,
+    check_opset,
+    check_out_indices,
+)
 
 __all__ = ["INPUT_NAME", "PRECISIONS", "ExportOptions", "ExportResult", "export_onnx", "simplify_onnx", "torch_to_onnx"]
 
@@ -74,16 +81,15 @@ class ExportOptions:
             raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}.")
         if self.io_half and self.precision != "fp16":
             raise ExportError("half-precision inputs/outputs (io_half) need precision 'fp16'.")
-        if not 7 <= self.opset <= 25:
-            raise ExportError(
-                f"opset {self.opset} is outside the range this exporter supports (7..25; 17 or newer advised)."
-            )
+        check_opset(self.opset)
+        check_num_classes(self.num_classes)
         if self.precision == "int8" and self.opset < 13:
             raise ExportError("INT8 Q/DQ with per-channel weights needs opset 13 or newer.")
         if self.int8_mode != "portable" and self.precision != "int8":
             raise ExportError("int8_mode applies to precision 'int8' only.")
         if self.calib_batches is not None and self.calib_batches < 1:
             raise ExportError(f"calib_batches must be at least 1, got {self.calib_batches}.")
+        check_calibration(self.calib if self.precision == "int8" else None, self.calib_batches, self.batch)
         if self.batch < 1:
             raise ExportError(f"batch must be at least 1, got {self.batch}.")
         if self.pretrained and self.checkpoint is not None:
@@ -202,8 +208,10 @@ class _Traced:
 
 def _trace_inputs(model: str | nn.Module | ModelSource, opts: ExportOptions) -> _Traced:
     """Resolve the model and run PyTorch once at the export size, so size problems surface as one sentence."""
+    check_out_indices(model, opts.structure, opts.out_indices)
     source = resolve_model(model, **opts.model_request())
     h, w = validate_input_size(opts.input_size, source.size_multiple)
+    check_activation_memory(source.module, (opts.batch, source.in_chans, h, w), f"exporting at {opts.batch}×{h}×{w}")
     example = torch.from_numpy(synthetic_images(opts.batch, h, w, source.mean, source.std, seed=1234))
     try:
         with torch.no_grad():

@@ -1,8 +1,9 @@
 """One runner for every command line tool: the same error format, exit codes, verbosity and ``--version``.
 
 * ``maedet-<tool>: error: <one sentence>`` on stderr and exit 2 for bad input (:class:`MaeDetError`, an argparse
-  usage error, or an OS error on a path the user gave); anything else is a bug and keeps its traceback.
-* exit 130 on Ctrl-C, with one line.
+  usage error, an OS error on a path the user gave (missing, unwritable, too long, a full disk), or running out of
+  memory); anything else is a bug and keeps its traceback.
+* exit 130 on Ctrl-C, with one line (during start-up too: see ``maedet_launch``).
 * ``-v`` / ``-q`` set the level of the ``maedet`` logger, which library code uses instead of printing; log lines
   read ``maedet-<tool>: <message>`` (no source file and line).
 * ``--version`` on every tool.
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -86,6 +88,17 @@ def configure_logging(prog: str, verbose: int = 0, quiet: int = 0) -> None:
     LOGGER.propagate = False
 
 
+_PATH_ERRNOS = frozenset(
+    {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EROFS,
+     errno.ENOSPC, errno.EDQUOT, errno.ELOOP, errno.EEXIST, errno.EXDEV, errno.ENXIO}
+)  # fmt: skip
+
+
+def _is_path_error(exc: OSError) -> bool:
+    """An OS error about a path the user gave (missing, unwritable, full disk...), not a bug in our code."""
+    return exc.errno in _PATH_ERRNOS or getattr(exc, "filename", None) is not None
+
+
 def _os_error_sentence(exc: OSError) -> str:
     where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
     return f"{exc.strerror or type(exc).__name__}{where}."
@@ -111,6 +124,11 @@ def run_cli(
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; no output file was left half-written.\n")
         return 130
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+    except OSError as exc:
+        if not _is_path_error(exc):
+            raise
         sys.stderr.write(f"{prog}: error: {_one_line(_os_error_sentence(exc))}\n")
+        return 2
+    except MemoryError:
+        sys.stderr.write(f"{prog}: error: ran out of memory; try a smaller input, batch or model.\n")
         return 2

@@ -36,7 +36,7 @@ __all__ = [
 
 TEMP_SUFFIX = ".maedet-tmp"
 _TEMP_RE = re.compile(r"^\..*\.(\d+)\.[^.]+" + re.escape(TEMP_SUFFIX) + r"$")
-_NAME_ROOM = 96  # characters of the target's name kept in a temp name: 255-byte names must still fit
+_NAME_ROOM = 96  # bytes of the target's name kept in a temp name, so a 255-byte name still leaves room
 
 
 def _umask() -> int:
@@ -50,6 +50,7 @@ def check_output_path(path: str | os.PathLike[str], what: str = "output") -> Pat
     path = Path(path)
     if not path.name or path.name in (".", ".."):
         raise MaeDetError(f"the {what} path {str(path)!r} names no file.")
+    _check_name_length(path, what)
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -69,11 +70,45 @@ def check_output_path(path: str | os.PathLike[str], what: str = "output") -> Pat
         raise MaeDetError(f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} {reason}.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MaeDetError(f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} is not writable.")
+    _probe_writable(path, what)
     return path
 
 
+def _check_name_length(path: Path, what: str) -> None:
+    try:
+        name_max = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    length = len(os.fsencode(path.name))
+    if length > name_max:
+        raise MaeDetError(f"the {what} name is {length} bytes long; this file system allows at most {name_max}.")
+
+
+def _probe_writable(path: Path, what: str) -> None:
+    """Create and remove one temporary file where the output will go: a read-only mount, /proc or a full disk
+    fails here, before the work, rather than after it (``os.access`` says yes to root on any folder)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise MaeDetError(f"cannot write the {what} {str(path)!r} in {str(path.parent)!r}: {reason}.") from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def _short_name(name: str, room: int = _NAME_ROOM) -> str:
+    """At most ``room`` bytes of ``name`` as the file system stores it, never cutting a UTF-8 character in two."""
+    raw = os.fsencode(name)[:room]
+    for cut in range(4):  # a UTF-8 character is at most 4 bytes: drop the partial one at the end
+        try:
+            return raw[: len(raw) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return os.fsdecode(raw)  # not UTF-8 in the first place: keep the bytes as they are
+
+
 def _temp_prefix(path: Path) -> str:
-    return f".{path.name[:_NAME_ROOM]}.{os.getpid()}."
+    return f".{_short_name(path.name)}.{os.getpid()}."
 
 
 def pid_alive(pid: int) -> bool:

@@ -97,6 +97,8 @@ def locked_output_folder(out: Path, names: Iterable[str]) -> Iterator[Path]:
         raise SearchError(f"cannot create the output folder {str(out)!r} ({exc.strerror}).") from None
     fd: int | None = None
     ok = False
+    new_lock = not (out / LOCK_NAME).exists()
+    held = False
     try:
         fd = _open_lock(out)
         try:
@@ -105,6 +107,7 @@ def locked_output_folder(out: Path, names: Iterable[str]) -> Iterator[Path]:
             raise SearchError(
                 f"another search is running in {str(out)!r}; wait for it to finish or choose another --out."
             ) from None
+        held = True
         remove_stale_temps(out)
         _remove_legacy_temps(out, names)
         yield out
@@ -112,5 +115,8 @@ def locked_output_folder(out: Path, names: Iterable[str]) -> Iterator[Path]:
     finally:
         if created and not ok:  # still holding the lock: nobody can have taken it meanwhile
             _remove_if_empty(out)
+        elif new_lock and held and not ok:  # a refused start leaves the folder as it found it
+            with contextlib.suppress(OSError):
+                (out / LOCK_NAME).unlink()
         if fd is not None:
             os.close(fd)

@@ -144,7 +144,8 @@ def test_out_that_cannot_hold_a_search_is_refused_before_any_work(tmp_path, caps
     under = _error(capsys, [*SMALL_RUN, "--out", str(a_file / "sub")])
     assert f"cannot create the output folder {str(a_file / 'sub')!r}: {str(a_file)!r} is a file" in under
     # /proc refuses new files even to root, whose permission checks always pass
-    assert "cannot write in the output folder '/proc'" in _error(capsys, [*SMALL_RUN, "--out", "/proc"])
+    in_proc = _error(capsys, [*SMALL_RUN, "--out", "/proc"])
+    assert "cannot write" in in_proc and "'/proc'" in in_proc
     assert a_file.read_text() == "x"
 
 

@@ -1,0 +1,46 @@
+"""Refuse, before anything is built at full size, a bench run whose activations cannot fit in memory (issue 12.4).
+
+Each model is built on the meta device (shapes only) and its eager forward followed at every requested input size
+and batch (:func:`maedet.memory.forward_peak_bytes`); the largest estimate, times the runs that overlap (the
+PyTorch runner and an exported runtime's own buffers), must fit in what this process can still get.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from maedet.memory import MemoryEstimateError, check_fits, forward_peak_bytes
+from maedet.zoo import create_detector
+
+from .errors import BenchError
+from .models import ModelSpec, _meta_features_model
+
+__all__ = ["BENCH_MEMORY_FACTOR", "check_bench_memory"]
+
+# The input batch, PyTorch's activations and one runtime's arena can be alive at once (assumed, not measured;
+# the exporter's whole pipeline measured 2.3-3.5×, see maedet.export.validate).
+BENCH_MEMORY_FACTOR = 2.0
+
+
+def _meta_model(spec: ModelSpec) -> nn.Module:
+    if spec.detector:
+        with torch.device("meta"):
+            return create_detector(spec.name)
+    return _meta_features_model(spec)
+
+
+def check_bench_memory(specs: Sequence[ModelSpec], configs: Sequence[tuple[tuple[int, int], int]]) -> None:
+    """One sentence naming the model, the input and both figures when the largest run cannot fit."""
+    largest: tuple[int, str] = (0, "")
+    for spec in specs:
+        model = _meta_model(spec).eval()
+        for (h, w), batch in configs:
+            needed = int(forward_peak_bytes(model, (batch, 3, h, w)) * BENCH_MEMORY_FACTOR)
+            largest = max(largest, (needed, f"measuring {spec.label} at {batch}×3×{h}×{w}"))
+    try:
+        check_fits(*largest)
+    except MemoryEstimateError as exc:
+        raise BenchError(str(exc)) from None

@@ -1,0 +1,405 @@
+"""A fixed set of hostile and careless inputs against every command line tool, each a real subprocess (issue 12).
+
+Every probe must end the same way: exit code 2, exactly one line on stderr that starts with
+``<tool>: error:``, no traceback anywhere, nothing new or changed in its output folder, and nothing outside it
+touched (a sentinel file beside it, and the target of a symbolic link planted inside it, keep their bytes and
+times). Each probe runs under an address-space limit (``RLIMIT_AS``) and a timeout, so a probe that makes a tool
+allocate without bound or hang fails here instead of taking the machine down. Probes that need a model must fail
+validation before one is built, which keeps the whole module to about a minute: the probes run side by side, and
+what each costs is mostly importing torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(1800)  # the first test waits for every probe (the module fixture runs them all)
+
+ADDRESS_SPACE_LIMIT = 6 * 2**30  # torch + onnxruntime map ~2-3 GB of address space before doing anything
+TIMEOUT_S = 180
+BIN = Path(sys.executable).parent
+STRUCTURES = Path(__file__).resolve().parents[1] / "zoo" / "structures"
+OWNED = {
+    "bench-outputs": "owned by bench outputs fix",
+    "bench-cache": "owned by bench cache fix",
+    "strict": "owned by strict checkpoints fix",
+}
+
+
+# ---------------------------------------------------------------------------------------------- hostile inputs
+def _nested_json(folder: Path) -> None:
+    (folder / "nested.json").write_text("[" * 100_000 + "]" * 100_000)
+    (folder / "nested_dict.json").write_text('{"structure": ' * 50_000 + "[]" + "}" * 50_000)
+
+
+def _huge_channels(folder: Path) -> None:
+    data = json.loads((STRUCTURES / "maedet_s.json").read_text())
+    blocks = data.get("blocks") or data["structure"]
+    blocks[0]["out"] = "HUGE"
+    text = json.dumps({"blocks": blocks}).replace('"HUGE"', "1" + "0" * 400)
+    (folder / "huge.json").write_text(text)
+
+
+def _deep_model(folder: Path) -> None:
+    data = json.loads((STRUCTURES / "maedet_s.json").read_text())
+    blocks = data.get("blocks") or data["structure"]
+    blocks[1]["L"] = 10_000_000
+    (folder / "deep.json").write_text(json.dumps({"blocks": blocks}))
+
+
+def _checkpoints(folder: Path) -> None:
+    import pickle
+
+    import torch
+
+    torch.save({"state_dict": {1: torch.zeros(2), "a.weight": torch.zeros(2)}}, folder / "int_keys.pth")
+    torch.save({"state_dict": {"a.weight": torch.empty(3, device="meta")}}, folder / "meta.pth")
+    torch.save({"a.weight": torch.eye(3).to_sparse()}, folder / "sparse.pth")
+    torch.save([torch.zeros(1)], folder / "list.pth")
+    (folder / "garbage.pth").write_bytes(b"\x80\x04 not a pickle at all")
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    torch.save({"state_dict": Payload()}, folder / "evil.pth")  # torch's zip format, as a real file would be
+    (folder / "evil_legacy.pth").write_bytes(pickle.dumps({"state_dict": Payload()}))  # a bare pickle
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header announces ``width``×``height`` greyscale pixels (the data would inflate to gigabytes)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (width + 1) * 64, 9)  # the first rows; enough for any header reader
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def _calibration(folder: Path) -> None:
+    bomb = folder / "calib_bomb"
+    bomb.mkdir()
+    (bomb / "bomb.png").write_bytes(_png_header(20_000, 20_000))
+    plain = folder / "calib"
+    plain.mkdir()
+    (plain / "tiny.png").write_bytes(_png_header(8, 8))
+
+
+def _onnx_files(folder: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    def model(props: dict[str, str]) -> onnx.ModelProto:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+        proto = helper.make_model(graph)
+        for key, value in props.items():
+            proto.metadata_props.add(key=key, value=value)
+        return proto
+
+    onnx.save(model({}), str(folder / "foreign.onnx"))
+    onnx.save(model({"producer": "someone else", "note": "not ours"}), str(folder / "foreign_meta.onnx"))
+    odd = {
+        "structure": "[" * 100_000 + "]" * 100_000,
+        "model_name": '{"blocks": 5}',
+        "input_size": "[[[[[[[[[[1]]]]]]]]]]",
+    }
+    onnx.save(model(odd), str(folder / "nested_meta.onnx"))
+    onnx.save(model({"structure": '{"blocks": 5}', "output_names": "7"}), str(folder / "odd_meta.onnx"))
+
+
+def _special_files(folder: Path) -> None:
+    os.mkfifo(folder / "fifo.json")
+    (folder / "a_file").write_text("I am a file, not a folder\n")
+    (folder / "not_a_table.json").write_text('{"format": "something else"}')
+    (folder / "bom.json").write_bytes(b"\xef\xbb\xbf" + (STRUCTURES / "maedet_s.json").read_bytes())
+    (folder / "empty_folder").mkdir()
+
+
+MAKERS: dict[str, Callable[[Path], None]] = {
+    "nested": _nested_json,
+    "huge": _huge_channels,
+    "deep": _deep_model,
+    "ckpt": _checkpoints,
+    "calib": _calibration,
+    "onnx": _onnx_files,
+    "special": _special_files,
+}
+
+
+# ------------------------------------------------------------------------------------------------- the probes
+@dataclass(frozen=True)
+class Probe:
+    """One hostile invocation; ``{in}`` is the folder of prepared inputs, ``{out}`` the (empty) output folder."""
+
+    id: str
+    tool: str
+    argv: tuple[str, ...]
+    expect: str = ""  # a fragment the one sentence must contain
+    owner: str | None = None  # key of OWNED: another fix's area, expected to fail until it lands
+
+
+def _p(pid: str, tool: str, argv: str, expect: str = "", owner: str | None = None) -> Probe:
+    return Probe(pid, tool, tuple(argv.split()), expect, owner)
+
+
+EXPORT = "maedet-export"
+SEARCH = "maedet-search"
+BENCH = "maedet-bench"
+CONVERT = "maedet-convert"
+DETECT = "maedet-detect"
+EVAL = "maedet-eval"
+NAME_256 = "n" * 251 + ".onnx"  # 256 bytes: one more than any Linux file system allows
+
+PROBES = [
+    # ---- export: outputs
+    _p("export-onnx-is-dir", EXPORT, "maedet_s --onnx {out}", "is a directory"),
+    _p("export-onnx-in-proc", EXPORT, "maedet_s --onnx /proc/maedet-fuzz.onnx", "cannot write"),
+    _p("export-onnx-under-file", EXPORT, "maedet_s --onnx {in}/a_file/m.onnx", "a_file"),
+    _p("export-onnx-name-256-bytes", EXPORT, f"maedet_s --onnx {{out}}/{NAME_256}", "at most 255"),
+    _p("export-onnx-dev-null", EXPORT, "maedet_s --onnx /dev/null", "not a regular file"),
+    _p("export-onnx-fifo", EXPORT, "maedet_s --onnx {in}/fifo.json", "not a regular file"),
+    # ---- export: options
+    _p("export-opset-25", EXPORT, "maedet_s --opset 25 --onnx {out}/m.onnx", "opset 25"),
+    _p("export-opset-21", EXPORT, "maedet_s --opset 21 --onnx {out}/m.onnx", "opset 21"),
+    _p("export-opset-negative", EXPORT, "maedet_s --opset -1 --onnx {out}/m.onnx", "opset -1"),
+    _p("export-out-indices-99", EXPORT, "maedet_s --out-indices 99 --onnx {out}/m.onnx", "99"),
+    _p("export-out-indices-negative", EXPORT, "resnet18 --out-indices -7 --onnx {out}/m.onnx", "-7"),
+    _p("export-logits-classes-negative", EXPORT, "maedet_s --logits --num-classes -1 --onnx {out}/m.onnx", "-1"),
+    _p("export-logits-classes-zero", EXPORT, "maedet_s --logits --num-classes 0 --onnx {out}/m.onnx", "pooled"),
+    _p("export-detector-onnx-is-dir", EXPORT, "maedet_s_gfl --onnx {out}", "is a directory"),
+    _p("export-detector-input-8192", EXPORT, "maedet_s_gfl --input-size 8192 8192 --onnx {out}/d.onnx", "GiB"),
+    _p("export-detector-classes-zero", EXPORT, "maedet_s_gfl --num-classes 0 --onnx {out}/m.onnx", "at least 1"),
+    _p("export-calib-batches-huge", EXPORT, "maedet_s --int8 --calib-batches 100000 --onnx {out}/m.onnx", "1024"),
+    _p("export-calib-bomb", EXPORT, "maedet_s --int8 --calib {in}/calib_bomb --onnx {out}/m.onnx", "megapixels"),
+    _p("export-calib-missing", EXPORT, "maedet_s --int8 --calib {in}/nope --onnx {out}/m.onnx", "calibration"),
+    _p("export-input-8192", EXPORT, "maedet_s --input-size 8192 8192 --onnx {out}/m.onnx", "GiB"),
+    _p("export-input-batch-huge", EXPORT, "resnet18 --batch 100000 --onnx {out}/m.onnx", "GiB"),
+    _p("export-input-size-odd", EXPORT, "maedet_s --input-size 33 33 --onnx {out}/m.onnx", "multiple"),
+    _p("export-unknown-model", EXPORT, "../../../etc/passwd --onnx {out}/m.onnx", "unknown model"),
+    # ---- export: structures and checkpoints
+    _p("export-structure-nested", EXPORT, "maedet --structure {in}/nested.json --onnx {out}/m.onnx", "nested"),
+    _p("export-structure-nested-dict", EXPORT, "maedet --structure {in}/nested_dict.json --onnx {out}/m.onnx"),
+    _p("export-structure-huge-channels", EXPORT, "maedet --structure {in}/huge.json --onnx {out}/m.onnx", "digit"),
+    _p("export-structure-deep", EXPORT, "maedet --structure {in}/deep.json --onnx {out}/m.onnx", "at most"),
+    _p("export-structure-dev-zero", EXPORT, "maedet --structure /dev/zero --onnx {out}/m.onnx", "regular file"),
+    _p("export-structure-fifo", EXPORT, "maedet --structure {in}/fifo.json --onnx {out}/m.onnx", "regular file"),
+    _p("export-ckpt-int-keys", EXPORT, "maedet_s --checkpoint {in}/int_keys.pth --onnx {out}/m.onnx", "keys"),
+    _p("export-ckpt-meta", EXPORT, "maedet_s --checkpoint {in}/meta.pth --onnx {out}/m.onnx", "meta"),
+    _p("export-ckpt-sparse", EXPORT, "maedet_s --checkpoint {in}/sparse.pth --onnx {out}/m.onnx", "sparse"),
+    _p("export-ckpt-evil", EXPORT, "maedet_s --checkpoint {in}/evil.pth --onnx {out}/m.onnx", "posix.system"),
+    _p(
+        "export-ckpt-evil-bare-pickle",
+        EXPORT,
+        "maedet_s --checkpoint {in}/evil_legacy.pth --onnx {out}/m.onnx",
+        "posix.system",
+        owner="strict",
+    ),
+    _p("export-ckpt-garbage", EXPORT, "maedet_s --checkpoint {in}/garbage.pth --onnx {out}/m.onnx", "garbage"),
+    _p("export-ckpt-dir", EXPORT, "maedet_s --checkpoint {in}/empty_folder --onnx {out}/m.onnx", "not a file"),
+    _p("export-ckpt-dev-zero", EXPORT, "maedet_s --checkpoint /dev/zero --onnx {out}/m.onnx", "not a file"),
+    # ---- export: --info
+    _p("export-info-foreign", EXPORT, "--info {in}/foreign.onnx", "not written by maedet-export"),
+    _p("export-info-foreign-keys", EXPORT, "--info {in}/foreign_meta.onnx", "not written by maedet-export"),
+    _p("export-info-nested-meta", EXPORT, "--info {in}/nested_meta.onnx", "not written by maedet-export"),
+    _p("export-info-odd-meta", EXPORT, "--info {in}/odd_meta.onnx", "not written by maedet-export"),
+    _p("export-info-garbage", EXPORT, "--info {in}/garbage.pth", "not a readable ONNX"),
+    _p("export-info-fifo", EXPORT, "--info {in}/fifo.json", "not a regular file"),
+    # ---- search
+    _p("search-score-nested", SEARCH, "score {in}/nested.json", "nested"),
+    _p("search-score-huge", SEARCH, "score {in}/huge.json", "digit"),
+    _p("search-score-dev-zero", SEARCH, "score /dev/zero", "regular file"),
+    _p("search-score-fifo", SEARCH, "score {in}/fifo.json", "regular file"),
+    _p("search-run-out-is-file", SEARCH, "run --iterations 10 --out {in}/a_file", "a_file"),
+    _p("search-run-out-under-file", SEARCH, "run --iterations 10 --out {in}/a_file/x", "a_file"),
+    _p("search-run-out-in-proc", SEARCH, "run --iterations 10 --out /proc/maedet-fuzz", "proc"),
+    _p("search-run-budget-inf", SEARCH, "run --iterations 10 --budget-flops inf --out {out}", "finite"),
+    _p("search-run-ratios-nan", SEARCH, "run --iterations 10 --ratios nan,1,1,1,1 --out {out}", "finite"),
+    _p("search-run-top-k-negative", SEARCH, "run --iterations 10 --top-k -5 --out {out}", "-5"),
+    _p(
+        "search-run-mutations-huge",
+        SEARCH,
+        "run --iterations 10 --budget-params 1e7 --mutations 100000 --out {out}",
+        "mutations",
+    ),
+    _p("search-run-init-nested", SEARCH, "run --iterations 10 --init {in}/nested.json --out {out}", "nested"),
+    _p("search-run-latency-table-garbage", SEARCH, "run --latency-table {in}/garbage.pth --out {out}", "garbage"),
+    # ---- bench
+    _p("bench-models-nested", BENCH, "--models {in}/nested.json --backends torch-eager", "nested"),
+    _p("bench-models-huge", BENCH, "--models {in}/huge.json --backends torch-eager", "digit"),
+    _p("bench-models-unknown", BENCH, "--models no_such_model --backends torch-eager", "unknown model"),
+    _p("bench-input-8192", BENCH, "--models resnet18 --backends torch-eager --input-size 8192", "GiB"),
+    _p(
+        "bench-batch-huge", BENCH, "--models resnet18 --backends torch-eager --input-size 64 --batch-size 100000", "GiB"
+    ),
+    _p(
+        "bench-json-is-dir",
+        BENCH,
+        "--models resnet18 --backends torch-eager --input-size 64 --rounds 1 --warmup 1 --json {out}",
+        "directory",
+        owner="bench-outputs",
+    ),
+    _p(
+        "bench-json-in-proc",
+        BENCH,
+        "--models resnet18 --backends torch-eager --input-size 64 --rounds 1 --warmup 1 --json /proc/x.json",
+        "proc",
+        owner="bench-outputs",
+    ),
+    _p("bench-plot-not-png", BENCH, "--models resnet18 --backends torch-eager --plot {out}/p.txt", ".png"),
+    _p("bench-profile-info-garbage", BENCH, "profile --info {in}/not_a_table.json", "table"),
+    # ---- convert
+    _p("convert-int-keys", CONVERT, "{in}/int_keys.pth --model maedet_s --out {out}/c", "keys"),
+    _p("convert-meta", CONVERT, "{in}/meta.pth --model maedet_s --out {out}/c", "meta"),
+    _p("convert-sparse", CONVERT, "{in}/sparse.pth --model maedet_s --out {out}/c", "sparse"),
+    _p("convert-list", CONVERT, "{in}/list.pth --model maedet_s --out {out}/c", "list"),
+    _p("convert-evil", CONVERT, "{in}/evil.pth --model maedet_s --out {out}/c", "posix.system"),
+    _p("convert-structure-nested", CONVERT, "{in}/int_keys.pth --structure {in}/nested.json --out {out}/c", "nested"),
+    _p(
+        "convert-model-and-structure",
+        CONVERT,
+        "{in}/int_keys.pth --model maedet_m --structure {in}/bom.json --out {out}/c",
+        "conflicts",
+    ),
+    _p("convert-out-is-file", CONVERT, "{in}/int_keys.pth --model maedet_s --out {in}/a_file", "not a folder"),
+    _p("convert-out-under-file", CONVERT, "{in}/int_keys.pth --model maedet_s --out {in}/a_file/c", "a_file"),
+    _p("convert-ckpt-dev-zero", CONVERT, "/dev/zero --model maedet_s --out {out}/c", "not a file"),
+    # ---- detect / eval
+    _p("detect-onnx-garbage", DETECT, "{in}/calib --onnx {in}/garbage.pth --out {out}/d", "garbage"),
+    _p("detect-out-is-file", DETECT, "{in}/calib --model maedet_s_gfl --out {in}/a_file", "a_file"),
+    _p("eval-onnx-foreign", EVAL, "--onnx {in}/foreign.onnx --ann {in}/nested.json --images {in}/calib", "detector"),
+]
+
+
+# ------------------------------------------------------------------------------------------------- machinery
+@dataclass
+class Outcome:
+    code: int | None
+    stdout: str
+    stderr: str
+    before: dict[str, tuple]
+    after: dict[str, tuple]
+    sentinel_before: tuple
+    sentinel_after: tuple
+
+
+def _limit_resources() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root`` (links not followed): kind, size, mtime and content hash or link target."""
+    seen: dict[str, tuple] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            st = path.lstat()
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                seen[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                seen[rel] = ("dir",)
+            elif path.is_file():
+                seen[rel] = ("file", st.st_size, st.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+            else:
+                seen[rel] = ("special", st.st_mode)
+    return seen
+
+
+def _sentinel_state(path: Path) -> tuple:
+    st = path.stat()
+    return (path.read_bytes(), st.st_mtime_ns, st.st_size)
+
+
+def _run_probe(probe: Probe, root: Path) -> Outcome:
+    """Prepare a fresh folder for the probe, run the tool under the limits, and record what changed."""
+    inputs, out = root / "in", root / "out"
+    inputs.mkdir(parents=True)
+    out.mkdir()
+    for make in MAKERS.values():
+        make(inputs)
+    sentinel = root / "sentinel.txt"
+    sentinel.write_text("must stay as it is\n")
+    (out / "planted.lnk").symlink_to(sentinel)  # a link into the outside world, planted in the output folder
+    argv = [a.replace("{in}", str(inputs)).replace("{out}", str(out)) for a in probe.argv]
+    before, sentinel_before = _snapshot(root), _sentinel_state(sentinel)
+    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    env["MAEDET_CACHE"] = str(root / "cache")  # never the user's cache; anything written there shows
+    try:
+        done = subprocess.run(
+            [str(BIN / probe.tool), *argv],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            preexec_fn=_limit_resources,
+            cwd=out,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        code, stdout, stderr = done.returncode, done.stdout, done.stderr
+    except subprocess.TimeoutExpired as exc:
+        code, stdout, stderr = None, str(exc.stdout or ""), f"timed out after {TIMEOUT_S} s"
+    return Outcome(code, stdout, stderr, before, _snapshot(root), sentinel_before, _sentinel_state(sentinel))
+
+
+@pytest.fixture(scope="module")
+def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+    """Run every selected probe once, several at a time (each is mostly waiting for torch to import)."""
+    if not (BIN / EXPORT).exists():
+        pytest.skip("the console scripts are not installed next to this Python (pip install -e .)")
+    selected = {
+        item.callspec.params["probe"].id
+        for item in request.session.items
+        if hasattr(item, "callspec") and isinstance(item.callspec.params.get("probe"), Probe)
+    }
+    chosen = [p for p in PROBES if p.id in selected]
+    base = tmp_path_factory.mktemp("fuzz")
+    workers = max(2, min(8, (os.cpu_count() or 2) * 2))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda p: (p.id, _run_probe(p, base / p.id)), chosen)
+        return dict(results)
+
+
+def _params() -> list:
+    return [
+        pytest.param(p, id=p.id, marks=[pytest.mark.xfail(strict=True, reason=OWNED[p.owner])] if p.owner else [])
+        for p in PROBES
+    ]
+
+
+@pytest.mark.parametrize("probe", _params())
+def test_hostile_input_gets_one_sentence_and_touches_nothing(probe: Probe, outcomes: dict[str, Outcome]) -> None:
+    result = outcomes[probe.id]
+    text = result.stdout + result.stderr
+    assert "Traceback" not in text, text[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.code == 2, f"exit {result.code}: {text[-2000:]}"
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith(f"{probe.tool}: error: "), lines[0]
+    assert probe.expect in lines[0], lines[0]
+    assert result.after == result.before, "files were added, changed or removed"
+    assert result.sentinel_after == result.sentinel_before
+
+
+def test_probe_ids_are_unique_and_cover_every_tool() -> None:
+    ids = [p.id for p in PROBES]
+    assert len(set(ids)) == len(ids)
+    assert {p.tool for p in PROBES} == {EXPORT, SEARCH, BENCH, CONVERT, DETECT, EVAL}
+    assert all(shutil.which(p.tool, path=str(BIN)) for p in PROBES) or not (BIN / EXPORT).exists()
