@@ -270,16 +270,6 @@ def _preflight(args: argparse.Namespace) -> None:
         _require_tensorrt_stack()
 
 
-def _warn_random_detector(args: argparse.Namespace) -> None:
-    """A detector without --checkpoint exports random weights: say so (export_onnx says it for backbones)."""
-    if not args.checkpoint and not args.model.startswith(("local-dir:", "hf-hub:")):
-        logger.warning(
-            "no weights given: exporting %s with RANDOM weights (fine for timing, meaningless detections); add "
-            "--checkpoint FILE.",
-            args.model,
-        )
-
-
 def _engine(args: argparse.Namespace, onnx_path: Path, result: Any, console: Console) -> tuple[dict[str, Any], int]:
     """Build the engine and, with --check, compare it with ONNX Runtime; returns (JSON summary, exit code)."""
     from .check import check_engine
@@ -357,7 +347,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ExportError(f"--pretrained applies to backbones; give {args.model!r} its --checkpoint FILE.")
         validate_detector_request(args)
         _preflight(args)
-        _warn_random_detector(args)
         return run_detector_export(args, console)
 
     return run_cli(parser, handle, argv)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,6 +35,8 @@ from .detector_graph import DETECTION_OUTPUTS, INPUT_HW, NmsPostprocess, RawOutp
 from .errors import ExportError
 from .metadata import apply_metadata
 from .validate import check_activation_memory
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DetectorExportResult", "export_detector_onnx", "postprocess_graph", "raw_graph", "resolve_detector"]
 
@@ -236,6 +239,12 @@ def export_detector_onnx(
     out = check_output_path(out, "ONNX file")
     detector = resolve_detector(model, checkpoint, num_classes, structure)
     check_activation_memory(detector, (batch, 3, h, w), f"exporting {detector.name} at {batch}×{h}×{w}")
+    if checkpoint is None and isinstance(model, str) and not model.startswith(("local-dir:", "hf-hub:")):
+        logger.warning(  # said after the checks, so a refused export stays one line
+            "no weights given: exporting %s with RANDOM weights (fine for timing, meaningless detections); add "
+            "--checkpoint FILE.",
+            model,
+        )
     cfg = postprocess_cfg or detector.postprocess_cfg
     example = _example(detector, batch, h, w, embed_preprocess)
     notes: list[str] = []

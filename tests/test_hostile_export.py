@@ -143,22 +143,38 @@ def test_peak_estimate_counts_what_is_alive_at_once() -> None:
     assert forward_peak_bytes(_Chain(), (1, 3, h, w)) == (3 + 8 + 8 + 8) * plane
 
 
-def test_peak_estimate_matches_the_measured_memory_within_a_factor_of_two() -> None:
-    """Against the real rise of this process's peak resident memory during one forward at 1024×1024."""
-    from maedet.bench.memory import PeakMemory
-    from maedet.export.model_source import resolve_model
+_PEAK_PROBE = """
+import json, torch
+from maedet.bench.memory import PeakMemory
+from maedet.export.model_source import resolve_model
+from maedet.memory import forward_peak_bytes
 
-    module = resolve_model("maedet_s").module
-    estimate = forward_peak_bytes(module, (1, 3, 1024, 1024))
-    x = torch.randn(1, 3, 1024, 1024)
-    with torch.no_grad():
-        module(torch.randn(1, 3, 64, 64))  # first-run allocations (oneDNN primitives) out of the measurement
-        with PeakMemory("cpu-rss-rise") as peak:
-            module(x)
-    if peak.megabytes is None:
+torch.set_num_threads(1)
+module = resolve_model("maedet_s").module
+estimate = forward_peak_bytes(module, (1, 3, 1024, 1024))
+x = torch.randn(1, 3, 1024, 1024)
+with torch.no_grad():
+    module(torch.randn(1, 3, 64, 64))  # first-run allocations (oneDNN primitives) out of the measurement
+    with PeakMemory("cpu-rss-rise") as peak:
+        module(x)
+print(json.dumps({"estimate": estimate, "measured_mb": peak.megabytes}))
+"""
+
+
+def test_peak_estimate_matches_the_measured_memory_within_a_factor_of_two() -> None:
+    """Against the real rise of peak resident memory during one forward at 1024×1024, in a fresh process (inside
+    the test session, earlier tests leave the allocator and oneDNN caches in states that move the rise)."""
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _PEAK_PROBE], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    if result["measured_mb"] is None:
         pytest.skip("peak RSS cannot be reset here (/proc/self/clear_refs)")
-    measured = peak.megabytes * 2**20
-    assert measured / 2 <= estimate <= measured * 2, (estimate / 2**20, peak.megabytes)
+    measured, estimate = result["measured_mb"] * 2**20, result["estimate"]
+    assert measured / 2 <= estimate <= measured * 2, (estimate / 2**20, result["measured_mb"])
 
 
 def test_an_input_that_cannot_fit_is_refused_before_running(tmp_path: Path, capsys) -> None:

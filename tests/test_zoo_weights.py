@@ -6,6 +6,7 @@ import functools
 import http.server
 import json
 import os
+import pickle
 import stat
 import subprocess
 import sys
@@ -153,8 +154,10 @@ def test_code_executing_pickle_is_named_and_never_run(
     zipped, legacy = tmp_path / "evil.pth", tmp_path / "evil_legacy.pth"
     torch.save(checkpoint, zipped)
     torch.save(checkpoint, legacy, _use_new_zipfile_serialization=False)  # torch's older, non-zip format
+    bare = tmp_path / "evil_bare.pth"  # a plain pickle (protocol 5: torch's unpickler stops at its FRAME opcode)
+    bare.write_bytes(pickle.dumps({"state_dict": {}, "meta": RunsCode(marker)}, protocol=5))
     system = f"{os.system.__module__}.system"  # posix.system
-    for path in (zipped, legacy):
+    for path in (zipped, legacy, bare):
         with pytest.raises(CheckpointError, match=rf"contains code-executing objects \({system}\)"):
             load_checkpoint(path)
         assert main([str(path), "--model", "maedet_s", "--out", str(tmp_path / "out")]) == 2

@@ -85,9 +85,37 @@ def _blocked_globals(path: Path, message: str) -> list[str]:
     try:
         with torch.serialization.safe_globals(safe_numpy_globals()):
             found = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except (ValueError, RuntimeError, OSError, KeyError):  # legacy format or garbage: torch's message is all there is
-        found = []
+    except (ValueError, RuntimeError, OSError, KeyError):  # not torch's zip format: read the bare pickle's opcodes
+        found = _bare_pickle_globals(path)
     return found + [name for name in dict.fromkeys(_GLOBAL_RE.findall(message)) if name not in found]
+
+
+def _bare_pickle_globals(path: Path, limit: int = 64 * 2**20) -> list[str]:
+    """The importable names a bare (non-zip) pickle refers to, read from its opcodes without running anything.
+
+    torch's scan reads only its zip format, and its weights_only unpickler stops at the first opcode it does not
+    support (protocol 5's FRAME, for one) before it meets a global; so a bare pickle's payload is named from here.
+    Names a state dict legitimately holds (torch's rebuild functions, OrderedDict, numpy scalars) are left out.
+    """
+    import pickletools
+
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with path.open("rb") as fh:
+            while fh.tell() < limit and fh.peek(1):
+                for op, arg, _pos in pickletools.genops(fh):
+                    if op.name in ("GLOBAL", "INST"):
+                        names.append(str(arg).replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        names.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+    except (ValueError, EOFError, OSError, UnicodeDecodeError):  # garbage after what was read: name what was found
+        pass
+    harmless = {"collections.OrderedDict", "numpy.dtype", "numpy.core.multiarray.scalar"}
+    harmless |= {"numpy._core.multiarray.scalar", "_codecs.encode"}
+    return [n for n in dict.fromkeys(names) if n not in harmless and not n.startswith(("torch.", "numpy.dtypes."))]
 
 
 def _reason(exc: BaseException) -> str:
