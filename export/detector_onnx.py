@@ -207,6 +207,16 @@ def _lower_precision(
     return network
 
 
+def _warn_random_weights(model: str | GFocalV2, checkpoint: str | os.PathLike[str] | None) -> None:
+    """A detector named without weights (no checkpoint, no folder or hub repo) exports random weights: say so."""
+    if checkpoint is None and isinstance(model, str) and not model.startswith(("local-dir:", "hf-hub:")):
+        logger.warning(
+            "no weights given: exporting %s with RANDOM weights (fine for timing, meaningless detections); add "
+            "--checkpoint FILE.",
+            model,
+        )
+
+
 def export_detector_onnx(
     model: str | GFocalV2,
     out: str | os.PathLike[str],
@@ -239,12 +249,7 @@ def export_detector_onnx(
     out = check_output_path(out, "ONNX file")
     detector = resolve_detector(model, checkpoint, num_classes, structure)
     check_activation_memory(detector, (batch, 3, h, w), f"exporting {detector.name} at {batch}×{h}×{w}")
-    if checkpoint is None and isinstance(model, str) and not model.startswith(("local-dir:", "hf-hub:")):
-        logger.warning(  # said after the checks, so a refused export stays one line
-            "no weights given: exporting %s with RANDOM weights (fine for timing, meaningless detections); add "
-            "--checkpoint FILE.",
-            model,
-        )
+    _warn_random_weights(model, checkpoint)  # after the checks, so a refused export stays one line
     cfg = postprocess_cfg or detector.postprocess_cfg
     example = _example(detector, batch, h, w, embed_preprocess)
     notes: list[str] = []

@@ -286,6 +286,24 @@ def _folder_of(name: str) -> Path | None:
     return folder
 
 
+def _checkpoint_shape(
+    checkpoint: str | os.PathLike[str] | Mapping[str, Any],
+    num_classes: int,
+    cls_channels: int | None,
+    fpn_channels: int | None,
+    spec: Any,
+) -> tuple[Mapping[str, Any], int, int | None]:
+    """The checkpoint's tensors, and the class-output and neck widths it fixes (checked against what was asked)."""
+    where = "the checkpoint" if isinstance(checkpoint, Mapping) else f"checkpoint {Path(checkpoint).name}"
+    state = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
+    found = _class_channels(checkpoint_class_channels(state, where), num_classes, where)
+    if cls_channels is not None and cls_channels != found:
+        raise MaeDetError(f"{where} has {found} class channels, but cls_channels={cls_channels} was asked.")
+    if spec is None and fpn_channels is None:  # the generic detector takes its width from the checkpoint
+        fpn_channels = checkpoint_fpn_channels(state)
+    return state, found, fpn_channels
+
+
 def create_detector(
     name: str = "maedet_m_gfl",
     pretrained: bool = False,
@@ -330,14 +348,7 @@ def create_detector(
         checkpoint = _download(name, spec.url)
     state = None
     if checkpoint is not None:
-        where = "the checkpoint" if isinstance(checkpoint, Mapping) else f"checkpoint {Path(checkpoint).name}"
-        state = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
-        found = _class_channels(checkpoint_class_channels(state, where), num_classes, where)
-        if cls_channels is not None and cls_channels != found:
-            raise MaeDetError(f"{where} has {found} class channels, but cls_channels={cls_channels} was asked.")
-        cls_channels = found
-        if spec is None and fpn_channels is None:  # the generic detector takes its width from the checkpoint
-            fpn_channels = checkpoint_fpn_channels(state)
+        state, cls_channels, fpn_channels = _checkpoint_shape(checkpoint, num_classes, cls_channels, fpn_channels, spec)
     model = GFocalV2(
         source_backbone,
         num_classes=num_classes,

@@ -202,6 +202,18 @@ def create_backbone(backbone: str | nn.Module, pretrained: bool = False, **kwarg
     return module
 
 
+def _check_shape(num_classes: int, cls_channels: int, strides: Sequence[int], fpn_channels: int) -> None:
+    """The head and neck shapes GFocalV2 can be built with; anything else is one sentence."""
+    if num_classes < 1 or cls_channels not in (num_classes, num_classes + 1):
+        raise MaeDetError(
+            f"cls_channels must be num_classes or num_classes + 1, got {cls_channels} for {num_classes} classes."
+        )
+    if tuple(strides[:3]) != PYRAMID_REDUCTIONS or any(b != 2 * a for a, b in itertools.pairwise(strides)):
+        raise MaeDetError(f"strides must start 8, 16, 32 and double at each level, got {tuple(strides)}.")
+    if fpn_channels < 32 or fpn_channels % 32:
+        raise MaeDetError(f"fpn_channels must be a multiple of 32 (GroupNorm's 32 groups), got {fpn_channels}.")
+
+
 class GFocalV2(nn.Module):
     """Backbone (C3..C5) → FPN (P3..P7) → GFocalV2 head; ``predict`` adds decoding and class-aware NMS.
 
@@ -232,14 +244,7 @@ class GFocalV2(nn.Module):
     ) -> None:
         super().__init__()
         cls_channels = num_classes + 1 if cls_channels is None else cls_channels
-        if num_classes < 1 or cls_channels not in (num_classes, num_classes + 1):
-            raise MaeDetError(
-                f"cls_channels must be num_classes or num_classes + 1, got {cls_channels} for {num_classes} classes."
-            )
-        if tuple(strides[:3]) != PYRAMID_REDUCTIONS or any(b != 2 * a for a, b in itertools.pairwise(strides)):
-            raise MaeDetError(f"strides must start 8, 16, 32 and double at each level, got {tuple(strides)}.")
-        if fpn_channels < 32 or fpn_channels % 32:
-            raise MaeDetError(f"fpn_channels must be a multiple of 32 (GroupNorm's 32 groups), got {fpn_channels}.")
+        _check_shape(num_classes, cls_channels, strides, fpn_channels)
         self.name = "gfl"  # the factory sets the registered name (maedet_m_gfl, ...)
         # what rebuilds this detector (a converted folder's config.json): the backbone by name, and the head's shape
         self.backbone_name = backbone if isinstance(backbone, str) else None
