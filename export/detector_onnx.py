@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from maedet.fileio import atomic_write_bytes, check_output_path
 from maedet.zoo import fuse_bn
+from maedet.zoo.detector_folder import HUB_PREFIX, LOCAL_PREFIX
 from maedet.zoo.detectors import create_detector
 from maedet.zoo.gfl import GFocalV2
 from maedet.zoo.gfl_postprocess import PostprocessConfig
@@ -209,7 +210,7 @@ def _lower_precision(
 
 def _warn_random_weights(model: str | GFocalV2, checkpoint: str | os.PathLike[str] | None) -> None:
     """A detector named without weights (no checkpoint, no folder or hub repo) exports random weights: say so."""
-    if checkpoint is None and isinstance(model, str) and not model.startswith(("local-dir:", "hf-hub:")):
+    if checkpoint is None and isinstance(model, str) and not model.startswith((LOCAL_PREFIX, HUB_PREFIX)):
         logger.warning(
             "no weights given: exporting %s with RANDOM weights (fine for timing, meaningless detections); add "
             "--checkpoint FILE.",

@@ -290,10 +290,12 @@ def _weights(model: str | nn.Module | ModelSource, source: ModelSource, opts: Ex
 
 def _reference_weights(model: str) -> tuple[str, str | None]:
     """A converted folder (``local-dir:``, ``hf-hub:`` or a plain path) brings its own weights; a bare name none."""
-    if model.startswith("hf-hub:"):
+    from maedet.zoo.detector_folder import HUB_PREFIX, LOCAL_PREFIX
+
+    if model.startswith(HUB_PREFIX):
         return model, None
-    folder = Path(model.removeprefix("local-dir:"))
-    if not (model.startswith("local-dir:") or folder.is_dir()):
+    folder = Path(model.removeprefix(LOCAL_PREFIX))
+    if not (model.startswith(LOCAL_PREFIX) or folder.is_dir()):
         return "random", None
     return model, _folder_sha256(folder)
 

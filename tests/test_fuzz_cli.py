@@ -33,11 +33,6 @@ ADDRESS_SPACE_LIMIT = 6 * 2**30  # torch + onnxruntime map ~2-3 GB of address sp
 TIMEOUT_S = 180
 BIN = Path(sys.executable).parent
 STRUCTURES = Path(__file__).resolve().parents[1] / "zoo" / "structures"
-OWNED = {
-    "bench-outputs": "owned by bench outputs fix",
-    "bench-cache": "owned by bench cache fix",
-    "strict": "owned by strict checkpoints fix",
-}
 
 
 # ---------------------------------------------------------------------------------------------- hostile inputs
@@ -152,11 +147,10 @@ class Probe:
     tool: str
     argv: tuple[str, ...]
     expect: str = ""  # a fragment the one sentence must contain
-    owner: str | None = None  # key of OWNED: another fix's area, expected to fail until it lands
 
 
-def _p(pid: str, tool: str, argv: str, expect: str = "", owner: str | None = None) -> Probe:
-    return Probe(pid, tool, tuple(argv.split()), expect, owner)
+def _p(pid: str, tool: str, argv: str, expect: str = "") -> Probe:
+    return Probe(pid, tool, tuple(argv.split()), expect)
 
 
 EXPORT = "maedet-export"
@@ -375,10 +369,7 @@ def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 
 def _params() -> list:
-    return [
-        pytest.param(p, id=p.id, marks=[pytest.mark.xfail(strict=True, reason=OWNED[p.owner])] if p.owner else [])
-        for p in PROBES
-    ]
+    return [pytest.param(p, id=p.id) for p in PROBES]
 
 
 @pytest.mark.parametrize("probe", _params())
