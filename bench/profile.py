@@ -20,8 +20,7 @@ import math
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,12 @@ from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text, check_output_path
 from maedet.zoo import Structure, builtin_structure
 from maedet.zoo.latency import LatencyTable, Op, Piece, fit_op_model, piece_ops, structure_pieces
+from maedet.zoo.latency_goal import VALIDATION_GOAL, goal_text, meets_goal, missed_goal_sentence
+from maedet.zoo.latency_goal import verdict as goal_verdict
 
 from .machine import cpu_model, machine_info, usable_cores
 from .profile_measure import ANCHOR, Measurer, Timing, steady_ms, structure_op_keys
+from .profile_progress import profile_progress
 
 __all__ = ["ProfileSettings", "describe_table", "profile_target", "sample_structures", "validation_figures"]
 
@@ -215,27 +217,28 @@ class _State:
         self.path.unlink(missing_ok=True)
 
 
-def _measure(plan: _Plan, state: _State, measurer: Measurer, step: Callable[[int], None]) -> None:
+def _measure(plan: _Plan, state: _State, measurer: Measurer, step: Callable[[int, str], None]) -> None:
     """Every unit not yet in the state, in plan order; the state is saved after each."""
     done = sum(1 for name in [*plan.train, *plan.calibration, *plan.validation, *REFERENCES] if name in state.units)
     todo_pieces = [p for p in plan.pieces if p.key() not in state.units]
     done += math.ceil(len(plan.pieces) / PIECE_GROUP) - math.ceil(len(todo_pieces) / PIECE_GROUP)
-    step(done)
+    step(done, "already measured (resumed)")
     for name, structure in plan.train.items():
         if name not in state.units:
             state.units[name] = measurer.network(structure, profiled=True)
             state.save()
-            step(1)
+            step(1, f"training network {name} (operators)")
     for start in range(0, len(todo_pieces), PIECE_GROUP):
         state.units |= measurer.pieces(todo_pieces[start : start + PIECE_GROUP])
         state.save()
-        step(1)
+        step(1, f"pieces {start + 1}-{min(start + PIECE_GROUP, len(todo_pieces))} of {len(todo_pieces)}")
+    stages = {**dict.fromkeys(plan.calibration, "calibration"), **dict.fromkeys(plan.validation, "validation")}
     plain: dict[str, Structure | str] = {**plan.calibration, **plan.validation, **{r: r for r in REFERENCES}}
     for name, structure in plain.items():
         if name not in state.units:
             state.units[name] = measurer.network(structure)
             state.save()
-            step(1)
+            step(1, f"{stages.get(name, 'reference')} network {name}")
 
 
 # ------------------------------------------------------------------------------------------- fitting
@@ -317,7 +320,8 @@ def _build_table(plan: _Plan, state: _State, settings: ProfileSettings, wall_s: 
     predicted = [r["predicted_ms"] for r in rows]
     raw = validation_figures(predicted, [r["measured_raw_ms"] for r in rows])
     figures = validation_figures(predicted, [r["measured_ms"] for r in rows])
-    table.validation = {**figures, "unscaled": raw, "networks": rows, "wall_s": round(wall_s, 1)}
+    verdict = {"goal": dict(VALIDATION_GOAL), "meets_goal": bool(goal_verdict(figures))}
+    table.validation = {**figures, **verdict, "unscaled": raw, "networks": rows, "wall_s": round(wall_s, 1)}
     table.references = {n: steady(n) for n in (*REFERENCES, *PUBLISHED)}
     table.measurement = _measurement(settings, ref, len(samples))
     table.samples = [_sample_row(ops, ms) for ops, ms in samples]
@@ -359,10 +363,11 @@ def profile_target(
     started = time.monotonic()
     plan = _plan(settings)
     state = _State(out, settings)
-    with tempfile.TemporaryDirectory(prefix="maedet-profile-") as tmp, _progress(progress, plan.total) as advance:
+    shown = profile_progress(progress, plan.total)
+    with tempfile.TemporaryDirectory(prefix="maedet-profile-") as tmp, shown as advance:
 
-        def step(n: int) -> None:
-            advance(n)
+        def step(n: int, label: str) -> None:
+            advance(n, label)
             if on_step is not None and n:
                 on_step(n)
 
@@ -370,21 +375,9 @@ def profile_target(
     table = _build_table(plan, state, settings, time.monotonic() - started)
     table.save(out)
     state.done()
+    if table.validation.get("meets_goal") is False:
+        LOG.warning("%s", missed_goal_sentence(f"the profile {str(out)!r}", table.target, table.validation))
     return table
-
-
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar with ETA (or nothing), yielding ``advance(n)``."""
-    if not enabled:
-        yield lambda _n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("profiling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with bar:
-        task = bar.add_task("profile", total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def describe_table(table: LatencyTable) -> str:
@@ -405,6 +398,7 @@ def describe_table(table: LatencyTable) -> str:
             f"{100 * v.get('within_10pct', 0):.0f}% within ±10%, Spearman ρ {v.get('spearman_rho', float('nan')):.3f}"
             f" (profile took {v.get('wall_s', '?')} s)"
         )
+        lines.append(_goal_line(v))
         raw = v.get("unscaled") or {}
         if raw:
             lines.append(
@@ -414,3 +408,13 @@ def describe_table(table: LatencyTable) -> str:
     if table.references:
         lines.append("measured: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(table.references.items())))
     return "\n".join(lines)
+
+
+def _goal_line(validation: dict[str, Any]) -> str:
+    """The goal and the verdict: met, missed, or unknown (an older table without the verdict or figures)."""
+    met = meets_goal(validation)
+    word = {True: "met", False: "MISSED", None: "unknown"}[met]
+    recorded = "" if isinstance(validation.get("meets_goal"), bool) else " (not recorded: judged from the figures)"
+    if met is None:
+        recorded = " (the table records neither the verdict nor the figures)"
+    return f"  validation goal ({goal_text()}): {word}{recorded}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import sys
@@ -21,12 +22,14 @@ from typing import Any
 
 from maedet.zoo import Structure
 from maedet.zoo.latency import LatencyTable, Piece, load_latency_table
+from maedet.zoo.latency_goal import meets_goal, missed_goal_sentence
 
 from .errors import SearchError
 from .space import Genome, SearchSpace
 
 __all__ = ["GenomeLatency", "LatencyTarget", "latency_figures", "open_latency_target", "parse_latency_budget"]
 
+LOGGER = logging.getLogger(__name__)
 _RELATIVE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*[xX×]\s*([A-Za-z0-9_\-]+)\s*$")
 
 
@@ -77,8 +80,21 @@ def table_identity(predictor: Any) -> dict[str, Any]:
 
 
 def open_latency_target(name_or_path: str, batch: int | None = None, input_size: int | None = None) -> LatencyTarget:
-    """A profiled table file or a built-in V100 table (which needs ``batch`` and ``input_size``)."""
-    return LatencyTarget.of(load_latency_table(name_or_path, batch=batch, input_size=input_size))
+    """A profiled table file or a built-in V100 table (which needs ``batch`` and ``input_size``); a profiled table
+    that missed its validation goal is searched with, but with a warning (its predictions may be off)."""
+    predictor = load_latency_table(name_or_path, batch=batch, input_size=input_size)
+    if isinstance(predictor, LatencyTable):
+        warn_about_accuracy(predictor, f"the latency table {str(name_or_path)!r}")
+    return LatencyTarget.of(predictor)
+
+
+def warn_about_accuracy(table: LatencyTable, where: str) -> None:
+    """A warning for a table whose validation missed the goal; a note for one whose accuracy is unknown."""
+    met = meets_goal(table.validation)
+    if met is False:
+        LOGGER.warning("%s", missed_goal_sentence(where, table.target, table.validation))
+    elif met is None:
+        LOGGER.warning("%s holds no validation figures, so how well it predicts is unknown.", where)
 
 
 def parse_latency_budget(text: str, target: LatencyTarget) -> float:

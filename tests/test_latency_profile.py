@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -98,7 +99,7 @@ def test_a_real_profiled_network_times_every_operator(tmp_path):
     assert not list(tmp_path.glob("ort-profile*"))  # the runtime's profile file is removed
 
 
-def test_tiny_profile_runs_resumes_and_predicts(tmp_path):
+def test_tiny_profile_runs_resumes_and_predicts(tmp_path, caplog):
     out = tmp_path / "t.json"
     steps: list[int] = []
 
@@ -112,7 +113,8 @@ def test_tiny_profile_runs_resumes_and_predicts(tmp_path):
     assert list(partial["units"]) == ["train0"] and not out.exists()
 
     resumed: list[int] = []
-    table = profile_target(out, TINY, progress=False, on_step=resumed.append)
+    with caplog.at_level(logging.INFO, logger="maedet"):
+        table = profile_target(out, TINY, progress=True, on_step=resumed.append)  # stderr is not a terminal here
     assert resumed[0] == 1  # the first step reports what was already there, nothing re-measured
     assert sum(resumed) == 2 + 2 + 2 + 3 + 2  # train, calibration, validation, S/M/L, ResNet-50/101
     assert not (tmp_path / "t.json.partial").exists()
@@ -125,6 +127,18 @@ def test_tiny_profile_runs_resumes_and_predicts(tmp_path):
     v = again.validation
     assert v["count"] == 2 + 3 and 0 <= v["within_10pct"] <= 1 and v["rmspe_pct"] >= 0
     assert v["unscaled"]["count"] == 5
+    # the verdict against the stated goal is recorded, and a miss is said with the figures and what to do
+    assert v["goal"] == {"min_within_10pct": 0.9, "min_spearman_rho": 0.95}
+    assert v["meets_goal"] == (v["within_10pct"] >= 0.9 and v["spearman_rho"] >= 0.95)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert bool(warnings) != v["meets_goal"]
+    if warnings:
+        assert "misses its validation goal" in warnings[0] and f"RMSPE {v['rmspe_pct']:.1f}%" in warnings[0]
+    # redirected, the profile logs one line per measured unit as it goes (not only at the end)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("profiling ")]
+    assert len(lines) == sum(resumed) - 1  # every unit measured in this run, the resumed one excepted
+    assert "training network train1 (operators)" in lines[0] and "left)" in lines[0]
+    assert any("validation network maedet_m" in line for line in lines) and "resnet101" in lines[-1]
     for row in v["networks"]:
         assert row["measured_ms"] > 0 and row["predicted_ms"] == pytest.approx(
             table.predict_ms(load_structure(row["structure"]))
@@ -164,8 +178,41 @@ def test_profile_cli_info_and_errors(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "RMSPE 5.0%" in out and "90% within ±10%" in out and "resnet50 3.50 ms" in out
     assert "channel block 16" in out
+    assert "validation goal (≥ 90% of held-out networks within ±10%, Spearman ρ ≥ 0.95): met" in out
+
     (tmp_path / "bad.json").write_text("{}")
     assert main(["profile", "--info", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("maedet-bench: error:")
     assert main(["profile", "--backend", "ort-cpu"]) == 2
+
+
+def test_a_table_that_missed_its_goal_says_so(tmp_path, capsys):
+    """``--info`` shows a miss with the figures; a table without the recorded verdict is judged from its figures,
+    or is unknown without them."""
+    from maedet.bench.cli import main
+    from maedet.zoo.latency import LatencyTable
+
+    figures = {"count": 33, "rmspe_pct": 21.8, "within_10pct": 0.36, "spearman_rho": 0.949}
+    target = {"backend": "ort-cpu", "precision": "fp32", "batch": 1, "input_size": 320, "threads": 2}
+    model = {"channel_block": 16, "roles": {"stem": [1e-8] * 5, "pw": [1e-8] * 5}}
+    for name, validation, word in (
+        ("recorded.json", {**figures, "meets_goal": False, "goal": {"min_within_10pct": 0.9}}, "MISSED"),
+        ("older.json", figures, "MISSED (not recorded: judged from the figures)"),
+        ("unknown.json", {"count": 33}, "unknown (the table records neither the verdict nor the figures)"),
+    ):
+        LatencyTable(target=target, model=model, validation=validation).save(tmp_path / name)
+        assert main(["profile", "--info", str(tmp_path / name)]) == 0
+        assert f"Spearman ρ ≥ 0.95): {word}" in capsys.readouterr().out
+
+
+def test_the_missed_goal_sentence_names_figures_and_remedies():
+    from maedet.zoo.latency_goal import missed_goal_sentence
+
+    validation = {"count": 33, "rmspe_pct": 21.8, "within_10pct": 0.36, "spearman_rho": 0.949}
+    validation["unscaled"] = {"within_10pct": 0.0}
+    text = missed_goal_sentence("t.json", {"threads": 2}, validation)
+    assert text.startswith("t.json misses its validation goal (≥ 90% of held-out networks within ±10%")
+    assert "RMSPE 21.8%, 36% within ±10%, Spearman ρ 0.949 on 33 held-out networks" in text
+    assert "--threads 1" in text and "quiet machine" in text and text.endswith(".") and ". " not in text
+    assert "--threads 1" not in missed_goal_sentence("t.json", {"threads": 1}, validation)

@@ -257,3 +257,28 @@ def test_a_latency_search_resumes_to_the_uninterrupted_result(table_file, tmp_pa
     first, second = (json.loads((out / "best.json").read_text()) for out in (whole, parts))
     assert first["structure"] == second["structure"] and first["latency_ms"] == second["latency_ms"]
     assert (whole / "history.csv").read_text().count("\n") == (parts / "history.csv").read_text().count("\n")
+
+
+def test_searching_with_a_table_that_missed_its_goal_warns(tmp_path, capsys):
+    """run, score and pareto say when the table's validation missed its goal (and when it is unknown)."""
+    missed = hand_made_table()
+    missed.validation = {"count": 33, "rmspe_pct": 21.8, "within_10pct": 0.36, "spearman_rho": 0.949}
+    missed.validation |= {"meets_goal": False}
+    met = hand_made_table()
+    met.validation = {"count": 33, "rmspe_pct": 4.5, "within_10pct": 0.94, "spearman_rho": 0.997, "meets_goal": True}
+    paths = {name: t.save(tmp_path / f"{name}.json") for name, t in (("missed", missed), ("met", met))}
+    paths["unknown"] = hand_made_table().save(tmp_path / "unknown.json")
+    argv = {
+        "score": ["score", "maedet_s", "--json"],
+        "run": ["run", "--budget-layers", "91", "--iterations", "64", "--population", "16"],
+        "pareto": ["pareto", "--points", "1", "--iterations", "32", "--population", "16"],
+    }
+    for command, args in argv.items():
+        out = ["--out", str(tmp_path / f"{command}-out")] if command != "score" else []
+        assert main([*args, "--latency-table", str(paths["missed"]), *out]) == 0
+        err = capsys.readouterr().err
+        assert "warning:" in err and "misses its validation goal" in err and "36% within ±10%" in err
+    assert main([*argv["score"], "--latency-table", str(paths["met"])]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main([*argv["score"], "--latency-table", str(paths["unknown"])]) == 0
+    assert "how well it predicts is unknown" in capsys.readouterr().err
