@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import signal
 import sys
@@ -20,13 +21,14 @@ from .evolution import CHECKPOINT_NAME, ForwardOptions, Search, SearchSettings
 from .executors import executor_parallelism, make_executor
 from .latency import LatencyTarget, open_latency_target, parse_latency_budget
 from .output_folder import check_output_folder, locked_output_folder
-from .pareto import PARETO_NAMES, ParetoSettings, run_pareto, write_pareto
+from .pareto import PARETO_NAMES, ParetoSettings, resolve_layers, run_pareto, write_pareto
 from .report import OUTPUT_NAMES, describe, write_outputs
 from .score import DEFAULT_RATIOS
 
 __all__ = ["main"]
 
 PROG = "maedet-search"
+LOGGER = logging.getLogger("maedet.search")
 DESCRIPTION = (
     "Zero-shot maximum-entropy search for MAE-DET detection backbones ('run'), the score, cost and predicted "
     "latency of a structure file ('score'), and the front of score against predicted latency ('pareto')."
@@ -167,7 +169,13 @@ def _add_pareto_parser(sub: argparse._SubParsersAction) -> None:
     pareto.add_argument("--iterations", type=_positive_int, default=5000, help="candidates per search")
     pareto.add_argument("--seed", type=int, default=0, help="seed of every search")
     pareto.add_argument("--population", type=_positive_int, default=256, help="structures kept per search")
-    pareto.add_argument("--budget-layers", type=int, metavar="LAYERS", help="conv layers limit of every search")
+    pareto.add_argument(
+        "--budget-layers",
+        type=int,
+        metavar="LAYERS",
+        help="conv layers limit of every search (default: MAE-DET-L's 109, the deepest marker the front is compared "
+        "with)",
+    )
     pareto.add_argument("--init", default="r50_like_init", metavar="FILE", help="initial structure")
     pareto.add_argument("--ratios", type=_ratios, default=RATIOS_TEXT, help="level ratios stem,C2,C3,C4,C5")
     pareto.add_argument("--out", required=True, help="output folder (pareto.json, pareto.png)")
@@ -416,6 +424,10 @@ def _pareto(args: argparse.Namespace) -> int:
         TimeRemainingColumn(),
     )
     console = Console(stderr=True)
+    layers, source = resolve_layers(settings)
+    px = target.predictor.target["input_size"]
+    message = "pareto: every search is limited to %d conv layers (%s); FLOPs are counted at %d×%d px"
+    LOGGER.info(message, layers, source, px, px)
     with locked_output_folder(out, PARETO_NAMES), Progress(*columns, console=console, disable=bool(args.quiet)) as bar:
         task = bar.add_task("pareto", total=args.points * args.iterations, point=f"1/{args.points}")
         result = run_pareto(
@@ -437,7 +449,8 @@ def _print_front(result: dict, path: Path) -> None:
 
     batch = result["latency_target"]["batch"]
     table = Table(title=f"{PROG}: score against predicted latency ({path})", caption=result["latency_label"])
-    for name in ("budget ms", "predicted ms", "ms per image", "score", "GFLOPs", "front"):
+    px = result["settings"]["flops_resolution"]
+    for name in ("budget ms", "predicted ms", "ms per image", "score", f"GFLOPs @{px} px", "front"):
         table.add_column(name, justify="right")
     for p in result["points"]:
         table.add_row(

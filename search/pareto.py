@@ -43,7 +43,7 @@ class ParetoSettings:
     iterations: int = 5000
     seed: int = 0
     population: int = 256
-    layers: int | None = None
+    layers: int | None = None  # None: the largest of MAE-DET-S/M/L's, so the front compares with their markers
     ratios: tuple[float, ...] = DEFAULT_RATIOS
 
     def __post_init__(self) -> None:
@@ -67,6 +67,22 @@ def latency_budgets(target: LatencyTarget, init: Structure, points: int) -> list
     if points == 1:
         return [high]
     return [low * (high / low) ** (i / (points - 1)) for i in range(points)]
+
+
+def marker_layers() -> tuple[int, str]:
+    """The conv layers of the deepest of MAE-DET-S/M/L and its name: the default layer limit of every point, so a
+    front is never deeper than the published backbones it is plotted against."""
+    layers = {label: cost(builtin_structure(name)).layers for label, name in PUBLISHED.items()}
+    label = max(layers, key=lambda k: layers[k])
+    return layers[label], label
+
+
+def resolve_layers(settings: ParetoSettings) -> tuple[int, str]:
+    """The layer limit of every search and where it comes from (the user's --budget-layers, or the markers')."""
+    if settings.layers is not None:
+        return settings.layers, "--budget-layers"
+    layers, label = marker_layers()
+    return layers, f"{label}'s (the deepest marker; default)"
 
 
 def _point(search: Search, budget_ms: float, target: LatencyTarget) -> dict[str, Any]:
@@ -113,11 +129,12 @@ def run_pareto(
 ) -> dict[str, Any]:
     """Search once per budget; returns the pareto.json object (points, front flags, references, the target)."""
     resolution = int(target.predictor.target["input_size"])
+    layers, layers_source = resolve_layers(settings)
     points = []
     for index, budget_ms in enumerate(latency_budgets(target, settings.init, settings.points)):
         search_settings = SearchSettings(
             init=settings.init,
-            budget=Budget(layers=settings.layers, latency_ms=budget_ms, resolution=resolution),
+            budget=Budget(layers=layers, latency_ms=budget_ms, resolution=resolution),
             ratios=settings.ratios,
             population=settings.population,
             iterations=settings.iterations,
@@ -138,7 +155,9 @@ def run_pareto(
             "iterations": settings.iterations,
             "seed": settings.seed,
             "population": settings.population,
-            "layers": settings.layers,
+            "layers": layers,
+            "layers_source": layers_source,
+            "flops_resolution": resolution,
             "ratios": list(settings.ratios),
             "init": settings.init.to_dict(),
         },
@@ -184,7 +203,13 @@ def _plot(result: dict[str, Any]) -> bytes:
     batch = result["latency_target"]["batch"]
     axis.set_xlabel(f"latency, ms per batch of {batch} — {result['latency_label']}")
     axis.set_ylabel("MAE score")
-    axis.set_title("score against predicted latency")
+    settings = result["settings"]
+    px = settings["flops_resolution"]
+    axis.set_title(
+        f"score against predicted latency; every search ≤ {settings['layers']} conv layers "
+        f"({settings['layers_source']}); FLOPs counted at {px}×{px} px",
+        fontsize=9,
+    )
     axis.grid(alpha=0.3)
     axis.legend(loc="best", fontsize=8)
     fig.tight_layout()

@@ -282,3 +282,24 @@ def test_searching_with_a_table_that_missed_its_goal_warns(tmp_path, capsys):
     assert "warning" not in capsys.readouterr().err
     assert main([*argv["score"], "--latency-table", str(paths["unknown"])]) == 0
     assert "how well it predicts is unknown" in capsys.readouterr().err
+
+
+def test_pareto_without_a_layer_budget_compares_with_its_markers(table_file, tmp_path, capsys):
+    """The default layer limit is the deepest marker's, so the front never runs deeper than MAE-DET-S/M/L; the JSON,
+    the log and the table say the limit and the resolution the FLOPs are counted at."""
+    from maedet.zoo import cost
+
+    out = tmp_path / "pareto"
+    argv = ["pareto", "--latency-table", str(table_file), "--points", "2", "--iterations", "400"]
+    assert main([*argv, "--population", "16", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    deepest = max(cost(builtin_structure(n)).layers for n in ("maedet_s", "maedet_m", "maedet_l"))
+    result = json.loads((out / "pareto.json").read_text())
+    settings = result["settings"]
+    assert settings["layers"] == deepest and "MAE-DET-L" in settings["layers_source"]
+    assert settings["flops_resolution"] == 224
+    assert f"limited to {deepest} conv layers" in err and "FLOPs are counted at 224×224 px" in err
+    assert "GFLOPs @224 px" in err
+    for point in result["points"]:
+        assert point["layers"] <= deepest
+        assert point["flops"] == cost(Structure.from_dict(point["structure"]), 224).flops
