@@ -16,7 +16,7 @@ from maedet.zoo import load_structure
 
 from .budget import PRESETS, Budget, preset_budget
 from .errors import SearchError
-from .eta import log_forward_eta
+from .eta import SearchEta, eta_column, log_forward_eta
 from .evolution import CHECKPOINT_NAME, ForwardOptions, Search, SearchSettings
 from .executors import executor_parallelism, make_executor
 from .latency import LatencyTarget, open_latency_target, parse_latency_budget
@@ -275,31 +275,31 @@ def _start(args: argparse.Namespace, out: Path) -> Search:
 
 def _search_with_progress(search: Search, args: argparse.Namespace, out: Path, stop: Callable[[], bool]) -> None:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     executor = make_executor(args.executor, args.workers, args.ray_address, args.ray_timeout)
     best = TextColumn("best {task.fields[best]:.3f}")
-    eta = (TextColumn("eta"), TimeRemainingColumn())
-    columns = (TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), best, TimeElapsedColumn(), *eta)
+    eta = SearchEta(search.settings.iterations)
+    columns = (
+        TextColumn("[bold]search"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        best,
+        TimeElapsedColumn(),
+        eta_column(eta),
+    )
+
+    def progress(s: Search) -> None:
+        eta.update(s.candidates, s.wall_s)
+        bar.update(task, completed=s.candidates, best=s.best[0])
+
     try:
         if search.settings.score == "forward":
             log_forward_eta(search, executor_parallelism(executor))
         with Progress(*columns, console=Console(stderr=True), disable=bool(args.quiet)) as bar:
             total = search.settings.iterations
             task = bar.add_task("search", total=total, completed=search.candidates, best=search.best[0])
-            search.run(
-                executor,
-                stop=stop,
-                progress=lambda s: bar.update(task, completed=s.candidates, best=s.best[0]),
-                checkpoint_dir=out,
-            )
+            search.run(executor, stop=stop, progress=progress, checkpoint_dir=out)
     finally:
         executor.close()
 

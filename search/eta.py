@@ -1,18 +1,27 @@
-"""How long a forward-score search will take, said before it starts.
+"""How long a search will take: said before a forward-score search starts, and estimated while any search runs.
 
 The closed-form score costs microseconds; the paper's forward score runs a network per candidate (about a second
 each on a laptop CPU), so 100,000 candidates can take days. Timing a few forward scores of the current best
 structure (a budget-filling one, like most candidates) gives the estimate, logged as a warning when it exceeds an hour.
+
+While a search runs, a candidate gets dearer as it goes: the population converges, more proposals are already seen
+or over budget, and the number of mutations per child grows (``Search._propose``). An estimate from the rate so far,
+or from a recent window alone, is therefore optimistic (a search shown "eta 24 s" took 75 s). :class:`SearchEta`
+takes the rate of the most recent candidates and how fast that rate has been rising, and integrates it over the
+candidates left; it never assumes the search will speed up.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+
+import numpy as np
 
 from .evolution import Search
 
-__all__ = ["LONG_RUN_S", "format_duration", "forward_eta", "log_forward_eta"]
+__all__ = ["LONG_RUN_S", "SearchEta", "format_duration", "forward_eta", "log_forward_eta"]
 
 LOGGER = logging.getLogger(__name__)
 LONG_RUN_S = 3600.0
@@ -63,3 +72,52 @@ def log_forward_eta(search: Search, parallelism: int = 1) -> float:
     else:
         LOGGER.info("%s.", message)
     return total
+
+
+class SearchEta:
+    """Seconds left in a search from its progress so far: ``update(candidates, elapsed_s)``, then ``remaining()``.
+
+    Over the most recent ``window`` share of the candidates done, elapsed time is fitted by least squares as a
+    quadratic in candidates: its slope at the newest sample is the current cost per candidate and its curvature how
+    fast that cost rises. The rest costs ``rate · n + rise · n² / 2`` for the ``n`` candidates left; a falling rate
+    (rise below zero) is taken as flat, so the estimate never counts on the search speeding up.
+    """
+
+    def __init__(self, total: int, window: float = 0.5, max_samples: int = 4096) -> None:
+        self.total = total
+        self.window = window
+        self.samples: deque[tuple[int, float]] = deque(maxlen=max_samples)
+
+    def update(self, candidates: int, elapsed_s: float) -> None:
+        if not self.samples or candidates > self.samples[-1][0]:
+            self.samples.append((candidates, elapsed_s))
+
+    def remaining(self) -> float | None:
+        """Seconds left, or None until there are four samples to estimate from."""
+        newest = self.samples[-1][0] if self.samples else 0
+        recent = [s for s in self.samples if s[0] >= newest * (1.0 - self.window)]
+        if len(recent) < 4:
+            recent = list(self.samples)[-4:]
+        if len(recent) < 4:
+            return None
+        c = np.asarray([s[0] for s in recent], dtype=np.float64) - newest
+        t = np.asarray([s[1] for s in recent], dtype=np.float64)
+        curve, slope, _ = np.polyfit(c, t, 2)
+        rise = 2.0 * curve
+        if rise <= 0.0:
+            slope, rise = float(np.polyfit(c, t, 1)[0]), 0.0
+        left = max(0, self.total - newest)
+        return max(0.0, float(slope * left + rise * left * left / 2))
+
+
+def eta_column(eta: SearchEta) -> object:
+    """A rich progress column showing ``eta.remaining()`` (``-:--`` until it can be estimated)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class _EtaColumn(ProgressColumn):
+        def render(self, task: object) -> Text:
+            left = eta.remaining()
+            return Text("eta " + ("-:--" if left is None else format_duration(left)), style="progress.remaining")
+
+    return _EtaColumn()
