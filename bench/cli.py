@@ -263,7 +263,7 @@ def build_profile_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pieces", type=int, default=160, help="pieces timed on their own (GPU backends; default 160)")
     p.add_argument("--validation-nets", type=int, default=30, help="held-out networks measured end to end")
-    p.add_argument("--calibration-nets", type=int, default=6, help="networks that calibrate the piece sum")
+    p.add_argument("--calibration-nets", type=int, default=12, help="networks that calibrate the operator sum")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per measurement")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", help="the table to write (resumes from OUT.partial when present)")

@@ -149,11 +149,12 @@ class GenomeLatency:
         if _is_v100(predictor):
             self._sizes = self._stage_sizes(predictor.input_size, lambda size, stride: size // stride)
             self._stem_ms, self._block_ms = self._v100_stem, self._v100_blocks
-            self._scale, self._offset = 1.0, 0.0
+            self._scale, self._per_conv, self._offset = 1.0, 0.0, 0.0
         elif isinstance(predictor, LatencyTable):
             self._sizes = self._stage_sizes(predictor.input_size, lambda size, stride: (size - 1) // stride + 1)
             self._stem_ms, self._block_ms = self._table_stem, self._table_blocks
             self._scale = float(predictor.calibration.get("scale", 1.0))
+            self._per_conv = float(predictor.calibration.get("per_conv_ms", 0.0))
             self._offset = float(predictor.calibration.get("offset_ms", 0.0))
         else:
             self._sizes = None
@@ -178,6 +179,7 @@ class GenomeLatency:
             stem_ms = self._stems[genome[0]] = self._stem_ms(genome[0])
         total = stem_ms
         prev = genome[0]
+        depths = 0
         blocks, strides, sizes = self._blocks, self.space.strides, self._sizes
         for j in range(len(strides)):
             out, k, depth, btn = genome[1 + 4 * j : 5 + 4 * j]
@@ -186,8 +188,10 @@ class GenomeLatency:
             if pair is None:
                 pair = blocks[key] = self._block_ms(prev, out, k, btn, strides[j], sizes[j + 1])
             total += pair[0] if depth == 1 else pair[0] + (depth - 1) * pair[1]
+            depths += depth
             prev = out
-        return self._scale * total + self._offset
+        convs = 1 + 3 * depths + len(strides)  # maedet.zoo.latency.conv_count of the decoded structure
+        return self._scale * total + self._per_conv * convs + self._offset
 
     # ---------------------------------------------------------------- the authors' V100 conv list, per stage
     def _v100_stem(self, out: int) -> float:

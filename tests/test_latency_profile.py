@@ -216,3 +216,25 @@ def test_the_missed_goal_sentence_names_figures_and_remedies():
     assert "RMSPE 21.8%, 36% within ±10%, Spearman ρ 0.949 on 33 held-out networks" in text
     assert "--threads 1" in text and "quiet machine" in text and text.endswith(".") and ". " not in text
     assert "--threads 1" not in missed_goal_sentence("t.json", {"threads": 1}, validation)
+
+
+def test_calibration_recovers_a_per_convolution_cost():
+    """Whole networks that pay a fixed cost per convolution beside their kernels (ONNX Runtime with several threads
+    at small inputs): the calibration finds scale, per-convolution cost and offset, and the prediction follows."""
+    from maedet.bench.profile import _calibration
+    from maedet.zoo.latency import LatencyTable, conv_count
+
+    table = LatencyTable(
+        target={"backend": "ort-cpu", "precision": "fp32", "batch": 1, "input_size": 320, "threads": 2},
+        model={
+            "channel_block": 16,
+            "roles": {r: [2e-8, 1e-7, 1e-7, 0.0, 0.01] for r in ("stem", "pw", "k3s1", "k3s2")},
+        },
+    )
+    nets = sample_structures(12, seed=5, resolution=320)
+    measured = [1.2 * table.raw_sum_ms(s) + 0.3 * conv_count(s) + 2.0 for s in nets]
+    table.calibration = _calibration(table, nets, measured)
+    assert table.calibration == pytest.approx({"scale": 1.2, "per_conv_ms": 0.3, "offset_ms": 2.0}, rel=1e-6)
+    held_out = sample_structures(4, seed=6, resolution=320)
+    for s in held_out:
+        assert table.predict_ms(s) == pytest.approx(1.2 * table.raw_sum_ms(s) + 0.3 * conv_count(s) + 2.0)

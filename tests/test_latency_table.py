@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from maedet.errors import MaeDetError
-from maedet.zoo import load_structure, macs
+from maedet.zoo import cost, load_structure, macs
 from maedet.zoo.latency import (
     FEATURE_NAMES,
     TABLE_FORMAT,
@@ -72,6 +72,11 @@ def test_prediction_is_the_hand_computed_linear_sum():
     assert predict_latency(s, table) == pytest.approx(macs(s, 224, 224) * 1e-6, rel=1e-12)
     table.calibration = {"scale": 2.0, "offset_ms": 3.0}
     assert table.predict_ms(s) == pytest.approx(2 * macs(s, 224, 224) * 1e-6 + 3.0, rel=1e-12)
+    # a fixed cost per convolution the runtime runs: the stem, 3 per block, 1 shortcut per stage
+    table.calibration = {"scale": 2.0, "per_conv_ms": 0.25, "offset_ms": 3.0}
+    convs = 1 + sum(3 * st.depth + 1 for st in s.stages)
+    assert convs == cost(s).layers + len(s.stages)
+    assert table.predict_ms(s) == pytest.approx(2 * macs(s, 224, 224) * 1e-6 + 0.25 * convs + 3.0, rel=1e-12)
     # a fixed 0.5 ms per operator: stem, then per stage 3 convs + shortcut + pool (stride 2) + add, 4 per repeat
     overhead = _table({key: [0.0, 0.0, 0.0, 0.0, 0.5] for key in ROLES})
     ops = 1 + sum(5 + (st.stride == 2) + 4 * (st.depth - 1) for st in s.stages)

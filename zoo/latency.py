@@ -39,6 +39,7 @@ __all__ = [
     "LatencyTable",
     "Op",
     "Piece",
+    "conv_count",
     "fit_op_model",
     "load_latency_table",
     "op_features",
@@ -123,6 +124,11 @@ def structure_pieces(structure: Structure, input_size: int) -> list[tuple[Piece,
                 (Piece("rest", st.out_chs, st.out_chs, st.kernel_size, 1, size, st.bottleneck_chs), st.depth - 1)
             )
     return pieces
+
+
+def conv_count(structure: Structure) -> int:
+    """Convolutions a backbone runs: the stem, three per block and the projection shortcut of each stage."""
+    return 1 + sum(3 * st.depth + 1 for st in structure.stages)
 
 
 def piece_ops(piece: Piece) -> dict[str, Op]:
@@ -282,9 +288,11 @@ class LatencyTable:
         return sum(self.piece_ms(p) * n for p, n in structure_pieces(structure, self.input_size))
 
     def predict_ms(self, structure: Structure) -> float:
-        """Predicted latency of a whole backbone, ms per batch of the target."""
+        """Predicted latency of a whole backbone, ms per batch of the target: the calibrated operator sum plus a
+        fixed cost per convolution the runtime runs (the per-node cost outside the kernels) and an offset."""
         cal = self.calibration
-        return float(cal.get("scale", 1.0)) * self.raw_sum_ms(structure) + float(cal.get("offset_ms", 0.0))
+        per_conv = float(cal.get("per_conv_ms", 0.0)) * conv_count(structure)
+        return float(cal.get("scale", 1.0)) * self.raw_sum_ms(structure) + per_conv + float(cal.get("offset_ms", 0.0))
 
     def predict_ms_per_image(self, structure: Structure) -> float:
         return self.predict_ms(structure) / self.batch
