@@ -400,7 +400,7 @@ def describe_table(table: LatencyTable) -> str:
         "versions: " + ", ".join(f"{k} {val}" for k, val in sorted(table.versions.items())),
         f"measured: {m.get('method', '?')}, {m.get('samples', len(table.samples))} samples, "
         f"{m.get('rounds', '?')} rounds; model: {', '.join(sorted(table.model.get('roles', {})))}, "
-        f"channel block {table.model.get('channel_block')}, calibration scale {table.calibration.get('scale', 1):.3f}",
+        f"channel block {table.model.get('channel_block')}, calibration: {_calibration_text(table.calibration)}",
     ]
     if v:
         lines.append(
@@ -428,3 +428,8 @@ def _goal_line(validation: dict[str, Any]) -> str:
     if met is None:
         recorded = " (the table records neither the verdict nor the figures)"
     return f"  validation goal ({goal_text()}): {word}{recorded}"
+
+
+def _calibration_text(calibration: dict[str, float]) -> str:
+    scale, per_conv = calibration.get("scale", 1.0), calibration.get("per_conv_ms", 0.0)
+    return f"scale {scale:.3f} + {per_conv:.3f} ms per convolution + {calibration.get('offset_ms', 0.0):.2f} ms"

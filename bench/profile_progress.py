@@ -36,7 +36,8 @@ class _LogLines:
         elapsed = time.monotonic() - self.started
         if label.startswith("already"):
             self.resumed = self.done
-            LOG.info("profiling: %d of %d units %s", self.done, self.total, label)
+            if self.done:
+                LOG.info("profiling: %d of %d units %s", self.done, self.total, label)
             return
         measured = self.done - self.resumed
         rest = elapsed / measured * (self.total - self.done) if measured else 0.0
