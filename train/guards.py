@@ -43,7 +43,8 @@ def check_out_folder(out: Path, resume: bool) -> None:
 
 def _with_grad(module: nn.Module, example: torch.Tensor) -> None:
     """A training forward on meta tensors: parameters require grad, so autograd keeps what backward needs."""
-    params = {k: torch.empty_like(v, device="meta").requires_grad_(v.is_floating_point())
+    trainable = {name for name, _ in module.named_parameters()}
+    params = {k: torch.empty_like(v, device="meta").requires_grad_(k in trainable)
               for k, v in module.state_dict(keep_vars=True).items()}  # fmt: skip
     with torch.enable_grad():
         outputs = torch.func.functional_call(module, params, (example,))
