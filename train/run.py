@@ -107,7 +107,7 @@ def _prepare(settings: TrainSettings, dist_env: Distributed, resuming: bool) -> 
     detector = build_detector(settings.model, num_classes, recipe.fpn_channels, recipe.stacked_convs)
     check_memory(detector, recipe)
     if dist_env.world > 1 and recipe.sync_bn:
-        detector = convert_sync_batchnorm(detector)
+        detector = convert_sync_batchnorm(detector, dist_env.device)
     detector.to(dist_env.device)
     loader = make_train_loader(coco, recipe, dist_env, settings.seed, settings.workers)
     trainer = Trainer(detector, loader, recipe, dist_env, amp=settings.amp, clip_grad=settings.clip_grad,

@@ -1,10 +1,10 @@
-"""Synchronised batch norm on every device: torch's SyncBatchNorm, taught to run on CPU processes (gloo) too.
+"""Synchronised batch norm on every device: torch's SyncBatchNorm on CUDA, and its counterpart for CPU processes.
 
-torch's ``SyncBatchNorm`` refuses CPU tensors, so a CPU run on several processes (and the CPU proof that two
-processes equal one) could not use it. :class:`CpuSyncBatchNorm` is a ``SyncBatchNorm`` whose training forward
-on a CPU tensor all-reduces the batch mean and then the squared deviations over the process group, through
-``torch.distributed.nn.functional.all_reduce`` (autograd-aware, so the gradient flows through the shared
-statistics exactly as in torch's CUDA kernel). On CUDA, in eval mode or in a single process it is torch's.
+torch's ``SyncBatchNorm`` refuses CPU tensors (and DDP refuses it in a CPU module), so a CPU run on several
+processes (and the CPU proof that two processes equal one) could not use it. :class:`CpuSyncBatchNorm` is a
+batch norm whose training forward all-reduces the batch mean and then the squared deviations over the process
+group, through ``torch.distributed.nn.functional.all_reduce`` (autograd-aware, so the gradient flows through the
+shared statistics as in torch's CUDA kernel). In eval mode or in a single process it is plain batch norm.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["CpuSyncBatchNorm", "convert_sync_batchnorm"]
 
@@ -22,11 +23,17 @@ def _all_reduce_sum(tensor: torch.Tensor, group: object) -> torch.Tensor:
     return all_reduce(tensor, op=dist.ReduceOp.SUM, group=group or dist.group.WORLD)
 
 
-class CpuSyncBatchNorm(nn.SyncBatchNorm):
-    """``nn.SyncBatchNorm`` that also synchronises CPU tensors (two-pass mean and variance over all processes)."""
+class CpuSyncBatchNorm(_BatchNorm):
+    """Batch norm with statistics over every process (two-pass mean and variance), for CPU tensors."""
+
+    process_group: object = None
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (self.training and input.device.type == "cpu" and dist.is_available() and dist.is_initialized()):
+        if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(input)
         self._check_input_dim(input)
         dims = [0, *range(2, input.dim())]
@@ -54,10 +61,11 @@ class CpuSyncBatchNorm(nn.SyncBatchNorm):
         self.running_var.mul_(1 - momentum).add_(var * n / max(n - 1, 1.0), alpha=momentum)
 
 
-def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Every BatchNorm of ``model`` as a synchronised one (torch's conversion, CPU-capable class); other norms kept."""
+def convert_sync_batchnorm(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """Every BatchNorm of ``model`` synchronised (torch's conversion; the CPU class off CUDA); other norms kept."""
     model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for module in model.modules():
-        if type(module) is nn.SyncBatchNorm:
-            module.__class__ = CpuSyncBatchNorm
+    if torch.device(device).type != "cuda":
+        for module in model.modules():
+            if type(module) is nn.SyncBatchNorm:
+                module.__class__ = CpuSyncBatchNorm
     return model
