@@ -89,7 +89,11 @@ def _nearest_candidates(distances: torch.Tensor, num_per_level: Sequence[int], t
 def atss_assign(
     anchors: torch.Tensor, num_per_level: Sequence[int], gt_boxes: torch.Tensor, topk: int = ATSS_TOPK
 ) -> torch.Tensor:
-    """(A,) index of the box each (valid) anchor is assigned to, −1 for background. ``anchors`` (A, 4), boxes (G, 4)."""
+    """(A,) index of the box each (valid) anchor is assigned to, −1 for background. ``anchors`` (A, 4), boxes (G, 4).
+
+    Computed in float32, as the authors' code does, whatever the inputs' dtype.
+    """
+    anchors, gt_boxes = anchors.float(), gt_boxes.float()
     num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
     assigned = torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device)
     if num_gt == 0 or num_anchors == 0:
