@@ -288,7 +288,9 @@ def _header_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
-            orientation = img.getexif().get(0x0112, 1)
+            # only where EXIF sits in the header: PNG's getexif() would decode the whole image to find it
+            exif_in_header = img.format in ("JPEG", "MPO", "TIFF")
+            orientation = img.getexif().get(0x0112, 1) if exif_in_header else 1
     except FileNotFoundError:
         raise MaeDetError(f"image {str(path)!r} does not exist.") from None
     except IsADirectoryError:
