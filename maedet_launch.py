@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-__all__ = ["bench", "convert", "detect", "evaluate", "export", "search", "train"]
+__all__ = ["bench", "convert", "data", "detect", "evaluate", "export", "search", "train"]
 
 _TOOLS = {
     "maedet-search": ("maedet.search.cli", "main"),
@@ -21,6 +21,7 @@ _TOOLS = {
     "maedet-detect": ("maedet.detect.cli", "detect_main"),
     "maedet-eval": ("maedet.detect.cli", "eval_main"),
     "maedet-train": ("maedet.train.cli", "main"),
+    "maedet-data": ("maedet.train.data_cli", "main"),
 }
 
 
@@ -56,6 +57,10 @@ def detect() -> int:
 
 def evaluate() -> int:
     return _launch("maedet-eval")
+
+
+def data() -> int:
+    return _launch("maedet-data")
 
 
 def train() -> int:
