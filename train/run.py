@@ -160,8 +160,15 @@ def _epochs(trainer: Trainer, settings: TrainSettings, log: MetricsLog | None) -
         while p.epoch < recipe.epochs:
             started = time.perf_counter()
             epoch = p.epoch
-            with EpochBar(epoch, recipe.epochs, trainer.iters_per_epoch, p.batches_done, _bar_on(trainer)) as bar:
-                means = trainer.run_epoch(epoch, stop, bar.update)
+            try:
+                with EpochBar(epoch, recipe.epochs, trainer.iters_per_epoch, p.batches_done, _bar_on(trainer)) as bar:
+                    means = trainer.run_epoch(epoch, stop, bar.update)
+            except RuntimeError:
+                if not stop.requested:
+                    raise
+                # the signal also ended a loader worker, maybe mid-step: the last epoch's checkpoint stays the state
+                where = f"stopped in epoch {epoch + 1}; it resumes from the end of epoch {epoch}"
+                raise TrainingInterrupted(where) from None
             p.elapsed_s += time.perf_counter() - started
             if means is None:
                 if trainer.dist.is_main:
