@@ -25,7 +25,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(shapes: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("run") / "out"
-    settings = tiny_settings(shapes, out, val=True, epochs=6, eval_every=3, warmup_iters=3, flip=0.5)
+    settings = tiny_settings(shapes, out, val=True, epochs=6, eval_every=3, warmup_iters=3, flip=0.5, fpn_channels=64)
     settings.ema, settings.ema_decay = True, 0.5
     return train(settings), out
 
@@ -55,7 +55,7 @@ def test_the_detector_folder_loads_with_the_ema_weights(trained):
     state = torch.load(out / "last.pt", weights_only=True)
     for key, value in detector.state_dict().items():
         assert torch.equal(value, state["ema"][key]), key
-    assert detector.num_classes == 6 and detector.build_args["fpn_channels"] == 32
+    assert detector.num_classes == 6 and detector.build_args["fpn_channels"] == 64
 
 
 def test_eval_and_export_take_the_folder_as_it_is(trained, shapes, tmp_path):
