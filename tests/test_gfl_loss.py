@@ -306,9 +306,9 @@ def test_gradcheck_quality_focal_loss():
 
 def test_gradcheck_distribution_focal_loss():
     gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(8, 17, generator=gen, dtype=torch.float64, requires_grad=True)
-    target = torch.rand(8, generator=gen, dtype=torch.float64) * 15.9
-    assert torch.autograd.gradcheck(lambda x: distribution_focal_loss(x, target), (logits,))
+    logits = torch.randn(3, 17, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0.25, 7.5, 15.9], dtype=torch.float64)  # low, middle, clamped top
+    assert torch.autograd.gradcheck(lambda x: distribution_focal_loss(x, target), (logits,), fast_mode=True)
 
 
 def test_gradcheck_giou():
