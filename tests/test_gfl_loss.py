@@ -306,9 +306,9 @@ def test_gradcheck_quality_focal_loss():
 
 def test_gradcheck_distribution_focal_loss():
     gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(8, 17, generator=gen, dtype=torch.float64, requires_grad=True)
-    target = torch.rand(8, generator=gen, dtype=torch.float64) * 15.9
-    assert torch.autograd.gradcheck(lambda x: distribution_focal_loss(x, target), (logits,))
+    logits = torch.randn(3, 17, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0.25, 7.5, 15.9], dtype=torch.float64)  # low, middle, clamped top
+    assert torch.autograd.gradcheck(lambda x: distribution_focal_loss(x, target), (logits,), fast_mode=True)
 
 
 def test_gradcheck_giou():
@@ -444,3 +444,14 @@ def test_two_gloo_processes_equal_one_process_with_the_whole_batch(tmp_path):
             torch.testing.assert_close(
                 rank["grads"][i] / world, whole[r * per_rank : (r + 1) * per_rank], rtol=1e-5, atol=1e-8
             )
+
+
+def test_bfloat16_outputs_give_float32_losses_even_under_autocast():
+    scores, logits, targets, pads = _random_batch(2, seed=3)
+    low_scores, low_logits = [s.bfloat16() for s in scores], [x.bfloat16() for x in logits]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = gfl_loss(low_scores, low_logits, targets, pads, STRIDES, 3).sums()
+    want = gfl_loss([s.float() for s in low_scores], [x.float() for x in low_logits], targets, pads, STRIDES, 3).sums()
+    for term in TERMS:
+        assert got[term].dtype == torch.float32
+        assert torch.equal(got[term], want[term])

@@ -197,7 +197,9 @@ def _level_sums(
 
 def _normalisers(num_total_pos: int, weight_sum: torch.Tensor | float, device: torch.device) -> tuple[float, float]:
     """(QFL divisor, box-loss divisor), averaged over processes when torch.distributed runs several."""
-    stats = torch.tensor([float(num_total_pos), float(weight_sum)], dtype=torch.float64, device=device)
+    count = torch.tensor([float(num_total_pos)], dtype=torch.float64, device=device)
+    weights = torch.as_tensor(weight_sum, dtype=torch.float64, device=device).reshape(1)  # no host round trip
+    stats = torch.cat([count, weights])
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(stats.div_(dist.get_world_size()))
     num_total_samples, avg_factor = stats.tolist()
