@@ -137,7 +137,9 @@ def test_data_cli_writes_the_set_and_prints_its_folder(tmp_path: Path, capsys: p
         ("--out {tmp}/new --train 2 --val 1 --classes circle hexagon", "hexagon"),
         ("--out {tmp}/new --train 2 --val 1 --classes circle circle", "repeated"),
         ("--out {tmp}/missing/new --train 2 --val 1", "does not exist"),
-        ("--out {file} --train 2 --val 1", "not empty"),
+        ("--out {file} --train 2 --val 1", "not a folder"),
+        ("--out {tmp}/new --train 100000000000 --val 1", "GiB free"),
+        ("--out {tmp}/" + "n" * 256 + " --train 2 --val 1", "too long"),
         ("--out {tmp}/new --train two --val 1", "invalid int"),
     ],
 )
