@@ -530,3 +530,21 @@ def test_batch_larger_than_the_data_is_one_sentence(odd_sizes) -> None:
     assert len(make_loader(dataset, 8)) == 1
     with pytest.raises(MaeDetError, match="at least 1"):
         make_loader(dataset, 0)
+
+
+def test_an_epoch_resumed_at_a_batch_gives_the_rest_of_that_epoch(odd_sizes) -> None:
+    dataset = DetectionDataset(odd_sizes, TrainTransform(short_range=(30, 60), long_limit=100))
+    loader = make_loader(dataset, 2, shuffle=True, seed=5)
+    loader.set_epoch(3)
+    assert len(loader) == loader.batches_per_epoch == 3
+    whole = [(b.image_ids, b.pad_sizes, b.images) for b in loader]
+    loader.set_epoch(0)
+    _ = [b.image_ids for b in loader]  # another epoch in between changes nothing
+    loader.set_epoch(3, start_batch=1)
+    assert len(loader) == 2
+    rest = [(b.image_ids, b.pad_sizes, b.images) for b in loader]
+    assert [r[:2] for r in rest] == [w[:2] for w in whole[1:]]
+    for (_, _, a), (_, _, b) in zip(rest, whole[1:], strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(MaeDetError, match="an epoch has 3 batches"):
+        loader.set_epoch(3, start_batch=4)
