@@ -8,6 +8,8 @@ import hashlib
 import json
 import math
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -548,3 +550,17 @@ def test_an_epoch_resumed_at_a_batch_gives_the_rest_of_that_epoch(odd_sizes) -> 
         assert torch.equal(a, b)
     with pytest.raises(MaeDetError, match="an epoch has 3 batches"):
         loader.set_epoch(3, start_batch=4)
+
+
+def test_an_image_announcing_gigapixels_is_one_sentence_before_and_during_training(odd_sizes, tmp_path: Path) -> None:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    bomb = tmp_path / "bomb.png"  # a valid PNG header for 20000 × 20000 pixels, a few bytes of data
+    header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+    records = [dataclasses.replace(odd_sizes[0], path=bomb)]
+    with pytest.raises(MaeDetError, match=r"bomb\.png"):
+        check_images(records)
+    with pytest.raises(MaeDetError, match=r"bomb\.png' is too large to decode"):
+        next(iter(make_loader(DetectionDataset(records, TrainTransform()), 1, workers=1)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,6 +71,18 @@ class Batch:
         return Batch(images, targets, self.pad_sizes, self.image_ids, self.image_sizes)
 
 
+def _read(path: Path) -> np.ndarray:
+    """:func:`maedet.detect.run.read_image`, with PIL's refusal of a decompression bomb as a sentence too."""
+    from PIL import Image
+
+    try:
+        return read_image(path)
+    except Image.DecompressionBombError:
+        raise MaeDetError(
+            f"image {str(path)!r} is too large to decode ({Image.MAX_IMAGE_PIXELS} pixels at most)."
+        ) from None
+
+
 class DetectionDataset(Dataset):
     """Records + a transform; ``set_epoch`` changes the augmentation draws (call it before each epoch)."""
 
@@ -90,7 +103,7 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> DetectionItem:
         record = self.records[index]
-        out = self.transform(read_image(record.path), record.boxes, self.generator(index))
+        out = self.transform(_read(record.path), record.boxes, self.generator(index))
         target = {"boxes": out.boxes.float(), "labels": torch.from_numpy(record.labels.copy())}
         return DetectionItem(out.image, target, record.image_id, out.pad_size, out.image_size)
 
