@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-from maedet.cli import add_subparsers, add_verbosity, make_parser, run_cli
+from maedet.cli import add_subparsers, add_verbosity, make_parser, progress_bar, run_cli
 
 from .shapes import SHAPE_CLASSES, generate_shapes
 
@@ -17,16 +14,7 @@ __all__ = ["main"]
 
 def _shapes(args: argparse.Namespace) -> int:
     total = args.train + args.val
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    with progress:
+    with progress_bar() as progress:
         task = progress.add_task("drawing shapes", total=max(total, 0))
         out = generate_shapes(
             args.out,

@@ -8,8 +8,10 @@ worker comes back as a marker, and the loader raises it in the main process as o
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,6 +71,18 @@ class Batch:
         return Batch(images, targets, self.pad_sizes, self.image_ids, self.image_sizes)
 
 
+def _read(path: Path) -> np.ndarray:
+    """:func:`maedet.detect.run.read_image`, with PIL's refusal of a decompression bomb as a sentence too."""
+    from PIL import Image
+
+    try:
+        return read_image(path)
+    except Image.DecompressionBombError:
+        raise MaeDetError(
+            f"image {str(path)!r} is too large to decode ({Image.MAX_IMAGE_PIXELS} pixels at most)."
+        ) from None
+
+
 class DetectionDataset(Dataset):
     """Records + a transform; ``set_epoch`` changes the augmentation draws (call it before each epoch)."""
 
@@ -89,7 +103,7 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> DetectionItem:
         record = self.records[index]
-        out = self.transform(read_image(record.path), record.boxes, self.generator(index))
+        out = self.transform(_read(record.path), record.boxes, self.generator(index))
         target = {"boxes": out.boxes.float(), "labels": torch.from_numpy(record.labels.copy())}
         return DetectionItem(out.image, target, record.image_id, out.pad_size, out.image_size)
 
@@ -135,17 +149,35 @@ def _collate_guarded(items: Sequence[DetectionItem | _ItemError]) -> Batch | _It
     return collate(items)  # type: ignore[arg-type]
 
 
+class _FromPosition(Sampler[int]):
+    """The wrapped sampler's order from position ``start`` on (resuming inside an epoch); the order itself is
+    drawn whole, so the remaining indices are those an uninterrupted epoch would have given."""
+
+    def __init__(self, inner: Sampler) -> None:
+        self.inner = inner
+        self.start = 0
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.start)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.inner), self.start, None)
+
+
 class DetectionLoader:
     """torch's DataLoader over a :class:`DetectionDataset`, with per-epoch seeding and read errors as sentences.
 
     ``set_epoch(e)`` (call it before each epoch) reseeds the shuffle, the augmentation and a distributed sampler
-    from (seed, e) alone, so epoch ``e`` is the same batches whether it follows epoch ``e − 1`` or a resume.
+    from (seed, e) alone, so epoch ``e`` is the same batches whether it follows epoch ``e − 1`` or a resume;
+    ``set_epoch(e, start_batch=k)`` gives that epoch's batches from the k-th on (a resume inside an epoch).
+    ``len()`` is the number of batches the next iteration gives.
     """
 
-    def __init__(self, dataset: Dataset, loader: DataLoader, sampler: Sampler, seed: int, shuffle_gen: torch.Generator):
+    def __init__(self, dataset: Dataset, loader: DataLoader, sampler: _FromPosition, seed: int, shuffle_gen):
         self.dataset = dataset
         self.loader = loader
-        self.sampler = sampler
+        self._position = sampler
+        self.sampler = sampler.inner
         self.seed = seed
         self.epoch = 0
         self._shuffle_gen = shuffle_gen
@@ -155,11 +187,21 @@ class DetectionLoader:
     def batch_size(self) -> int:
         return int(self.loader.batch_size or 1)
 
+    @property
+    def batches_per_epoch(self) -> int:
+        full = len(self.sampler)  # type: ignore[arg-type]
+        return full // self.batch_size if self.loader.drop_last else -(-full // self.batch_size)
+
     def __len__(self) -> int:
         return len(self.loader)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise MaeDetError(
+                f"cannot start epoch {epoch} at batch {start_batch}: an epoch has {self.batches_per_epoch} batches."
+            )
         self.epoch = int(epoch)
+        self._position.start = int(start_batch) * self.batch_size
         self._shuffle_gen.manual_seed(mix_seed(self.seed, self.epoch, 1))
         assert self.loader.generator is not None
         self.loader.generator.manual_seed(mix_seed(self.seed, self.epoch, 2))  # workers' base seed
@@ -214,14 +256,15 @@ def make_loader(
     _check_sizes(batch_size, workers, len(sampler), drop_last)  # type: ignore[arg-type]
     if hasattr(dataset, "seed"):
         dataset.seed = int(seed)
+    position = _FromPosition(sampler)
     loader = DataLoader(
         _Guarded(dataset),
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=position,
         num_workers=workers,
         collate_fn=_collate_guarded,
         drop_last=drop_last,
         pin_memory=pin_memory,
         generator=torch.Generator(),  # the workers' base seed, never drawn from the global RNG
     )
-    return DetectionLoader(dataset, loader, sampler, int(seed), shuffle_gen)
+    return DetectionLoader(dataset, loader, position, int(seed), shuffle_gen)

@@ -129,11 +129,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- one epoch
     def batches(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
-        """The epoch's batches (the same on resume: the loader reseeds from the epoch), the first ``skip`` left out."""
-        self.loader.set_epoch(epoch)
-        for i, batch in enumerate(self.loader):
-            if i >= skip:
-                yield batch
+        """The epoch's batches from batch ``skip`` on (the same as uninterrupted: the loader reseeds from the epoch)."""
+        self.loader.set_epoch(epoch, start_batch=skip)
+        yield from self.loader
 
     def run_epoch(self, epoch: int, stop: StopRequest, on_step: Any = None) -> dict[str, float] | None:
         """Train one epoch (from where it was left); mean loss terms, or None when a stop was asked mid-epoch."""

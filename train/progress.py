@@ -9,26 +9,21 @@ __all__ = ["EpochBar"]
 
 
 class EpochBar:
-    """A rich progress bar for one epoch; does nothing when ``enabled`` is false (other ranks, --quiet)."""
+    """The tools' progress bar for one epoch, its description the loss terms, lr and images/s.
+
+    It does nothing when ``enabled`` is false (ranks other than 0, --quiet).
+    """
 
     def __init__(self, epoch: int, epochs: int, total: int, done: int, enabled: bool) -> None:
         self.enabled = enabled
         self.start, self.images = time.perf_counter(), 0
         if not enabled:
             return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from maedet.cli import progress_bar
 
-        self.bar = Progress(
-            TextColumn(f"epoch {epoch + 1}/{epochs}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self.task = self.bar.add_task("train", total=total, completed=done, status="")
+        self.label = f"epoch {epoch + 1}/{epochs}"
+        self.bar = progress_bar()
+        self.task = self.bar.add_task(self.label, total=total, completed=done)
         self.bar.start()
 
     def update(self, losses: dict[str, float], lr: float, images: int) -> None:
@@ -37,7 +32,8 @@ class EpochBar:
         self.images += images
         rate = self.images / max(time.perf_counter() - self.start, 1e-9)
         terms = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in losses.items())
-        self.bar.update(self.task, advance=1, status=f"{terms} lr {lr:.2e} {rate:.1f} img/s")
+        status = f"{self.label} {terms} lr {lr:.2e} {rate:.1f} img/s"
+        self.bar.update(self.task, advance=1, description=status)
 
     def close(self) -> None:
         if self.enabled:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ SPLITS = {"train": 0, "val": 1}
 MIN_SIZE, MAX_SIZE = 64, 4096
 _SIZE_RANGE = (0.08, 0.5)  # object diameter as a fraction of the image's short side (log-uniform)
 _MAX_OBJECTS = 6
+_BYTES_PER_PIXEL = 0.6  # a JPEG at quality 92 with noise; the measured mean is about 0.25
 _MIN_CONTRAST = 70.0  # mean absolute RGB difference between an object and the background under it
 
 
@@ -251,7 +253,7 @@ def _write_split(
     return _split_json(images, objects, [SHAPE_CLASSES[c] for c in classes])
 
 
-def _check_request(out: Path, counts: dict[str, int], size: int, classes: Sequence[str]) -> list[int]:
+def _check_request(counts: dict[str, int], size: int, classes: Sequence[str]) -> list[int]:
     for split, count in counts.items():
         if count < 1:
             raise MaeDetError(f"--{split} must be at least 1 image, got {count}.")
@@ -261,9 +263,29 @@ def _check_request(out: Path, counts: dict[str, int], size: int, classes: Sequen
     if unknown or not classes or len(set(classes)) != len(classes):
         what = f"unknown class {unknown[0]!r}" if unknown else "an empty or repeated class list"
         raise MaeDetError(f"--classes has {what}; choose distinct names from {', '.join(SHAPE_CLASSES)}.")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MaeDetError(f"the output folder {str(out)!r} exists and is not empty; give a new or empty folder.")
     return sorted(SHAPE_CLASSES.index(c) for c in classes)
+
+
+def _check_out(out: Path, images: int, size: int) -> None:
+    """A new or empty folder, a name the file system takes, and room for the images (estimated generously)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise MaeDetError(f"the output {str(out)!r} exists and is not a folder; give a new or empty folder.")
+    if out.is_dir() and any(out.iterdir()):
+        raise MaeDetError(f"the output folder {str(out)!r} exists and is not empty; give a new or empty folder.")
+    if not out.parent.is_dir():
+        return  # atomic_output_dir says so in its own sentence
+    if len(os.fsencode(out.name)) > os.pathconf(out.parent, "PC_NAME_MAX"):
+        raise MaeDetError(f"the output folder name is too long for this file system ({str(out.name)[:40]}...).")
+    need = images * (_BYTES_PER_PIXEL * size * size + 300)
+    free = shutil.disk_usage(out.parent).free
+    if need > free:
+        raise MaeDetError(
+            f"{images} images of {size} px need about {_human(need)} but {str(out.parent)!r} has {_human(free)} free."
+        )
+
+
+def _human(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
 def generate_shapes(
@@ -282,7 +304,8 @@ def generate_shapes(
     """
     out = Path(out)
     counts = {"train": int(train), "val": int(val)}
-    indices = _check_request(out, counts, int(size), list(classes))
+    indices = _check_request(counts, int(size), list(classes))
+    _check_out(out, sum(counts.values()), int(size))
     tick = on_image or (lambda: None)
     with atomic_output_dir(out, "data folder") as staging:
         for split, count in counts.items():
