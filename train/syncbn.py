@@ -45,7 +45,7 @@ class CpuSyncBatchNorm(_BatchNorm):
         centred = input - mean.view(shape)
         var = _all_reduce_sum((centred * centred).sum(dims), self.process_group) / n
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
-            self._update_running(mean.detach(), var.detach(), float(n))
+            self._update_running(mean.detach(), var.detach(), float(n.detach()))
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
