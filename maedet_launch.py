@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-__all__ = ["bench", "convert", "detect", "evaluate", "export", "search"]
+__all__ = ["bench", "convert", "data", "detect", "evaluate", "export", "search", "train"]
 
 _TOOLS = {
     "maedet-search": ("maedet.search.cli", "main"),
@@ -20,6 +20,8 @@ _TOOLS = {
     "maedet-convert": ("maedet.zoo.convert", "main"),
     "maedet-detect": ("maedet.detect.cli", "detect_main"),
     "maedet-eval": ("maedet.detect.cli", "eval_main"),
+    "maedet-train": ("maedet.train.cli", "main"),
+    "maedet-data": ("maedet.train.data_cli", "main"),
 }
 
 
@@ -55,3 +57,11 @@ def detect() -> int:
 
 def evaluate() -> int:
     return _launch("maedet-eval")
+
+
+def data() -> int:
+    return _launch("maedet-data")
+
+
+def train() -> int:
+    return _launch("maedet-train")

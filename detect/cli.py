@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from maedet.cli import make_parser, run_cli
+from maedet.cli import make_parser, progress_bar, run_cli
 from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text
 
@@ -55,18 +54,6 @@ def _backend(args: argparse.Namespace) -> Backend:
     )
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-
-
 def _expand(inputs: Sequence[str]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
@@ -99,7 +86,7 @@ def _detect(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     backend = _backend(args)
     names, cat_ids = class_names(backend.num_classes), category_ids(backend.num_classes)
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task(f"detecting ({backend.name})", total=len(files))
         results = detect_images(
             files,
@@ -133,7 +120,7 @@ def _eval_table(stats: dict[str, float], title: str) -> Table:
 
 def _eval(args: argparse.Namespace) -> int:
     backend = _backend(args)
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task(f"evaluating ({backend.name})", total=None)
         result = evaluate(
             backend,

@@ -5,7 +5,10 @@ mmdetection's test pipeline (``Resize(keep_ratio=True)`` with ``img_scale=(1333,
 ``int(side · factor + 0.5)``, bilinear resizing, and zero padding *after* normalisation at the bottom and right.
 Boxes map back by dividing by the per-axis factors (new size / old size). Resizing here is PyTorch's bilinear
 without antialiasing (half-pixel centres, like OpenCV's ``INTER_LINEAR`` that mmcv uses) on the uint8 pixels,
-rounded back to uint8; OpenCV's fixed-point arithmetic can differ by one grey level on some pixels.
+rounded back to uint8; OpenCV's fixed-point arithmetic can differ by one grey level on some pixels. The resize
+runs in float64 and rounds halves up with 1e-7 of slack: torch's kernel splits its work differently for another
+number of threads, and in float32 a value that is exactly k + 0.5 could then round either way, so the same image
+gave a pixel one grey level apart in a data-loader worker (one thread) and in the main process.
 
 A file exported with a static input size is fed a fixed ``H × W``: the image is scaled to fit inside it and
 padded to exactly that size.
@@ -27,6 +30,7 @@ __all__ = ["TEST_SCALE", "Letterboxed", "collate", "letterbox", "map_back", "res
 
 TEST_SCALE = (1333, 800)  # (long side limit, short side limit): the authors' img_scale
 SIZE_DIVISOR = 32
+_ROUNDING_SLACK = 1e-7  # far above float64's error at 255 (~1e-13), far below any real distance from k + 0.5
 
 
 @dataclass
@@ -76,10 +80,10 @@ def letterbox(
         raise MaeDetError(f"an image must be RGB uint8 (H, W, 3), got {tuple(pixels.shape)} {pixels.dtype}.")
     original = (int(pixels.shape[0]), int(pixels.shape[1]))
     new_hw = fit_size(original, fixed_hw) if fixed_hw else rescale_size(original, scale)
-    chw = pixels.permute(2, 0, 1).float().unsqueeze(0)
+    chw = pixels.permute(2, 0, 1).to(torch.float64).unsqueeze(0)
     if new_hw != original:
         chw = F.interpolate(chw, size=new_hw, mode="bilinear", align_corners=False, antialias=False)
-    resized = chw.round().clamp(0, 255).to(torch.uint8)[0]
+    resized = torch.floor(chw + (0.5 + _ROUNDING_SLACK)).clamp(0, 255).to(torch.uint8)[0]
     padded = fixed_hw or (_round_up(new_hw[0], SIZE_DIVISOR), _round_up(new_hw[1], SIZE_DIVISOR))
     return Letterboxed(resized, original, padded)
 

@@ -16,11 +16,22 @@ import errno
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .errors import MaeDetError
 
-__all__ = ["MaeDetArgumentParser", "add_subparsers", "add_verbosity", "configure_logging", "make_parser", "run_cli"]
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+__all__ = [
+    "MaeDetArgumentParser",
+    "add_subparsers",
+    "add_verbosity",
+    "configure_logging",
+    "make_parser",
+    "progress_bar",
+    "run_cli",
+]
 
 LOGGER = logging.getLogger("maedet")
 
@@ -62,6 +73,22 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 def add_subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     """Subcommands in the same style everywhere; each subparser also takes -v/-q."""
     return parser.add_subparsers(dest="command", required=True, parser_class=MaeDetArgumentParser)
+
+
+def progress_bar() -> Progress:
+    """The tools' progress bar on stderr (stdout stays for results): description, bar, n/total, elapsed, ETA."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, TimeRemainingColumn(), console=Console(stderr=True), transient=True)
 
 
 class _PlainFormatter(logging.Formatter):

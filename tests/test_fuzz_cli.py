@@ -159,6 +159,7 @@ BENCH = "maedet-bench"
 CONVERT = "maedet-convert"
 DETECT = "maedet-detect"
 EVAL = "maedet-eval"
+DATA = "maedet-data"
 NAME_256 = "n" * 251 + ".onnx"  # 256 bytes: one more than any Linux file system allows
 
 PROBES = [
@@ -275,6 +276,16 @@ PROBES = [
     _p("detect-onnx-garbage", DETECT, "{in}/calib --onnx {in}/garbage.pth --out {out}/d", "garbage"),
     _p("detect-out-is-file", DETECT, "{in}/calib --model maedet_s_gfl --out {in}/a_file", "a_file"),
     _p("eval-onnx-foreign", EVAL, "--onnx {in}/foreign.onnx --ann {in}/nested.json --images {in}/calib", "detector"),
+    # ---- data: the synthetic set's output folder and sizes
+    _p("data-no-command", DATA, "", "required"),
+    _p("data-out-not-empty", DATA, "shapes --out {out} --train 2 --val 1", "not empty"),
+    _p("data-out-is-file", DATA, "shapes --out {in}/a_file --train 2 --val 1", "not a folder"),
+    _p("data-out-fifo", DATA, "shapes --out {in}/fifo.json --train 2 --val 1", "not a folder"),
+    _p("data-out-in-proc", DATA, "shapes --out /proc/maedet-fuzz --train 2 --val 1", "/proc"),
+    _p("data-out-name-256-bytes", DATA, f"shapes --out {{out}}/{'d' * 256} --train 2 --val 1", "too long"),
+    _p("data-train-huge", DATA, "shapes --out {out}/d --train 100000000000 --val 1", "GiB"),
+    _p("data-size-huge", DATA, "shapes --out {out}/d --train 2 --val 1 --size 100000", "--size"),
+    _p("data-classes-path", DATA, "shapes --out {out}/d --train 2 --val 1 --classes ../../etc", "unknown class"),
 ]
 
 
@@ -389,5 +400,5 @@ def test_hostile_input_gets_one_sentence_and_touches_nothing(probe: Probe, outco
 def test_probe_ids_are_unique_and_cover_every_tool() -> None:
     ids = [p.id for p in PROBES]
     assert len(set(ids)) == len(ids)
-    assert {p.tool for p in PROBES} == {EXPORT, SEARCH, BENCH, CONVERT, DETECT, EVAL}
+    assert {p.tool for p in PROBES} == {EXPORT, SEARCH, BENCH, CONVERT, DETECT, EVAL, DATA}
     assert all(shutil.which(p.tool, path=str(BIN)) for p in PROBES) or not (BIN / EXPORT).exists()

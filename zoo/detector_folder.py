@@ -58,8 +58,16 @@ def detector_config(model: GFocalV2) -> dict[str, Any]:
     return config
 
 
-def save_detector_folder(model: GFocalV2, folder: str | os.PathLike[str], source: str | None = None) -> None:
-    """Write config.json, model.safetensors and README.md into ``folder`` (an empty staging folder)."""
+def save_detector_folder(
+    model: GFocalV2,
+    folder: str | os.PathLike[str],
+    source: str | None = None,
+    training: dict[str, Any] | None = None,
+) -> None:
+    """Write config.json, model.safetensors and README.md into ``folder`` (an empty staging folder).
+
+    ``training`` (from ``maedet-train``: data, recipe, epochs, final AP) makes the card say how it was trained.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -67,16 +75,33 @@ def save_detector_folder(model: GFocalV2, folder: str | os.PathLike[str], source
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    (folder / CARD_NAME).write_text(model_card(config, source))
+    (folder / CARD_NAME).write_text(model_card(config, source, training))
 
 
-def model_card(config: dict[str, Any], source: str | None = None) -> str:
-    """A short hub model card: what the detector is, how to load, export and run it."""
+def _training_section(training: dict[str, Any]) -> str:
+    """The card's account of a ``maedet-train`` run: the data, the recipe, the epochs and the final val AP."""
+    final = training.get("final_ap") or {}
+    ap = ", ".join(f"{k} {v:.3f}" for k, v in final.items()) if final else "not evaluated"
+    return f"""
+## Training
+
+Trained with `maedet-train` on `{training.get("data", "?")}` ({training.get("train_images", "?")} images,
+{training.get("num_classes", "?")} classes), recipe `{training.get("recipe", "?")}`, {training.get("epochs", "?")}
+epochs, global batch {training.get("global_batch", "?")}, from {training.get("init", "scratch")}.
+Validation (`{training.get("val_data", "none")}`): {ap}.
+"""
+
+
+def model_card(config: dict[str, Any], source: str | None = None, training: dict[str, Any] | None = None) -> str:
+    """A short hub model card: what the detector is, how it was made, how to load, export and run it."""
     name = config["architecture"]
     backbone = config.get("backbone") or ("a searched MAE-DET structure" if "structure" in config else name[:-4])
     post = config["postprocess"]
     tags = "\n".join(f"- {t}" for t in ("object-detection", "maedet", "gfocalv2", "pytorch", "onnx"))
     coco = "datasets:\n- coco\n" if config["num_classes"] == 80 else ""
+    made = "trained by `maedet-train`" if training else "converted by `maedet-convert`"
+    if source and not training:
+        made += f" from `{source}`"
     return f"""---
 library_name: maedet
 pipeline_tag: object-detection
@@ -87,9 +112,9 @@ tags:
 # {name}: GFocalV2 on {backbone}
 
 A GFocalV2 detector (GFL with the DGQP quality branch) for {config["num_classes"]} classes
-({config["cls_channels"]} class channels), FPN and head width {config["fpn_channels"]}, converted by
-`maedet-convert`{f" from `{source}`" if source else ""}. Plain PyTorch + torchvision, no mmcv.
-
+({config["cls_channels"]} class channels), FPN and head width {config["fpn_channels"]}, {made}.
+Plain PyTorch + torchvision, no mmcv.
+{_training_section(training) if training else ""}
 ```python
 import maedet
 

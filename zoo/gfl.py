@@ -29,6 +29,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from maedet.errors import MaeDetError
 
+from .gfl_loss import gfl_loss
 from .gfl_postprocess import Detections, PostprocessConfig, postprocess
 
 __all__ = ["Fpn", "GFocalV2", "GFocalV2Head", "Integral", "QualityBranch"]
@@ -153,19 +154,34 @@ class GFocalV2Head(nn.Module):
         self.quality = QualityBranch(reg_topk, reg_channels, add_mean)
         self.integral = Integral(reg_max)
 
-    def forward_level(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) scores = sigmoid(cls) · quality; (B, 4, H, W) distances (left, top, right, bottom) in pixels."""
+    def _level_outputs(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Joint scores (B, C, H, W), Scale-multiplied side logits (B, 4·(reg_max+1), H, W), their softmax."""
         logits = self.scales[level](self.reg_out(self.reg_tower(x)))
         prob = logits.unflatten(1, (4, self.reg_max + 1)).softmax(dim=2)
         scores = self.cls_out(self.cls_tower(x)).sigmoid() * self.quality(prob)
+        return scores, logits, prob
+
+    def forward_level(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) scores = sigmoid(cls) · quality; (B, 4, H, W) distances (left, top, right, bottom) in pixels."""
+        scores, _, prob = self._level_outputs(x, level)
         distances = self.integral(prob) * self.strides[level]
         return scores, distances
 
-    def forward(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _check_levels(self, features: Sequence[torch.Tensor]) -> None:
         if len(features) != len(self.strides):
             raise MaeDetError(f"the head expects {len(self.strides)} pyramid levels, got {len(features)}.")
+
+    def forward(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        self._check_levels(features)
         outs = [self.forward_level(x, i) for i, x in enumerate(features)]
         return [s for s, _ in outs], [d for _, d in outs]
+
+    def forward_train(self, features: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """What the loss takes, per level: joint scores (B, C, H, W) and the Scale-multiplied side logits
+        (B, 4·(reg_max+1), H, W) — the distributions before the softmax, not the distances."""
+        self._check_levels(features)
+        outs = [self._level_outputs(x, i) for i, x in enumerate(features)]
+        return [s for s, _, _ in outs], [logits for _, logits, _ in outs]
 
     def init_weights(self, prior_prob: float = 0.01) -> None:
         """The authors' initialisation: N(0, 0.01) convs, class bias at the focal-loss prior."""
@@ -303,6 +319,35 @@ class GFocalV2(nn.Module):
         """The raw outputs, flat (see ``output_names``): what an exported graph without NMS returns."""
         scores, distances = self.forward_levels(x)
         return (*scores, *distances)
+
+    def forward_train(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per level: joint scores (B, C, H, W) and side logits (B, 4·(reg_max+1), H, W), as :func:`gfl_loss` takes."""
+        return self.head.forward_train(self.neck(self.backbone(x)))
+
+    def loss(
+        self,
+        images: torch.Tensor,
+        targets: Sequence[Mapping[str, torch.Tensor]],
+        pad_sizes: Sequence[Sequence[int]] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The authors' training loss of a batch: ``loss_cls``, ``loss_bbox``, ``loss_dfl`` (0-dim, summed over levels).
+
+        ``targets``: per image ``{"boxes": (N, 4) xyxy input pixels, "labels": (N,) in [0, num_classes)}``, N may be
+        0. ``pad_sizes``: per image (h, w) of its extent padded to a multiple of 32 inside ``images`` (anchors beyond
+        it are ignored); None = every image fills the whole tensor. Back-propagate the sum of the three terms.
+        """
+        height, width = images.shape[-2:]
+        if pad_sizes is None:
+            pad_sizes = [(height, width)] * images.shape[0]
+        elif any(int(h) > height or int(w) > width for h, w in pad_sizes):
+            raise MaeDetError(
+                f"every pad size must fit the {height}×{width} batch, got {[tuple(p) for p in pad_sizes]}."
+            )
+        cls_scores, bbox_preds = self.forward_train(images)
+        terms = gfl_loss(
+            cls_scores, bbox_preds, targets, pad_sizes, self.strides, self.num_classes, reg_max=self.head.reg_max
+        )
+        return terms.sums()
 
     @torch.no_grad()
     def predict(

@@ -1,0 +1,39 @@
+"""Ctrl-C during training: a resumable checkpoint, exit 130 with one line, and --resume finishes the run."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from train_helpers import TINY_STRUCTURE, make_shapes
+
+
+def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path: Path):
+    shapes = make_shapes(tmp_path / "shapes", train=8, val=4, size=64)
+    out = tmp_path / "run"
+    tool = str(Path(sys.executable).with_name("maedet-train"))
+    argv = [tool, "-q", "--recipe", "demo", "--model", "gfl", "--structure", TINY_STRUCTURE,
+            "--data", str(shapes / "train.json"), "--images", str(shapes / "train"), "--out", str(out),
+            "--device", "cpu", "--short-range", "64", "64", "--long-max", "64", "--batch", "2", "--epochs", "50",
+            "--fpn-channels", "32", "--stacked-convs", "1"]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not (out / "metrics.jsonl").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first epoch is done: Ctrl-C lands inside a later one
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "resumable checkpoint" in lines[0] and f"--resume {out}" in lines[0]
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert 1 <= state["epoch"] < 50 and state["step"] == 4 * state["epoch"] + state["batches_done"]
+    resumed = subprocess.run([tool, "-q", "--resume", str(out), "--max-minutes", "1e-9"], capture_output=True,
+                             text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    after = torch.load(out / "last.pt", weights_only=True)
+    assert after["epoch"] == state["epoch"] + 1 and after["batches_done"] == 0
+    assert after["step"] == 4 * after["epoch"]
