@@ -93,8 +93,10 @@ class SearchEta:
             self.samples.append((candidates, elapsed_s))
 
     def remaining(self) -> float | None:
-        """Seconds left, or None until there are four samples to estimate from."""
+        """Seconds left (0 once done), or None until there are four samples to estimate from."""
         newest = self.samples[-1][0] if self.samples else 0
+        if self.samples and newest >= self.total:
+            return 0.0  # done: nothing left, however few samples there were
         recent = [s for s in self.samples if s[0] >= newest * (1.0 - self.window)]
         if len(recent) < 4:
             recent = list(self.samples)[-4:]

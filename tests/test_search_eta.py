@@ -55,3 +55,8 @@ def test_eta_needs_a_few_samples_and_ends_at_zero():
     for candidates, elapsed in ((32, 0.1), (64, 0.2), (96, 0.3), (100, 0.31)):
         eta.update(candidates, elapsed)
     assert eta.remaining() == 0.0
+    short = SearchEta(4)  # a search shorter than the four samples an estimate needs still ends at zero
+    short.update(2, 0.1)
+    assert short.remaining() is None
+    short.update(4, 0.2)
+    assert short.remaining() == 0.0
