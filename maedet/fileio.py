@@ -12,6 +12,7 @@ by a killed writer can be recognised and removed by the next writer in that fold
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -37,6 +38,35 @@ __all__ = [
 TEMP_SUFFIX = ".maedet-tmp"
 _TEMP_RE = re.compile(r"^\..*\.(\d+)\.[^.]+" + re.escape(TEMP_SUFFIX) + r"$")
 _NAME_ROOM = 96  # bytes of the target's name kept in a temp name, so a 255-byte name still leaves room
+
+
+# A write that fails for want of room: a full disk, a quota, or a file larger than the process may write.
+_NO_ROOM_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NO_ROOM_TEXTS = tuple(os.strerror(code) for code in _NO_ROOM_ERRNOS)
+
+
+def _no_room_reason(exc: BaseException) -> str | None:
+    """Why a writer failed, when it is for want of room: an OSError's errno, or a library's wrapped message
+    (safetensors and others re-raise the OS error as their own type, its text inside)."""
+    if isinstance(exc, OSError) and exc.errno in _NO_ROOM_ERRNOS:
+        return exc.strerror or os.strerror(exc.errno)
+    text = str(exc)
+    return next((reason for reason in _NO_ROOM_TEXTS if reason in text), None)
+
+
+@contextlib.contextmanager
+def _room_errors(path: Path, what: str) -> Iterator[None]:
+    """A write that runs out of room (ENOSPC, EDQUOT, EFBIG) as one sentence; the caller removes the temporary."""
+    try:
+        yield
+    except Exception as exc:
+        reason = _no_room_reason(exc)
+        if reason is None:
+            raise
+        raise MaeDetError(
+            f"could not write the {what} {str(path)!r}: {reason} (a full disk, a quota or a file size limit); "
+            "nothing was written."
+        ) from None
 
 
 def _umask() -> int:
@@ -158,7 +188,8 @@ def atomic_output(path: str | os.PathLike[str], what: str = "output") -> Iterato
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        with _room_errors(path, what):
+            yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         check_output_path(path, what)  # still not a link or a device after the work
         os.replace(tmp, path)
@@ -202,7 +233,8 @@ def atomic_output_dir(path: str | os.PathLike[str], what: str = "output folder")
     staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=parent))
     old: Path | None = None
     try:
-        yield staging
+        with _room_errors(path, what):
+            yield staging
         mode = 0o777 & ~_umask()
         os.chmod(staging, mode)
         for child in staging.iterdir():
