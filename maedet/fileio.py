@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write_text",
     "check_output_path",
     "pid_alive",
+    "read_regular_bytes",
     "remove_stale_temps",
     "write_all_or_none",
 ]
@@ -102,6 +103,28 @@ def check_output_path(path: str | os.PathLike[str], what: str = "output") -> Pat
         raise MaeDetError(f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} is not writable.")
     _probe_writable(path, what)
     return path
+
+
+def read_regular_bytes(path: str | os.PathLike[str], max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, without ever blocking on what is not one.
+
+    Opened with ``O_NONBLOCK`` and checked with ``fstat`` on the open descriptor: a FIFO planted at the path cannot
+    hang the reader (a plain ``open`` waits for a writer forever), and a device or a file swapped in between a
+    check and the open is refused all the same. A symbolic link is refused too (``O_NOFOLLOW``).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        reason = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise MaeDetError(f"cannot read the {what} {str(path)!r}: {reason}.") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise MaeDetError(f"cannot read the {what} {str(path)!r}: not a regular file (a FIFO, device or socket).")
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise MaeDetError(f"cannot read the {what} {str(path)!r}: larger than {max_bytes:,} bytes.")
+    return data
 
 
 def _check_name_length(path: Path, what: str) -> None:

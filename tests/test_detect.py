@@ -15,6 +15,7 @@ from maedet.detect.backends import load_backend
 from maedet.detect.cli import detect_main, eval_main
 from maedet.detect.evaluate import detections_to_results
 from maedet.detect.run import ImageResult, detect_images
+from maedet.errors import MaeDetError
 from maedet.export.detector_onnx import export_detector_onnx
 from maedet.zoo import Detections
 
@@ -288,3 +289,124 @@ def test_detect_and_eval_share_the_cli_conventions(main, prog, tmp_path, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"{prog}: error:") and "Traceback" not in err[0]
+
+
+# ------------------------------------------------------------------------------- annotation files (issue 17)
+def _coco_dataset() -> dict:
+    return {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 10], "area": 100, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+
+
+def _broken(change) -> dict:
+    data = _coco_dataset()
+    change(data)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "expect"),
+    [
+        (_broken(lambda d: d["images"][0].pop("file_name")), "image 0 (id 1) has no 'file_name'"),
+        (_broken(lambda d: d["annotations"][0].pop("bbox")), "annotation 0 (id 1) has no 'bbox'"),
+        (_broken(lambda d: d["annotations"][0].pop("area")), "annotation 0 (id 1) has no 'area'"),
+        (_broken(lambda d: d["annotations"][0].update(iscrowd="yes")), "iscrowd 'yes'; it must be 0 or 1"),
+        (_broken(lambda d: d["images"].append({"id": "2", "file_name": "b.png"})), "id '2', which is not an integer"),
+        (_broken(lambda d: d["annotations"][0].update(image_id="1")), "image_id '1', which is not an integer"),
+        (_broken(lambda d: d["annotations"][0].update(bbox=[1, 2, 3])), "a list of 4 numbers"),
+        (_broken(lambda d: d["annotations"][0].update(category_id=7)), "category 7, which is not in 'categories'"),
+        (_broken(lambda d: d.pop("categories")), "no 'categories' list"),
+        ([1, 2], "holds a list"),
+    ],
+)
+def test_a_malformed_annotation_file_is_one_sentence(data, expect: str, tmp_path: Path) -> None:
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(MaeDetError, match="COCO annotation file") as info:
+        load_annotations(path)
+    assert expect in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_eval_refuses_a_malformed_annotation_file_before_building_the_model(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(_broken(lambda d: d["annotations"][0].update(iscrowd="yes"))))
+    # no weights are given: the annotation file must be refused before the missing weights are noticed
+    code = eval_main(["--ann", str(path), "--images", str(tmp_path), "--model", "maedet_s_gfl"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("maedet-eval: error: ") and "iscrowd 'yes'" in err[-1]
+
+
+def _random_eval_set(rng: np.random.Generator) -> tuple[dict, list[dict]]:
+    """Images with many boxes, crowds, boxes of every area range, and detections that tie on IoU."""
+    images, annotations, results = [], [], []
+    for image_id in range(1, 5):
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "width": 200, "height": 200})
+        for _ in range(60):
+            x, y, w, h = rng.uniform(0, 120, 2).tolist() + rng.choice([4.0, 20.0, 70.0], 2).tolist()
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(rng.integers(1, 4)),
+                 "bbox": [x, y, w, h], "area": w * h, "iscrowd": int(rng.random() < 0.15)}
+            )  # fmt: skip
+        for ann in annotations[-60:]:
+            if rng.random() < 0.5:
+                x, y, w, h = ann["bbox"]
+                shift = float(rng.choice([0.0, 1.0, 3.0]))  # 0.0 twice over: exact ties
+                results.append({"image_id": image_id, "category_id": ann["category_id"],
+                                "bbox": [x + shift, y, w, h], "score": float(rng.choice([0.3, 0.5, 0.9]))})  # fmt: skip
+        annotations.append(dict(annotations[-1], id=len(annotations) + 1))  # a duplicate box: two equal IoUs
+    categories = [{"id": c, "name": str(c)} for c in (1, 2, 3)]
+    return {"images": images, "annotations": annotations, "categories": categories}, results
+
+
+def test_linear_matching_gives_pycocotools_results_exactly(tmp_path: Path) -> None:
+    from pycocotools.cocoeval import COCOeval
+
+    from maedet.detect.coco_match import LinearCOCOeval
+
+    data, results = _random_eval_set(np.random.default_rng(0))
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    coco = load_annotations(path)
+    found = coco.loadRes(results)
+    evaluators = []
+    for kind in (COCOeval, LinearCOCOeval):
+        evaluator = kind(coco, found, "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+        evaluators.append(evaluator)
+    ours, theirs = evaluators[1], evaluators[0]
+    assert len(ours.evalImgs) == len(theirs.evalImgs)
+    for mine, ref in zip(ours.evalImgs, theirs.evalImgs, strict=True):
+        assert (mine is None) == (ref is None)
+        if ref is not None:
+            for key in ("dtIds", "gtIds", "dtScores"):
+                assert list(mine[key]) == list(ref[key])
+            for key in ("dtMatches", "gtMatches", "gtIgnore", "dtIgnore"):
+                np.testing.assert_array_equal(np.asarray(mine[key]), np.asarray(ref[key]), err_msg=key)
+    np.testing.assert_array_equal(ours.stats, theirs.stats)
+    assert 0.1 < ours.stats[0] < 1.0  # the set has real matches and real misses
+
+
+def test_evaluation_logs_its_stages(coco_set) -> None:
+    import logging
+
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger = logging.getLogger("maedet.detect")
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        load_annotations(coco_set[1])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+    messages = [r.getMessage() for r in seen]
+    assert any(m.startswith("reading the annotations") for m in messages), messages
+    assert any(m.startswith("read 3 images, 9 annotations") for m in messages), messages
