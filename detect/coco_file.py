@@ -18,7 +18,11 @@ from typing import Any
 
 from maedet.errors import MaeDetError
 
-__all__ = ["check_coco_dataset", "read_coco"]
+__all__ = ["LARGE_FILE_BYTES", "check_coco_dataset", "read_coco"]
+
+# From this size on, reading takes long enough (seconds to minutes) that each stage is logged at INFO; below it,
+# at DEBUG, so a quick run and a refused one keep their single line of output.
+LARGE_FILE_BYTES = 32 * 2**20
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +121,9 @@ def read_coco(path: str | os.PathLike[str]) -> Any:
 
     path = Path(path)
     started = time.monotonic()
-    logger.info("reading the annotations %s (%.1f MB)", path.name, path.stat().st_size / 1e6)
+    size = path.stat().st_size
+    level = logging.INFO if size >= LARGE_FILE_BYTES else logging.DEBUG
+    logger.log(level, "reading the annotations %s (%.1f MB)", path.name, size / 1e6)
     try:
         data = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -127,7 +133,8 @@ def read_coco(path: str | os.PathLike[str]) -> Any:
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress; stdout is for results
         coco.createIndex()
-    logger.info(
+    logger.log(
+        level,
         "read %d images, %d annotations and %d categories in %.0f s",
         len(data["images"]),
         len(data["annotations"]),

@@ -27,6 +27,7 @@ __all__ = ["STAT_NAMES", "CocoEval", "coco_box_ap", "detections_to_results", "ev
 
 logger = logging.getLogger(__name__)
 
+LARGE_ANNOTATION_COUNT = 100_000  # from here on, matching takes long enough to say so (see coco_file)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
@@ -81,7 +82,8 @@ def coco_box_ap(
     ids = list(image_ids) if image_ids is not None else coco.getImgIds()
     if not records:
         return dict.fromkeys(STAT_NAMES, 0.0)
-    logger.info("matching %d detections with the annotations of %d images", len(records), len(ids))
+    level = logging.INFO if len(coco.anns) >= LARGE_ANNOTATION_COUNT else logging.DEBUG
+    logger.log(level, "matching %d detections with the annotations of %d images", len(records), len(ids))
     with _quiet():
         found = coco.loadRes(list(records))
         evaluator = LinearCOCOeval(coco, found, "bbox")

@@ -396,12 +396,12 @@ def test_evaluation_logs_its_stages(coco_set) -> None:
     import logging
 
     seen: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.INFO)
+    handler = logging.Handler(logging.DEBUG)
     handler.emit = seen.append  # type: ignore[method-assign]
     logger = logging.getLogger("maedet.detect")
     logger.addHandler(handler)
     previous = logger.level
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # a small file logs its stages at DEBUG, a large one at INFO
     try:
         load_annotations(coco_set[1])
     finally:
