@@ -410,3 +410,61 @@ def test_evaluation_logs_its_stages(coco_set) -> None:
     messages = [r.getMessage() for r in seen]
     assert any(m.startswith("reading the annotations") for m in messages), messages
     assert any(m.startswith("read 3 images, 9 annotations") for m in messages), messages
+
+
+# ------------------------------------------------------------------------ detector ONNX metadata (issue 17)
+_GOOD_META = {
+    "task": "detection",
+    "model_name": "hand_made",
+    "outputs": "detections",
+    "input_size": [3, 64, 64],
+    "input_dtype": "float32",
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "num_classes": 80,
+    "strides": [8, 16, 32, 64, 128],
+    "postprocess": {"nms_pre": 1000, "score_thr": 0.05, "iou_thr": 0.6, "max_per_img": 100},
+}
+
+
+def _identity_onnx(path: Path, meta: dict) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from maedet.export.metadata import apply_metadata
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 64, 64])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
+    apply_metadata(model, meta)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        ({"num_classes": None}, "no 'num_classes'"),
+        ({"num_classes": "eighty"}, "num_classes is 'eighty'"),
+        ({"mean": [0.5]}, "mean is [0.5]"),
+        ({"std": [0, 0, 0]}, "above 0"),
+        ({"postprocess": None}, "no 'postprocess'"),
+        ({"postprocess": {"nms_pre": 10}}, "an object of nms_pre"),
+        ({"postprocess": {"nms_pre": 10, "score_thr": 2.0, "iou_thr": 0.5, "max_per_img": 5}}, "score_thr"),
+        ({"outputs": "boxes"}, "'detections' or 'raw'"),
+        ({"strides": "8,16"}, "a list of strides"),
+        ({"input_size": [3, 64]}, "[channels, height, width]"),
+    ],
+)
+def test_hand_made_detector_metadata_is_one_sentence(change: dict, expect: str, tmp_path: Path) -> None:
+    meta = {k: v for k, v in {**_GOOD_META, **change}.items() if v is not None}
+    path = _identity_onnx(tmp_path / "hand.onnx", meta)
+    with pytest.raises(MaeDetError) as info:
+        load_backend(onnx=path)
+    assert expect in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_raw_file_must_have_the_outputs_its_strides_say(tmp_path: Path) -> None:
+    path = _identity_onnx(tmp_path / "hand.onnx", {**_GOOD_META, "outputs": "raw"})
+    with pytest.raises(MaeDetError, match="has 1 outputs, but its metadata's 5 strides need 10"):
+        load_backend(onnx=path)
