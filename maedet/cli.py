@@ -27,7 +27,15 @@ from typing import NoReturn
 
 from .errors import MaeDetError
 
-__all__ = ["MaeDetArgumentParser", "add_subparsers", "add_verbosity", "configure_logging", "make_parser", "run_cli"]
+__all__ = [
+    "MaeDetArgumentParser",
+    "Terminated",
+    "add_subparsers",
+    "add_verbosity",
+    "configure_logging",
+    "make_parser",
+    "run_cli",
+]
 
 LOGGER = logging.getLogger("maedet")
 
