@@ -137,16 +137,43 @@ def _check_name_length(path: Path, what: str) -> None:
         raise MaeDetError(f"the {what} name is {length} bytes long; this file system allows at most {name_max}.")
 
 
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while a temporary file is created and its name recorded: delivered in between, they
+    would leave a file that no clean-up knows of. Only the main thread receives them, so only it holds them."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _new_temp(path: Path) -> Path:
+    """A fresh, empty temporary file beside ``path`` (created with ``O_EXCL`` under an unpredictable name)."""
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
 def _probe_writable(path: Path, what: str) -> None:
     """Create and remove one temporary file where the output will go: a read-only mount, /proc or a full disk
     fails here, before the work, rather than after it (``os.access`` says yes to root on any folder)."""
+    probe: Path | None = None
     try:
-        fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+        with _interrupts_held():
+            probe = _new_temp(path)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise MaeDetError(f"cannot write the {what} {str(path)!r} in {str(path.parent)!r}: {reason}.") from None
-    os.close(fd)
-    os.unlink(name)
+    finally:
+        if probe is not None:
+            probe.unlink()
 
 
 def _short_name(name: str, room: int = _NAME_ROOM) -> str:
@@ -207,18 +234,19 @@ def atomic_output(path: str | os.PathLike[str], what: str = "output") -> Iterato
     """
     path = check_output_path(path, what)
     remove_stale_temps(path.parent)
-    fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
+        with _interrupts_held():
+            tmp = _new_temp(path)
         with _room_errors(path, what):
             yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         check_output_path(path, what)  # still not a link or a device after the work
         os.replace(tmp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, what: str = "output") -> Path:
@@ -253,9 +281,11 @@ def atomic_output_dir(path: str | os.PathLike[str], what: str = "output folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MaeDetError(f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} is not writable.")
     remove_stale_temps(parent)
-    staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=parent))
+    staging: Path | None = None
     old: Path | None = None
     try:
+        with _interrupts_held():
+            staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=parent))
         with _room_errors(path, what):
             yield staging
         mode = 0o777 & ~_umask()
@@ -263,11 +293,12 @@ def atomic_output_dir(path: str | os.PathLike[str], what: str = "output folder")
         for child in staging.iterdir():
             if child.is_file() and not child.is_symlink():
                 os.chmod(child, 0o666 & ~_umask())
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=parent))
-            os.rmdir(old)
-            os.rename(path, old)
-        os.rename(staging, path)
+        with _interrupts_held():  # an interrupt between the two renames would leave neither folder in place
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=parent))
+                os.rmdir(old)
+                os.rename(path, old)
+            os.rename(staging, path)
     finally:
         for leftover in (staging, old):
             if leftover is not None and leftover.exists():
