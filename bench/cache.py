@@ -21,7 +21,7 @@ from typing import Any
 from maedet.errors import MaeDetError
 from maedet.export import ExportOptions, TrtEngine, build_engine, export_onnx
 from maedet.export.runtime import gpu_identity, require_tensorrt
-from maedet.fileio import atomic_write_text
+from maedet.fileio import atomic_write_text, read_regular_bytes
 
 from .errors import BackendUnavailable, BenchError
 from .models import ModelSpec
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 ONNX_OPSET = 18
 INT8_CALIB_BATCHES = 4  # synthetic calibration: timing does not depend on calibration quality
 RECORD_FORMAT = "maedet-bench-cache/1"
+_MAX_RECORD_BYTES = 2**20  # a record is a few hundred bytes
 
 
 def record_path(artifact: str | os.PathLike[str]) -> Path:
@@ -47,9 +48,11 @@ def _sha256(path: Path) -> str:
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
+    """The record beside a cached file, or None when there is no readable one (a FIFO or device there is not
+    opened for reading: it would block forever)."""
     try:
-        data = json.loads(record_path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        data = json.loads(read_regular_bytes(record_path(path), _MAX_RECORD_BYTES, "cache record").decode("utf-8"))
+    except (MaeDetError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     return data if isinstance(data, dict) and data.get("format") == RECORD_FORMAT else None
 

@@ -181,6 +181,7 @@ def model_cost(spec: ModelSpec, height: int, width: int) -> ModelCost:
             model: nn.Module = create_detector(spec.name)
     else:
         model = _meta_features_model(spec)
+    model.eval()  # as deployed: BatchNorm uses its running statistics, so a 1×1 map at a small input is fine
     params = sum(p.numel() for p in model.parameters())
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():

@@ -86,6 +86,15 @@ def choose_iterations(latency_s: float, target_round_s: float = 0.25, cap: int =
     return max(1, min(cap, math.ceil(target_round_s / latency_s)))
 
 
+def _stop_times(now: float, deadline: float | None, rounds_owed: int, count: int) -> list[float | None]:
+    """When each of ``count`` runners must stop within this round: the time left is shared by the rounds still
+    owed (at least this one) and, within the round, evenly by the runners in their order; None: no budget."""
+    if deadline is None:
+        return [None] * count
+    round_end = now + max(0.0, deadline - now) / max(1, rounds_owed)
+    return [now + (round_end - now) * (i + 1) / count for i in range(count)]
+
+
 def run_interleaved(
     runs: Mapping[Hashable, Callable[[], object]],
     iterations: Mapping[Hashable, int],
@@ -98,7 +107,9 @@ def run_interleaved(
     """Time every callable in rounds; round r visits them in an order rotated by r.
 
     Stops after ``max_rounds``, or earlier (but never before ``min_rounds``) when another round would end past
-    ``deadline`` (a ``time.monotonic()`` value), judged by the slowest round so far. ``on_round(done, planned)``
+    ``deadline`` (a ``time.monotonic()`` value), judged by the slowest round so far. The deadline also bounds the
+    runs within a round: each callable runs at least once per round, and stops repeating when its share of the
+    time left is used (``--iters 1000000000`` cannot outlast ``--max-time``). ``on_round(done, planned)``
     reports progress. Returns each key's per-run times in seconds.
     """
     if max_rounds < 1:
@@ -111,10 +122,13 @@ def run_interleaved(
             break
         start = time.monotonic()
         shift = r % len(keys) if keys else 0
-        for key in keys[shift:] + keys[:shift]:
+        order = keys[shift:] + keys[:shift]
+        for key, stop_at in zip(order, _stop_times(start, deadline, min_rounds - r, len(order)), strict=True):
             fn = runs[key]
             for _ in range(iterations.get(key, 1)):
                 times[key].append(time_call(fn))
+                if stop_at is not None and time.monotonic() >= stop_at:
+                    break
         slowest_round = max(slowest_round, time.monotonic() - start)
         if on_round is not None:
             on_round(r + 1, max_rounds)

@@ -61,12 +61,10 @@ class OnnxBackend(Backend):
     """An exported detector (``maedet-export NAME --onnx FILE``, with or without NMS) in ONNX Runtime."""
 
     def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None) -> None:
-        from maedet.export.metadata import read_metadata
+        from maedet.export.detector_metadata import read_detector_metadata
         from maedet.export.runtime import ort_session
 
-        meta = read_metadata(path)
-        if meta.get("task") != "detection":
-            raise MaeDetError(f"{str(path)!r} is not a detector export; write one with maedet-export NAME_gfl --onnx.")
+        meta = read_detector_metadata(path)
         self.meta = meta
         self.session = ort_session(path, providers=tuple(providers or ("CPUExecutionProvider",)), what=str(path))
         self.name = str(meta.get("model_name", Path(path).stem))
@@ -78,6 +76,12 @@ class OnnxBackend(Backend):
         self.max_batch = int(shape[0]) if isinstance(shape[0], int) else None
         self.raw = meta["outputs"] == "raw"
         self.cfg = PostprocessConfig(**meta["postprocess"])
+        expected = 2 * len(meta["strides"]) if self.raw else None
+        if expected is not None and len(self.session.get_outputs()) != expected:
+            raise MaeDetError(
+                f"{str(path)!r} has {len(self.session.get_outputs())} outputs, but its metadata's "
+                f"{len(meta['strides'])} strides need {expected} (scores and distances per level)."
+            )
 
     def __call__(self, batch: torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         from maedet.export.detector_graph import DETECTION_OUTPUTS, unpad_detections

@@ -17,7 +17,7 @@ from maedet.fileio import atomic_write_text
 
 from .backends import Backend, load_backend
 from .coco import category_ids, class_names
-from .evaluate import STAT_NAMES, evaluate
+from .evaluate import STAT_NAMES, evaluate, load_annotations
 from .output import check_out_dir, write_outputs
 from .preprocess import TEST_SCALE
 from .run import ImageResult, detect_images
@@ -119,12 +119,13 @@ def _eval_table(stats: dict[str, float], title: str) -> Table:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    coco = load_annotations(args.ann)  # a bad file is refused before the model is built
     backend = _backend(args)
     with progress_bar() as progress:
         task = progress.add_task(f"evaluating ({backend.name})", total=None)
         result = evaluate(
             backend,
-            args.ann,
+            coco,
             args.images,
             scale=args.size,
             batch_size=args.batch,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,11 +18,16 @@ from typing import Any
 from maedet.errors import MaeDetError
 
 from .backends import Backend
+from .coco_file import read_coco
+from .coco_match import LinearCOCOeval
 from .preprocess import TEST_SCALE
 from .run import ImageResult, detect_images
 
 __all__ = ["STAT_NAMES", "CocoEval", "coco_box_ap", "detections_to_results", "evaluate", "load_annotations"]
 
+logger = logging.getLogger(__name__)
+
+LARGE_ANNOTATION_COUNT = 100_000  # from here on, matching takes long enough to say so (see coco_file)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
@@ -40,16 +46,10 @@ def _quiet() -> contextlib.AbstractContextManager[Any]:
 
 
 def load_annotations(path: str | os.PathLike[str]) -> Any:
-    """A pycocotools COCO object for an ``instances_*.json``; a bad file is one sentence."""
-    from pycocotools.coco import COCO
-
+    """A pycocotools COCO object for an ``instances_*.json``; a bad file is one sentence (see :mod:`.coco_file`)."""
     if not Path(path).is_file():
         raise MaeDetError(f"annotation file {str(path)!r} does not exist.")
-    try:
-        with _quiet():
-            coco = COCO(str(path))
-    except (ValueError, KeyError, TypeError, AssertionError) as exc:
-        raise MaeDetError(f"{str(path)!r} is not a COCO annotation file ({type(exc).__name__}: {exc}).") from None
+    coco = read_coco(path)
     if not coco.getImgIds() or not coco.getCatIds():
         raise MaeDetError(f"{str(path)!r} lists no images or no categories.")
     return coco
@@ -79,14 +79,14 @@ def coco_box_ap(
     coco: Any, records: Sequence[dict[str, Any]], image_ids: Sequence[int] | None = None
 ) -> dict[str, float]:
     """COCOeval ``bbox`` over ``image_ids`` (default: all of the file's images); no detections gives zeros."""
-    from pycocotools.cocoeval import COCOeval
-
     ids = list(image_ids) if image_ids is not None else coco.getImgIds()
     if not records:
         return dict.fromkeys(STAT_NAMES, 0.0)
+    level = logging.INFO if len(coco.anns) >= LARGE_ANNOTATION_COUNT else logging.DEBUG
+    logger.log(level, "matching %d detections with the annotations of %d images", len(records), len(ids))
     with _quiet():
         found = coco.loadRes(list(records))
-        evaluator = COCOeval(coco, found, "bbox")
+        evaluator = LinearCOCOeval(coco, found, "bbox")
         evaluator.params.imgIds = ids
         evaluator.evaluate()
         evaluator.accumulate()
@@ -96,7 +96,7 @@ def coco_box_ap(
 
 def evaluate(
     backend: Backend,
-    annotations: str | os.PathLike[str],
+    annotations: str | os.PathLike[str] | Any,
     images_dir: str | os.PathLike[str],
     *,
     scale: Sequence[int] = TEST_SCALE,
@@ -105,8 +105,10 @@ def evaluate(
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> CocoEval:
-    """Run ``backend`` on every annotated image (or the first ``limit``) and score it with COCOeval."""
-    coco = load_annotations(annotations)
+    """Run ``backend`` on every annotated image (or the first ``limit``) and score it with COCOeval.
+
+    ``annotations``: a file, or the COCO object :func:`load_annotations` made of one (read before the model)."""
+    coco = load_annotations(annotations) if isinstance(annotations, (str, os.PathLike)) else annotations
     cat_ids = sorted(coco.getCatIds())
     if len(cat_ids) != backend.num_classes:
         raise MaeDetError(

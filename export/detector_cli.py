@@ -195,10 +195,10 @@ def check_detector_engine(engine_path: str | Path, onnx_path: Path, batch: int =
 
     from .check import ENGINE_TOLERANCES, compare_outputs, synthetic_images
     from .detector_check import compare_detections
-    from .metadata import read_metadata
+    from .detector_metadata import read_detector_metadata
     from .runtime import TrtEngine, ort_session, run_session
 
-    meta = read_metadata(onnx_path)
+    meta = read_detector_metadata(onnx_path)
     h, w = meta["input_size"][1:]
     images = synthetic_images(batch, h, w, meta["mean"], meta["std"], seed=77)
     if meta["input_dtype"] == "uint8":

@@ -3,7 +3,11 @@
 * ``maedet-<tool>: error: <one sentence>`` on stderr and exit 2 for bad input (:class:`MaeDetError`, an argparse
   usage error, an OS error on a path the user gave (missing, unwritable, too long, a full disk), or running out of
   memory); anything else is a bug and keeps its traceback.
-* exit 130 on Ctrl-C, with one line (during start-up too: see ``maedet_launch``).
+* exit 130 on Ctrl-C, with one line (during start-up too: see ``maedet_launch``); SIGTERM (``kill``, a job
+  scheduler, a container stop) is handled the same way and exits 143 (128 + 15, the shell's convention for a
+  process ended by signal 15). Either way the work unwinds, so every temporary output file is removed.
+* stdout and stderr never fail on a character their encoding lacks (``PYTHONIOENCODING=ascii`` and a non-ASCII
+  path): such characters are written as backslash escapes.
 * ``-v`` / ``-q`` set the level of the ``maedet`` logger, which library code uses instead of printing; log lines
   read ``maedet-<tool>: <message>`` (no source file and line).
 * ``--version`` on every tool.
@@ -12,10 +16,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from .errors import MaeDetError
@@ -25,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MaeDetArgumentParser",
+    "Terminated",
     "add_subparsers",
     "add_verbosity",
     "configure_logging",
@@ -117,7 +125,7 @@ def configure_logging(prog: str, verbose: int = 0, quiet: int = 0) -> None:
 
 _PATH_ERRNOS = frozenset(
     {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EROFS,
-     errno.ENOSPC, errno.EDQUOT, errno.ELOOP, errno.EEXIST, errno.EXDEV, errno.ENXIO}
+     errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ELOOP, errno.EEXIST, errno.EXDEV, errno.ENXIO}
 )  # fmt: skip
 
 
@@ -131,6 +139,38 @@ def _os_error_sentence(exc: OSError) -> str:
     return f"{exc.strerror or type(exc).__name__}{where}."
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program was, so that it unwinds (and removes its temporary files) as on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` while the tool runs (signal handlers can only be set in the main thread;
+    elsewhere, as under a test runner's worker thread, the default stays)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _escape_unencodable_output() -> None:
+    """Characters the console's encoding lacks become backslash escapes instead of a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
+
+
 def run_cli(
     parser: argparse.ArgumentParser,
     handler: Callable[[argparse.Namespace], int | None],
@@ -138,16 +178,21 @@ def run_cli(
 ) -> int:
     """Parse ``argv``, run ``handler(args)`` and turn our errors into one sentence and an exit code."""
     prog = parser.prog.split()[0]
+    _escape_unencodable_output()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed in one line
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     configure_logging(prog, getattr(args, "verbose", 0), getattr(args, "quiet", 0))
     try:
-        return int(handler(args) or 0)
+        with _terminate_like_interrupt():
+            return int(handler(args) or 0)
     except MaeDetError as exc:
         sys.stderr.write(f"{prog}: error: {_one_line(str(exc))}\n")
         return 2
+    except Terminated:
+        sys.stderr.write(f"{prog}: terminated (SIGTERM); no output file was left half-written.\n")
+        return 143
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; no output file was left half-written.\n")
         return 130

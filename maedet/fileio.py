@@ -12,6 +12,7 @@ by a killed writer can be recognised and removed by the next writer in that fold
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ __all__ = [
     "atomic_write_text",
     "check_output_path",
     "pid_alive",
+    "read_regular_bytes",
     "remove_stale_temps",
     "write_all_or_none",
 ]
@@ -37,6 +39,35 @@ __all__ = [
 TEMP_SUFFIX = ".maedet-tmp"
 _TEMP_RE = re.compile(r"^\..*\.(\d+)\.[^.]+" + re.escape(TEMP_SUFFIX) + r"$")
 _NAME_ROOM = 96  # bytes of the target's name kept in a temp name, so a 255-byte name still leaves room
+
+
+# A write that fails for want of room: a full disk, a quota, or a file larger than the process may write.
+_NO_ROOM_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NO_ROOM_TEXTS = tuple(os.strerror(code) for code in _NO_ROOM_ERRNOS)
+
+
+def _no_room_reason(exc: BaseException) -> str | None:
+    """Why a writer failed, when it is for want of room: an OSError's errno, or a library's wrapped message
+    (safetensors and others re-raise the OS error as their own type, its text inside)."""
+    if isinstance(exc, OSError) and exc.errno in _NO_ROOM_ERRNOS:
+        return exc.strerror or os.strerror(exc.errno)
+    text = str(exc)
+    return next((reason for reason in _NO_ROOM_TEXTS if reason in text), None)
+
+
+@contextlib.contextmanager
+def _room_errors(path: Path, what: str) -> Iterator[None]:
+    """A write that runs out of room (ENOSPC, EDQUOT, EFBIG) as one sentence; the caller removes the temporary."""
+    try:
+        yield
+    except Exception as exc:
+        reason = _no_room_reason(exc)
+        if reason is None:
+            raise
+        raise MaeDetError(
+            f"could not write the {what} {str(path)!r}: {reason} (a full disk, a quota or a file size limit); "
+            "nothing was written."
+        ) from None
 
 
 def _umask() -> int:
@@ -74,6 +105,28 @@ def check_output_path(path: str | os.PathLike[str], what: str = "output") -> Pat
     return path
 
 
+def read_regular_bytes(path: str | os.PathLike[str], max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, without ever blocking on what is not one.
+
+    Opened with ``O_NONBLOCK`` and checked with ``fstat`` on the open descriptor: a FIFO planted at the path cannot
+    hang the reader (a plain ``open`` waits for a writer forever), and a device or a file swapped in between a
+    check and the open is refused all the same. A symbolic link is refused too (``O_NOFOLLOW``).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        reason = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise MaeDetError(f"cannot read the {what} {str(path)!r}: {reason}.") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise MaeDetError(f"cannot read the {what} {str(path)!r}: not a regular file (a FIFO, device or socket).")
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise MaeDetError(f"cannot read the {what} {str(path)!r}: larger than {max_bytes:,} bytes.")
+    return data
+
+
 def _check_name_length(path: Path, what: str) -> None:
     try:
         name_max = os.pathconf(path.parent, "PC_NAME_MAX")
@@ -84,16 +137,43 @@ def _check_name_length(path: Path, what: str) -> None:
         raise MaeDetError(f"the {what} name is {length} bytes long; this file system allows at most {name_max}.")
 
 
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while a temporary file is created and its name recorded: delivered in between, they
+    would leave a file that no clean-up knows of. Only the main thread receives them, so only it holds them."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _new_temp(path: Path) -> Path:
+    """A fresh, empty temporary file beside ``path`` (created with ``O_EXCL`` under an unpredictable name)."""
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
 def _probe_writable(path: Path, what: str) -> None:
     """Create and remove one temporary file where the output will go: a read-only mount, /proc or a full disk
     fails here, before the work, rather than after it (``os.access`` says yes to root on any folder)."""
+    probe: Path | None = None
     try:
-        fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+        with _interrupts_held():
+            probe = _new_temp(path)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise MaeDetError(f"cannot write the {what} {str(path)!r} in {str(path.parent)!r}: {reason}.") from None
-    os.close(fd)
-    os.unlink(name)
+    finally:
+        if probe is not None:
+            probe.unlink()
 
 
 def _short_name(name: str, room: int = _NAME_ROOM) -> str:
@@ -154,17 +234,19 @@ def atomic_output(path: str | os.PathLike[str], what: str = "output") -> Iterato
     """
     path = check_output_path(path, what)
     remove_stale_temps(path.parent)
-    fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
-        yield tmp
+        with _interrupts_held():
+            tmp = _new_temp(path)
+        with _room_errors(path, what):
+            yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         check_output_path(path, what)  # still not a link or a device after the work
         os.replace(tmp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, what: str = "output") -> Path:
@@ -199,20 +281,24 @@ def atomic_output_dir(path: str | os.PathLike[str], what: str = "output folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MaeDetError(f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} is not writable.")
     remove_stale_temps(parent)
-    staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=parent))
+    staging: Path | None = None
     old: Path | None = None
     try:
-        yield staging
+        with _interrupts_held():
+            staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=parent))
+        with _room_errors(path, what):
+            yield staging
         mode = 0o777 & ~_umask()
         os.chmod(staging, mode)
         for child in staging.iterdir():
             if child.is_file() and not child.is_symlink():
                 os.chmod(child, 0o666 & ~_umask())
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=parent))
-            os.rmdir(old)
-            os.rename(path, old)
-        os.rename(staging, path)
+        with _interrupts_held():  # an interrupt between the two renames would leave neither folder in place
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=parent))
+                os.rmdir(old)
+                os.rename(path, old)
+            os.rename(staging, path)
     finally:
         for leftover in (staging, old):
             if leftover is not None and leftover.exists():

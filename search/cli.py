@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from maedet.cli import add_subparsers, make_parser, run_cli
+from maedet.cli import Terminated, add_subparsers, make_parser, run_cli
 from maedet.zoo import load_structure
 
 from .budget import PRESETS, Budget, preset_budget
@@ -329,9 +329,9 @@ def _run_locked(args: argparse.Namespace, out: Path) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         _search_with_progress(search, args, out, stop=lambda: interrupted["count"] > 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a second Ctrl-C, or SIGTERM (the runner raises Terminated for it)
         _say(f"interrupted; the last checkpoint in {out} can be resumed with --resume.")
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     finally:
         signal.signal(signal.SIGINT, previous)
     best = write_outputs(search, out, top_k=args.top_k)

@@ -276,3 +276,48 @@ def test_unreliable_rows_are_flagged_in_table_json_csv_and_plot() -> None:
         assert [b.get_hatch() for b in bars] == [UNRELIABLE_HATCH, None, None]  # S, M, ResNet-50
     finally:
         plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------- issue 17
+def test_cost_of_a_resnet_at_the_smallest_documented_input() -> None:
+    # 32×32 leaves C5 at 1×1: BatchNorm in train mode refuses a one-value channel; costs are counted as deployed
+    cost = model_cost(parse_model("resnet18"), 32, 32)
+    assert cost.params > 10_000_000 and cost.gmacs > 0
+
+
+def test_the_time_budget_bounds_rounds_of_huge_iteration_counts() -> None:
+    import time
+
+    calls = {"a": 0, "b": 0}
+
+    def runner(key: str):
+        def run() -> None:
+            calls[key] += 1
+            time.sleep(0.002)
+
+        return run
+
+    started = time.monotonic()
+    times = run_interleaved(
+        {k: runner(k) for k in calls}, dict.fromkeys(calls, 10**9), max_rounds=3, min_rounds=3, deadline=started + 0.6
+    )
+    assert time.monotonic() - started < 3.0  # without the budget inside the loop: 10**9 runs each
+    assert all(len(times[k]) >= 3 for k in calls)  # every runner still runs in every round it is owed
+
+
+def test_a_fifo_at_a_cache_record_path_is_not_opened(tmp_path) -> None:
+    import os
+    import threading
+
+    from maedet.bench.cache import ArtifactCache, record_path
+
+    cache = ArtifactCache(tmp_path)
+    path = cache.onnx_path(parse_model("resnet18"), "fp32", 1, 64, 64)
+    path.write_bytes(b"an old export")
+    os.mkfifo(record_path(path))
+    outcome: list[bool] = []
+    worker = threading.Thread(target=lambda: outcome.append(cache._reusable(path, {"model": "resnet18"})), daemon=True)
+    worker.start()
+    worker.join(30)
+    assert outcome == [False]  # read nothing from the FIFO, judged the file unusable (and removed it to rebuild)
+    assert not path.exists() and not os.path.lexists(record_path(path))

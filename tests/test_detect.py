@@ -15,6 +15,7 @@ from maedet.detect.backends import load_backend
 from maedet.detect.cli import detect_main, eval_main
 from maedet.detect.evaluate import detections_to_results
 from maedet.detect.run import ImageResult, detect_images
+from maedet.errors import MaeDetError
 from maedet.export.detector_onnx import export_detector_onnx
 from maedet.zoo import Detections
 
@@ -301,3 +302,182 @@ def test_detect_and_eval_share_the_cli_conventions(main, prog, tmp_path, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"{prog}: error:") and "Traceback" not in err[0]
+
+
+# ------------------------------------------------------------------------------- annotation files (issue 17)
+def _coco_dataset() -> dict:
+    return {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 10], "area": 100, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+
+
+def _broken(change) -> dict:
+    data = _coco_dataset()
+    change(data)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "expect"),
+    [
+        (_broken(lambda d: d["images"][0].pop("file_name")), "image 0 (id 1) has no 'file_name'"),
+        (_broken(lambda d: d["annotations"][0].pop("bbox")), "annotation 0 (id 1) has no 'bbox'"),
+        (_broken(lambda d: d["annotations"][0].pop("area")), "annotation 0 (id 1) has no 'area'"),
+        (_broken(lambda d: d["annotations"][0].update(iscrowd="yes")), "iscrowd 'yes'; it must be 0 or 1"),
+        (_broken(lambda d: d["images"].append({"id": "2", "file_name": "b.png"})), "id '2', which is not an integer"),
+        (_broken(lambda d: d["annotations"][0].update(image_id="1")), "image_id '1', which is not an integer"),
+        (_broken(lambda d: d["annotations"][0].update(bbox=[1, 2, 3])), "a list of 4 numbers"),
+        (_broken(lambda d: d["annotations"][0].update(category_id=7)), "category 7, which is not in 'categories'"),
+        (_broken(lambda d: d.pop("categories")), "no 'categories' list"),
+        ([1, 2], "holds a list"),
+    ],
+)
+def test_a_malformed_annotation_file_is_one_sentence(data, expect: str, tmp_path: Path) -> None:
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(MaeDetError, match="COCO annotation file") as info:
+        load_annotations(path)
+    assert expect in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_eval_refuses_a_malformed_annotation_file_before_building_the_model(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(_broken(lambda d: d["annotations"][0].update(iscrowd="yes"))))
+    # no weights are given: the annotation file must be refused before the missing weights are noticed
+    code = eval_main(["--ann", str(path), "--images", str(tmp_path), "--model", "maedet_s_gfl"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("maedet-eval: error: ") and "iscrowd 'yes'" in err[-1]
+
+
+def _random_eval_set(rng: np.random.Generator) -> tuple[dict, list[dict]]:
+    """Images with many boxes, crowds, boxes of every area range, and detections that tie on IoU."""
+    images, annotations, results = [], [], []
+    for image_id in range(1, 5):
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "width": 200, "height": 200})
+        for _ in range(60):
+            x, y, w, h = rng.uniform(0, 120, 2).tolist() + rng.choice([4.0, 20.0, 70.0], 2).tolist()
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(rng.integers(1, 4)),
+                 "bbox": [x, y, w, h], "area": w * h, "iscrowd": int(rng.random() < 0.15)}
+            )  # fmt: skip
+        for ann in annotations[-60:]:
+            if rng.random() < 0.5:
+                x, y, w, h = ann["bbox"]
+                shift = float(rng.choice([0.0, 1.0, 3.0]))  # 0.0 twice over: exact ties
+                results.append({"image_id": image_id, "category_id": ann["category_id"],
+                                "bbox": [x + shift, y, w, h], "score": float(rng.choice([0.3, 0.5, 0.9]))})  # fmt: skip
+        annotations.append(dict(annotations[-1], id=len(annotations) + 1))  # a duplicate box: two equal IoUs
+    categories = [{"id": c, "name": str(c)} for c in (1, 2, 3)]
+    return {"images": images, "annotations": annotations, "categories": categories}, results
+
+
+def test_linear_matching_gives_pycocotools_results_exactly(tmp_path: Path) -> None:
+    from pycocotools.cocoeval import COCOeval
+
+    from maedet.detect.coco_match import LinearCOCOeval
+
+    data, results = _random_eval_set(np.random.default_rng(0))
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    coco = load_annotations(path)
+    found = coco.loadRes(results)
+    evaluators = []
+    for kind in (COCOeval, LinearCOCOeval):
+        evaluator = kind(coco, found, "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+        evaluators.append(evaluator)
+    ours, theirs = evaluators[1], evaluators[0]
+    assert len(ours.evalImgs) == len(theirs.evalImgs)
+    for mine, ref in zip(ours.evalImgs, theirs.evalImgs, strict=True):
+        assert (mine is None) == (ref is None)
+        if ref is not None:
+            for key in ("dtIds", "gtIds", "dtScores"):
+                assert list(mine[key]) == list(ref[key])
+            for key in ("dtMatches", "gtMatches", "gtIgnore", "dtIgnore"):
+                np.testing.assert_array_equal(np.asarray(mine[key]), np.asarray(ref[key]), err_msg=key)
+    np.testing.assert_array_equal(ours.stats, theirs.stats)
+    assert 0.1 < ours.stats[0] < 1.0  # the set has real matches and real misses
+
+
+def test_evaluation_logs_its_stages(coco_set) -> None:
+    import logging
+
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger = logging.getLogger("maedet.detect")
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)  # a small file logs its stages at DEBUG, a large one at INFO
+    try:
+        load_annotations(coco_set[1])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+    messages = [r.getMessage() for r in seen]
+    assert any(m.startswith("reading the annotations") for m in messages), messages
+    assert any(m.startswith("read 3 images, 9 annotations") for m in messages), messages
+
+
+# ------------------------------------------------------------------------ detector ONNX metadata (issue 17)
+_GOOD_META = {
+    "task": "detection",
+    "model_name": "hand_made",
+    "outputs": "detections",
+    "input_size": [3, 64, 64],
+    "input_dtype": "float32",
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "num_classes": 80,
+    "strides": [8, 16, 32, 64, 128],
+    "postprocess": {"nms_pre": 1000, "score_thr": 0.05, "iou_thr": 0.6, "max_per_img": 100},
+}
+
+
+def _identity_onnx(path: Path, meta: dict) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from maedet.export.metadata import apply_metadata
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 64, 64])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
+    apply_metadata(model, meta)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        ({"num_classes": None}, "no 'num_classes'"),
+        ({"num_classes": "eighty"}, "num_classes is 'eighty'"),
+        ({"mean": [0.5]}, "mean is [0.5]"),
+        ({"std": [0, 0, 0]}, "above 0"),
+        ({"postprocess": None}, "no 'postprocess'"),
+        ({"postprocess": {"nms_pre": 10}}, "an object of nms_pre"),
+        ({"postprocess": {"nms_pre": 10, "score_thr": 2.0, "iou_thr": 0.5, "max_per_img": 5}}, "score_thr"),
+        ({"outputs": "boxes"}, "'detections' or 'raw'"),
+        ({"strides": "8,16"}, "a list of strides"),
+        ({"input_size": [3, 64]}, "[channels, height, width]"),
+    ],
+)
+def test_hand_made_detector_metadata_is_one_sentence(change: dict, expect: str, tmp_path: Path) -> None:
+    meta = {k: v for k, v in {**_GOOD_META, **change}.items() if v is not None}
+    path = _identity_onnx(tmp_path / "hand.onnx", meta)
+    with pytest.raises(MaeDetError) as info:
+        load_backend(onnx=path)
+    assert expect in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_raw_file_must_have_the_outputs_its_strides_say(tmp_path: Path) -> None:
+    path = _identity_onnx(tmp_path / "hand.onnx", {**_GOOD_META, "outputs": "raw"})
+    with pytest.raises(MaeDetError, match="has 1 outputs, but its metadata's 5 strides need 10"):
+        load_backend(onnx=path)

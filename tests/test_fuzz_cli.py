@@ -73,6 +73,39 @@ def _checkpoints(folder: Path) -> None:
 
     torch.save({"state_dict": Payload()}, folder / "evil.pth")  # torch's zip format, as a real file would be
     (folder / "evil_legacy.pth").write_bytes(pickle.dumps({"state_dict": Payload()}))  # a bare pickle
+    raw = pickle.dumps({"a": 123456789, "b": [1.5, 70000]}, protocol=2)
+    (folder / "truncated.pth").write_bytes(raw[: raw.index(b"J") + 3])  # cut inside a 4-byte integer
+    _protocol_0_zip(folder / "evil.pth", folder / "protocol0.pth")
+
+
+def _protocol_0_zip(source: Path, target: Path) -> None:
+    """torch's zip format whose data.pkl is a protocol-0 pickle (torch's own scan reads protocol 2 and up)."""
+    import pickle
+    import zipfile
+
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            dst.writestr(info, pickle.dumps({"x": 1}, protocol=0) if info.filename.endswith("data.pkl") else data)
+
+
+def _coco_files(folder: Path) -> None:
+    good = {
+        "images": [{"id": 1, "file_name": "tiny.png", "width": 8, "height": 8}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    (folder / "ann_ok.json").write_text(json.dumps(good))
+    variants = {
+        "ann_no_bbox.json": lambda d: d["annotations"][0].pop("bbox"),
+        "ann_no_file_name.json": lambda d: d["images"][0].pop("file_name"),
+        "ann_crowd_yes.json": lambda d: d["annotations"][0].update(iscrowd="yes"),
+        "ann_mixed_ids.json": lambda d: d["images"].append({"id": "2", "file_name": "tiny.png"}),
+    }
+    for name, change in variants.items():
+        data = json.loads(json.dumps(good))
+        change(data)
+        (folder / name).write_text(json.dumps(data))
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -117,6 +150,8 @@ def _onnx_files(folder: Path) -> None:
     }
     onnx.save(model(odd), str(folder / "nested_meta.onnx"))
     onnx.save(model({"structure": '{"blocks": 5}', "output_names": "7"}), str(folder / "odd_meta.onnx"))
+    detector = {"task": "detection", "outputs": "detections", "num_classes": "eighty", "mean": "[0.5]"}
+    onnx.save(model(detector), str(folder / "hand_made_detector.onnx"))
 
 
 def _special_files(folder: Path) -> None:
@@ -135,6 +170,7 @@ MAKERS: dict[str, Callable[[Path], None]] = {
     "calib": _calibration,
     "onnx": _onnx_files,
     "special": _special_files,
+    "coco": _coco_files,
 }
 
 
@@ -275,7 +311,27 @@ PROBES = [
     # ---- detect / eval
     _p("detect-onnx-garbage", DETECT, "{in}/calib --onnx {in}/garbage.pth --out {out}/d", "garbage"),
     _p("detect-out-is-file", DETECT, "{in}/calib --model maedet_s_gfl --out {in}/a_file", "a_file"),
-    _p("eval-onnx-foreign", EVAL, "--onnx {in}/foreign.onnx --ann {in}/nested.json --images {in}/calib", "detector"),
+    _p("eval-onnx-foreign", EVAL, "--onnx {in}/foreign.onnx --ann {in}/ann_ok.json --images {in}/calib", "detector"),
+    # ---- issue 17: structure of COCO files, hand-made detector metadata, odd pickles
+    _p("eval-ann-no-bbox", EVAL, "--ann {in}/ann_no_bbox.json --images {in}/calib --model maedet_s_gfl", "'bbox'"),
+    _p("eval-ann-no-file-name", EVAL, "--ann {in}/ann_no_file_name.json --images {in}/calib", "'file_name'"),
+    _p("eval-ann-crowd-yes", EVAL, "--ann {in}/ann_crowd_yes.json --images {in}/calib", "iscrowd 'yes'"),
+    _p("eval-ann-mixed-ids", EVAL, "--ann {in}/ann_mixed_ids.json --images {in}/calib", "not an integer"),
+    _p(
+        "eval-onnx-hand-made-meta",
+        EVAL,
+        "--onnx {in}/hand_made_detector.onnx --ann {in}/ann_ok.json --images {in}/calib",
+        "num_classes",
+    ),
+    _p(
+        "detect-onnx-hand-made-meta",
+        DETECT,
+        "{in}/calib --onnx {in}/hand_made_detector.onnx --out {out}/d",
+        "num_classes",
+    ),
+    _p("export-ckpt-protocol0-zip", EXPORT, "maedet_s --checkpoint {in}/protocol0.pth --onnx {out}/m.onnx", "refused"),
+    _p("export-ckpt-truncated", EXPORT, "maedet_s --checkpoint {in}/truncated.pth --onnx {out}/m.onnx", "truncated"),
+    _p("convert-ckpt-truncated", CONVERT, "{in}/truncated.pth --model maedet_s --out {out}/c", "truncated"),
     # ---- data: the synthetic set's output folder and sizes
     _p("data-no-command", DATA, "", "required"),
     _p("data-out-not-empty", DATA, "shapes --out {out} --train 2 --val 1", "not empty"),

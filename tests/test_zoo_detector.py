@@ -263,3 +263,17 @@ def test_bad_backbones_and_names_are_refused() -> None:
         maedet.create_detector("gfl", backbone="resnet18", fpn_channels=48)
     with pytest.raises(MaeDetError, match="no published COCO weights"):
         maedet.create_detector("resnet50_gfl", pretrained=True)
+
+
+def test_a_narrow_head_runs_where_a_level_is_one_pixel() -> None:
+    # fpn_channels 32 puts one channel in each GroupNorm group; at 64×64 P6 and P7 are 1×1 (issue 17)
+    detector = maedet.create_detector("maedet_s_gfl", fpn_channels=32, num_classes=2).eval()
+    with torch.no_grad():
+        scores = detector(torch.randn(1, 3, 64, 64))[: len(detector.strides)]
+        found = detector.predict(torch.randn(1, 3, 64, 64))
+    assert scores[-1].shape[-2:] == (1, 1)
+    assert all(torch.isfinite(s).all() for s in scores)
+    assert len(found) == 1
+    norm = detector.head.cls_tower[0].norm  # the same numbers as torch's GroupNorm wherever torch's takes the input
+    x = torch.randn(2, 32, 3, 3)
+    torch.testing.assert_close(norm(x), F.group_norm(x, 32, norm.weight, norm.bias, norm.eps))

@@ -282,3 +282,64 @@ def test_hf_hub_offline_cache(authors_checkpoint_file, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "hub-ok 2048"
+
+
+# ------------------------------------------------------------------------ refusals that must not crash (issue 17)
+def test_a_protocol_0_pickle_inside_torch_zip_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    torch.save({"a.weight": torch.zeros(2)}, tmp_path / "good.pth")
+    for name, payload in (("plain", {"x": 1}), ("evil", {"x": Payload()})):
+        path = tmp_path / f"{name}.pth"
+        with zipfile.ZipFile(tmp_path / "good.pth") as src, zipfile.ZipFile(path, "w") as dst:
+            for info in src.infolist():
+                data = src.read(info.filename)
+                dst.writestr(info, pickle.dumps(payload, protocol=0) if info.filename.endswith("data.pkl") else data)
+        with pytest.raises(CheckpointError, match="was refused") as info:
+            load_checkpoint(path)
+        if name == "evil":
+            assert "posix.system" in str(info.value)
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+@pytest.mark.parametrize("protocol", [1, 2])
+def test_every_truncation_of_a_bare_pickle_is_one_sentence(protocol: int, tmp_path: Path) -> None:
+    raw = pickle.dumps({"a": 123456789, "b": "x" * 300, "c": [1.5, 70000, "yy"]}, protocol=protocol)
+    path = tmp_path / "cut.pth"
+    for length in range(1, len(raw)):
+        path.write_bytes(raw[:length])
+        with pytest.raises(CheckpointError):  # not struct.error or IndexError from the unpickler
+            load_checkpoint(path)
+
+
+def test_features_only_out_indices_beyond_the_levels_are_one_sentence() -> None:
+    with pytest.raises(ValueError, match=r"maedet_s has 4 feature levels: indices 0\.\.3") as info:
+        timm.create_model("maedet_s", features_only=True, out_indices=(0, 4))
+    assert "(4)" in str(info.value)
+    model = timm.create_model("maedet_s", features_only=True, out_indices=(0, -1))
+    assert len(model.feature_info.channels()) == 2
+
+
+def test_a_ddp_classifier_checkpoint_loads_through_timm(tmp_path: Path) -> None:
+    import logging
+
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = seen.append  # type: ignore[method-assign]
+    trained = timm.create_model("maedet_s", num_classes=10)
+    state = {f"module.{k}": v for k, v in trained.state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "ddp.pth")
+    overlay = {"file": str(tmp_path / "ddp.pth")}
+    logger = logging.getLogger("maedet.zoo")  # the CLI runner may have stopped propagation at 'maedet'
+    logger.addHandler(handler)
+    try:
+        backbone = timm.create_model("maedet_s", pretrained=True, pretrained_cfg_overlay=overlay)
+    finally:
+        logger.removeHandler(handler)
+    assert torch.equal(backbone.state_dict()["stem.conv.weight"], trained.state_dict()["stem.conv.weight"])
+    assert backbone.num_classes == 0
+    assert any("10-class classifier" in r.getMessage() for r in seen)
+    full = checkpoint_filter_fn(torch.load(tmp_path / "ddp.pth", weights_only=True), trained)
+    assert torch.equal(full["head.fc.weight"], trained.state_dict()["head.fc.weight"])

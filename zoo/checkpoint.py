@@ -18,9 +18,11 @@ one sentence how a checkpoint fails to fit a model: counts and a few example key
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
+import struct
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +40,7 @@ __all__ = [
     "load_checkpoint",
     "load_error_keys",
     "mismatch_sentence",
+    "model_tensors",
     "safe_numpy_globals",
     "unwrap_state_dict",
 ]
@@ -48,6 +51,8 @@ _REASON_MARKER = "WeightsUnpickler error:"
 FOLDER_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 # Training checkpoints keep the weights under one of these (mmdetection: state_dict; many trainers: model).
 _CONTAINER_KEYS = ("state_dict", "model")
+# What torch's weights_only unpickler raises on a pickle cut short (it unpacks fixed-size fields from short reads).
+_TRUNCATED = (struct.error, IndexError, EOFError)
 _DDP_PREFIX = "module."
 _BACKBONE_PREFIX = "backbone."
 
@@ -85,16 +90,31 @@ def _blocked_globals(path: Path, message: str) -> list[str]:
     try:
         with torch.serialization.safe_globals(safe_numpy_globals()):
             found = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except (ValueError, RuntimeError, OSError, KeyError):  # not torch's zip format: read the bare pickle's opcodes
+    except (ValueError, RuntimeError, OSError, KeyError, pickle.UnpicklingError, *_TRUNCATED):
+        # not torch's zip format (read the bare pickle's opcodes), or a zip whose data.pkl torch's scan cannot read
+        # (protocol 0 or 1: the scan knows protocol 2 and up) -- the refusal must still be one sentence
         found = _bare_pickle_globals(path)
     return found + [name for name in dict.fromkeys(_GLOBAL_RE.findall(message)) if name not in found]
 
 
-def _bare_pickle_globals(path: Path, limit: int = 64 * 2**20) -> list[str]:
-    """The importable names a bare (non-zip) pickle refers to, read from its opcodes without running anything.
+def _pickle_stream(path: Path) -> Any:
+    """The pickle inside ``path``: the file itself, or the ``data.pkl`` member of torch's zip format."""
+    import zipfile
 
-    torch's scan reads only its zip format, and its weights_only unpickler stops at the first opcode it does not
-    support (protocol 5's FRAME, for one) before it meets a global; so a bare pickle's payload is named from here.
+    if zipfile.is_zipfile(path):
+        archive = zipfile.ZipFile(path)
+        member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+        if member is not None:
+            return io.BufferedReader(archive.open(member))  # type: ignore[arg-type]
+    return path.open("rb")
+
+
+def _bare_pickle_globals(path: Path, limit: int = 64 * 2**20) -> list[str]:
+    """The importable names a pickle refers to, read from its opcodes without running anything.
+
+    torch's scan reads only its zip format with a pickle of protocol 2 or later, and its weights_only unpickler
+    stops at the first opcode it does not support (protocol 5's FRAME, for one) before it meets a global; so a bare
+    pickle's payload, or a zip's protocol-0 ``data.pkl``, is named from here.
     Names a state dict legitimately holds (torch's rebuild functions, OrderedDict, numpy scalars) are left out.
     """
     import pickletools
@@ -102,7 +122,7 @@ def _bare_pickle_globals(path: Path, limit: int = 64 * 2**20) -> list[str]:
     names: list[str] = []
     strings: list[str] = []
     try:
-        with path.open("rb") as fh:
+        with _pickle_stream(path) as fh:
             while fh.tell() < limit and fh.peek(1):
                 for op, arg, _pos in pickletools.genops(fh):
                     if op.name in ("GLOBAL", "INST"):
@@ -111,8 +131,8 @@ def _bare_pickle_globals(path: Path, limit: int = 64 * 2**20) -> list[str]:
                         names.append(f"{strings[-2]}.{strings[-1]}")
                     elif isinstance(arg, str):
                         strings.append(arg)
-    except (ValueError, EOFError, OSError, UnicodeDecodeError):  # garbage after what was read: name what was found
-        pass
+    except (ValueError, EOFError, OSError, UnicodeDecodeError, KeyError, *_TRUNCATED):
+        pass  # garbage after what was read (or an unreadable archive): name what was found
     harmless = {"collections.OrderedDict", "numpy.dtype", "numpy.core.multiarray.scalar"}
     harmless |= {"numpy._core.multiarray.scalar", "_codecs.encode"}
     return [n for n in dict.fromkeys(names) if n not in harmless and not n.startswith(("torch.", "numpy.dtypes."))]
@@ -158,7 +178,12 @@ def _load_pickle(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise _refusal(path, exc) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except _TRUNCATED:
+        raise CheckpointError(
+            f"checkpoint {path.name} is not a readable PyTorch checkpoint (it ends in the middle of its data: "
+            "truncated or corrupt)."
+        ) from None
+    except (RuntimeError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"checkpoint {path.name} is not a readable PyTorch checkpoint ({_reason(exc)})."
         ) from None
@@ -264,23 +289,28 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return checkpoint
 
 
-def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The model's tensors out of a training checkpoint, and the keys left out (to be named in a log line).
-
-    Takes the ``state_dict`` or ``model`` entry when there is one, drops DDP's ``module.`` prefix, and when some
-    keys start with ``backbone.`` (a detector's checkpoint) keeps just those, without the prefix: the neck and
-    head of the detector are left out. Entries that are not tensors (epochs, configs) are left out silently.
-    """
+def model_tensors(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a training checkpoint, keyed as the model names them: the ``state_dict`` or ``model`` entry
+    when there is one, DDP's ``module.`` prefix dropped; entries that are not tensors (epochs, configs) left out."""
     for key in _CONTAINER_KEYS:
         inner = checkpoint.get(key)
         if isinstance(inner, Mapping):
             checkpoint = inner
             break
-    tensors = {
+    return {
         key.removeprefix(_DDP_PREFIX): value
         for key, value in checkpoint.items()
         if isinstance(key, str) and isinstance(value, torch.Tensor)
     }
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The model's tensors out of a training checkpoint, and the keys left out (to be named in a log line).
+
+    :func:`model_tensors`, and when some keys start with ``backbone.`` (a detector's checkpoint) just those, without
+    the prefix: the neck and head of the detector are left out.
+    """
+    tensors = model_tensors(checkpoint)
     if not any(key.startswith(_BACKBONE_PREFIX) for key in tensors):
         return tensors, []
     kept = {key.removeprefix(_BACKBONE_PREFIX): v for key, v in tensors.items() if key.startswith(_BACKBONE_PREFIX)}

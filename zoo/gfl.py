@@ -74,13 +74,26 @@ class Fpn(nn.Module):
         return outs
 
 
+class AnySizeGroupNorm(nn.GroupNorm):
+    """GroupNorm that also takes a group of one value (one channel per group on a 1×1 map).
+
+    ``F.group_norm`` refuses that case with "Expected more than 1 value per channel when training", in eval mode too,
+    although the result is well defined (the value minus its own mean is 0, so the output is the bias). A narrow
+    head (``fpn_channels`` 32, one channel per group) meets it at P7 for any input of at most 128×128 pixels. The
+    same ATen operator runs (and exports to ONNX) without that Python-side check; state-dict keys are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
 class ConvGnAct(nn.Module):
     """3×3 conv (no bias) → GroupNorm(32) → ReLU: one layer of a head tower."""
 
     def __init__(self, in_chs: int, out_chs: int, num_groups: int = 32) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=False)
-        self.norm = nn.GroupNorm(num_groups, out_chs, eps=1e-5)
+        self.norm = AnySizeGroupNorm(num_groups, out_chs, eps=1e-5)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ the bare TinyNAS layout, and our own) onto this module exactly, so ``pretrained=
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,9 +28,12 @@ from timm.models._hub import download_cached_file
 
 from maedet.errors import MaeDetError
 
+from .checkpoint import model_tensors
 from .structure import Stage, Structure, builtin_structure, load_structure
 
 __all__ = ["MaeDet", "checkpoint_filter_fn", "fuse_bn"]
+
+_logger = logging.getLogger(__name__)
 
 
 class ConvBnAct(nn.Module):
@@ -287,25 +291,10 @@ def _authors_to_ours(key: str) -> str | None:
     return None
 
 
-def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
-    for key in ("state_dict", "model"):
-        inner = checkpoint.get(key)
-        if isinstance(inner, Mapping):
-            return inner
-    return checkpoint
-
-
-def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Convert an authors' mmdetection checkpoint, a bare TinyNAS state dict, or ours, to this model's names.
-
-    Neck and head keys of the detector are dropped. The result must cover every backbone tensor of ``model``
-    exactly: a missing, unexpected or misshapen backbone key raises a ValueError that names the keys.
-    """
-    state_dict = _unwrap(state_dict)
+def _ours(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every backbone and classifier tensor under this model's names (neck, bbox_head, optimizer state dropped)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            continue
         if key.startswith(("stem.", "stages.", "head.")):
             out[key] = value
             continue
@@ -319,8 +308,42 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
             out[mapped] = value
         elif bare.startswith("block_list.") or key.startswith("backbone.body."):
             raise MaeDetError(f"checkpoint: backbone key {key!r} is not part of a MAE-DET backbone.")
-        # anything else (neck, bbox_head, optimizer state) is not ours and is dropped
+    return out
 
+
+def _fit_classifier(out: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """A checkpoint's classifier loads into a model with a classifier of the same shape; a model built without one
+    (``num_classes=0``, the backbone default) leaves it out, saying so; any other shape is one sentence."""
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith("head.")}
+    found = sorted(k for k in out if k.startswith("head."))
+    if found and not any(k in expected for k in found):
+        classes = out["head.fc.weight"].shape[0] if "head.fc.weight" in out else "?"
+        _logger.warning(
+            "the checkpoint's %s-class classifier (%s) is left out: this model has none; pass num_classes=%s to "
+            "keep it.",
+            classes,
+            ", ".join(found),
+            classes,
+        )
+        for key in found:
+            del out[key]
+        return
+    wrong = [f"{k} {tuple(out[k].shape)} vs model {tuple(expected[k].shape)}" for k in found
+             if k in expected and out[k].shape != expected[k].shape]  # fmt: skip
+    if wrong:
+        raise MaeDetError(f"checkpoint's classifier does not fit this model: {_preview(wrong)}.")
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Convert an authors' mmdetection checkpoint, a bare TinyNAS state dict, or ours, to this model's names.
+
+    The checkpoint is unwrapped by the one checkpoint reader's rule (``state_dict``/``model`` containers, DDP's
+    ``module.`` prefix). Neck and head keys of the detector are dropped. The result must cover every backbone
+    tensor of ``model`` exactly: a missing, unexpected or misshapen backbone key raises a MaeDetError (a
+    ValueError) that names the keys.
+    """
+    out = _ours(model_tensors(state_dict))
+    _fit_classifier(out, model)
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     got = {k: v for k, v in out.items() if not k.startswith("head.")}
     missing = sorted(set(expected) - set(got))
@@ -384,6 +407,8 @@ def _create_maedet(variant: str, pretrained: bool = False, **kwargs: Any) -> Mae
     structure = load_structure(kwargs["structure"]) if "structure" in kwargs else builtin_structure(variant)
     kwargs["structure"] = structure  # parsed once, here
     num_features = len(structure.feature_points())
+    if kwargs.get("features_only"):
+        _check_out_indices(variant, kwargs.get("out_indices"), num_features)
     return build_model_with_cfg(
         MaeDet,
         variant,
@@ -392,6 +417,22 @@ def _create_maedet(variant: str, pretrained: bool = False, **kwargs: Any) -> Mae
         feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(num_features))),
         **kwargs,
     )
+
+
+def _check_out_indices(variant: str, out_indices: Any, num_features: int) -> None:
+    """timm's ``out_indices`` for this structure's feature levels, or one sentence naming the valid ones (timm
+    itself ends in a bare IndexError); an int ``n`` means the last ``n`` levels, as in timm."""
+    if out_indices is None:
+        return
+    valid = f"{variant} has {num_features} feature levels: indices 0..{num_features - 1} (or -{num_features}..-1)"
+    if isinstance(out_indices, int) and not isinstance(out_indices, bool):
+        if not 1 <= out_indices <= num_features:
+            raise MaeDetError(f"out_indices={out_indices} asks for that many last levels; {valid}.")
+        return
+    items = list(out_indices) if isinstance(out_indices, (list, tuple)) else [out_indices]
+    bad = [i for i in items if isinstance(i, bool) or not isinstance(i, int) or not -num_features <= i < num_features]
+    if bad or not items:
+        raise MaeDetError(f"out_indices {tuple(items)} names no such level ({', '.join(map(repr, bad))}); {valid}.")
 
 
 _AUTHORS_URL = "https://idstcv.oss-cn-zhangjiakou.aliyuncs.com/LightNAS/detection/maedet-{}/latest.pth"
