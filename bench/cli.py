@@ -200,6 +200,12 @@ def _check_output_flags(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.plot is not None and not args.plot.lower().endswith(".png"):
         raise BenchError(f"the plot is written as PNG, so its name must end in .png (got {args.plot!r}).")
+    from maedet.fileio import refuse_overwriting_inputs
+
+    inputs = {f"--models {name}": name for name in args.models or ()}
+    inputs.update({f"--structure {spec}": spec.partition("=")[2] or spec for spec in args.structure})
+    inputs["--cache-dir"] = args.cache_dir
+    refuse_overwriting_inputs(inputs, {"JSON output": args.json, "CSV output": args.csv, "plot": args.plot})
     return check_outputs({"JSON": args.json, "CSV": args.csv, "plot": args.plot})
 
 

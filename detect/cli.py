@@ -14,7 +14,7 @@ from rich.table import Table
 
 from maedet.cli import make_parser, run_cli
 from maedet.errors import MaeDetError
-from maedet.fileio import atomic_write_text
+from maedet.fileio import atomic_write_text, refuse_overwriting_inputs
 
 from .backends import Backend, load_backend
 from .coco import category_ids, class_names
@@ -94,7 +94,13 @@ def _summary(results: Sequence[ImageResult], names: Sequence[str]) -> Table:
     return table
 
 
+def _weight_inputs(args: argparse.Namespace) -> dict[str, str | None]:
+    return {"--checkpoint": args.checkpoint, "--onnx file": args.onnx}
+
+
 def _detect(args: argparse.Namespace) -> int:
+    inputs = {**_weight_inputs(args), **{f"image {item}": item for item in args.images}}
+    refuse_overwriting_inputs(inputs, output_folders={"--out folder": args.out})
     files = _expand(args.images)
     check_out_dir(args.out)
     backend = _backend(args)
@@ -132,6 +138,8 @@ def _eval_table(stats: dict[str, float], title: str) -> Table:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    inputs = {**_weight_inputs(args), "--ann file": args.ann, "--images folder": args.images}
+    refuse_overwriting_inputs(inputs, {"--json output": args.json})
     backend = _backend(args)
     with _progress() as progress:
         task = progress.add_task(f"evaluating ({backend.name})", total=None)

@@ -304,7 +304,7 @@ def _say(message: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     names = (CHECKPOINT_NAME, *OUTPUT_NAMES)
-    check_output_folder(out, names)
+    check_output_folder(out, names, {"--init structure": args.init, "--latency-table": args.latency_table})
     with locked_output_folder(out, names):
         return _run_locked(args, out)
 
@@ -399,7 +399,7 @@ def _pareto(args: argparse.Namespace) -> int:
     if target is None:
         raise SearchError("pareto needs a --latency-table.")
     out = Path(args.out)
-    check_output_folder(out, PARETO_NAMES)
+    check_output_folder(out, PARETO_NAMES, {"--init structure": args.init, "--latency-table": args.latency_table})
     settings = ParetoSettings(
         init=load_structure(args.init),
         points=args.points,

@@ -22,7 +22,7 @@ import timm
 
 from maedet.cli import make_parser, run_cli
 from maedet.errors import MaeDetError
-from maedet.fileio import atomic_output_dir
+from maedet.fileio import atomic_output_dir, refuse_overwriting_inputs
 
 from .checkpoint import check_state_dict_matches, load_checkpoint
 from .detector_folder import push_detector_folder, save_detector_folder
@@ -170,6 +170,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _convert(args: argparse.Namespace) -> int:
     detector = args.model in list_detectors()
+    inputs = {"checkpoint": args.checkpoint, "--structure": args.structure}
+    refuse_overwriting_inputs(inputs, output_folders={"output folder": args.out})
     if args.num_classes is not None and not detector:
         raise MaeDetError("--num-classes applies to detectors (--model maedet_m_gfl, ...), not to backbones.")
     if detector:
