@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from maedet.cli import make_parser, run_cli
+from maedet.cli import int_range, make_parser, positive_int, run_cli
 from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text, refuse_overwriting_inputs
 
@@ -37,7 +37,9 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--pretrained", action="store_true", help="download the authors' COCO weights")
     src.add_argument("--onnx", metavar="FILE", help="an exported detector (maedet-export NAME --onnx FILE)")
     p.add_argument("--num-classes", type=int, help="classes of --model (default 80, or the converted folder's)")
-    p.add_argument("--size", type=int, nargs=2, default=TEST_SCALE, metavar=("LONG", "SHORT"), help="test scale")
+    p.add_argument(
+        "--size", type=int_range(32, 8192), nargs=2, default=TEST_SCALE, metavar=("LONG", "SHORT"), help="test scale"
+    )
     p.add_argument("--batch", type=int, default=1, help="images per run")
     p.add_argument("--device", default="cpu", help="PyTorch device for --model")
 
@@ -167,7 +169,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ann", required=True, help="COCO annotations (instances_val2017.json)")
     p.add_argument("--images", required=True, help="folder with the annotated images")
     _add_backend_args(p)
-    p.add_argument("--limit", type=int, help="only the first N images (by id)")
+    p.add_argument("--limit", type=positive_int, help="only the first N images (by id)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to this file")
     return run_cli(p, _eval, argv)
 

@@ -101,7 +101,7 @@ def test_integer_weights_of_another_timm_model_are_refused_on_export(tmp_path: P
     state["conv1.weight"] = state["conv1.weight"].to(torch.int64)
     path = tmp_path / "kind.pth"
     torch.save(state, path)
-    with pytest.raises(MaeDetError, match="conv1.weight has dtype torch.int64"):
+    with pytest.raises(MaeDetError, match=r"conv1\.weight has dtype torch\.int64"):
         resolve_model("resnet18", checkpoint=path)
 
 
@@ -119,7 +119,9 @@ def test_extra_keys_are_named_on_export_and_convert(tmp_path: Path, classifier_s
 
 
 # ------------------------------------------------------------------------------------------- 17.5 numpy meta, timm path
-def test_numpy_meta_loads_through_timms_overlay_and_a_payload_does_not(tmp_path: Path, classifier_state) -> None:
+def test_numpy_meta_loads_through_timms_overlay_and_a_payload_does_not(
+    tmp_path: Path, classifier_state, monkeypatch: pytest.MonkeyPatch
+) -> None:
     meta = {"epoch": np.int64(24), "lr": np.float64(0.02), "dtype": np.dtype("float32")}
     path = tmp_path / "latest.pth"
     torch.save({"meta": meta, "state_dict": classifier_state}, path)
@@ -132,8 +134,8 @@ def test_numpy_meta_loads_through_timms_overlay_and_a_payload_does_not(tmp_path:
 
     evil = tmp_path / "evil.pth"
     torch.save({"meta": {"hook": Payload()}, "state_dict": classifier_state}, evil)
-    os.chdir(tmp_path)
-    with pytest.raises(CheckpointError, match="posix.system"):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"posix\.system"):
         timm.create_model("maedet_s", pretrained=True, pretrained_cfg_overlay=dict(file=str(evil)))
     assert not (tmp_path / "pwned").exists()
 
