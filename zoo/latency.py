@@ -284,7 +284,13 @@ class LatencyTable:
     def predict_ms(self, structure: Structure) -> float:
         """Predicted latency of a whole backbone, ms per batch of the target."""
         cal = self.calibration
-        return float(cal.get("scale", 1.0)) * self.raw_sum_ms(structure) + float(cal.get("offset_ms", 0.0))
+        ms = float(cal.get("scale", 1.0)) * self.raw_sum_ms(structure) + float(cal.get("offset_ms", 0.0))
+        if not ms > 0:  # a negative offset larger than a network's time: no budget may be judged with it
+            raise MaeDetError(
+                f"latency table {self.source!r} predicts {ms:.3g} ms for this structure; a latency must be positive, so its "
+                "calibration (scale, offset_ms) does not fit this network: profile the target again."
+            )
+        return ms
 
     def predict_ms_per_image(self, structure: Structure) -> float:
         return self.predict_ms(structure) / self.batch
@@ -327,6 +333,8 @@ class LatencyTable:
         refs = data.get("references") or {}
         if not isinstance(calibration, Mapping) or not all(_finite(v) for v in calibration.values()):
             raise MaeDetError(f"{where} has a malformed 'calibration' object.")
+        if not calibration.get("scale", 1.0) > 0:  # a zero or negative scale would let every candidate fit a budget
+            raise MaeDetError(f"{where}: calibration 'scale' must be a positive number, got {calibration['scale']!r}.")
         if not isinstance(refs, Mapping) or not all(_finite(v) and v > 0 for v in refs.values()):
             raise MaeDetError(f"{where} has a malformed 'references' object (names → positive ms).")
         return cls(
