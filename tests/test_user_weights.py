@@ -192,3 +192,28 @@ def test_a_folder_with_known_model_args_still_loads(tmp_path: Path, classifier_s
     model = timm.create_model(f"local-dir:{folder}", pretrained=True)
     key = "stages.0.blocks.0.conv1.conv.weight"
     assert torch.equal(model.state_dict()[key], classifier_state[key])
+
+
+# ------------------------------------------------------------------------------------------- maedet-convert
+def test_convert_keeps_the_classifier_and_records_the_users_source(tmp_path: Path, classifier_state) -> None:
+    from maedet.zoo.convert import main
+
+    path = tmp_path / "my_run.pth"
+    torch.save({"state_dict": classifier_state}, path)
+    out = tmp_path / "folder"
+    assert main([str(path), "--model", "maedet_s", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_classes"] == 1000
+    cfg = config["pretrained_cfg"]
+    assert "tag" not in cfg and "origin_url" not in cfg and "url" not in cfg and "paper_ids" not in cfg
+    assert cfg["notes"] == ["Converted by maedet-convert from my_run.pth."]
+    model = timm.create_model(f"local-dir:{out}", pretrained=True)
+    assert torch.equal(model.head.fc.weight, classifier_state["head.fc.weight"])
+
+
+def test_a_converted_detector_card_claims_no_dataset(tmp_path: Path) -> None:
+    from maedet.zoo import create_detector
+    from maedet.zoo.detector_folder import detector_config, model_card
+
+    card = model_card(detector_config(create_detector("maedet_s_gfl")), "mine.pth")
+    assert "datasets" not in card and "coco" not in card.split("---")[1] and "`mine.pth`" in card

@@ -37,6 +37,7 @@ __all__ = [
     "check_number_kinds",
     "check_state_dict_matches",
     "check_tensors",
+    "classifier_classes",
     "load_checkpoint",
     "load_error_keys",
     "mismatch_sentence",
@@ -311,6 +312,12 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> tuple[dict[str, torch.Te
         return tensors, []
     kept = {key.removeprefix(_BACKBONE_PREFIX): v for key, v in tensors.items() if key.startswith(_BACKBONE_PREFIX)}
     return kept, sorted(key for key in tensors if not key.startswith(_BACKBONE_PREFIX))
+
+
+def classifier_classes(state: Mapping[str, Any], key: str = "head.fc.weight") -> int:
+    """How many classes the classifier of a (training) checkpoint has, 0 when it has none."""
+    weight = unwrap_state_dict(state)[0].get(key)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim == 2 else 0
 
 
 def preview(items: Sequence[str], limit: int = 4) -> str:

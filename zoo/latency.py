@@ -287,8 +287,8 @@ class LatencyTable:
         ms = float(cal.get("scale", 1.0)) * self.raw_sum_ms(structure) + float(cal.get("offset_ms", 0.0))
         if not ms > 0:  # a negative offset larger than a network's time: no budget may be judged with it
             raise MaeDetError(
-                f"latency table {self.source!r} predicts {ms:.3g} ms for this structure; a latency must be positive, so its "
-                "calibration (scale, offset_ms) does not fit this network: profile the target again."
+                f"latency table {self.source!r} predicts {ms:.3g} ms for this structure; a latency must be positive, "
+                "so its calibration (scale, offset_ms) does not fit this network: profile the target again."
             )
         return ms
 

@@ -27,7 +27,7 @@ from timm.models._hub import download_cached_file
 
 from maedet.errors import MaeDetError
 
-from .checkpoint import check_number_kinds, check_tensors, load_checkpoint, unwrap_state_dict
+from .checkpoint import check_number_kinds, check_tensors, classifier_classes, load_checkpoint
 from .model_args import check_model_args
 from .structure import Stage, Structure, builtin_structure, load_structure
 
@@ -405,12 +405,6 @@ def _user_weights(cfg: PretrainedCfg) -> tuple[Mapping[str, Any], str] | None:
     return None
 
 
-def _classifier_classes(state: Mapping[str, Any]) -> int:
-    """How many classes the weights' classifier has (0 without one)."""
-    weight = unwrap_state_dict(state)[0].get("head.fc.weight")
-    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim == 2 else 0
-
-
 def _load_user_weights(variant: str, kwargs: dict[str, Any]) -> bool:
     """Route the caller's own weights through our checkpoint reader; True when there were any.
 
@@ -428,7 +422,7 @@ def _load_user_weights(variant: str, kwargs: dict[str, Any]) -> bool:
     state, name = found
     overlay.update(state_dict=state, file=None, url="", hf_hub_id=None, source="")
     if "num_classes" not in overlay:  # a caller that declares the weights' class count (the exporter) is believed
-        classes, asked = _classifier_classes(state), kwargs.get("num_classes")
+        classes, asked = classifier_classes(state), kwargs.get("num_classes")
         if classes and asked not in (None, 0, classes):
             raise MaeDetError(
                 f"{name} has a trained {classes}-class classifier, but num_classes={asked} was asked; pass "
