@@ -208,7 +208,10 @@ def _convert(args: argparse.Namespace) -> int:
             url = push(folder, repo, private=args.private)
         except Exception as exc:  # the hub client raises many kinds (HTTP, auth, connection, offline)
             reason = " ".join(str(exc).split())
-            raise MaeDetError(f"could not push to {repo} ({type(exc).__name__}: {reason})") from None
+            raise MaeDetError(
+                f"could not push to {repo} ({type(exc).__name__}: {reason}); the converted folder "
+                f"{str(folder)!r} is kept: it loads locally, and can be uploaded once the hub is reachable."
+            ) from None
         hub = load.replace(f"local-dir:{folder}", f"hf-hub:{repo}")
         print(f"pushed to {url}; load it with: {hub}")
     return 0
