@@ -79,8 +79,10 @@ def convert_checkpoint(
         return convert_detector(checkpoint, out_dir, model_name, structure)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
+    model = build_model(model_name, structure)  # the names and the structure are refused before the file is read
     checkpoint_state = load_checkpoint(checkpoint)
-    model = build_model(model_name, structure, num_classes=classifier_classes(checkpoint_state))
+    if classes := classifier_classes(checkpoint_state):
+        model = build_model(model_name, structure, classes)
     state_dict = checkpoint_filter_fn(checkpoint_state, model)
     check_state_dict_matches(state_dict, model)
     model.load_state_dict(state_dict, strict=True)  # a classifier in the checkpoint is kept, with its class count
