@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from maedet.cli import make_parser, run_cli
+from maedet.cli import make_parser, positive_int, run_cli
 
 from .backends import BACKENDS, resolve_backends, unavailable_reason_and_hint
 from .errors import BenchError
@@ -96,7 +96,9 @@ def _add_what_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_timing_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for every runtime (default: usable cores)")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="CPU threads for every runtime (default: usable cores)"
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed runs per model and backend (default 2)")
     p.add_argument("--rounds", type=int, default=None, help="most interleaved timing rounds (default 12)")
     p.add_argument(
@@ -200,6 +202,12 @@ def _check_output_flags(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.plot is not None and not args.plot.lower().endswith(".png"):
         raise BenchError(f"the plot is written as PNG, so its name must end in .png (got {args.plot!r}).")
+    from maedet.fileio import refuse_overwriting_inputs
+
+    inputs = {f"--models {name}": name for name in args.models or ()}
+    inputs.update({f"--structure {spec}": spec.partition("=")[2] or spec for spec in args.structure})
+    inputs["--cache-dir"] = args.cache_dir
+    refuse_overwriting_inputs(inputs, {"JSON output": args.json, "CSV output": args.csv, "plot": args.plot})
     return check_outputs({"JSON": args.json, "CSV": args.csv, "plot": args.plot})
 
 
@@ -257,7 +265,7 @@ def build_profile_parser() -> argparse.ArgumentParser:
         help="one square input size in pixels (640, or 640x640); a latency table is made for one side length",
     )
     p.add_argument("--batch-size", type=int, default=1, metavar="B", help="batch of the target")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: the usable cores)")
+    p.add_argument("--threads", type=positive_int, default=None, help="runtime threads (default: the usable cores)")
     p.add_argument(
         "--train-nets", type=int, default=24, help="networks whose operators are timed (ort-cpu; default 24)"
     )

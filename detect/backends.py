@@ -62,6 +62,7 @@ class OnnxBackend(Backend):
 
     def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None) -> None:
         from maedet.export.detector_metadata import read_detector_metadata
+        from maedet.export.metadata import normalisation
         from maedet.export.runtime import ort_session
 
         meta = read_detector_metadata(path)
@@ -69,7 +70,7 @@ class OnnxBackend(Backend):
         self.session = ort_session(path, providers=tuple(providers or ("CPUExecutionProvider",)), what=str(path))
         self.name = str(meta.get("model_name", Path(path).stem))
         self.num_classes = int(meta["num_classes"])
-        self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
+        self.mean, self.std = normalisation(meta, repr(str(path)))
         shape = self.session.get_inputs()[0].shape
         self.input_uint8 = self.session.get_inputs()[0].type == "tensor(uint8)"
         self.fixed_hw = (int(shape[2]), int(shape[3])) if all(isinstance(d, int) for d in shape[2:]) else None

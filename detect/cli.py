@@ -11,9 +11,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from maedet.cli import make_parser, progress_bar, run_cli
+from maedet.cli import int_range, make_parser, positive_int, progress_bar, run_cli
 from maedet.errors import MaeDetError
-from maedet.fileio import atomic_write_text
+from maedet.fileio import atomic_write_text, refuse_overwriting_inputs
 
 from .backends import Backend, load_backend
 from .coco import category_ids, class_names
@@ -36,7 +36,9 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--pretrained", action="store_true", help="download the authors' COCO weights")
     src.add_argument("--onnx", metavar="FILE", help="an exported detector (maedet-export NAME --onnx FILE)")
     p.add_argument("--num-classes", type=int, help="classes of --model (default 80, or the converted folder's)")
-    p.add_argument("--size", type=int, nargs=2, default=TEST_SCALE, metavar=("LONG", "SHORT"), help="test scale")
+    p.add_argument(
+        "--size", type=int_range(32, 8192), nargs=2, default=TEST_SCALE, metavar=("LONG", "SHORT"), help="test scale"
+    )
     p.add_argument("--batch", type=int, default=1, help="images per run")
     p.add_argument("--device", default="cpu", help="PyTorch device for --model")
 
@@ -81,7 +83,13 @@ def _summary(results: Sequence[ImageResult], names: Sequence[str]) -> Table:
     return table
 
 
+def _weight_inputs(args: argparse.Namespace) -> dict[str, str | None]:
+    return {"--checkpoint": args.checkpoint, "--onnx file": args.onnx}
+
+
 def _detect(args: argparse.Namespace) -> int:
+    inputs = {**_weight_inputs(args), **{f"image {item}": item for item in args.images}}
+    refuse_overwriting_inputs(inputs, output_folders={"--out folder": args.out})
     files = _expand(args.images)
     check_out_dir(args.out)
     backend = _backend(args)
@@ -119,6 +127,8 @@ def _eval_table(stats: dict[str, float], title: str) -> Table:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    inputs = {**_weight_inputs(args), "--ann file": args.ann, "--images folder": args.images}
+    refuse_overwriting_inputs(inputs, {"--json output": args.json})
     coco = load_annotations(args.ann)  # a bad file is refused before the model is built
     backend = _backend(args)
     with progress_bar() as progress:
@@ -147,7 +157,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ann", required=True, help="COCO annotations (instances_val2017.json)")
     p.add_argument("--images", required=True, help="folder with the annotated images")
     _add_backend_args(p)
-    p.add_argument("--limit", type=int, help="only the first N images (by id)")
+    p.add_argument("--limit", type=positive_int, help="only the first N images (by id)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to this file")
     return run_cli(p, _eval, argv)
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import ExportError
-from .metadata import read_metadata
+from .metadata import normalisation, read_metadata
 from .runtime import TrtEngine, ort_session, run_session
 
 __all__ = [
@@ -229,7 +229,7 @@ def check_engine(
     meta = read_metadata(onnx_path)
     precision = str(meta.get("precision", "fp32"))
     h, w = meta["input_size"][1:]
-    images = synthetic_images(batch, h, w, meta["mean"], meta["std"], seed=seed)
+    images = synthetic_images(batch, h, w, *normalisation(meta, repr(str(onnx_path))), seed=seed)
     trt_engine = engine if isinstance(engine, TrtEngine) else TrtEngine.load(engine)
     got = trt_engine.run(images)
     ref = run_session(ort_session(onnx_path, what=f"the {precision} ONNX file"), images)

@@ -207,10 +207,27 @@ def _onnx_path(args: argparse.Namespace) -> Path:
     return Path(args.onnx) if args.onnx else Path(args.trt).with_suffix(".onnx")
 
 
+def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
+    """No output may be (or link to) a file this run reads: the model folder, checkpoint, structure or images."""
+    from maedet.fileio import refuse_overwriting_inputs
+    from maedet.zoo.detector_folder import LOCAL_PREFIX
+
+    inputs = {"model folder": args.model.removeprefix(LOCAL_PREFIX), "--checkpoint": args.checkpoint}
+    inputs.update({"--structure": args.structure, "--calib folder": args.calib})
+    outputs = {"ONNX file": _onnx_path(args)}
+    if args.trt:
+        from .engine_sidecar import sidecar_path
+
+        outputs.update({"TensorRT engine": args.trt, "engine sidecar": sidecar_path(Path(args.trt))})
+    refuse_overwriting_inputs(inputs, outputs)
+
+
 def _check_paths(args: argparse.Namespace) -> None:
-    """Every file this run writes is a distinct path, and no ONNX file is replaced unless --onnx names it."""
+    """Every file this run writes is a distinct path, no input is overwritten, and no ONNX file is replaced unless
+    --onnx names it."""
     from maedet.fileio import check_output_path
 
+    _refuse_overwriting_inputs(args)
     onnx_path = check_output_path(_onnx_path(args), "ONNX file")
     if not args.trt:
         return

@@ -10,6 +10,7 @@ that stored every value as JSON, and still read back the same.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = [
     "decode_value",
     "encode_value",
     "format_metadata",
+    "normalisation",
     "read_metadata",
 ]
 
@@ -181,6 +183,26 @@ def read_metadata(source: str | os.PathLike[str] | onnx.ModelProto) -> dict[str,
         except (DecodeError, OSError) as exc:  # protobuf's DecodeError for any non-ONNX file
             raise ExportError(f"{str(path)!r} is not a readable ONNX file ({type(exc).__name__}).") from None
     return {prop.key: decode_value(prop.key, prop.value) for prop in model.metadata_props}
+
+
+def normalisation(metadata: Mapping[str, Any], where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``mean`` and ``std`` an ONNX file says its input is normalised with, checked before use: one finite
+    number per channel each, every std positive (a NaN mean or a zero std would make every output NaN or inf)."""
+    mean, std = metadata.get("mean"), metadata.get("std")
+
+    def numbers(value: Any) -> bool:
+        return (
+            isinstance(value, list)
+            and 0 < len(value) <= 64
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        )
+
+    if not numbers(mean) or not numbers(std) or len(mean) != len(std) or min(std) <= 0:
+        raise ExportError(
+            f"{where} has unusable normalisation metadata (mean {str(mean)[:60]}, std {str(std)[:60]}): each must "
+            "list one finite number per channel, and every std must be positive."
+        )
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def format_metadata(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -19,8 +19,10 @@ from typing import Any
 import timm
 from timm.models import parse_model_name, split_model_name_tag
 
+from maedet.errors import MaeDetError
 from maedet.zoo import Structure, load_structure
 from maedet.zoo.checkpoint import FOLDER_WEIGHT_FILES
+from maedet.zoo.model_args import check_model_args
 from maedet.zoo.structure import BUILTIN_NAMES
 
 from .errors import ExportError, first_line
@@ -112,6 +114,10 @@ def _folder_reference(text: str, folder: Path) -> ModelReference:
             f"{str(folder / 'config.json')!r} names architecture {architecture!r}, which is not a registered timm "
             "model."
         )
+    try:
+        model_args = check_model_args(model_args, repr(str(folder / "config.json")))
+    except MaeDetError as exc:
+        raise ExportError(str(exc)) from None
     _check_folder_structure(folder, architecture, model_args)
     cfg = {key: value for key, value in cfg.items() if key not in _WEIGHT_SOURCE_KEYS}
     return ModelReference(text, architecture, architecture, folder, cfg, dict(model_args))

@@ -26,7 +26,13 @@ import torch.nn as nn
 import maedet  # noqa: F401  (registers the maedet models with timm)
 from maedet.errors import MaeDetError
 from maedet.zoo import Structure, fuse_bn, load_structure
-from maedet.zoo.checkpoint import load_checkpoint, load_error_keys, mismatch_sentence, unwrap_state_dict
+from maedet.zoo.checkpoint import (
+    check_number_kinds,
+    load_checkpoint,
+    load_error_keys,
+    mismatch_sentence,
+    unwrap_state_dict,
+)
 from maedet.zoo.structure import BUILTIN_NAMES
 
 from .errors import ExportError, first_line
@@ -144,6 +150,7 @@ def _create_with_weights(
         kwargs = {**kwargs, "num_classes": 0}
     tensors, num_classes, notes = _backbone_tensors(ref, state, kwargs.get("num_classes"))
     model = _load_strictly(ref, tensors, weights_name, {**kwargs, "num_classes": num_classes})
+    check_number_kinds(tensors, model)  # same-named tensors (a remapped layout is checked by the model's filter)
     for note in notes:
         LOGGER.info("%s: %s", weights_name, note)
     return model
@@ -163,10 +170,12 @@ def _backbone_tensors(
     if cfg is None:
         registered = timm.models.get_pretrained_cfg(ref.create_name)
         cfg = registered.to_dict() if registered is not None else {}
-    num_classes = int(cfg.get("num_classes", 1000)) if num_classes is None else num_classes
     classifiers = cfg.get("classifier") or ()
     prefixes = tuple(f"{name}." for name in ((classifiers,) if isinstance(classifiers, str) else classifiers))
     head = sorted(key for key in tensors if prefixes and key.startswith(prefixes))
+    if num_classes is None:  # the weights' own classifier, if they have one, else the model's default
+        heads = [tensors[key] for key in head if key.endswith(".weight") and tensors[key].ndim == 2]
+        num_classes = int(heads[0].shape[0]) if heads else int(cfg.get("num_classes", 1000))
     if head and num_classes == 0:
         notes.append(
             f"skipped {len(head)} classifier keys ({', '.join(head)}): the model is built without a classifier"
@@ -180,8 +189,10 @@ def _load_strictly(
 ) -> nn.Module:
     """timm's loading path (the model's key mapping included), strict: timm relaxes it only when the class count
     differs from the weights', so the weights are declared to have the model's class count."""
-    overlay = dict(state_dict=tensors, source="", file=None, hf_hub_id=None, num_classes=kwargs["num_classes"])
     lead = f"{weights_name} does not fit model {ref.text!r}"
+    if not tensors:  # an empty state dict would make timm fall back to its default weights (a download)
+        raise ExportError(f"{lead}: it holds none of the model's tensors.")
+    overlay = dict(state_dict=tensors, source="", file=None, url="", hf_hub_id=None, num_classes=kwargs["num_classes"])
     try:
         return timm.create_model(ref.create_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except RuntimeError as exc:

@@ -36,7 +36,9 @@ __all__ = [
     "add_subparsers",
     "add_verbosity",
     "configure_logging",
+    "int_range",
     "make_parser",
+    "positive_int",
     "progress_bar",
     "run_cli",
 ]
@@ -54,6 +56,26 @@ class MaeDetArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {_one_line(message)}\n")
         raise SystemExit(2)
+
+
+def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type`` for a whole number from ``low`` (to ``high``): out of range is a usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"expected a whole number {bounds}, got {text[:40]!r}")
+        return value
+
+    parse.__name__ = "whole number"  # argparse names the type in its own messages
+    return parse
+
+
+positive_int = int_range(1)
 
 
 def _version() -> str:

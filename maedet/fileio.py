@@ -18,7 +18,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from .errors import MaeDetError
@@ -32,6 +32,7 @@ __all__ = [
     "check_output_path",
     "pid_alive",
     "read_regular_bytes",
+    "refuse_overwriting_inputs",
     "remove_stale_temps",
     "write_all_or_none",
 ]
@@ -125,6 +126,59 @@ def read_regular_bytes(path: str | os.PathLike[str], max_bytes: int, what: str =
     if len(data) > max_bytes:
         raise MaeDetError(f"cannot read the {what} {str(path)!r}: larger than {max_bytes:,} bytes.")
     return data
+
+
+PathMap = Mapping[str, "str | os.PathLike[str] | None"]
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except (OSError, ValueError):
+        return None
+
+
+def _same_file(a: Path, a_stat: os.stat_result | None, b: Path, b_stat: os.stat_result) -> bool:
+    """One file under two names: the same inode (hard links, symlinks) or the same resolved path."""
+    if a_stat is not None:
+        return (a_stat.st_dev, a_stat.st_ino) == (b_stat.st_dev, b_stat.st_ino)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _inside(child: Path, folder: Path) -> bool:
+    return Path(os.path.realpath(child)).is_relative_to(os.path.realpath(folder))
+
+
+def refuse_overwriting_inputs(inputs: PathMap, outputs: PathMap = {}, output_folders: PathMap = {}) -> None:  # noqa: B006
+    """Refuse, in one sentence and before any work, an output that would replace or hide one of the inputs.
+
+    ``inputs``, ``outputs`` (files written) and ``output_folders`` (folders written whole, replacing what is there)
+    map what a path is called in messages (``--checkpoint``) to the path; None entries are skipped. An output file
+    is refused when it is an input file (the same inode: a hard link or a symbolic link to it counts; or the same
+    resolved path), or an existing file inside an input folder (which the tool reads). An output folder is refused
+    when it is an input or holds one.
+    """
+    given = [(what, Path(path)) for what, path in inputs.items() if path is not None]
+    sources = [(what, path, st) for what, path in given if (st := _stat(path)) is not None]  # only what exists
+    for out_what, out in ((w, Path(p)) for w, p in outputs.items() if p is not None):
+        out_stat = _stat(out)
+        for in_what, src, src_stat in sources:
+            if stat.S_ISDIR(src_stat.st_mode):
+                clash = out_stat is not None and _inside(out, src)
+            else:
+                clash = _same_file(out, out_stat, src, src_stat)
+            if clash:
+                raise MaeDetError(
+                    f"the {out_what} {str(out)!r} is the {in_what} {str(src)!r} (or inside it, or a link to it); "
+                    "writing it would destroy the input, so give the output another path; nothing was written."
+                )
+    for out_what, out in ((w, Path(p)) for w, p in output_folders.items() if p is not None):
+        for in_what, src, _ in sources:
+            if _inside(src, out):
+                raise MaeDetError(
+                    f"the {out_what} {str(out)!r} holds the {in_what} {str(src)!r}, which writing the folder would "
+                    "destroy; give the output another path; nothing was written."
+                )
 
 
 def _check_name_length(path: Path, what: str) -> None:

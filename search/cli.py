@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from maedet.cli import Terminated, add_subparsers, make_parser, run_cli
+from maedet.cli import Terminated, add_subparsers, make_parser, positive_int, run_cli
 from maedet.zoo import load_structure
 
 from .budget import PRESETS, Budget, preset_budget
@@ -43,16 +43,6 @@ def _ratios(text: str) -> tuple[float, ...]:
     if not values or any(not math.isfinite(v) or v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"ratios must be finite non-negative numbers, got {text!r}")
     return values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {text!r}")
-    return value
 
 
 def _seconds(text: str) -> float:
@@ -109,7 +99,9 @@ def _add_budget_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--budget-params", type=_limit, metavar="PARAMS", help="parameters")
     run.add_argument("--budget-layers", type=int, metavar="LAYERS", help="conv layers (1 per stem + 3 per block)")
     run.add_argument("--budget-gmacs", type=_limit, metavar="GMACS", help="GMACs at 224 px")
-    run.add_argument("--resolution", type=int, default=480, metavar="PX", help="input size of the FLOPs budget")
+    run.add_argument(
+        "--resolution", type=positive_int, default=480, metavar="PX", help="input size of the FLOPs budget"
+    )
 
 
 def _add_latency_table_options(parser: argparse.ArgumentParser, batch_flags: tuple[str, ...]) -> None:
@@ -149,7 +141,7 @@ def _add_search_options(run: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(run: argparse.ArgumentParser) -> None:
-    run.add_argument("--workers", type=_positive_int, default=1, help="local processes (at most the CPU count)")
+    run.add_argument("--workers", type=positive_int, default=1, help="local processes (at most the CPU count)")
     run.add_argument("--executor", choices=("local", "ray"), default="local", help="where candidates are scored")
     run.add_argument("--ray-address", default=None, help="Ray cluster address (none: start a local Ray)")
     run.add_argument("--ray-timeout", type=_seconds, default=30.0, metavar="S", help="seconds to reach --ray-address")
@@ -157,7 +149,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     again = run.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT_NAME}")
     again.add_argument("--force", action="store_true", help="start over in an OUT that holds an earlier search")
-    run.add_argument("--top-k", type=_positive_int, default=32, help="members written to population.json")
+    run.add_argument("--top-k", type=positive_int, default=32, help="members written to population.json")
     run.add_argument("--out", required=True, help="output folder")
 
 
@@ -165,10 +157,10 @@ def _add_pareto_parser(sub: argparse._SubParsersAction) -> None:
     summary = "sweep latency budgets and write the front of score against predicted latency"
     pareto = _subcommand(sub, "pareto", "--latency-table FILE_OR_NAME [options] --out OUT", summary)
     _add_latency_table_options(pareto, ("--batch", "--latency-batch"))
-    pareto.add_argument("--points", type=_positive_int, default=8, help="latency budgets swept (one search each)")
-    pareto.add_argument("--iterations", type=_positive_int, default=5000, help="candidates per search")
+    pareto.add_argument("--points", type=positive_int, default=8, help="latency budgets swept (one search each)")
+    pareto.add_argument("--iterations", type=positive_int, default=5000, help="candidates per search")
     pareto.add_argument("--seed", type=int, default=0, help="seed of every search")
-    pareto.add_argument("--population", type=_positive_int, default=256, help="structures kept per search")
+    pareto.add_argument("--population", type=positive_int, default=256, help="structures kept per search")
     pareto.add_argument(
         "--budget-layers",
         type=int,
@@ -192,7 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     score = _subcommand(sub, "score", "[options] FILE", "score and cost figures of a structure (ours or the authors')")
     score.add_argument("file", help="structure file (JSON or the authors' txt) or a built-in name")
     score.add_argument("--json", action="store_true", help="print one JSON object")
-    score.add_argument("--resolution", type=int, default=480, metavar="PX", help="input size of the FLOPs figure")
+    score.add_argument(
+        "--resolution", type=positive_int, default=480, metavar="PX", help="input size of the FLOPs figure"
+    )
     score.add_argument("--ratios", type=_ratios, default=RATIOS_TEXT, help="level ratios stem,C2,C3,C4,C5")
     _add_latency_table_options(score, ("--batch", "--latency-batch"))
     _add_pareto_parser(sub)
@@ -312,7 +306,7 @@ def _say(message: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     names = (CHECKPOINT_NAME, *OUTPUT_NAMES)
-    check_output_folder(out, names)
+    check_output_folder(out, names, {"--init structure": args.init, "--latency-table": args.latency_table})
     with locked_output_folder(out, names):
         return _run_locked(args, out)
 
@@ -407,7 +401,7 @@ def _pareto(args: argparse.Namespace) -> int:
     if target is None:
         raise SearchError("pareto needs a --latency-table.")
     out = Path(args.out)
-    check_output_folder(out, PARETO_NAMES)
+    check_output_folder(out, PARETO_NAMES, {"--init structure": args.init, "--latency-table": args.latency_table})
     settings = ParetoSettings(
         init=load_structure(args.init),
         points=args.points,

@@ -14,10 +14,10 @@ import fcntl
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from maedet.fileio import check_output_path, pid_alive, remove_stale_temps
+from maedet.fileio import check_output_path, pid_alive, refuse_overwriting_inputs, remove_stale_temps
 
 from .errors import SearchError
 
@@ -34,12 +34,15 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_output_folder(out: Path, names: Iterable[str]) -> None:
+def check_output_folder(out: Path, names: Iterable[str], inputs: Mapping[str, str | None] | None = None) -> None:
     """Refuse, in one sentence and before any work, an ``--out`` the search could not write its files into.
 
     ``out`` must be a folder or a new path whose nearest existing parent is a writable folder; every output name
-    in it must be a regular file or a new name (never a symbolic link, a folder, a FIFO or a device).
+    in it must be a regular file or a new name (never a symbolic link, a folder, a FIFO or a device), and none
+    may be one of the ``inputs`` (what they are called → path: the initial structure, the latency table).
     """
+    names = tuple(names)
+    refuse_overwriting_inputs(inputs or {}, {f"output {name}": out / name for name in names})
     shown = str(out)
     if out.is_symlink() and not out.exists():
         raise SearchError(f"the output folder {shown!r} is a broken symbolic link.")

@@ -143,6 +143,7 @@ def test_push_to_hub_offline_fails_in_one_sentence(s3, tmp_path) -> None:
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("maedet-convert: error: could not push to me/s3 (OfflineModeIsEnabled")
     assert (out / "model.safetensors").is_file() and "wrote" in done.stdout
+    assert f"the converted folder {str(out)!r} is kept" in err[0]  # the sentence says the folder stays (issue 17.4)
 
 
 def test_hub_name_loads_from_the_cache_offline(s3, tmp_path) -> None:

@@ -162,6 +162,34 @@ def _special_files(folder: Path) -> None:
     (folder / "empty_folder").mkdir()
 
 
+def _same_files(folder: Path) -> None:
+    """An input beside a hard link and a symbolic link to it, as outputs that would overwrite it (issue 17.1)."""
+    import torch
+
+    torch.save({"x": torch.zeros(1)}, folder / "w.pth")
+    os.link(folder / "w.pth", folder / "w_hard.onnx")
+    (folder / "bom_link.onnx").symlink_to(folder / "bom.json")
+    (folder / "best.json").write_bytes((STRUCTURES / "maedet_s.json").read_bytes())
+    ann = {"images": [{"id": 1, "file_name": "tiny.png", "width": 8, "height": 8}], "annotations": []}
+    (folder / "ann.json").write_text(json.dumps({**ann, "categories": [{"id": 1, "name": "x"}]}))
+
+
+def _user_weights(folder: Path) -> None:
+    """Checkpoints without tensors, with a NaN, and a folder whose config sets timm's checkpoint_path."""
+    import torch
+    from safetensors.torch import save_file
+
+    for name, content in (("epoch", {"epoch": 3}), ("empty", {}), ("empty_sd", {"state_dict": {}})):
+        torch.save(content, folder / f"{name}.pth")
+    save_file({}, str(folder / "empty.safetensors"))
+    torch.save({"state_dict": {"stem.conv.weight": torch.full((2, 2), float("nan"))}}, folder / "nan.pth")
+    hostile = folder / "hostile_folder"
+    hostile.mkdir()
+    save_file({"stem.conv.weight": torch.zeros(1)}, str(hostile / "model.safetensors"))
+    config = {"architecture": "maedet_s", "pretrained_cfg": {}, "model_args": {"checkpoint_path": "/etc/passwd"}}
+    (hostile / "config.json").write_text(json.dumps(config))
+
+
 MAKERS: dict[str, Callable[[Path], None]] = {
     "nested": _nested_json,
     "huge": _huge_channels,
@@ -171,6 +199,8 @@ MAKERS: dict[str, Callable[[Path], None]] = {
     "onnx": _onnx_files,
     "special": _special_files,
     "coco": _coco_files,
+    "same": _same_files,
+    "weights": _user_weights,
 }
 
 
@@ -244,6 +274,30 @@ PROBES = [
     _p("export-ckpt-garbage", EXPORT, "maedet_s --checkpoint {in}/garbage.pth --onnx {out}/m.onnx", "garbage"),
     _p("export-ckpt-dir", EXPORT, "maedet_s --checkpoint {in}/empty_folder --onnx {out}/m.onnx", "holds no weights"),
     _p("export-ckpt-dev-zero", EXPORT, "maedet_s --checkpoint /dev/zero --onnx {out}/m.onnx", "not a file"),
+    # ---- every tool: an output that is (or links to) an input (issue 17.1)
+    _p("export-onnx-is-checkpoint", EXPORT, "maedet_s --checkpoint {in}/w.pth --onnx {in}/w.pth", "destroy"),
+    _p("export-onnx-hard-link-to-ckpt", EXPORT, "maedet_s --checkpoint {in}/w.pth --onnx {in}/w_hard.onnx", "destroy"),
+    _p("export-onnx-symlink-to-structure", EXPORT, "maedet --structure {in}/bom.json --onnx {in}/bom_link.onnx"),
+    _p("convert-out-holds-checkpoint", CONVERT, "{in}/w.pth --model maedet_s --out {in}", "destroy"),
+    _p("eval-json-is-ann", EVAL, "--ann {in}/ann.json --images {in}/calib --model maedet_s_gfl --json {in}/ann.json"),
+    _p("detect-out-holds-images", DETECT, "{in}/calib --model maedet_s_gfl --out {in}/calib", "destroy"),
+    _p("search-run-out-holds-init", SEARCH, "run --iterations 10 --init {in}/best.json --out {in}", "destroy"),
+    _p("bench-json-is-structure", BENCH, "--structure {in}/bom.json --backends torch-eager --json {in}/bom.json"),
+    # ---- user weights: empty, non-finite, hostile folder config (issue 17.2-17.4)
+    _p("export-ckpt-epoch-only", EXPORT, "maedet_s --checkpoint {in}/epoch.pth --onnx {out}/m.onnx", "no tensors"),
+    _p("export-ckpt-empty", EXPORT, "maedet_s --checkpoint {in}/empty.pth --onnx {out}/m.onnx", "no tensors"),
+    _p("export-ckpt-empty-sd", EXPORT, "resnet18 --checkpoint {in}/empty_sd.pth --onnx {out}/m.onnx", "no tensors"),
+    _p("export-ckpt-empty-st", EXPORT, "maedet_s --checkpoint {in}/empty.safetensors --onnx {out}/m.onnx", "tensors"),
+    _p("export-ckpt-nan", EXPORT, "maedet_s --checkpoint {in}/nan.pth --onnx {out}/m.onnx", "NaN"),
+    _p("export-folder-checkpoint-path", EXPORT, "{in}/hostile_folder --onnx {out}/m.onnx", "checkpoint_path"),
+    _p("convert-ckpt-nan", CONVERT, "{in}/nan.pth --model maedet_s --out {out}/c", "NaN"),
+    _p("convert-ckpt-empty", CONVERT, "{in}/empty_sd.pth --model maedet_s --out {out}/c", "no tensors"),
+    _p("detect-ckpt-nan", DETECT, "{in}/calib --model maedet_s_gfl --checkpoint {in}/nan.pth --out {out}/d", "NaN"),
+    # ---- numbers out of range (issue 17.4)
+    _p("eval-limit-zero", EVAL, "--ann {in}/ann.json --images {in}/calib --model maedet_s_gfl --limit 0", "--limit"),
+    _p("search-score-resolution-negative", SEARCH, "score maedet_s --resolution -480", "--resolution"),
+    _p("detect-size-one", DETECT, "{in}/calib --model maedet_s_gfl --size 1 1 --out {out}/d", "--size"),
+    _p("bench-threads-zero", BENCH, "--models resnet18 --backends torch-eager --threads 0", "--threads"),
     # ---- export: --info
     _p("export-info-foreign", EXPORT, "--info {in}/foreign.onnx", "not written by maedet-export"),
     _p("export-info-foreign-keys", EXPORT, "--info {in}/foreign_meta.onnx", "not written by maedet-export"),

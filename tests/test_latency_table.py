@@ -237,3 +237,15 @@ def test_the_predictor_module_imports_no_runtime():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_table_whose_calibration_would_make_latencies_negative_is_refused(tmp_path):
+    """scale -1 made every prediction negative, so every candidate fitted any budget (issue 17.4)."""
+    table = _table({key: [1e-06, 0.0, 0.0, 0.0, 0.0] for key in ROLES})
+    data = table.to_dict()
+    for calibration in ({"scale": -1.0, "offset_ms": 0.0}, {"scale": 0.0, "offset_ms": 1.0}):
+        with pytest.raises(MaeDetError, match="'scale' must be a positive number"):
+            LatencyTable.from_dict({**data, "calibration": calibration})
+    table.calibration = {"scale": 1.0, "offset_ms": -1e9}
+    with pytest.raises(MaeDetError, match="a latency must be positive"):
+        table.predict_ms(load_structure("maedet_s"))

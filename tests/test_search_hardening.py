@@ -254,7 +254,7 @@ def test_non_finite_or_negative_ratios_are_refused(ratios, tmp_path, capsys):
 @pytest.mark.parametrize("value", ["-5", "0"])
 def test_counts_below_one_are_refused(option, value, tmp_path, capsys):
     err = _error(capsys, [*SMALL_RUN, option, value, "--out", str(tmp_path / "o")])
-    assert f"argument {option}: expected at least 1" in err
+    assert f"argument {option}: expected a whole number at least 1" in err
     assert not (tmp_path / "o").exists()
 
 

@@ -36,7 +36,10 @@ from maedet.errors import MaeDetError
 __all__ = [
     "FOLDER_WEIGHT_FILES",
     "CheckpointError",
+    "check_number_kinds",
     "check_state_dict_matches",
+    "check_tensors",
+    "classifier_classes",
     "load_checkpoint",
     "load_error_keys",
     "mismatch_sentence",
@@ -196,21 +199,38 @@ def _tensor_problem(tensor: torch.Tensor) -> str | None:
         return f"a {tensor.layout} tensor"
     if tensor.is_quantized:
         return f"a quantized {tensor.dtype} tensor"
+    if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+        return "NaN or infinite values"
     return None
+
+
+_NON_FINITE = "NaN or infinite values"
 
 
 def _place(where: str) -> str:
     return repr(where) if where else "its top level"
 
 
-def _check_tensors(checkpoint: Any, name: str) -> None:
-    """Every tensor dense with data, every mapping that holds tensors keyed by text (walked without recursion)."""
+def check_tensors(checkpoint: Any, name: str) -> None:
+    """At least one tensor; every tensor dense, with finite data; every mapping that holds tensors keyed by text.
+
+    Walked without recursion, in the file's order, so a refusal names the first bad tensor. A checkpoint without
+    tensors (``{"epoch": 3}``, an empty safetensors file) is refused here, so it can never stand for "no weights
+    given" further on (where timm would fall back to downloading its default weights).
+    """
     stack: list[tuple[Any, str]] = [(checkpoint, "")]
     visited: set[int] = set()
+    tensors = 0
     while stack:
         item, where = stack.pop()
         if isinstance(item, torch.Tensor):
+            tensors += 1
             problem = _tensor_problem(item)
+            if problem == _NON_FINITE:
+                raise CheckpointError(
+                    f"checkpoint {name} holds {problem} in tensor {_place(where)}; such weights give NaN outputs, "
+                    "so they are refused."
+                )
             if problem:
                 raise CheckpointError(
                     f"checkpoint {name} holds {problem} at {_place(where)}; only dense tensors with data can be loaded."
@@ -219,14 +239,16 @@ def _check_tensors(checkpoint: Any, name: str) -> None:
         if not isinstance(item, (Mapping, list, tuple)) or id(item) in visited:
             continue
         visited.add(id(item))
-        pairs = item.items() if isinstance(item, Mapping) else enumerate(item)
+        pairs = list(item.items() if isinstance(item, Mapping) else enumerate(item))
         for key, value in pairs:
             if isinstance(item, Mapping) and isinstance(value, torch.Tensor) and not isinstance(key, str):
                 raise CheckpointError(
                     f"checkpoint {name} has a tensor under the key {key!r} (of type {type(key).__name__}) in "
                     f"{_place(where)}; keys must be text."
                 )
-            stack.append((value, f"{where}.{key}" if where else str(key)))
+        stack.extend((value, f"{where}.{key}" if where else str(key)) for key, value in reversed(pairs))
+    if tensors == 0:
+        raise CheckpointError(f"checkpoint {name} holds no tensors, so it has no weights to load.")
 
 
 def _number_kind(dtype: torch.dtype) -> str:
@@ -250,7 +272,14 @@ def check_state_dict_matches(state_dict: Mapping[str, torch.Tensor], model: torc
     if wrong:
         shown = ", ".join(wrong[:6]) + (f", … ({len(wrong) - 6} more)" if len(wrong) > 6 else "")
         raise CheckpointError(f"checkpoint does not match this structure: shape mismatch in {shown}.")
-    for key in shared:
+    check_number_kinds(state_dict, model)
+
+
+def check_number_kinds(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Every tensor of ``state_dict`` that the model has holds the model's kind of number (float weights for
+    float parameters): ``load_state_dict`` would turn integers, bools or complex numbers into floats silently."""
+    expected = model.state_dict()
+    for key in (key for key in state_dict if key in expected):
         got, want = state_dict[key].dtype, expected[key].dtype
         if _number_kind(got) != _number_kind(want):
             raise CheckpointError(
@@ -280,12 +309,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         path = _folder_weights(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file.")
-    if path.suffix == ".safetensors":
-        return _load_safetensors(path)
-    checkpoint = _load_pickle(path)
+    checkpoint = _load_safetensors(path) if path.suffix == ".safetensors" else _load_pickle(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint {path.name} holds a {type(checkpoint).__name__}, not a state dict.")
-    _check_tensors(checkpoint, path.name)
+    check_tensors(checkpoint, path.name)
     return checkpoint
 
 
@@ -315,6 +342,12 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> tuple[dict[str, torch.Te
         return tensors, []
     kept = {key.removeprefix(_BACKBONE_PREFIX): v for key, v in tensors.items() if key.startswith(_BACKBONE_PREFIX)}
     return kept, sorted(key for key in tensors if not key.startswith(_BACKBONE_PREFIX))
+
+
+def classifier_classes(state: Mapping[str, Any], key: str = "head.fc.weight") -> int:
+    """How many classes the classifier of a (training) checkpoint has, 0 when it has none."""
+    weight = unwrap_state_dict(state)[0].get(key)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim == 2 else 0
 
 
 def preview(items: Sequence[str], limit: int = 4) -> str:

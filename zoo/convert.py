@@ -22,9 +22,9 @@ import timm
 
 from maedet.cli import make_parser, run_cli
 from maedet.errors import MaeDetError
-from maedet.fileio import atomic_output_dir
+from maedet.fileio import atomic_output_dir, refuse_overwriting_inputs
 
-from .checkpoint import check_state_dict_matches, load_checkpoint
+from .checkpoint import check_state_dict_matches, classifier_classes, load_checkpoint
 from .detector_folder import push_detector_folder, save_detector_folder
 from .detectors import create_detector, list_detectors
 from .maedet import MaeDet, checkpoint_filter_fn
@@ -37,8 +37,10 @@ LOGGER = logging.getLogger(__name__)
 MODEL_NAMES = ("maedet_s", "maedet_m", "maedet_l", "maedet")
 
 
-def build_model(model_name: str | None, structure: Structure | str | os.PathLike[str] | None = None) -> MaeDet:
-    """An untrained backbone (no classifier) of a registered MAE-DET name or of any structure.
+def build_model(
+    model_name: str | None, structure: Structure | str | os.PathLike[str] | None = None, num_classes: int = 0
+) -> MaeDet:
+    """An untrained backbone (with a ``num_classes`` classifier, none by default) of a MAE-DET name or structure.
 
     ``model_name`` None means 'maedet' when a structure is given and 'maedet_m' otherwise; a named model
     (maedet_s/m/l) has its own structure, so giving one as well is refused rather than silently ignored.
@@ -46,7 +48,7 @@ def build_model(model_name: str | None, structure: Structure | str | os.PathLike
     model_name = model_name or ("maedet" if structure is not None else "maedet_m")
     if model_name not in MODEL_NAMES:
         raise MaeDetError(f"unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}.")
-    kwargs: dict[str, Any] = {"num_classes": 0}
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
     if structure is not None and model_name != "maedet":
         raise MaeDetError(
             f"--model {model_name} has its own structure, so --structure conflicts with it; use --model maedet "
@@ -77,14 +79,31 @@ def convert_checkpoint(
         return convert_detector(checkpoint, out_dir, model_name, structure)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
-    model = build_model(model_name, structure)
-    state_dict = checkpoint_filter_fn(load_checkpoint(checkpoint), model)
+    model = build_model(model_name, structure)  # the names and the structure are refused before the file is read
+    checkpoint_state = load_checkpoint(checkpoint)
+    if classes := classifier_classes(checkpoint_state):
+        model = build_model(model_name, structure, classes)
+    state_dict = checkpoint_filter_fn(checkpoint_state, model)
     check_state_dict_matches(state_dict, model)
-    model.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith("head.")}, strict=True)
+    model.load_state_dict(state_dict, strict=True)  # a classifier in the checkpoint is kept, with its class count
+    if model.num_classes:
+        LOGGER.info("kept the checkpoint's %d-class classifier", model.num_classes)
+    model.pretrained_cfg = user_weights_cfg(model.pretrained_cfg, Path(checkpoint).name)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output_dir(out_dir, "output folder") as staging:
         save_folder(model, staging)
     return out_dir
+
+
+# What the registered config says about the authors' published weights; a folder of the user's weights drops it.
+_AUTHORS_PROVENANCE = ("url", "hf_hub_id", "tag", "origin_url", "paper_name", "paper_ids", "notes")
+
+
+def user_weights_cfg(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """The pretrained config of a folder made from the user's checkpoint: preprocessing and layout as registered,
+    but no claim to be the authors' weights (their tag, url, paper), and the source file in the notes."""
+    kept = {key: value for key, value in cfg.items() if key not in _AUTHORS_PROVENANCE}
+    return {**kept, "notes": (f"Converted by maedet-convert from {source}.",)}
 
 
 def convert_detector(
@@ -170,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _convert(args: argparse.Namespace) -> int:
     detector = args.model in list_detectors()
+    inputs = {"checkpoint": args.checkpoint, "--structure": args.structure}
+    refuse_overwriting_inputs(inputs, output_folders={"output folder": args.out})
     if args.num_classes is not None and not detector:
         raise MaeDetError("--num-classes applies to detectors (--model maedet_m_gfl, ...), not to backbones.")
     if detector:
@@ -189,7 +210,10 @@ def _convert(args: argparse.Namespace) -> int:
             url = push(folder, repo, private=args.private)
         except Exception as exc:  # the hub client raises many kinds (HTTP, auth, connection, offline)
             reason = " ".join(str(exc).split())
-            raise MaeDetError(f"could not push to {repo} ({type(exc).__name__}: {reason})") from None
+            raise MaeDetError(
+                f"could not push to {repo} ({type(exc).__name__}: {reason}); the converted folder "
+                f"{str(folder)!r} is kept: it loads locally, and can be uploaded once the hub is reachable."
+            ) from None
         hub = load.replace(f"local-dir:{folder}", f"hf-hub:{repo}")
         print(f"pushed to {url}; load it with: {hub}")
     return 0

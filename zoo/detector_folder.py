@@ -98,7 +98,6 @@ def model_card(config: dict[str, Any], source: str | None = None, training: dict
     backbone = config.get("backbone") or ("a searched MAE-DET structure" if "structure" in config else name[:-4])
     post = config["postprocess"]
     tags = "\n".join(f"- {t}" for t in ("object-detection", "maedet", "gfocalv2", "pytorch", "onnx"))
-    coco = "datasets:\n- coco\n" if config["num_classes"] == 80 else ""
     made = "trained by `maedet-train`" if training else "converted by `maedet-convert`"
     if source and not training:
         made += f" from `{source}`"
@@ -107,7 +106,7 @@ library_name: maedet
 pipeline_tag: object-detection
 tags:
 {tags}
-{coco}---
+---
 
 # {name}: GFocalV2 on {backbone}
 

@@ -292,7 +292,14 @@ class LatencyTable:
         fixed cost per convolution the runtime runs (the per-node cost outside the kernels) and an offset."""
         cal = self.calibration
         per_conv = float(cal.get("per_conv_ms", 0.0)) * conv_count(structure)
-        return float(cal.get("scale", 1.0)) * self.raw_sum_ms(structure) + per_conv + float(cal.get("offset_ms", 0.0))
+        ms = float(cal.get("scale", 1.0)) * self.raw_sum_ms(structure) + per_conv + float(cal.get("offset_ms", 0.0))
+        if not ms > 0:  # a negative offset larger than a network's time: no budget may be judged with it
+            raise MaeDetError(
+                f"latency table {self.source!r} predicts {ms:.3g} ms for this structure; a latency must be positive, "
+                "so its calibration (scale, per_conv_ms, offset_ms) does not fit this network: profile the target "
+                "again."
+            )
+        return ms
 
     def predict_ms_per_image(self, structure: Structure) -> float:
         return self.predict_ms(structure) / self.batch
@@ -335,6 +342,8 @@ class LatencyTable:
         refs = data.get("references") or {}
         if not isinstance(calibration, Mapping) or not all(_finite(v) for v in calibration.values()):
             raise MaeDetError(f"{where} has a malformed 'calibration' object.")
+        if not calibration.get("scale", 1.0) > 0:  # a zero or negative scale would let every candidate fit a budget
+            raise MaeDetError(f"{where}: calibration 'scale' must be a positive number, got {calibration['scale']!r}.")
         if not isinstance(refs, Mapping) or not all(_finite(v) and v > 0 for v in refs.values()):
             raise MaeDetError(f"{where} has a malformed 'references' object (names → positive ms).")
         return cls(

@@ -28,7 +28,8 @@ from timm.models._hub import download_cached_file
 
 from maedet.errors import MaeDetError
 
-from .checkpoint import model_tensors
+from .checkpoint import check_number_kinds, check_tensors, classifier_classes, load_checkpoint, model_tensors
+from .model_args import check_model_args
 from .structure import Stage, Structure, builtin_structure, load_structure
 
 __all__ = ["MaeDet", "checkpoint_filter_fn", "fuse_bn"]
@@ -277,6 +278,8 @@ _AUTHORS_STEM_KEY = re.compile(r"^block_list\.0\.(?P<layer>conv1|bn1)\.(?P<rest>
 _LAYER = {"conv1": "conv", "bn1": "bn"}
 _PART = {"conv1": "conv1", "conv2": "conv2", "conv3": "conv3", "residual_proj": "shortcut"}
 _BACKBONE_PREFIXES = ("backbone.body.", "backbone.", "body.", "module.")
+# The other parts of a detector checkpoint (mmdetection's and ours), left out when a backbone is loaded from it.
+_DETECTOR_PARTS = ("neck.", "bbox_head.", "rpn_head.", "roi_head.")
 
 
 def _authors_to_ours(key: str) -> str | None:
@@ -291,9 +294,11 @@ def _authors_to_ours(key: str) -> str | None:
     return None
 
 
-def _ours(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every backbone and classifier tensor under this model's names (neck, bbox_head, optimizer state dropped)."""
+def _ours(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Every backbone and classifier tensor under this model's names (a detector's neck and head dropped), and the
+    keys that belong to neither (named by the caller)."""
     out: dict[str, torch.Tensor] = {}
+    foreign: list[str] = []
     for key, value in state_dict.items():
         if key.startswith(("stem.", "stages.", "head.")):
             out[key] = value
@@ -308,7 +313,9 @@ def _ours(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[mapped] = value
         elif bare.startswith("block_list.") or key.startswith("backbone.body."):
             raise MaeDetError(f"checkpoint: backbone key {key!r} is not part of a MAE-DET backbone.")
-    return out
+        elif not key.startswith(_DETECTOR_PARTS):
+            foreign.append(key)  # a detector's neck and head are dropped by design; anything else is named
+    return out, foreign
 
 
 def _fit_classifier(out: dict[str, torch.Tensor], model: nn.Module) -> None:
@@ -342,8 +349,20 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     tensor of ``model`` exactly: a missing, unexpected or misshapen backbone key raises a MaeDetError (a
     ValueError) that names the keys.
     """
-    out = _ours(model_tensors(state_dict))
+    out, foreign = _ours(model_tensors(state_dict))
     _fit_classifier(out, model)
+    _check_backbone_keys(out, model)
+    if foreign:
+        raise MaeDetError(
+            f"checkpoint has {len(foreign)} keys that are no part of a MAE-DET backbone or of its detector "
+            f"({_preview(foreign, 4)}); remove them, or check that this is the right file."
+        )
+    check_number_kinds(out, model)
+    return out
+
+
+def _check_backbone_keys(out: Mapping[str, torch.Tensor], model: nn.Module) -> None:
+    """The mapped keys cover every backbone tensor of ``model`` exactly, with the model's shapes."""
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     got = {k: v for k, v in out.items() if not k.startswith("head.")}
     missing = sorted(set(expected) - set(got))
@@ -363,7 +382,6 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     ]
     if wrong:
         raise MaeDetError(f"checkpoint does not match this structure: shape mismatch in {_preview(wrong)}.")
-    return out
 
 
 def _preview(items: list[str], limit: int = 6) -> str:
@@ -401,8 +419,49 @@ def _download_pretrained(variant: str, kwargs: dict[str, Any]) -> None:
     kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": path}
 
 
+def _user_weights(cfg: PretrainedCfg) -> tuple[Mapping[str, Any], str] | None:
+    """The weights the caller gave (a file, a ``local-dir:`` folder, or a state dict), read and checked here."""
+    if cfg.state_dict is not None:
+        check_tensors(cfg.state_dict, "given as state_dict")
+        return cfg.state_dict, "the given state_dict"
+    if cfg.file and cfg.source != "hf-hub":
+        return load_checkpoint(cfg.file), f"checkpoint {Path(cfg.file).name}"
+    return None
+
+
+def _load_user_weights(variant: str, kwargs: dict[str, Any]) -> bool:
+    """Route the caller's own weights through our checkpoint reader; True when there were any.
+
+    timm would read an overlay ``file`` with its own loader (which refuses the numpy scalars training frameworks
+    keep in ``meta``), fall back to downloading the default weights when a state dict is empty, and replace a
+    trained classifier with a random one when ``num_classes`` differs from the config's. Here the weights become
+    a checked state dict that never leads to a download, and the model keeps their classifier: ``num_classes``
+    defaults to theirs, 0 drops it, and any other count is refused.
+    """
+    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=overlay)
+    found = _user_weights(cfg)
+    if found is None:
+        return False
+    state, name = found
+    overlay.update(state_dict=state, file=None, url="", hf_hub_id=None, source="")
+    if "num_classes" not in overlay:  # a caller that declares the weights' class count (the exporter) is believed
+        classes, asked = classifier_classes(state), kwargs.get("num_classes")
+        if classes and asked not in (None, 0, classes):
+            raise MaeDetError(
+                f"{name} has a trained {classes}-class classifier, but num_classes={asked} was asked; pass "
+                f"num_classes={classes} to keep it, or num_classes=0 for none (a new classifier is never silent)."
+            )
+        overlay["num_classes"] = classes
+    kwargs["pretrained_cfg_overlay"] = overlay
+    return True
+
+
 def _create_maedet(variant: str, pretrained: bool = False, **kwargs: Any) -> MaeDet:
-    if pretrained:
+    folder_args = kwargs.get("pretrained_model_args")
+    if folder_args:  # what timm took from a local-dir: or hf-hub: folder's config.json
+        check_model_args(folder_args, "the folder's config.json")
+    if pretrained and not _load_user_weights(variant, kwargs):
         _download_pretrained(variant, kwargs)
     structure = load_structure(kwargs["structure"]) if "structure" in kwargs else builtin_structure(variant)
     kwargs["structure"] = structure  # parsed once, here
