@@ -15,6 +15,7 @@ from rich.table import Table
 from maedet.cli import make_parser, run_cli
 from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text
+from maedet.sizes import OneSizeAction
 
 from .backends import Backend, load_backend
 from .coco import category_ids, class_names
@@ -37,7 +38,15 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--pretrained", action="store_true", help="download the authors' COCO weights")
     src.add_argument("--onnx", metavar="FILE", help="an exported detector (maedet-export NAME --onnx FILE)")
     p.add_argument("--num-classes", type=int, help="classes of --model (default 80, or the converted folder's)")
-    p.add_argument("--size", type=int, nargs=2, default=TEST_SCALE, metavar=("LONG", "SHORT"), help="test scale")
+    p.add_argument(
+        "--size",
+        nargs="+",
+        action=OneSizeAction,
+        default=TEST_SCALE,
+        metavar="SIZE",
+        help="test scale, the limits of the long and short side: LONG SHORT, LONGxSHORT or one number for both "
+        "(as --input-size reads sizes; default 1333x800, the authors')",
+    )
     p.add_argument("--batch", type=int, default=1, help="images per run")
     p.add_argument("--device", default="cpu", help="PyTorch device for --model")
 

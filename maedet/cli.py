@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from .errors import MaeDetError
+from .errors import MaeDetError, printable
 
 __all__ = ["MaeDetArgumentParser", "add_subparsers", "add_verbosity", "configure_logging", "make_parser", "run_cli"]
 
@@ -26,7 +26,8 @@ LOGGER = logging.getLogger("maedet")
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """One line for the terminal: whitespace collapsed, control characters from file contents escaped."""
+    return printable(" ".join(str(text).split()))
 
 
 class MaeDetArgumentParser(argparse.ArgumentParser):
@@ -71,7 +72,7 @@ class _PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"{self.prog}: " if record.levelno < logging.WARNING else f"{self.prog}: {record.levelname.lower()}: "
-        return prefix + record.getMessage()
+        return prefix + printable(record.getMessage())
 
 
 def configure_logging(prog: str, verbose: int = 0, quiet: int = 0) -> None:

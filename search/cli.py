@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from maedet.cli import add_subparsers, make_parser, run_cli
+from maedet.sizes import square_size
 from maedet.zoo import load_structure
 
 from .budget import PRESETS, Budget, preset_budget
@@ -107,7 +108,7 @@ def _add_budget_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--budget-params", type=_limit, metavar="PARAMS", help="parameters")
     run.add_argument("--budget-layers", type=int, metavar="LAYERS", help="conv layers (1 per stem + 3 per block)")
     run.add_argument("--budget-gmacs", type=_limit, metavar="GMACS", help="GMACs at 224 px")
-    run.add_argument("--resolution", type=int, default=480, metavar="PX", help="input size of the FLOPs budget")
+    run.add_argument("--resolution", type=square_size, default=480, metavar="PX", help="input size of the FLOPs budget")
 
 
 def _add_latency_table_options(parser: argparse.ArgumentParser, batch_flags: tuple[str, ...]) -> None:
@@ -117,7 +118,7 @@ def _add_latency_table_options(parser: argparse.ArgumentParser, batch_flags: tup
         help="latency table: a profiled table file (maedet-bench profile) or v100-fp32, v100-fp16, v100-int8",
     )
     parser.add_argument(*batch_flags, dest="latency_batch", type=int, metavar="N", help="batch of a V100 table")
-    parser.add_argument("--input-size", type=int, metavar="PX", help="input size of a V100 table")
+    parser.add_argument("--input-size", type=square_size, metavar="PX", help="input size of a V100 table")
 
 
 def _add_latency_budget_options(run: argparse.ArgumentParser) -> None:
@@ -184,7 +185,9 @@ def _parser() -> argparse.ArgumentParser:
     score = _subcommand(sub, "score", "[options] FILE", "score and cost figures of a structure (ours or the authors')")
     score.add_argument("file", help="structure file (JSON or the authors' txt) or a built-in name")
     score.add_argument("--json", action="store_true", help="print one JSON object")
-    score.add_argument("--resolution", type=int, default=480, metavar="PX", help="input size of the FLOPs figure")
+    score.add_argument(
+        "--resolution", type=square_size, default=480, metavar="PX", help="input size of the FLOPs figure"
+    )
     score.add_argument("--ratios", type=_ratios, default=RATIOS_TEXT, help="level ratios stem,C2,C3,C4,C5")
     _add_latency_table_options(score, ("--batch", "--latency-batch"))
     _add_pareto_parser(sub)

@@ -12,7 +12,7 @@ from maedet.bench.backends import unavailable_reason_and_hint
 from maedet.bench.cli import build_parser, build_profile_parser, main
 from maedet.bench.naming import parse_models
 from maedet.bench.outputs import check_outputs
-from maedet.bench.sizes import parse_input_size_flag
+from maedet.sizes import parse_input_size_flag
 from maedet.zoo import builtin_structure
 
 

@@ -306,14 +306,14 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             continue
-        if key.startswith(("stem.", "stages.", "head.")):
-            out[key] = value
-            continue
         bare = key
         for prefix in _BACKBONE_PREFIXES:
             if bare.startswith(prefix):
                 bare = bare[len(prefix) :]
                 break
+        if bare.startswith(("stem.", "stages.", "head.")):  # ours, bare or under one of the accepted prefixes
+            out[bare] = value
+            continue
         mapped = _authors_to_ours(bare) if bare.startswith("block_list.") else None
         if mapped is not None:
             out[mapped] = value
