@@ -41,7 +41,7 @@ MATCH_IOU = 0.9  # a lower-precision file's detection "matches" PyTorch's at thi
 # The exit-code rule, said wherever a check is shown.
 EXIT_RULE = (
     "exit 1 only when the raw outputs miss their tolerance or, for fp32, a detection differs; fp16 and INT8 "
-    "detections are reported, not required (a score near the threshold can tip a box in or out)"
+    "detections are reported, not required, as a score near the threshold can tip a box in or out"
 )
 
 

@@ -20,7 +20,15 @@ from typing import NoReturn
 
 from .errors import MaeDetError, printable
 
-__all__ = ["MaeDetArgumentParser", "add_subparsers", "add_verbosity", "configure_logging", "make_parser", "run_cli"]
+__all__ = [
+    "HelpFormatter",
+    "MaeDetArgumentParser",
+    "add_subparsers",
+    "add_verbosity",
+    "configure_logging",
+    "make_parser",
+    "run_cli",
+]
 
 LOGGER = logging.getLogger("maedet")
 
@@ -34,8 +42,24 @@ class MaeDetArgumentParser(argparse.ArgumentParser):
     """argparse with usage errors as one line (``prog: error: …``, exit 2) instead of the usage block."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {_one_line(message)}\n")
+        # The tool's name alone (``maedet-bench: error:``, not ``maedet-bench profile: error:``): one rule for
+        # every error line of every tool and subcommand, whoever raised it.
+        sys.stderr.write(f"{self.prog.split()[0]}: error: {_one_line(message)}\n")
         raise SystemExit(2)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` only where it informs: not to on/off flags (``--no-check (default: True)`` reads
+    backwards), not where the default is None or an empty list, and not where the help already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction,
+                                   argparse._CountAction, argparse._VersionAction, argparse._HelpAction))  # fmt: skip
+        empty = action.default is None or action.default == argparse.SUPPRESS or action.default == []
+        if flag or empty or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 def _version() -> str:
@@ -46,9 +70,7 @@ def _version() -> str:
 
 def make_parser(prog: str, description: str) -> MaeDetArgumentParser:
     """A parser with ``--version`` and ``-v/-q``; tools add their own options and subcommands to it."""
-    parser = MaeDetArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = MaeDetArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"{prog} {_version()}")
     add_verbosity(parser)
     return parser

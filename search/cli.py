@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from maedet.cli import add_subparsers, make_parser, run_cli
+from maedet.cli import HelpFormatter, add_subparsers, make_parser, run_cli
 from maedet.sizes import square_size
 from maedet.zoo import load_structure
 
@@ -71,15 +71,6 @@ def _limit(text: str) -> float:
     return value
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where there is one (not "default: None" on every optional limit)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
 RATIOS_TEXT = ",".join(f"{r:g}" for r in DEFAULT_RATIOS)  # argparse runs a string default through ``type``
 
 
@@ -94,7 +85,7 @@ def _subcommand(sub: argparse._SubParsersAction, name: str, usage: str, summary:
         usage=f"%(prog)s {name} {usage}",
         help=summary,
         description=summary,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
