@@ -88,11 +88,11 @@ def _folder_images(item: str) -> list[Path]:
     skipped = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in found]  # subfolders are not read
     if skipped:
         logger.warning(
-            "skipped %d entr%s of %s that %s not an image file (%s): %s.",
+            "skipped %d %s of %s that %s (%s): %s.",
             len(skipped),
-            "y" if len(skipped) == 1 else "ies",
+            "entry" if len(skipped) == 1 else "entries",
             item,
-            "is" if len(skipped) == 1 else "are",
+            "is not an image file" if len(skipped) == 1 else "are not image files",
             ", ".join(IMAGE_SUFFIXES),
             preview(skipped),
         )

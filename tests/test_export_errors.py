@@ -190,3 +190,26 @@ def test_bad_input_is_exactly_one_stderr_line_with_the_program_name(tmp_path, ca
     assert err.splitlines() == [
         "maedet-export: error: unknown model 'no_such_model_xyz': not a maedet model nor a registered timm model."
     ]
+
+
+@pytest.mark.parametrize("size", [["640"], ["480x640"], ["480", "640"], ["480×640"]])
+def test_input_size_takes_the_grammar_every_tool_takes(size):
+    """Issue 17: the README's --input-size 640 and 480x640 work in maedet-export as in maedet-bench."""
+    args = build_parser().parse_args(["maedet_s", "--onnx", "x.onnx", "--input-size", *size, "--max-size", "960"])
+    assert args.input_size == ((640, 640) if size == ["640"] else (480, 640)) and args.max_size == (960, 960)
+
+
+@pytest.mark.parametrize("size", [["640,800"], ["480", "640", "800"], ["0x640"], ["big"]])
+def test_input_size_that_is_not_one_size_is_one_sentence(size, capsys):
+    code, err = _run(["maedet_s", "--onnx", "x.onnx", "--input-size", *size], capsys)
+    assert code == 2 and _one_sentence(err).startswith("maedet-export: error: argument --input-size: ")
+
+
+def test_info_is_a_result_on_stdout(tmp_path, capsys):
+    """Issue 17: --info prints its table on stdout, like every tool's results; stderr stays empty."""
+    out = tmp_path / "s.onnx"
+    assert main(["maedet_s", "--onnx", str(out), "--input-size", "64", "--no-check", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["--info", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "maedet_s" in captured.out and "color_order" in captured.out and captured.err == ""
