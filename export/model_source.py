@@ -204,8 +204,8 @@ def _create_pretrained(name: str, kwargs: dict[str, Any]) -> nn.Module:
     if cfg is None or not any(overlay.get(k) or getattr(cfg, k, None) for k in ("url", "file", "hf_hub_id")):
         raise ExportError(f"model {name!r} has no pretrained weights in timm; give a checkpoint (--checkpoint FILE).")
     file = overlay.get("file")
-    if file and not Path(file).is_file():  # timm raises a FileNotFoundError with no message
-        raise ExportError(f"the weights file {str(file)!r} (pretrained_cfg_overlay) does not exist or is not a file.")
+    if file and not Path(file).exists():  # timm raises a FileNotFoundError with no message
+        raise ExportError(f"the weights file {str(file)!r} (pretrained_cfg_overlay) does not exist.")
     hub_id = None if file else overlay.get("hf_hub_id") or getattr(cfg, "hf_hub_id", None)
     with offline_when_unreachable() if hub_id else contextlib.nullcontext() as offline:
         try:

@@ -54,7 +54,7 @@ def _unreachable(host: str, port: int) -> str | None:
     except TimeoutError:
         return f"{host} did not answer within {CONNECT_TIMEOUT_S:.0f} s"
     except OSError as exc:
-        return f"{host} cannot be reached ({exc.strerror or type(exc).__name__})"
+        return f"{host} did not accept a connection: {(exc.strerror or type(exc).__name__).lower()}"
 
 
 def hub_offline_reason() -> str | None:

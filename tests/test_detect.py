@@ -323,3 +323,25 @@ def test_detect_names_the_folder_entries_it_skips(coco_set, authors_s, tmp_path,
         f"maedet-detect: warning: skipped 3 entries of {folder} that are not image files "
         "(.jpg, .jpeg, .png, .bmp, .webp, .tif, .tiff): more/, notes.txt, raw.cr2."
     ]
+
+
+def test_pretrained_without_network_names_the_cli_flag(coco_set, tmp_path, capsys, monkeypatch) -> None:
+    """Issue 17: offline, ``maedet-detect --pretrained`` says to give the file with ``--checkpoint FILE`` (the flag
+    the user can type), not ``checkpoint=FILE``. The authors' URL points at a local port nothing listens on."""
+    import dataclasses
+    import socket
+
+    from maedet.zoo import detectors
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = dataclasses.replace(detectors.DETECTORS["maedet_s_gfl"], url=f"http://127.0.0.1:{port}/latest.pth")
+    monkeypatch.setitem(detectors.DETECTORS, "maedet_s_gfl", spec)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    root, _ = coco_set
+    argv = [str(root / "a.png"), "--model", "maedet_s_gfl", "--pretrained", "--out", str(tmp_path / "o")]
+    assert detect_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("maedet-detect: error: could not download http://127.0.0.1:") and len(err.splitlines()) == 1
+    assert "give it with --checkpoint FILE" in err and not (tmp_path / "o").exists()

@@ -213,3 +213,19 @@ def test_info_is_a_result_on_stdout(tmp_path, capsys):
     assert main(["--info", str(out)]) == 0
     captured = capsys.readouterr()
     assert "maedet_s" in captured.out and "color_order" in captured.out and captured.err == ""
+
+
+def test_a_long_reason_is_cut_at_a_word_not_mid_word():
+    """Issue 17: the hub client's reason used to end in ``try aga)``."""
+    from maedet.export.errors import first_line
+
+    reason = first_line(OSError("Please check your connection and try again or make sure the file is cached."), 40)
+    assert reason == "Please check your connection and try…"
+
+
+def test_a_missing_pretrained_overlay_file_is_one_sentence(tmp_path, capsys):
+    missing = tmp_path / "r18.pth"
+    opts = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(missing)}, "check": False}
+    with pytest.raises(ExportError, match=f"the weights file {str(missing)!r} .* does not exist"):
+        export_onnx("resnet18", tmp_path / "r.onnx", input_size=(64, 64), **opts)
+    assert not (tmp_path / "r.onnx").exists()

@@ -282,3 +282,10 @@ def test_hf_hub_offline_cache(authors_checkpoint_file, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "hub-ok 2048"
+
+
+def test_a_missing_overlay_file_is_named(tmp_path) -> None:
+    """Issue 17: timm's own FileNotFoundError for a missing pretrained_cfg_overlay file has an empty message."""
+    missing = tmp_path / "latest.pth"
+    with pytest.raises(ValueError, match=f"the weights file {str(missing)!r} given as pretrained_cfg_overlay"):
+        timm.create_model("maedet_s", pretrained=True, pretrained_cfg_overlay=dict(file=str(missing)))
