@@ -267,9 +267,7 @@ def export_detector_onnx(
             raw = RawOutputs(detector, embed_preprocess, with_input_hw=True)(example)
         proto = join_graphs(network, postprocess_graph(detector, raw, cfg, dynamic=dynamic, opset=opset))
     meta = detector_metadata(detector, cfg, nms, embed_preprocess, (h, w), batch, dynamic, precision, opset)
-    meta.update(_identity_metadata(model, checkpoint, embed_preprocess))
-    if precision == "int8":
-        meta["int8_mode"] = int8_mode
+    meta.update(_identity_metadata(model, checkpoint, embed_preprocess, int8_mode if precision == "int8" else None))
     apply_metadata(proto, meta)
     data = proto.SerializeToString()
 
@@ -282,9 +280,9 @@ def export_detector_onnx(
 
 
 def _identity_metadata(
-    model: str | GFocalV2, checkpoint: str | os.PathLike[str] | None, embed_preprocess: bool
+    model: str | GFocalV2, checkpoint: str | os.PathLike[str] | None, embed_preprocess: bool, int8_mode: str | None
 ) -> dict[str, Any]:
-    """The keys a backbone file carries too: which weights made it, and how an image becomes the input."""
+    """The keys a backbone file carries too: which weights made it, how an image becomes the input, the INT8 layout."""
     weights, sha256 = weights_identity(model, checkpoint)
     meta: dict[str, Any] = {
         "weights": weights,
@@ -293,6 +291,8 @@ def _identity_metadata(
     }
     if sha256 is not None:
         meta["weights_sha256"] = sha256
+    if int8_mode is not None:
+        meta["int8_mode"] = int8_mode
     return meta
 
 

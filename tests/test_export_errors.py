@@ -40,7 +40,7 @@ def _no_leftovers(folder) -> list[str]:
         (["resnet18", "--structure", "maedet_s"], "only applies to MAE-DET"),
         (["maedet_s", "--input-size", "100000", "100"], "too large"),
         (["maedet_s", "--input-size", "16", "16"], "too small"),
-        (["maedet_s", "--input-size", "0", "64"], "too small"),
+        (["maedet_s", "--input-size", "0", "64"], "must be positive"),
         (["maedet_s", "--batch", "0"], "batch must be at least 1"),
         (["maedet_s", "--io-half"], "--io-half needs --half"),
         (["maedet_s", "--calib", "x"], "need --int8"),
