@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from maedet.cli import make_parser, positive_int, run_cli
+from maedet.sizes import SIZE_FORMS, InputSizeAction, square_size
 
 from .backends import BACKENDS, resolve_backends, unavailable_reason_and_hint
 from .errors import BenchError
 from .models import DEFAULT_MODELS, DETECTOR_MODELS
 from .reliability import MAX_UNCERTAINTY_PCT, MIN_ROUNDS
-from .sizes import SIZE_FORMS, InputSizeAction, parse_input_size_flag
 from .suite import BenchSettings
 
 __all__ = ["build_parser", "main"]
@@ -233,20 +233,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _square_size(text: str) -> int:
-    """``640`` or ``640x640`` → 640; a non-square or a list is refused (a latency table is for one square size)."""
-    try:
-        sizes = parse_input_size_flag([text])
-    except BenchError as exc:
-        raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
-    if len(sizes) != 1 or sizes[0][0] != sizes[0][1]:
-        raise argparse.ArgumentTypeError(
-            f"profile times one square input size (a latency table is for one side length), not {text!r}; "
-            "give one number such as 640"
-        )
-    return sizes[0][0]
-
-
 def build_profile_parser() -> argparse.ArgumentParser:
     p = make_parser(
         "maedet-bench profile",
@@ -259,7 +245,7 @@ def build_profile_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="int8: the exporter's CPU layout")
     p.add_argument(
         "--input-size",
-        type=_square_size,
+        type=square_size,
         default=640,
         metavar="S",
         help="one square input size in pixels (640, or 640x640); a latency table is made for one side length",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,9 +12,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from maedet.cli import int_range, make_parser, positive_int, progress_bar, run_cli
+from maedet.cli import make_parser, positive_int, progress_bar, run_cli
 from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text, refuse_overwriting_inputs
+from maedet.sizes import OneSizeAction
+from maedet.zoo.checkpoint import preview
 
 from .backends import Backend, load_backend
 from .coco import category_ids, class_names
@@ -22,8 +25,9 @@ from .output import check_out_dir, write_outputs
 from .preprocess import TEST_SCALE
 from .run import ImageResult, detect_images
 
-__all__ = ["detect_main", "eval_main"]
+__all__ = ["build_detect_parser", "build_eval_parser", "detect_main", "eval_main"]
 
+logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -37,7 +41,14 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--onnx", metavar="FILE", help="an exported detector (maedet-export NAME --onnx FILE)")
     p.add_argument("--num-classes", type=int, help="classes of --model (default 80, or the converted folder's)")
     p.add_argument(
-        "--size", type=int_range(32, 8192), nargs=2, default=TEST_SCALE, metavar=("LONG", "SHORT"), help="test scale"
+        "--size",
+        nargs="+",
+        action=OneSizeAction,
+        limits=(32, 8192),
+        default=TEST_SCALE,
+        metavar="SIZE",
+        help="test scale, the limits of the long and short side: LONG SHORT, LONGxSHORT or one number for both "
+        "(as --input-size reads sizes; default 1333x800, the authors')",
     )
     p.add_argument("--batch", type=int, default=1, help="images per run")
     p.add_argument("--device", default="cpu", help="PyTorch device for --model")
@@ -56,15 +67,32 @@ def _backend(args: argparse.Namespace) -> Backend:
     )
 
 
+def _folder_images(item: str) -> list[Path]:
+    """The images of a folder (by suffix); the other files are named in a warning, never skipped without a word."""
+    entries = sorted(Path(item).iterdir())
+    found = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if not found:
+        raise MaeDetError(f"folder {item!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    skipped = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in found]  # subfolders are not read
+    if skipped:
+        logger.warning(
+            "skipped %d %s of %s that %s (%s): %s.",
+            len(skipped),
+            "entry" if len(skipped) == 1 else "entries",
+            item,
+            "is not an image file" if len(skipped) == 1 else "are not image files",
+            ", ".join(IMAGE_SUFFIXES),
+            preview(skipped),
+        )
+    return found
+
+
 def _expand(inputs: Sequence[str]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise MaeDetError(f"folder {item!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-            files += found
+            files += _folder_images(item)
         elif path.is_file():
             files.append(path)
         else:
@@ -109,20 +137,33 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def detect_main(argv: Sequence[str] | None = None) -> int:
+def build_detect_parser() -> argparse.ArgumentParser:
     p = make_parser("maedet-detect", "Detect objects in images with a GFocalV2 detector (PyTorch or ONNX).")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     _add_backend_args(p)
     p.add_argument("--out", required=True, help="new or empty folder: annotated images + detections.json (COCO)")
     p.add_argument("--no-draw", action="store_true", help="write detections.json only")
-    return run_cli(p, _detect, argv)
+    return p
 
 
-def _eval_table(stats: dict[str, float], title: str) -> Table:
-    table = Table(title=title)
+def detect_main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_detect_parser(), _detect, argv)
+
+
+# pycocotools writes -1 for a figure with nothing to average: no ground-truth box of that size in the images.
+NOT_AVAILABLE = "no ground-truth boxes of this size in the images evaluated"
+
+
+def _percent(stats: dict[str, float]) -> dict[str, float | None]:
+    """The figures in percent (as papers and the table give COCO AP), None where pycocotools has none (-1)."""
+    return {name: round(100.0 * value, 4) if value >= 0 else None for name, value in stats.items()}
+
+
+def _eval_table(percent: dict[str, float | None], title: str) -> Table:
+    table = Table(title=title, caption=f"n/a: {NOT_AVAILABLE}" if None in percent.values() else None)
     for name in STAT_NAMES[:6]:
         table.add_column(name, justify="right")
-    table.add_row(*(f"{100 * stats[n]:.1f}" if stats[n] >= 0 else "n/a" for n in STAT_NAMES[:6]))
+    table.add_row(*(f"{percent[n]:.1f}" if percent[n] is not None else "n/a" for n in STAT_NAMES[:6]))
     return table
 
 
@@ -144,8 +185,13 @@ def _eval(args: argparse.Namespace) -> int:
             on_batch=lambda n: progress.advance(task, n),
         )
     title = f"{backend.name}: COCO box AP (%) on {result.images} images, {result.detections} detections"
-    Console(stderr=True).print(_eval_table(result.stats, title))
-    summary = {"model": backend.name, "images": result.images, "detections": result.detections, **result.stats}
+    percent = _percent(result.stats)
+    Console(stderr=True).print(_eval_table(percent, title))
+    summary = {"model": backend.name, "images": result.images, "detections": result.detections, "unit": "percent"}
+    summary |= percent
+    missing = [name for name, value in percent.items() if value is None]
+    if missing:
+        summary["not_available"] = {name: NOT_AVAILABLE for name in missing}
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=1) + "\n", "JSON output")
     print(json.dumps(summary))
@@ -153,13 +199,17 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_eval_parser(), _eval, argv)
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
     p = make_parser("maedet-eval", "COCO box AP of a GFocalV2 detector (PyTorch or ONNX) with pycocotools.")
     p.add_argument("--ann", required=True, help="COCO annotations (instances_val2017.json)")
     p.add_argument("--images", required=True, help="folder with the annotated images")
     _add_backend_args(p)
     p.add_argument("--limit", type=positive_int, help="only the first N images (by id)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to this file")
-    return run_cli(p, _eval, argv)
+    return p
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from maedet.cli import make_parser, run_cli
+from maedet.sizes import SIZE_FORMS, OneSizeAction
 
 from .check import CheckReport
 from .detector_cli import _validate as validate_detector_request
@@ -63,11 +64,15 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-indices", type=int, nargs="+", metavar="I", help="feature levels (timm out_indices)")
     p.add_argument("--num-classes", type=int, help="classes for --logits or a detector (default: the model's / 80)")
     p.add_argument(
-        "--input-size", type=int, nargs=2, metavar=("H", "W"), help="default 640 640; 800 1344 for detectors"
+        "--input-size",
+        nargs="+",
+        action=OneSizeAction,
+        metavar="SIZE",
+        help=f"one input size: {SIZE_FORMS} (default 640x640; 800x1344 for detectors)",
     )
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="images per run (the input's first dimension)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset to write")
     p.add_argument("--simplify", action="store_true", help="simplify with onnxslim (pip install 'maedet[simplify]')")
 
 
@@ -102,8 +107,12 @@ def _add_tensorrt_options(p: argparse.ArgumentParser) -> None:
     trt.add_argument("--timing-cache", metavar="FILE", help="read and update a TensorRT timing cache")
     trt.add_argument("--min-batch", type=int, help="--dynamic profile minimum batch (default 1)")
     trt.add_argument("--max-batch", type=int, help="--dynamic profile maximum batch (default max(batch, 8))")
-    trt.add_argument("--min-size", type=int, nargs=2, metavar=("H", "W"), help="profile minimum (default opt/2)")
-    trt.add_argument("--max-size", type=int, nargs=2, metavar=("H", "W"), help="profile maximum (default opt×2)")
+    trt.add_argument(
+        "--min-size", nargs="+", action=OneSizeAction, metavar="SIZE", help="profile minimum (default opt/2)"
+    )
+    trt.add_argument(
+        "--max-size", nargs="+", action=OneSizeAction, metavar="SIZE", help="profile maximum (default opt×2)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,14 +286,15 @@ def _require_tensorrt_stack() -> None:
 
 
 def _preflight(args: argparse.Namespace) -> None:
-    """Everything that can be refused, refused before the (slow) export: paths, calibration folder, TensorRT."""
+    """Everything that can be refused, refused before the (slow) export: TensorRT first (a machine without it
+    cannot build an engine whatever the paths), then the paths and the calibration folder."""
+    if args.trt:
+        _require_tensorrt_stack()
     _check_paths(args)
     if args.int8 and args.calib is not None:
         from .precision import calibration_files
 
         calibration_files(args.calib, args.batch)
-    if args.trt:
-        _require_tensorrt_stack()
 
 
 def _engine(args: argparse.Namespace, onnx_path: Path, result: Any, console: Console) -> tuple[dict[str, Any], int]:
@@ -350,9 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
 
     def handle(args: argparse.Namespace) -> int:
+        if args.info:  # a result, like every tool's: on stdout
+            return _info(args.info, args.json, Console())
         console = Console(stderr=True)
-        if args.info:
-            return _info(args.info, args.json, console)
         validate_request(args)
         if not is_detector(args.model):
             refuse_detector_options(args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from .errors import ExportError
 
 __all__ = ["add_detector_options", "is_detector", "refuse_detector_options", "run_detector_export"]
 
+logger = logging.getLogger(__name__)
 DEFAULT_DETECTOR_SIZE = (800, 1344)  # (H, W): the authors' test scale for landscape images, padded to 32
 
 
@@ -77,13 +79,15 @@ def _validate(args: argparse.Namespace) -> None:
                    ("--io-half", args.io_half), ("--simplify", args.simplify)) if on]  # fmt: skip
     if unsupported:
         raise ExportError(f"{', '.join(unsupported)} apply to backbones, not to detectors.")
-    if getattr(args, "int8_mode", "portable") != "portable":
-        raise ExportError("detectors are quantized in the portable INT8 mode only.")
+    if args.int8_mode != "portable" and not args.int8:
+        raise ExportError("--int8-mode needs --int8.")
+    if args.trt and args.int8 and args.int8_mode == "cpu":
+        raise ExportError("--int8-mode cpu writes uint8 asymmetric Q/DQ, which TensorRT cannot load; use the default.")
 
 
-def _comparison_row(table: Table, label: str, c: DetectionComparison | None) -> None:
+def _comparison_row(table: Table, label: str, c: DetectionComparison | None, required: bool) -> None:
     if c is not None:
-        ok = "yes" if c.passed else "[red]NO[/red]"
+        ok = "yes" if c.passed else "[red]NO[/red]" if required else f"{c.matched}/{c.detections} match"
         same = f"count {'=' if c.same_count else '≠'}, labels {'=' if c.same_labels else '≠'}"
         table.add_row(label, str(c.detections), same, f"{c.max_box_rel:.2e}", f"{c.max_score_abs:.2e}", ok)
 
@@ -103,8 +107,9 @@ def detector_check_table(check: DetectorCheck) -> Table:
         f"{worst_cos:.6f}",
         "yes" if check.raw.passed else "[red]NO[/red]",
     )
-    _comparison_row(table, "detections (file)", check.detections)
-    _comparison_row(table, "detections (probe, score > 0)", check.probe)
+    required = check.precision == "fp32"
+    _comparison_row(table, "detections (file)", check.detections, required)
+    _comparison_row(table, "detections (probe, score > 0)", check.probe, required)
     return table
 
 
@@ -116,26 +121,26 @@ def run_detector_export(args: argparse.Namespace, console: Console) -> int:
     onnx_path = Path(args.onnx) if args.onnx else Path(args.trt).with_suffix(".onnx")
     precision = "fp16" if args.half else "int8" if args.int8 else "fp32"
     size = tuple(args.input_size) if args.input_size is not None else DEFAULT_DETECTOR_SIZE
-    with console.status("exporting") as status:
-        result = export_detector_onnx(
-            args.model,
-            onnx_path,
-            checkpoint=args.checkpoint,
-            num_classes=args.num_classes,
-            structure=args.structure,
-            input_size=size,
-            batch=args.batch,
-            dynamic=args.dynamic,
-            nms=args.nms,
-            embed_preprocess=args.embed_preprocess,
-            postprocess_cfg=_postprocess_cfg(args),
-            precision=precision,
-            calib=args.calib,
-            calib_batches=args.calib_batches,
-            opset=args.opset,
-            check=args.check,
-            log=lambda msg: (console.log(msg, highlight=False, markup=False), status.update(msg)),
-        )
+    result = export_detector_onnx(
+        args.model,
+        onnx_path,
+        checkpoint=args.checkpoint,
+        num_classes=args.num_classes,
+        structure=args.structure,
+        input_size=size,
+        batch=args.batch,
+        dynamic=args.dynamic,
+        nms=args.nms,
+        embed_preprocess=args.embed_preprocess,
+        postprocess_cfg=_postprocess_cfg(args),
+        precision=precision,
+        calib=args.calib,
+        calib_batches=args.calib_batches,
+        int8_mode=args.int8_mode,
+        opset=args.opset,
+        check=args.check,
+        log=logger.info,
+    )
     console.print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB, {precision}, outputs "
                   f"{', '.join(result.output_names)})", markup=False)  # fmt: skip
     summary: dict[str, Any] = {"onnx": str(onnx_path), "precision": precision, "output_names": result.output_names}
@@ -143,6 +148,7 @@ def run_detector_export(args: argparse.Namespace, console: Console) -> int:
     if result.check is not None:
         summary["check"] = result.check.to_dict()
         console.print(detector_check_table(result.check))
+        console.print(f"check: {result.check.sentence()}", markup=False, soft_wrap=True)
         code = 0 if result.check.passed else 1
     if args.trt:
         summary["engine"], engine_code = _engine(args, onnx_path, result, console)

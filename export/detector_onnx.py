@@ -34,7 +34,7 @@ from .check import synthetic_images
 from .detector_check import DetectorCheck, check_detector
 from .detector_graph import DETECTION_OUTPUTS, INPUT_HW, NmsPostprocess, RawOutputs
 from .errors import ExportError
-from .metadata import apply_metadata
+from .metadata import COLOR_ORDER, PIXEL_SCALE, apply_metadata, weights_identity
 from .validate import check_activation_memory
 
 logger = logging.getLogger(__name__)
@@ -267,6 +267,7 @@ def export_detector_onnx(
             raw = RawOutputs(detector, embed_preprocess, with_input_hw=True)(example)
         proto = join_graphs(network, postprocess_graph(detector, raw, cfg, dynamic=dynamic, opset=opset))
     meta = detector_metadata(detector, cfg, nms, embed_preprocess, (h, w), batch, dynamic, precision, opset)
+    meta.update(_identity_metadata(model, checkpoint, embed_preprocess, int8_mode if precision == "int8" else None))
     apply_metadata(proto, meta)
     data = proto.SerializeToString()
 
@@ -276,6 +277,23 @@ def export_detector_onnx(
         report = check_detector(detector, cfg, data, network.SerializeToString(), example, precision, nms)
     atomic_write_bytes(out, data)
     return DetectorExportResult(out, [o.name for o in proto.graph.output], precision, meta, report, notes)
+
+
+def _identity_metadata(
+    model: str | GFocalV2, checkpoint: str | os.PathLike[str] | None, embed_preprocess: bool, int8_mode: str | None
+) -> dict[str, Any]:
+    """The keys a backbone file carries too: which weights made it, how an image becomes the input, the INT8 layout."""
+    weights, sha256 = weights_identity(model, checkpoint)
+    meta: dict[str, Any] = {
+        "weights": weights,
+        "color_order": COLOR_ORDER,
+        "pixel_scale": "in the graph (uint8 input)" if embed_preprocess else PIXEL_SCALE,
+    }
+    if sha256 is not None:
+        meta["weights_sha256"] = sha256
+    if int8_mode is not None:
+        meta["int8_mode"] = int8_mode
+    return meta
 
 
 def detector_metadata(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from maedet.errors import MaeDetError, MissingDependencyError
+from maedet.errors import MaeDetError, MissingDependencyError, shorten
 
 __all__ = ["ExportError", "MissingDependencyError", "first_line"]
 
@@ -14,4 +14,4 @@ class ExportError(MaeDetError):
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (or its type name), short enough to end a one-sentence error."""
     text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    return shorten(text.splitlines()[0], limit) if text else type(exc).__name__

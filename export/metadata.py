@@ -9,6 +9,7 @@ that stored every value as JSON, and still read back the same.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,9 +29,11 @@ __all__ = [
     "build_metadata",
     "decode_value",
     "encode_value",
+    "file_sha256",
     "format_metadata",
     "normalisation",
     "read_metadata",
+    "weights_identity",
 ]
 
 # Every key export writes. Numbers, booleans, lists and mappings are JSON so they survive the round trip exactly;
@@ -131,6 +134,43 @@ def build_metadata(
     if weights_sha256 is not None:
         meta["weights_sha256"] = weights_sha256
     return meta
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_identity(model: Any, checkpoint: str | os.PathLike[str] | None) -> tuple[str, str | None]:
+    """What a backbone or detector file computes with: (``weights``, ``weights_sha256`` or None).
+
+    A checkpoint file or folder by path and content; a converted folder (``local-dir:``, ``hf-hub:`` or a plain
+    path) named as the model brings its own weights; a bare name is ``random``; a module is the caller's.
+    """
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        return str(path), file_sha256(path) if path.is_file() else _folder_sha256(path)
+    if not isinstance(model, str):
+        return "given module (built by the caller)", None
+    from maedet.zoo.detector_folder import HUB_PREFIX, LOCAL_PREFIX
+
+    if model.startswith(HUB_PREFIX):
+        return model, None
+    folder = Path(model.removeprefix(LOCAL_PREFIX))
+    if not (model.startswith(LOCAL_PREFIX) or folder.is_dir()):
+        return "random", None
+    return model, _folder_sha256(folder)
+
+
+def _folder_sha256(folder: Path) -> str | None:
+    """The sha256 of a converted folder's weights file (the one timm or create_detector loads), if it has one."""
+    from maedet.zoo.checkpoint import FOLDER_WEIGHT_FILES
+
+    found = next((folder / n for n in FOLDER_WEIGHT_FILES if (folder / n).is_file()), None)
+    return file_sha256(found) if found is not None else None
 
 
 def encode_value(value: Any) -> str:

@@ -145,18 +145,27 @@ def _hub_snapshot(repo_id: str) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
+    from maedet.hub import offline_sentence, offline_when_unreachable
+
     repo, _, revision = repo_id.partition("@")
-    try:
-        config = Path(hf_hub_download(repo, "config.json", revision=revision or None))
-        for name in FOLDER_WEIGHT_FILES:
-            try:
-                hf_hub_download(repo, name, revision=revision or None)
-                break
-            except EntryNotFoundError:  # not in this repo (or not cached, offline): try the next name
-                continue
-    except (OSError, ValueError, RuntimeError) as exc:  # the hub client's errors derive from these
-        raise ExportError(
-            f"cannot fetch hf-hub:{repo_id} from the Hugging Face hub ({type(exc).__name__}: {first_line(exc, 160)}); "
-            "check the repo name and the network, or download the repo and give its folder."
-        ) from None
+    with offline_when_unreachable() as offline:
+        try:
+            config = Path(hf_hub_download(repo, "config.json", revision=revision or None))
+            for name in FOLDER_WEIGHT_FILES:
+                try:
+                    hf_hub_download(repo, name, revision=revision or None)
+                    break
+                except EntryNotFoundError:  # not in this repo (or not cached, offline): try the next name
+                    continue
+        except (OSError, ValueError, RuntimeError) as exc:  # the hub client's errors derive from these
+            if offline is not None:
+                raise ExportError(
+                    f"{offline_sentence(f'hf-hub:{repo_id}', offline)}; download the repo where there is network and "
+                    "give its folder."
+                ) from None
+            raise ExportError(
+                f"cannot fetch hf-hub:{repo_id} from the Hugging Face hub ({type(exc).__name__}: "
+                f"{first_line(exc, 160)}); check the repo name and the network, or download the repo and give its "
+                "folder."
+            ) from None
     return config.parent

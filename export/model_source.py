@@ -12,11 +12,13 @@ its place. Only classifier keys are set aside when the export has no classifier,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -25,6 +27,7 @@ import torch.nn as nn
 
 import maedet  # noqa: F401  (registers the maedet models with timm)
 from maedet.errors import MaeDetError
+from maedet.hub import offline_sentence, offline_when_unreachable
 from maedet.zoo import Structure, fuse_bn, load_structure
 from maedet.zoo.checkpoint import (
     check_number_kinds,
@@ -211,15 +214,26 @@ def _create_pretrained(name: str, kwargs: dict[str, Any]) -> nn.Module:
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if cfg is None or not any(overlay.get(k) or getattr(cfg, k, None) for k in ("url", "file", "hf_hub_id")):
         raise ExportError(f"model {name!r} has no pretrained weights in timm; give a checkpoint (--checkpoint FILE).")
-    try:
-        return timm.create_model(name, **kwargs)
-    except OSError as exc:  # URLError, HTTPError, huggingface_hub's errors, a missing local file
-        raise ExportError(
-            f"could not load the pretrained weights of {name!r} ({first_line(exc, 160)}); download them where there "
-            "is network and give the file with --checkpoint FILE (or pretrained_cfg_overlay=dict(file=...))."
-        ) from None
-    except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # the zoo's download sentence is a ValueError
-        raise ExportError(f"cannot load the pretrained weights of {name!r}: {first_line(exc, 300)}") from None
+    file = overlay.get("file")
+    if file and not Path(file).exists():  # timm raises a FileNotFoundError with no message
+        raise ExportError(f"the weights file {str(file)!r} (pretrained_cfg_overlay) does not exist.")
+    hub_id = None if file else overlay.get("hf_hub_id") or getattr(cfg, "hf_hub_id", None)
+    with offline_when_unreachable() if hub_id else contextlib.nullcontext() as offline:
+        try:
+            return timm.create_model(name, **kwargs)
+        except OSError as exc:  # URLError, HTTPError, huggingface_hub's errors, a missing local file
+            if offline is not None:
+                missing = offline_sentence(f"hf-hub:{hub_id}", offline)
+                raise ExportError(
+                    f"could not load the pretrained weights of {name!r}: {missing}; download them where there is "
+                    "network and give the file with --checkpoint FILE."
+                ) from None
+            raise ExportError(
+                f"could not load the pretrained weights of {name!r} ({first_line(exc, 160)}); download them where "
+                "there is network and give the file with --checkpoint FILE (or pretrained_cfg_overlay=dict(file=...))."
+            ) from None
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # the zoo's download sentence is a ValueError
+            raise ExportError(f"cannot load the pretrained weights of {name!r}: {first_line(exc, 300)}") from None
 
 
 def detection_out_indices(feature_module: nn.Module, name: str) -> tuple[int, ...]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import logging
 import os
@@ -21,7 +20,7 @@ from maedet.fileio import atomic_write_bytes, check_output_path
 
 from .check import CheckReport, Tolerance, check_against_torch, synthetic_images
 from .errors import ExportError, MissingDependencyError, first_line
-from .metadata import apply_metadata, build_metadata
+from .metadata import apply_metadata, build_metadata, file_sha256, weights_identity
 from .model_source import ModelSource, resolve_model, validate_input_size
 from .validate import (
     check_activation_memory,
@@ -265,47 +264,14 @@ def _lower_precision(proto: onnx.ModelProto, traced: _Traced, opts: ExportOption
     return _Lowered(proto)
 
 
-def _sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _weights(model: str | nn.Module | ModelSource, source: ModelSource, opts: ExportOptions) -> tuple[str, str | None]:
     """What the file computes with, for its metadata: (``weights``, ``weights_sha256`` or None)."""
-    if opts.checkpoint is not None:
-        path = Path(opts.checkpoint)
-        return str(path), _sha256(path) if path.is_file() else _folder_sha256(path)
-    if opts.pretrained:
+    if opts.pretrained and opts.checkpoint is None:
         cfg = getattr(getattr(source.module, "inner", None), "pretrained_cfg", None) or {}
         tag = ".".join(p for p in (cfg.get("architecture") or source.model_name, cfg.get("tag")) if p)
         file = (opts.pretrained_cfg_overlay or {}).get("file")
-        return tag, _sha256(file) if file and Path(file).is_file() else None
-    if isinstance(model, str):
-        return _reference_weights(model)
-    return "given module (built by the caller)", None
-
-
-def _reference_weights(model: str) -> tuple[str, str | None]:
-    """A converted folder (``local-dir:``, ``hf-hub:`` or a plain path) brings its own weights; a bare name none."""
-    from maedet.zoo.detector_folder import HUB_PREFIX, LOCAL_PREFIX
-
-    if model.startswith(HUB_PREFIX):
-        return model, None
-    folder = Path(model.removeprefix(LOCAL_PREFIX))
-    if not (model.startswith(LOCAL_PREFIX) or folder.is_dir()):
-        return "random", None
-    return model, _folder_sha256(folder)
-
-
-def _folder_sha256(folder: Path) -> str | None:
-    """The sha256 of a converted folder's weights file (the one timm loads), if it has one."""
-    from maedet.zoo.checkpoint import FOLDER_WEIGHT_FILES
-
-    found = next((folder / n for n in FOLDER_WEIGHT_FILES if (folder / n).is_file()), None)
-    return _sha256(found) if found is not None else None
+        return tag, file_sha256(file) if file and Path(file).is_file() else None
+    return weights_identity(model, opts.checkpoint)
 
 
 def _metadata(traced: _Traced, opts: ExportOptions, weights: tuple[str, str | None]) -> dict[str, Any]:

@@ -25,12 +25,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from .errors import MaeDetError
+from .errors import MaeDetError, printable
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
 __all__ = [
+    "HelpFormatter",
     "MaeDetArgumentParser",
     "Terminated",
     "add_subparsers",
@@ -47,14 +48,17 @@ LOGGER = logging.getLogger("maedet")
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """One line for the terminal: whitespace collapsed, control characters from file contents escaped."""
+    return printable(" ".join(str(text).split()))
 
 
 class MaeDetArgumentParser(argparse.ArgumentParser):
     """argparse with usage errors as one line (``prog: error: …``, exit 2) instead of the usage block."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {_one_line(message)}\n")
+        # The tool's name alone (``maedet-bench: error:``, not ``maedet-bench profile: error:``): one rule for
+        # every error line of every tool and subcommand, whoever raised it.
+        sys.stderr.write(f"{self.prog.split()[0]}: error: {_one_line(message)}\n")
         raise SystemExit(2)
 
 
@@ -78,6 +82,20 @@ def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
 positive_int = int_range(1)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` only where it informs: not to on/off flags (``--no-check (default: True)`` reads
+    backwards), not where the default is None or an empty list, and not where the help already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction,
+                                   argparse._CountAction, argparse._VersionAction, argparse._HelpAction))  # fmt: skip
+        empty = action.default is None or action.default == argparse.SUPPRESS or action.default == []
+        if flag or empty or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
 def _version() -> str:
     from . import __version__
 
@@ -86,9 +104,7 @@ def _version() -> str:
 
 def make_parser(prog: str, description: str) -> MaeDetArgumentParser:
     """A parser with ``--version`` and ``-v/-q``; tools add their own options and subcommands to it."""
-    parser = MaeDetArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = MaeDetArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"{prog} {_version()}")
     add_verbosity(parser)
     return parser
@@ -128,7 +144,7 @@ class _PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"{self.prog}: " if record.levelno < logging.WARNING else f"{self.prog}: {record.levelname.lower()}: "
-        return prefix + record.getMessage()
+        return prefix + printable(record.getMessage())
 
 
 def configure_logging(prog: str, verbose: int = 0, quiet: int = 0) -> None:

@@ -8,7 +8,11 @@ code 2; anything else is a bug and keeps its traceback. It subclasses ``ValueErr
 
 from __future__ import annotations
 
-__all__ = ["MaeDetError", "MissingDependencyError"]
+import re
+
+__all__ = ["MaeDetError", "MissingDependencyError", "printable", "shorten"]
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class MaeDetError(ValueError):
@@ -17,3 +21,18 @@ class MaeDetError(ValueError):
 
 class MissingDependencyError(MaeDetError):
     """An optional part (TensorRT, a GPU, onnxslim, ray) is not available on this machine."""
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (NUL from a checkpoint key, escape sequences) written as ``\\xNN``: a name
+    from a file is shown, never executed by the terminal or cut at a NUL."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def shorten(text: str, limit: int) -> str:
+    """At most ``limit`` characters, cut at a word boundary with an ellipsis (never mid-word)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0] if " " in text[: limit - 1] else text[: limit - 1]
+    return cut.rstrip(" ,;:") + "…"

@@ -11,7 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from maedet.cli import Terminated, add_subparsers, make_parser, positive_int, run_cli
+from maedet.cli import HelpFormatter, Terminated, add_subparsers, make_parser, positive_int, run_cli
+from maedet.sizes import square_size
 from maedet.zoo import load_structure
 
 from .budget import PRESETS, Budget, preset_budget
@@ -62,15 +63,6 @@ def _limit(text: str) -> float:
     return value
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where there is one (not "default: None" on every optional limit)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
 RATIOS_TEXT = ",".join(f"{r:g}" for r in DEFAULT_RATIOS)  # argparse runs a string default through ``type``
 
 
@@ -85,7 +77,7 @@ def _subcommand(sub: argparse._SubParsersAction, name: str, usage: str, summary:
         usage=f"%(prog)s {name} {usage}",
         help=summary,
         description=summary,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
@@ -99,9 +91,7 @@ def _add_budget_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--budget-params", type=_limit, metavar="PARAMS", help="parameters")
     run.add_argument("--budget-layers", type=int, metavar="LAYERS", help="conv layers (1 per stem + 3 per block)")
     run.add_argument("--budget-gmacs", type=_limit, metavar="GMACS", help="GMACs at 224 px")
-    run.add_argument(
-        "--resolution", type=positive_int, default=480, metavar="PX", help="input size of the FLOPs budget"
-    )
+    run.add_argument("--resolution", type=square_size, default=480, metavar="PX", help="input size of the FLOPs budget")
 
 
 def _add_latency_table_options(parser: argparse.ArgumentParser, batch_flags: tuple[str, ...]) -> None:
@@ -111,7 +101,7 @@ def _add_latency_table_options(parser: argparse.ArgumentParser, batch_flags: tup
         help="latency table: a profiled table file (maedet-bench profile) or v100-fp32, v100-fp16, v100-int8",
     )
     parser.add_argument(*batch_flags, dest="latency_batch", type=int, metavar="N", help="batch of a V100 table")
-    parser.add_argument("--input-size", type=int, metavar="PX", help="input size of a V100 table")
+    parser.add_argument("--input-size", type=square_size, metavar="PX", help="input size of a V100 table")
 
 
 def _add_latency_budget_options(run: argparse.ArgumentParser) -> None:
@@ -185,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("file", help="structure file (JSON or the authors' txt) or a built-in name")
     score.add_argument("--json", action="store_true", help="print one JSON object")
     score.add_argument(
-        "--resolution", type=positive_int, default=480, metavar="PX", help="input size of the FLOPs figure"
+        "--resolution", type=square_size, default=480, metavar="PX", help="input size of the FLOPs figure"
     )
     score.add_argument("--ratios", type=_ratios, default=RATIOS_TEXT, help="level ratios stem,C2,C3,C4,C5")
     _add_latency_table_options(score, ("--batch", "--latency-batch"))

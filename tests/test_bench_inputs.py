@@ -12,14 +12,14 @@ from maedet.bench.backends import unavailable_reason_and_hint
 from maedet.bench.cli import build_parser, build_profile_parser, main
 from maedet.bench.naming import parse_models
 from maedet.bench.outputs import check_outputs
-from maedet.bench.sizes import parse_input_size_flag
+from maedet.sizes import parse_input_size_flag
 from maedet.zoo import builtin_structure
 
 
 def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith("maedet-bench: error: ") or err.startswith("maedet-bench profile: error: "), err
+    assert err.startswith("maedet-bench: error: "), err  # subcommands too: one rule for every error line
     return err
 
 
@@ -195,3 +195,24 @@ def test_backend_list_never_cuts_names_and_shows_each_hint_once(capsys, monkeypa
     for hint in hints:
         assert flat.count(" ".join(hint.split())) == 1, hint
     assert flat.count("pip uninstall") <= 1
+
+
+def test_profile_usage_errors_read_like_every_tools(capsys, tmp_path) -> None:
+    """Issue 17: ``maedet-bench: error:``, not ``maedet-bench profile: error:`` (an argparse error and our own
+    sentence start the same way, as in maedet-search's subcommands)."""
+    assert main(["profile", "--rounds", "many", "--out", str(tmp_path / "t.json")]) == 2
+    assert "argument --rounds: invalid int value: 'many'" in _one_error_line(capsys)
+    assert main(["profile"]) == 2
+    assert "profile needs --out FILE" in _one_error_line(capsys)
+
+
+def test_make_bench_takes_bench_args() -> None:
+    """Issue 17: ``make bench BENCH_ARGS=...`` passes its flags to maedet-bench (dry run: nothing is executed)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["make", "-n", "-C", str(root), "bench", "BENCH_ARGS=--threads 1 --max-time 600", "STAMP=pyproject.toml"]
+    lines = subprocess.run(args, capture_output=True, text=True, check=True).stdout.splitlines()
+    bench = [line for line in lines if "maedet-bench" in line]
+    assert len(bench) == 1 and bench[0].endswith("--csv runs/bench/bench.csv --threads 1 --max-time 600"), lines

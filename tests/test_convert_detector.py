@@ -177,7 +177,10 @@ def test_hub_name_loads_from_the_cache_offline(s3, tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("refused could not fetch 'me/missing' from the hub")
+    assert len(lines) == 1 and lines[0] == (  # offline is said at once, in one whole sentence (issue 17)
+        "refused hf-hub:me/missing is not in the local Hugging Face cache and the hub cannot be reached "
+        "(HF_HUB_OFFLINE is set); download it where there is network and give its folder (local-dir:FOLDER)."
+    )
 
 
 def test_export_and_detect_take_a_converted_folder(s3, tmp_path, capsys) -> None:

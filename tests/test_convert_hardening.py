@@ -155,3 +155,24 @@ def test_a_killed_conversions_staging_folder_is_removed_by_the_next(tmp_path, au
     assert main([str(authors_checkpoint_file("s")), "--model", "maedet_s", "--out", str(tmp_path / "weights")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights"]
     assert os.path.exists(tmp_path / "weights" / "model.safetensors")
+
+
+@pytest.mark.parametrize("prefix", ["backbone.body.", "backbone.", "body.", "module."])
+def test_every_prefix_the_readme_lists_is_accepted(prefix, tmp_path, capsys):
+    """Issue 17: our own (timm) keys under any of the listed prefixes convert to the same folder as bare keys."""
+    model = timm.create_model("maedet_s", num_classes=0)
+    torch.save({"state_dict": {prefix + k: v for k, v in model.state_dict().items()}}, tmp_path / "w.pth")
+    assert main([str(tmp_path / "w.pth"), "--model", "maedet_s", "--out", str(tmp_path / "out")]) == 0, (
+        capsys.readouterr().err
+    )
+    loaded = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True, num_classes=0)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_control_characters_in_keys_are_escaped_in_the_message(tmp_path, capsys):
+    """Issue 17: a NUL (or a terminal escape) in a checkpoint key is shown as \\x00, never written raw."""
+    state = timm.create_model("maedet_s", num_classes=0).state_dict()
+    state["stem.conv.weight\x00\x1b[2J"] = state.pop("stem.conv.weight")
+    torch.save(state, tmp_path / "nul.pth")
+    err = _refused(capsys, tmp_path / "nul.pth", tmp_path / "out")
+    assert "\x00" not in err and "\x1b" not in err and "stem.conv.weight\\x00\\x1b[2J" in err

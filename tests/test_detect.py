@@ -245,8 +245,15 @@ def test_eval_cli_runs_a_model_on_the_set(coco_set, authors_s, tmp_path, capsys)
     assert eval_main([*args, "--onnx", str(onnx_file)]) == 0
     summary = json.loads(out.read_text())
     assert summary["images"] == 3 and summary["detections"] > 0
-    assert 0.0 <= summary["AP"] <= 1.0 and set(summary) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+    assert set(summary) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    # one unit in the table and the JSON (issue 17): percent; pycocotools' -1 (no small boxes here) is null + reason
+    assert summary["unit"] == "percent" and 0.0 <= summary["AP"] <= 100.0
+    assert summary["APs"] is None and "no ground-truth boxes of this size" in summary["not_available"]["APs"]
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1]) == summary
+    assert "AP (%)" in captured.err and "n/a: no ground-truth boxes of this size" in " ".join(captured.err.split())
+    table_ap = next(line for line in captured.err.splitlines() if "│" in line and any(c.isdigit() for c in line))
+    assert f"{summary['AP']:.1f}" in table_ap
 
 
 def test_tool_errors_are_one_sentence(coco_set, authors_s, tmp_path, capsys) -> None:
@@ -481,3 +488,53 @@ def test_a_raw_file_must_have_the_outputs_its_strides_say(tmp_path: Path) -> Non
     path = _identity_onnx(tmp_path / "hand.onnx", {**_GOOD_META, "outputs": "raw"})
     with pytest.raises(MaeDetError, match="has 1 outputs, but its metadata's 5 strides need 10"):
         load_backend(onnx=path)
+
+
+@pytest.mark.parametrize(
+    ("size", "scale"), [(["1333", "800"], (1333, 800)), (["1333x800"], (1333, 800)), (["640"], (640, 640))]
+)
+def test_size_takes_the_grammar_every_tool_takes(size, scale) -> None:
+    from maedet.detect.cli import build_detect_parser, build_eval_parser
+
+    assert build_detect_parser().parse_args(["x.png", "--out", "o", "--size", *size]).size == scale
+    assert build_eval_parser().parse_args(["--ann", "a", "--images", "i", "--size", *size]).size == scale
+
+
+def test_detect_names_the_folder_entries_it_skips(coco_set, authors_s, tmp_path, capsys) -> None:
+    """Issue 17: files in a folder that are not images are named in one warning, not skipped without a word."""
+    root, _ = coco_set
+    _, onnx_file = authors_s
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.png").write_bytes((root / "a.png").read_bytes())
+    (folder / "notes.txt").write_text("mine")
+    (folder / "raw.cr2").write_bytes(b"raw")
+    (folder / "more").mkdir()
+    assert detect_main([str(folder), "--onnx", str(onnx_file), "--out", str(tmp_path / "o"), *SIZE, "--no-draw"]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    assert warning == [
+        f"maedet-detect: warning: skipped 3 entries of {folder} that are not image files "
+        "(.jpg, .jpeg, .png, .bmp, .webp, .tif, .tiff): more/, notes.txt, raw.cr2."
+    ]
+
+
+def test_pretrained_without_network_names_the_cli_flag(coco_set, tmp_path, capsys, monkeypatch) -> None:
+    """Issue 17: offline, ``maedet-detect --pretrained`` says to give the file with ``--checkpoint FILE`` (the flag
+    the user can type), not ``checkpoint=FILE``. The authors' URL points at a local port nothing listens on."""
+    import dataclasses
+    import socket
+
+    from maedet.zoo import detectors
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = dataclasses.replace(detectors.DETECTORS["maedet_s_gfl"], url=f"http://127.0.0.1:{port}/latest.pth")
+    monkeypatch.setitem(detectors.DETECTORS, "maedet_s_gfl", spec)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    root, _ = coco_set
+    argv = [str(root / "a.png"), "--model", "maedet_s_gfl", "--pretrained", "--out", str(tmp_path / "o")]
+    assert detect_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("maedet-detect: error: could not download http://127.0.0.1:") and len(err.splitlines()) == 1
+    assert "give it with --checkpoint FILE" in err and not (tmp_path / "o").exists()

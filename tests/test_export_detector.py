@@ -213,3 +213,58 @@ def test_cli_refuses_mixed_options_in_one_sentence(tmp_path, capsys, argv, expec
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_detector_export_speaks_like_every_tool(tmp_path, capsys, caplog, authors_detector_state) -> None:
+    """Issue 17: a detector file carries the backbones' identity metadata; --int8-mode cpu builds the fast ONNX
+    Runtime layout; -q silences the log (no timestamped rich lines, no ONNX Runtime quantizer notices); the size
+    takes the shared grammar (64x96); the check ends in one sentence with the exit-code rule."""
+    import hashlib
+    import logging
+
+    from maedet.export.cli import main
+
+    ckpt = tmp_path / "latest.pth"
+    torch.save({"state_dict": authors_detector_state("maedet_s_gfl", seed=7)}, ckpt)
+    out = tmp_path / "det8.onnx"
+    argv = ["maedet_s_gfl", "--checkpoint", str(ckpt), "--onnx", str(out), "--input-size", "64x96", "--json", "-q"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--int8", "--int8-mode", "cpu", "--calib-batches", "1"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert not [r for r in caplog.records if "onnxruntime" in r.pathname]  # ~120 "Expected bias ..." lines before
+    assert "exporting" not in captured.err and "detector_cli.py" not in captured.err  # -q: no log lines at all
+    assert "exit 1 only when the raw outputs miss their tolerance" in summary["check"]["summary"]
+    meta = read_metadata(out)
+    assert meta["input_size"] == [3, 64, 96] and meta["int8_mode"] == "cpu" and meta["precision"] == "int8"
+    assert meta["weights"] == str(ckpt) and meta["weights_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert meta["color_order"] == "RGB" and meta["pixel_scale"] == "1/255"
+    zero_points = {i.name: i for i in onnx.load(str(out)).graph.initializer if i.name.endswith("zero_point")}
+    assert onnx.TensorProto.UINT8 in {t.data_type for t in zero_points.values()}  # uint8 activations: the CPU layout
+
+
+def test_lower_precision_check_says_what_differs_in_one_sentence(tmp_path) -> None:
+    """fp16: how many detections match (IoU, class), how far their scores are, and that it is expected."""
+    model = tiny_detector(3)
+    result = export_detector_onnx(model, tmp_path / "h.onnx", input_size=(64, 96), precision="fp16")
+    sentence = result.check.sentence()
+    found = result.check.detections
+    assert f"fp16: {found.matched} of {found.detections} detections match PyTorch's (IoU ≥ 0.9" in sentence
+    assert "expected for fp16" in sentence and found.detections > 0 and sentence.endswith(".")
+    assert result.check.to_dict()["summary"] == sentence
+
+
+def test_compare_detections_pairs_boxes_by_iou_and_class() -> None:
+    from maedet.export.detector_check import compare_detections
+
+    boxes = np.array([[[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 70]]], dtype=np.float32)
+    ref = {"num_dets": np.array([[3]]), "boxes": boxes, "scores": np.array([[0.9, 0.8, 0.7]]),
+           "labels": np.array([[1, 2, 3]])}  # fmt: skip
+    moved = {**ref, "boxes": boxes + np.array([0, 0, 0, 30], dtype=np.float32), "scores": ref["scores"] + 0.01}
+    moved["boxes"][0, :2] = boxes[0, :2]  # the first two boxes barely move, the third is twice as tall
+    moved["boxes"][0, 0, 3], moved["boxes"][0, 1, 3] = 10.5, 40.5
+    other_class = {**ref, "labels": np.array([[1, 2, 0]])}
+    got = compare_detections(ref, moved)
+    assert (got.matched, got.detections, got.passed) == (2, 3, False)
+    assert got.matched_score_abs == pytest.approx(0.01, abs=1e-6)
+    assert compare_detections(ref, other_class).matched == 2 and compare_detections(ref, ref).matched == 3

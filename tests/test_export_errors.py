@@ -40,7 +40,7 @@ def _no_leftovers(folder) -> list[str]:
         (["resnet18", "--structure", "maedet_s"], "only applies to MAE-DET"),
         (["maedet_s", "--input-size", "100000", "100"], "too large"),
         (["maedet_s", "--input-size", "16", "16"], "too small"),
-        (["maedet_s", "--input-size", "0", "64"], "too small"),
+        (["maedet_s", "--input-size", "0", "64"], "must be positive"),
         (["maedet_s", "--batch", "0"], "batch must be at least 1"),
         (["maedet_s", "--io-half"], "--io-half needs --half"),
         (["maedet_s", "--calib", "x"], "need --int8"),
@@ -190,3 +190,42 @@ def test_bad_input_is_exactly_one_stderr_line_with_the_program_name(tmp_path, ca
     assert err.splitlines() == [
         "maedet-export: error: unknown model 'no_such_model_xyz': not a maedet model nor a registered timm model."
     ]
+
+
+@pytest.mark.parametrize("size", [["640"], ["480x640"], ["480", "640"], ["480×640"]])
+def test_input_size_takes_the_grammar_every_tool_takes(size):
+    """Issue 17: the README's --input-size 640 and 480x640 work in maedet-export as in maedet-bench."""
+    args = build_parser().parse_args(["maedet_s", "--onnx", "x.onnx", "--input-size", *size, "--max-size", "960"])
+    assert args.input_size == ((640, 640) if size == ["640"] else (480, 640)) and args.max_size == (960, 960)
+
+
+@pytest.mark.parametrize("size", [["640,800"], ["480", "640", "800"], ["0x640"], ["big"]])
+def test_input_size_that_is_not_one_size_is_one_sentence(size, capsys):
+    code, err = _run(["maedet_s", "--onnx", "x.onnx", "--input-size", *size], capsys)
+    assert code == 2 and _one_sentence(err).startswith("maedet-export: error: argument --input-size: ")
+
+
+def test_info_is_a_result_on_stdout(tmp_path, capsys):
+    """Issue 17: --info prints its table on stdout, like every tool's results; stderr stays empty."""
+    out = tmp_path / "s.onnx"
+    assert main(["maedet_s", "--onnx", str(out), "--input-size", "64", "--no-check", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["--info", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "maedet_s" in captured.out and "color_order" in captured.out and captured.err == ""
+
+
+def test_a_long_reason_is_cut_at_a_word_not_mid_word():
+    """Issue 17: the hub client's reason used to end in ``try aga)``."""
+    from maedet.export.errors import first_line
+
+    reason = first_line(OSError("Please check your connection and try again or make sure the file is cached."), 40)
+    assert reason == "Please check your connection and try…"
+
+
+def test_a_missing_pretrained_overlay_file_is_one_sentence(tmp_path, capsys):
+    missing = tmp_path / "r18.pth"
+    opts = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(missing)}, "check": False}
+    with pytest.raises(ExportError, match=f"the weights file {str(missing)!r} .* does not exist"):
+        export_onnx("resnet18", tmp_path / "r.onnx", input_size=(64, 64), **opts)
+    assert not (tmp_path / "r.onnx").exists()

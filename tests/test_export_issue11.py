@@ -156,8 +156,11 @@ def test_info_prints_plain_values(tmp_path, capsys):
     export_onnx("maedet_s", out, input_size=(64, 64), check=False)
     capsys.readouterr()
     assert main(["--info", str(out)]) == 0
-    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in capsys.readouterr().err.splitlines()
-            if line.count("│") == 3}  # fmt: skip
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in capsys.readouterr().out.splitlines()
+        if line.count("│") == 3
+    }  # fmt: skip  (--info is a result: stdout)
     assert rows["model_name"] == "maedet_s" and rows["weights"] == "random"
     assert rows["color_order"] == "RGB" and rows["pixel_scale"] == "1/255"
 
@@ -247,17 +250,28 @@ def test_trt_without_tensorrt_is_refused_before_the_export(tmp_path, capsys):
     _refused_before_work(["maedet_s", "--trt", tmp_path / "s.engine"], capsys, tmp_path, "nothing was written")
 
 
-def test_engine_path_equal_to_onnx_path_is_refused(tmp_path, capsys):
-    _refused_before_work(["maedet_s", "--trt", tmp_path / "m.onnx"], capsys, tmp_path, "same file")
+def _paths_refused(argv, folder, expected) -> None:
+    """The output-path rules alone: a machine without TensorRT says that first (test_export_tensorrt), so the
+    paths are checked here on any machine through the CLI's own path check, before any work."""
+    from maedet.export.cli import _check_paths, build_parser
+
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(ExportError, match=expected):
+        _check_paths(build_parser().parse_args([str(a) for a in argv]))
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_engine_path_equal_to_onnx_path_is_refused(tmp_path):
+    _paths_refused(["maedet_s", "--trt", tmp_path / "m.onnx"], tmp_path, "same file")
     same = tmp_path / "m.plan"
-    _refused_before_work(["maedet_s", "--trt", same, "--onnx", same], capsys, tmp_path, "same file")
+    _paths_refused(["maedet_s", "--trt", same, "--onnx", same], tmp_path, "same file")
     timing = ["maedet_s", "--trt", tmp_path / "m.engine", "--onnx", tmp_path / "m.onnx", "--timing-cache"]
-    _refused_before_work([*timing, tmp_path / "m.onnx"], capsys, tmp_path, "same file")
+    _paths_refused([*timing, tmp_path / "m.onnx"], tmp_path, "same file")
 
 
-def test_trt_never_replaces_an_existing_onnx_file_unasked(tmp_path, capsys):
+def test_trt_never_replaces_an_existing_onnx_file_unasked(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"the user's own file")
-    _refused_before_work(["maedet_s", "--trt", tmp_path / "m.engine"], capsys, tmp_path, "--onnx")
+    _paths_refused(["maedet_s", "--trt", tmp_path / "m.engine"], tmp_path, "--onnx")
     assert (tmp_path / "m.onnx").read_bytes() == b"the user's own file"
 
 

@@ -162,6 +162,19 @@ def test_cli_trt_without_tensorrt_exits_2_before_writing_anything(tmp_path, caps
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(HAS_TRT and HAS_GPU, reason="TensorRT and a GPU are present: the engine gets built")
+@pytest.mark.parametrize("model", ["maedet_s", "maedet_s_gfl"])
+def test_missing_tensorrt_is_reported_before_path_clashes(tmp_path, capsys, model):
+    """Issue 17: a machine without TensorRT cannot build any engine, so that is the sentence, whatever the paths."""
+    (tmp_path / "s.onnx").write_bytes(b"mine")
+    argv = [model, "--trt", str(tmp_path / "s.engine"), "--input-size", "64", "--no-check"]  # would replace s.onnx
+    for clash in ([], ["--onnx", str(tmp_path / "s.engine")]):
+        assert main([*argv, *clash]) == 2
+        err = capsys.readouterr().err
+        assert "--trt needs" in err and "nothing was written" in err and "same file" not in err, err
+    assert (tmp_path / "s.onnx").read_bytes() == b"mine" and sorted(p.name for p in tmp_path.iterdir()) == ["s.onnx"]
+
+
 @needs_trt
 @pytest.mark.parametrize("precision_flag", [[], ["--half"], ["--int8"]])
 def test_build_and_check_engine(tmp_path, capsys, precision_flag):

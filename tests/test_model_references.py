@@ -173,19 +173,44 @@ def test_wrong_weights_in_a_folder_are_refused(workdir, tmp_path, capsys) -> Non
 
 
 # ------------------------------------------------------------------------------- hf-hub, with no network
-def _run_offline(args: list[str], hf_home: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run_offline(
+    args: list[str], hf_home: Path, cwd: Path, offline: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real CLI in a fresh process, with the hub client offline (its settings are read at import)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {
+        **os.environ,
+        **(offline or {"HF_HUB_OFFLINE": "1"}),
+        "HF_HOME": str(hf_home),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
     env.pop("HF_HUB_CACHE", None)
     cmd = [sys.executable, "-m", "maedet.export.cli", *args]
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_an_unreachable_hub_is_one_sentence(tmp_path) -> None:
-    result = _run_offline(["hf-hub:maedet-tests/no-such-repo", "--onnx", "o.onnx"], tmp_path / "hf", tmp_path)
+def _closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "no connection"])
+def test_an_unreachable_hub_is_one_full_sentence(tmp_path, how) -> None:
+    """Issue 17: offline (HF_HUB_OFFLINE, or a hub that does not accept a connection) is found out at once, not
+    after the client's retries, and said in one whole sentence (the client's own message ended mid-word)."""
+    offline = {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"} if how == "no connection" else None
+    args = ["hf-hub:maedet-tests/no-such-repo", "--onnx", "o.onnx"]
+    result = _run_offline(args, tmp_path / "hf", tmp_path, offline)
     assert result.returncode == 2
     line = _one_sentence(result.stderr, "maedet-export")
-    assert line.startswith("maedet-export: error: cannot fetch hf-hub:maedet-tests/no-such-repo from the Hugging Face")
+    reason = "HF_HUB_OFFLINE is set" if offline is None else "127.0.0.1 did not accept a connection: connection refused"
+    assert line == (
+        "maedet-export: error: hf-hub:maedet-tests/no-such-repo is not in the local Hugging Face cache and the hub "
+        f"cannot be reached ({reason}); download the repo where there is network and give its folder."
+    )
     assert not (tmp_path / "o.onnx").exists()
 
 

@@ -343,3 +343,10 @@ def test_a_ddp_classifier_checkpoint_loads_through_timm(tmp_path: Path) -> None:
     assert any("10-class classifier" in r.getMessage() for r in seen)
     full = checkpoint_filter_fn(torch.load(tmp_path / "ddp.pth", weights_only=True), trained)
     assert torch.equal(full["head.fc.weight"], trained.state_dict()["head.fc.weight"])
+
+
+def test_a_missing_overlay_file_is_named(tmp_path) -> None:
+    """Issue 17: timm's own FileNotFoundError for a missing pretrained_cfg_overlay file has an empty message."""
+    missing = tmp_path / "latest.pth"
+    with pytest.raises(ValueError, match=f"the weights file {str(missing)!r} given as pretrained_cfg_overlay"):
+        timm.create_model("maedet_s", pretrained=True, pretrained_cfg_overlay=dict(file=str(missing)))

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from maedet.errors import MaeDetError
+from maedet.errors import MaeDetError, shorten
 
 from .gfl import GFocalV2
 from .gfl_postprocess import PostprocessConfig
@@ -190,11 +190,19 @@ def hub_detector_folder(repo_id: str) -> Path:
     """The local snapshot of a hub repo holding a converted detector (downloaded once into the hub cache)."""
     from huggingface_hub import snapshot_download
 
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]))
-    except Exception as exc:  # the hub client raises many kinds (HTTP, auth, connection, offline)
-        reason = f"{type(exc).__name__}: {_one_line(exc)}"
-        raise MaeDetError(f"could not fetch {repo_id!r} from the hub ({reason}).") from None
+    from maedet.hub import offline_sentence, offline_when_unreachable
+
+    with offline_when_unreachable() as offline:
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]))
+        except Exception as exc:  # the hub client raises many kinds (HTTP, auth, connection, offline)
+            if offline is not None:
+                raise MaeDetError(
+                    f"{offline_sentence(f'hf-hub:{repo_id}', offline)}; download it where there is network and give "
+                    "its folder (local-dir:FOLDER)."
+                ) from None
+            reason = f"{type(exc).__name__}: {shorten(_one_line(exc), 300)}"
+            raise MaeDetError(f"could not fetch {repo_id!r} from the hub ({reason}).") from None
 
 
 def push_detector_folder(

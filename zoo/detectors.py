@@ -217,7 +217,8 @@ def _download(name: str, url: str) -> Path:
         os.replace(tmp, path)
     except Exception as exc:  # urllib raises URLError, HTTPError, timeouts, ...
         raise MaeDetError(
-            f"could not download {url} ({type(exc).__name__}: {exc}); fetch it yourself and pass checkpoint=FILE."
+            f"could not download {url} ({type(exc).__name__}: {exc}); fetch it where there is network and give "
+            "it with --checkpoint FILE (checkpoint=FILE in Python)."
         ) from None
     finally:
         if os.path.exists(tmp):
@@ -342,8 +343,8 @@ def create_detector(
     if pretrained and checkpoint is None:
         if spec is None or spec.url is None:
             raise MaeDetError(
-                f"{name!r} has no published COCO weights here; pass checkpoint=FILE (an mmdetection GFocalV2 "
-                "checkpoint loads) or pretrained_backbone=True."
+                f"{name!r} has no published COCO weights here; give --checkpoint FILE (checkpoint=FILE in Python; "
+                "an mmdetection GFocalV2 checkpoint loads) or, in Python, pretrained_backbone=True."
             )
         checkpoint = _download(name, spec.url)
     state = None

@@ -300,14 +300,14 @@ def _ours(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     out: dict[str, torch.Tensor] = {}
     foreign: list[str] = []
     for key, value in state_dict.items():
-        if key.startswith(("stem.", "stages.", "head.")):
-            out[key] = value
-            continue
         bare = key
         for prefix in _BACKBONE_PREFIXES:
             if bare.startswith(prefix):
                 bare = bare[len(prefix) :]
                 break
+        if bare.startswith(("stem.", "stages.", "head.")):  # ours, bare or under one of the accepted prefixes
+            out[bare] = value
+            continue
         mapped = _authors_to_ours(bare) if bare.startswith("block_list.") else None
         if mapped is not None:
             out[mapped] = value
@@ -406,6 +406,10 @@ def _download_pretrained(variant: str, kwargs: dict[str, Any]) -> None:
         pretrained_cfg=kwargs.get("pretrained_cfg"),
         pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
     )
+    if cfg.file and not Path(cfg.file).exists():  # timm would raise a FileNotFoundError with no message
+        raise MaeDetError(
+            f"the weights file {str(cfg.file)!r} given as pretrained_cfg_overlay=dict(file=...) does not exist."
+        )
     if cfg.source in ("hf-hub", "local-dir") or cfg.file or cfg.state_dict is not None or cfg.hf_hub_id or not cfg.url:
         return  # timm loads these itself
     try:
