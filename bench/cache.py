@@ -22,6 +22,7 @@ from maedet.errors import MaeDetError
 from maedet.export import ExportOptions, TrtEngine, build_engine, export_onnx
 from maedet.export.runtime import gpu_identity, require_tensorrt
 from maedet.fileio import atomic_write_text
+from maedet.jsonio import JsonError, read_json
 
 from .errors import BackendUnavailable, BenchError
 from .models import ModelSpec
@@ -48,8 +49,8 @@ def _sha256(path: Path) -> str:
 
 def _read_record(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(record_path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        data = read_json(record_path(path), "cache record", max_bytes=2**20)
+    except JsonError:
         return None
     return data if isinstance(data, dict) and data.get("format") == RECORD_FORMAT else None
 

@@ -12,19 +12,23 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from maedet.argtypes import int_range
 from maedet.cli import make_parser, run_cli
+from maedet.devices import device_argument
 from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text
+from maedet.images import image_size
 
 from .backends import Backend, load_backend
 from .coco import category_ids, class_names
 from .evaluate import STAT_NAMES, evaluate
 from .output import check_out_dir, write_outputs
-from .preprocess import TEST_SCALE
+from .preprocess import SIZE_DIVISOR, TEST_SCALE
 from .run import ImageResult, detect_images
 
 __all__ = ["detect_main", "eval_main"]
 
+_SIDE = int_range(SIZE_DIVISOR, what="a side length in pixels")  # one stride-32 cell at least; memory decides the top
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -37,9 +41,11 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--pretrained", action="store_true", help="download the authors' COCO weights")
     src.add_argument("--onnx", metavar="FILE", help="an exported detector (maedet-export NAME --onnx FILE)")
     p.add_argument("--num-classes", type=int, help="classes of --model (default 80, or the converted folder's)")
-    p.add_argument("--size", type=int, nargs=2, default=TEST_SCALE, metavar=("LONG", "SHORT"), help="test scale")
+    p.add_argument(
+        "--size", type=_SIDE, nargs=2, default=TEST_SCALE, metavar=("LONG", "SHORT"), help="test scale (pixels)"
+    )
     p.add_argument("--batch", type=int, default=1, help="images per run")
-    p.add_argument("--device", default="cpu", help="PyTorch device for --model")
+    p.add_argument("--device", type=device_argument, default="cpu", help="PyTorch device for --model: cpu, cuda[:N]")
 
 
 def _backend(args: argparse.Namespace) -> Backend:
@@ -96,6 +102,8 @@ def _summary(results: Sequence[ImageResult], names: Sequence[str]) -> Table:
 
 def _detect(args: argparse.Namespace) -> int:
     files = _expand(args.images)
+    for path in files:  # headers only: a missing, damaged or oversized image is refused before any model loads
+        image_size(path)
     check_out_dir(args.out)
     backend = _backend(args)
     names, cat_ids = class_names(backend.num_classes), category_ids(backend.num_classes)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from maedet.errors import MaeDetError
+from maedet.jsonio import read_json
 
 from .backends import Backend
 from .preprocess import TEST_SCALE
@@ -22,6 +23,7 @@ from .run import ImageResult, detect_images
 
 __all__ = ["STAT_NAMES", "CocoEval", "coco_box_ap", "detections_to_results", "evaluate", "load_annotations"]
 
+MAX_ANNOTATION_BYTES = 4 * 2**30  # instances_train2017.json is 448 MB
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
@@ -45,9 +47,14 @@ def load_annotations(path: str | os.PathLike[str]) -> Any:
 
     if not Path(path).is_file():
         raise MaeDetError(f"annotation file {str(path)!r} does not exist.")
+    dataset = read_json(path, "annotation file", max_bytes=MAX_ANNOTATION_BYTES)  # nesting, huge numbers: 1 sentence
     try:
+        if not isinstance(dataset, dict):
+            raise TypeError(f"the file holds a {type(dataset).__name__}, not an object")
         with _quiet():
-            coco = COCO(str(path))
+            coco = COCO()
+            coco.dataset = dataset
+            coco.createIndex()
     except (ValueError, KeyError, TypeError, AssertionError) as exc:
         raise MaeDetError(f"{str(path)!r} is not a COCO annotation file ({type(exc).__name__}: {exc}).") from None
     if not coco.getImgIds() or not coco.getCatIds():

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from maedet.errors import MaeDetError
+from maedet.memory import check_build_fits
 
 from .checkpoint import load_checkpoint
 from .detector_folder import (
@@ -226,6 +227,11 @@ def _download(name: str, url: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- factory
+def _is_meta_build() -> bool:
+    """Whether modules are being created on the meta device already (a caller estimating shapes)."""
+    return torch.empty(0).is_meta
+
+
 def _backbone_for(name: str, backbone: str | nn.Module | None, structure: Any) -> tuple[str | nn.Module, dict]:
     if name not in DETECTORS and name != GENERIC_NAME:
         raise MaeDetError(f"unknown detector {name!r}; choose one of {', '.join(list_detectors())}.")
@@ -349,16 +355,22 @@ def create_detector(
     state = None
     if checkpoint is not None:
         state, cls_channels, fpn_channels = _checkpoint_shape(checkpoint, num_classes, cls_channels, fpn_channels, spec)
-    model = GFocalV2(
-        source_backbone,
-        num_classes=num_classes,
-        cls_channels=cls_channels,
-        fpn_channels=fpn_channels or (spec.fpn_channels if spec else 256),
-        postprocess_cfg=postprocess_cfg,
-        pretrained_backbone=pretrained_backbone,
-        backbone_kwargs=backbone_kwargs,
-        **kwargs,
-    )
+
+    def build(pretrained_backbone: bool = pretrained_backbone) -> GFocalV2:
+        return GFocalV2(
+            source_backbone,
+            num_classes=num_classes,
+            cls_channels=cls_channels,
+            fpn_channels=fpn_channels or (spec.fpn_channels if spec else 256),
+            postprocess_cfg=postprocess_cfg,
+            pretrained_backbone=pretrained_backbone,
+            backbone_kwargs=backbone_kwargs,
+            **kwargs,
+        )
+
+    if not _is_meta_build():  # weights counted on the meta device before any real allocation (issue 17)
+        check_build_fits(lambda: build(pretrained_backbone=False), f"detector {name!r}")
+    model = build()
     model.name = name
     if state is not None:
         model.load_state_dict(detector_state_dict(state, model), strict=True)

@@ -402,20 +402,9 @@ def _check_model(model: Any, where: str) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> Any:
-    import stat
+    from maedet.jsonio import read_json
 
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise MaeDetError(f"cannot read latency table {str(path)!r}: {exc.strerror}.") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise MaeDetError(f"latency table {str(path)!r} is not a regular file.")
-    if st.st_size > MAX_TABLE_BYTES:
-        raise MaeDetError(f"latency table {str(path)!r} is {st.st_size:,} bytes; tables are at most 64 MiB.")
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise MaeDetError(f"latency table {str(path)!r} is not valid JSON ({type(exc).__name__}).") from None
+    return read_json(path, "latency table", max_bytes=MAX_TABLE_BYTES)
 
 
 def load_latency_table(

@@ -26,7 +26,9 @@ from timm.models._features import feature_take_indices  # timm's own resnet.py i
 from timm.models._hub import download_cached_file
 
 from maedet.errors import MaeDetError
+from maedet.memory import check_weights_fit
 
+from .cost import param_count
 from .structure import Stage, Structure, builtin_structure, load_structure
 
 __all__ = ["MaeDet", "checkpoint_filter_fn", "fuse_bn"]
@@ -383,6 +385,9 @@ def _create_maedet(variant: str, pretrained: bool = False, **kwargs: Any) -> Mae
         _download_pretrained(variant, kwargs)
     structure = load_structure(kwargs["structure"]) if "structure" in kwargs else builtin_structure(variant)
     kwargs["structure"] = structure  # parsed once, here
+    classes = kwargs.get("num_classes", 1000)
+    classes = classes if isinstance(classes, int) and not isinstance(classes, bool) and classes > 0 else 0
+    check_weights_fit(4 * param_count(structure, classes), f"the {variant} backbone")  # float32, before timm builds
     num_features = len(structure.feature_points())
     return build_model_with_cfg(
         MaeDet,
