@@ -21,13 +21,21 @@ __all__ = ["SIZE_FORMS", "InputSizeAction", "parse_input_size_flag", "parse_size
 SIZE_FORMS = "640 (square), 480x640 or 480 640 (H W)"
 _SEVERAL = "for several sizes repeat the flag (--input-size 480 640 --input-size 640) or give a comma list (640,800)"
 _ONE_SIZE = re.compile(r"(\d+)(?:[x×](\d+))?")
+MAX_SIZE_DIGITS = 6
+
+
+def _shown(text: str) -> str:
+    text = text.strip()
+    return repr(text) if len(text) <= 24 else f"a {len(text)}-character value"
 
 
 def parse_size(text: str) -> tuple[int, int]:
     """``640`` → (640, 640); ``480x640`` → (480, 640); anything else is refused in one sentence."""
     match = _ONE_SIZE.fullmatch(text.strip().lower())
     if not match:
-        raise BenchError(f"an input size looks like {SIZE_FORMS}, not {text.strip()!r}.")
+        raise BenchError(f"an input size looks like {SIZE_FORMS}, not {_shown(text)}.")
+    if any(len(group or "") > MAX_SIZE_DIGITS for group in match.groups()):  # 5000 digits: past int()'s limit
+        raise BenchError(f"an input size of {_shown(text)} is far beyond the 8192 pixels a side the models take.")
     h = int(match.group(1))
     w = int(match.group(2) or h)
     if h < 1 or w < 1:
