@@ -34,8 +34,11 @@ def _meta_model(spec: ModelSpec) -> nn.Module:
     return _meta_features_model(spec)
 
 
-def check_bench_memory(specs: Sequence[ModelSpec], configs: Sequence[tuple[tuple[int, int], int]]) -> None:
-    """One sentence naming the model, the input and both figures when the largest run cannot fit."""
+def check_bench_memory(
+    specs: Sequence[ModelSpec], configs: Sequence[tuple[tuple[int, int], int]], available: int | None = None
+) -> None:
+    """One sentence naming the model, the input and both figures when the largest run cannot fit (``available``:
+    the bytes this process may still take, measured when None)."""
     largest: tuple[int, str] = (0, "")
     for spec in specs:
         model = _meta_model(spec).eval()
@@ -44,6 +47,6 @@ def check_bench_memory(specs: Sequence[ModelSpec], configs: Sequence[tuple[tuple
             needed += BENCH_WEIGHT_COPIES * state_bytes(model)
             largest = max(largest, (needed, f"measuring {spec.label} at {batch}×3×{h}×{w}"))
     try:
-        check_fits(*largest)
+        check_fits(*largest, available)
     except MemoryEstimateError as exc:
         raise BenchError(str(exc)) from None

@@ -276,3 +276,32 @@ def test_unreliable_rows_are_flagged_in_table_json_csv_and_plot() -> None:
         assert [b.get_hatch() for b in bars] == [UNRELIABLE_HATCH, None, None]  # S, M, ResNet-50
     finally:
         plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------- issue 17: bounds
+def test_unreasonable_thread_counts_and_sizes_are_one_sentence() -> None:
+    from maedet.bench.errors import BenchError
+    from maedet.bench.machine import usable_cores
+    from maedet.bench.sizes import parse_input_size_flag
+    from maedet.bench.suite import BenchSettings
+
+    limit = 4 * usable_cores()
+    assert BenchSettings(threads=limit).validated().threads == limit
+    with pytest.raises(BenchError, match=rf"threads must be between 1 and {limit} .*got 100,000"):
+        BenchSettings(threads=100_000).validated()
+    with pytest.raises(BenchError, match="a 5000-character value is far beyond"):
+        parse_input_size_flag(["9" * 5000])  # int() itself refuses past 4300 digits with a ValueError
+    with pytest.raises(BenchError, match="far beyond"):
+        parse_input_size_flag(["640x" + "9" * 5000])
+
+
+def test_bench_memory_estimate_counts_the_weights() -> None:
+    """Issue 17: only activations were estimated; a model's weights are held by PyTorch, the file and a runtime."""
+    from maedet.bench.errors import BenchError
+    from maedet.bench.memory_check import check_bench_memory
+    from maedet.bench.models import parse_model
+
+    spec = parse_model("resnet50")  # 25.6 M parameters: 102 MB of float32 weights, 2 MB of activations at 32 px
+    check_bench_memory([spec], [((32, 32), 1)], available=2**30)
+    with pytest.raises(BenchError, match=r"measuring resnet50 at 1×3×32×32 needs about 0\.3 GiB"):
+        check_bench_memory([spec], [((32, 32), 1)], available=200 * 2**20)
