@@ -227,9 +227,11 @@ def _download(name: str, url: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- factory
-def _is_meta_build() -> bool:
-    """Whether modules are being created on the meta device already (a caller estimating shapes)."""
-    return torch.empty(0).is_meta
+def _build_within_memory(name: str, pretrained_backbone: bool, **kwargs: Any) -> GFocalV2:
+    """GFocalV2 built for real only once its weights, counted on the meta device, are known to fit (issue 17)."""
+    if not torch.empty(0).is_meta:  # not already inside a caller's meta-device estimate
+        check_build_fits(lambda: GFocalV2(pretrained_backbone=False, **kwargs), f"detector {name!r}")
+    return GFocalV2(pretrained_backbone=pretrained_backbone, **kwargs)
 
 
 def _backbone_for(name: str, backbone: str | nn.Module | None, structure: Any) -> tuple[str | nn.Module, dict]:
@@ -356,21 +358,17 @@ def create_detector(
     if checkpoint is not None:
         state, cls_channels, fpn_channels = _checkpoint_shape(checkpoint, num_classes, cls_channels, fpn_channels, spec)
 
-    def build(pretrained_backbone: bool = pretrained_backbone) -> GFocalV2:
-        return GFocalV2(
-            source_backbone,
-            num_classes=num_classes,
-            cls_channels=cls_channels,
-            fpn_channels=fpn_channels or (spec.fpn_channels if spec else 256),
-            postprocess_cfg=postprocess_cfg,
-            pretrained_backbone=pretrained_backbone,
-            backbone_kwargs=backbone_kwargs,
-            **kwargs,
-        )
-
-    if not _is_meta_build():  # weights counted on the meta device before any real allocation (issue 17)
-        check_build_fits(lambda: build(pretrained_backbone=False), f"detector {name!r}")
-    model = build()
+    model = _build_within_memory(
+        name,
+        pretrained_backbone,
+        backbone=source_backbone,
+        num_classes=num_classes,
+        cls_channels=cls_channels,
+        fpn_channels=fpn_channels or (spec.fpn_channels if spec else 256),
+        postprocess_cfg=postprocess_cfg,
+        backbone_kwargs=backbone_kwargs,
+        **kwargs,
+    )
     model.name = name
     if state is not None:
         model.load_state_dict(detector_state_dict(state, model), strict=True)
