@@ -77,11 +77,12 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file", max_bytes: 
         raise JsonError(f"{shown} is not a regular file.")
     if info.st_size > max_bytes:
         raise JsonError(f"{shown} is {info.st_size:,} bytes; at most {max_bytes:,} are read.")
+    expected = info.st_size  # read() with a 4 GiB size hint would reserve 4 GiB up front
     try:
         with path.open("rb") as handle:
-            data = handle.read(max_bytes + 1)
+            data = handle.read(expected + 1)
     except OSError as exc:
         raise JsonError(f"cannot read {shown}: {exc.strerror or type(exc).__name__}.") from None
-    if len(data) > max_bytes:
-        raise JsonError(f"{shown} grew past {max_bytes:,} bytes while being read.")
+    if len(data) > expected:
+        raise JsonError(f"{shown} grew while being read; read it again once it is written.")
     return parse_json(data, shown)
