@@ -41,7 +41,9 @@ def read_sidecar(engine: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = read_json(path, "engine sidecar", max_bytes=2**20)
     except JsonError as exc:
-        raise ExportError(str(exc)) from None
+        raise ExportError(
+            f"{str(exc).rstrip('.')}, so it cannot be read; rebuild the engine with maedet-export --trt."
+        ) from None
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise ExportError(f"{str(path)!r} is not a maedet engine sidecar (format {SIDECAR_FORMAT}).")
     return data
