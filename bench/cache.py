@@ -21,7 +21,8 @@ from typing import Any
 from maedet.errors import MaeDetError
 from maedet.export import ExportOptions, TrtEngine, build_engine, export_onnx
 from maedet.export.runtime import gpu_identity, require_tensorrt
-from maedet.fileio import atomic_write_text, read_regular_bytes
+from maedet.fileio import atomic_write_text
+from maedet.jsonio import JsonError, read_json
 
 from .errors import BackendUnavailable, BenchError
 from .models import ModelSpec
@@ -51,8 +52,8 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     """The record beside a cached file, or None when there is no readable one (a FIFO or device there is not
     opened for reading: it would block forever)."""
     try:
-        data = json.loads(read_regular_bytes(record_path(path), _MAX_RECORD_BYTES, "cache record").decode("utf-8"))
-    except (MaeDetError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        data = read_json(record_path(path), "cache record", max_bytes=2**20)
+    except JsonError:
         return None
     return data if isinstance(data, dict) and data.get("format") == RECORD_FORMAT else None
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text, check_output_path
+from maedet.jsonio import read_json
 from maedet.zoo import Structure, builtin_structure
 from maedet.zoo.latency import LatencyTable, Op, Piece, conv_count, fit_op_model, piece_ops, structure_pieces
 from maedet.zoo.latency_goal import VALIDATION_GOAL, goal_text, meets_goal, missed_goal_sentence
@@ -189,10 +190,10 @@ class _State:
 
     def _load(self) -> None:
         try:
-            data = json.loads(self.path.read_text())
+            data = read_json(self.path, "partial profile")
             if not isinstance(data, dict):
                 raise ValueError
-        except (OSError, ValueError):
+        except ValueError:  # JsonError included: nested too deeply, huge numbers, not JSON
             LOG.warning("ignoring an unreadable partial profile %s", self.path)
             return
         if data.get("format") != PARTIAL_FORMAT or data.get("settings") != self.settings.fingerprint():

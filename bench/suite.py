@@ -81,6 +81,10 @@ class BenchSettings:
         threads = self.threads or usable_cores()
         if threads < 1:
             raise BenchError(f"threads must be at least 1, got {threads}.")
+        if threads > 4 * usable_cores():  # as bench profile: more only oversubscribes (100000 could not start)
+            raise BenchError(
+                f"threads must be between 1 and {4 * usable_cores()} (4× the usable cores), got {threads:,}."
+            )
         if self.warmup < 1:
             raise BenchError("warm-up needs at least 1 run (the first run of every runtime is not representative).")
         if self.rounds < 1 or self.min_rounds < 1:

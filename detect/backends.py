@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from maedet.devices import parse_device
 from maedet.errors import MaeDetError
 from maedet.zoo.detector_folder import HUB_PREFIX, LOCAL_PREFIX, is_detector_folder
 from maedet.zoo.detectors import create_detector
@@ -44,6 +45,7 @@ class Backend:
 
 class TorchBackend(Backend):
     def __init__(self, detector: GFocalV2, device: str = "cpu", cfg: PostprocessConfig | None = None) -> None:
+        device = parse_device(device)
         self.detector = detector.eval().to(device)
         self.device = device
         self.cfg = cfg

@@ -13,8 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from maedet.cli import make_parser, positive_int, progress_bar, run_cli
+from maedet.devices import device_argument
 from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text, refuse_overwriting_inputs
+from maedet.images import image_size
 from maedet.sizes import OneSizeAction
 from maedet.zoo.checkpoint import preview
 
@@ -22,7 +24,7 @@ from .backends import Backend, load_backend
 from .coco import category_ids, class_names
 from .evaluate import STAT_NAMES, evaluate, load_annotations
 from .output import check_out_dir, write_outputs
-from .preprocess import TEST_SCALE
+from .preprocess import SIZE_DIVISOR, TEST_SCALE
 from .run import ImageResult, detect_images
 
 __all__ = ["build_detect_parser", "build_eval_parser", "detect_main", "eval_main"]
@@ -44,14 +46,14 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
         "--size",
         nargs="+",
         action=OneSizeAction,
-        limits=(32, 8192),
+        limits=(SIZE_DIVISOR, None),  # one stride-32 cell at least; memory decides the top
         default=TEST_SCALE,
         metavar="SIZE",
         help="test scale, the limits of the long and short side: LONG SHORT, LONGxSHORT or one number for both "
         "(as --input-size reads sizes; default 1333x800, the authors')",
     )
     p.add_argument("--batch", type=int, default=1, help="images per run")
-    p.add_argument("--device", default="cpu", help="PyTorch device for --model")
+    p.add_argument("--device", type=device_argument, default="cpu", help="PyTorch device for --model: cpu, cuda[:N]")
 
 
 def _backend(args: argparse.Namespace) -> Backend:
@@ -119,6 +121,8 @@ def _detect(args: argparse.Namespace) -> int:
     inputs = {**_weight_inputs(args), **{f"image {item}": item for item in args.images}}
     refuse_overwriting_inputs(inputs, output_folders={"--out folder": args.out})
     files = _expand(args.images)
+    for path in files:  # headers only: a missing, damaged or oversized image is refused before any model loads
+        image_size(path)
     check_out_dir(args.out)
     backend = _backend(args)
     names, cat_ids = class_names(backend.num_classes), category_ids(backend.num_classes)

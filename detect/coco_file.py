@@ -8,7 +8,6 @@ where it is (``annotation 17 (id 18) has no 'area'``). Ids must be integers, as 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -17,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from maedet.errors import MaeDetError
+from maedet.jsonio import read_json
 
 __all__ = ["LARGE_FILE_BYTES", "check_coco_dataset", "read_coco"]
 
 # From this size on, reading takes long enough (seconds to minutes) that each stage is logged at INFO; below it,
 # at DEBUG, so a quick run and a refused one keep their single line of output.
 LARGE_FILE_BYTES = 32 * 2**20
+MAX_ANNOTATION_BYTES = 4 * 2**30  # instances_train2017.json is 448 MB
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +125,7 @@ def read_coco(path: str | os.PathLike[str]) -> Any:
     size = path.stat().st_size
     level = logging.INFO if size >= LARGE_FILE_BYTES else logging.DEBUG
     logger.log(level, "reading the annotations %s (%.1f MB)", path.name, size / 1e6)
-    try:
-        data = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise MaeDetError(f"{str(path)!r} is not a COCO annotation file ({type(exc).__name__}).") from None
+    data = read_json(path, "annotation file", max_bytes=MAX_ANNOTATION_BYTES)  # nesting, huge numbers: 1 sentence
     check_coco_dataset(data, str(path))
     coco = COCO()
     coco.dataset = data

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from maedet.errors import MaeDetError
 from maedet.zoo.gfl_postprocess import Detections
 
-__all__ = ["TEST_SCALE", "Letterboxed", "collate", "letterbox", "map_back", "rescale_size"]
+__all__ = ["TEST_SCALE", "Letterboxed", "collate", "letterbox", "letterboxed_hw", "map_back", "rescale_size"]
 
 TEST_SCALE = (1333, 800)  # (long side limit, short side limit): the authors' img_scale
 SIZE_DIVISOR = 32
@@ -53,22 +53,37 @@ class Letterboxed:
 
 
 def rescale_size(hw: tuple[int, int], scale: Sequence[int] = TEST_SCALE) -> tuple[int, int]:
-    """mmcv's ``rescale_size`` with keep_ratio: the largest size within (long, short) limits, rounded half up."""
+    """mmcv's ``rescale_size`` with keep_ratio: the largest size within (long, short) limits, rounded half up.
+
+    A side never shrinks below one pixel (a 5000×1 strip at 1333 px would otherwise be 0 pixels tall).
+    """
     h, w = hw
     long_limit, short_limit = max(scale), min(scale)
+    if h < 1 or w < 1 or short_limit < 1:
+        raise MaeDetError(f"cannot resize a {h}×{w} image to the scale {tuple(scale)}: every side must be positive.")
     factor = min(long_limit / max(h, w), short_limit / min(h, w))
-    return int(h * factor + 0.5), int(w * factor + 0.5)
+    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
 
 
 def fit_size(hw: tuple[int, int], target_hw: tuple[int, int]) -> tuple[int, int]:
     """The largest aspect-keeping size inside a fixed ``target_hw`` (for static-size files)."""
     h, w = hw
     factor = min(target_hw[0] / h, target_hw[1] / w)
-    return min(target_hw[0], int(h * factor + 0.5)), min(target_hw[1], int(w * factor + 0.5))
+    return min(target_hw[0], max(1, int(h * factor + 0.5))), min(target_hw[1], max(1, int(w * factor + 0.5)))
 
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def letterboxed_hw(
+    hw: tuple[int, int], scale: Sequence[int] = TEST_SCALE, fixed_hw: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """The network input (padded) size :func:`letterbox` gives an image of ``hw``, without touching a pixel."""
+    if fixed_hw:
+        return fixed_hw
+    new_hw = rescale_size(hw, scale)
+    return _round_up(new_hw[0], SIZE_DIVISOR), _round_up(new_hw[1], SIZE_DIVISOR)
 
 
 def letterbox(

@@ -7,15 +7,21 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import torch
 
 from maedet.errors import MaeDetError
-from maedet.zoo.gfl_postprocess import Detections
+from maedet.images import image_size, read_image
+from maedet.memory import check_fits, forward_peak_bytes
+from maedet.zoo.gfl import GFocalV2
+from maedet.zoo.gfl_postprocess import Detections, select_candidates
 
-from .backends import Backend
-from .preprocess import TEST_SCALE, Letterboxed, collate, letterbox, map_back
+from .backends import Backend, TorchBackend
+from .preprocess import TEST_SCALE, Letterboxed, collate, letterbox, letterboxed_hw, map_back
 
-__all__ = ["ImageResult", "detect_images", "read_image"]
+__all__ = ["ImageResult", "check_detect_memory", "detect_images", "detection_peak_bytes", "read_image"]
+
+# While an image is prepared: its decoded uint8 pixels, their float copy and the resized float copy (letterbox).
+IMAGE_BYTES_PER_PIXEL = 3 * (1 + 4 + 4)
 
 
 @dataclass
@@ -28,17 +34,36 @@ class ImageResult:
     detections: Detections
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """RGB uint8 (H, W, 3), upright per its EXIF orientation (as OpenCV, which mmdetection reads with)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def detection_peak_bytes(detector: GFocalV2, input_shape: tuple[int, int, int, int], nms_pre: int) -> int:
+    """Peak bytes of the tensors one detection run creates (network and candidate selection, weights excluded),
+    followed on meta tensors: nothing is allocated or computed."""
+    stand_ins = {name: torch.empty_like(t, device="meta") for name, t in detector.state_dict(keep_vars=True).items()}
 
-    try:
-        with Image.open(path) as img:
-            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
-    except FileNotFoundError:
-        raise MaeDetError(f"image {str(path)!r} does not exist.") from None
-    except (OSError, UnidentifiedImageError):
-        raise MaeDetError(f"image {str(path)!r} cannot be read as an image.") from None
+    def run(module: torch.nn.Module, x: torch.Tensor) -> None:
+        outs = torch.func.functional_call(module, stand_ins, (x,))
+        levels = len(detector.strides)
+        bounds = x.new_empty((x.shape[0], 2))
+        select_candidates(outs[:levels], outs[levels:], detector.strides, bounds, nms_pre)
+
+    return forward_peak_bytes(detector, input_shape, run)
+
+
+def check_detect_memory(
+    paths: Sequence[Path], backend: Backend, scale: Sequence[int], batch_size: int
+) -> tuple[tuple[int, int], ...]:
+    """Read every image's header (pixel cap, see maedet.images) and refuse, before any image is decoded, a run
+    whose largest batch cannot fit in memory; returns the images' (height, width)."""
+    sizes = tuple(image_size(p) for p in paths)
+    if not sizes:
+        return sizes
+    padded = [letterboxed_hw(hw, scale, backend.fixed_hw) for hw in sizes]
+    h, w = max(p[0] for p in padded), max(p[1] for p in padded)  # a batch is padded to its tallest and widest
+    needed = max(hh * ww for hh, ww in sizes) * IMAGE_BYTES_PER_PIXEL + batch_size * 3 * h * w * 4
+    if isinstance(backend, TorchBackend):
+        cfg = backend.cfg or backend.detector.postprocess_cfg
+        needed += detection_peak_bytes(backend.detector, (batch_size, 3, h, w), cfg.nms_pre)
+    check_fits(needed, f"detecting at up to {batch_size}×3×{h}×{w}")
+    return sizes
 
 
 def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
@@ -60,6 +85,7 @@ def detect_images(
     if backend.max_batch is not None:
         batch_size = backend.max_batch  # a static-batch file: exactly its batch (the last one is filled up)
     files = [Path(p) for p in paths]
+    check_detect_memory(files, backend, scale, batch_size)
     results: list[ImageResult] = []
     for group in _batches(files, batch_size):
         boxed = [letterbox(read_image(p), scale, backend.fixed_hw) for p in group]

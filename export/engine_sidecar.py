@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from maedet.fileio import atomic_write_text
+from maedet.jsonio import JsonError, read_json
 
 from .errors import ExportError
 
@@ -35,14 +36,14 @@ def write_sidecar(engine: str | os.PathLike[str], info: Mapping[str, Any]) -> Pa
 
 def read_sidecar(engine: str | os.PathLike[str]) -> dict[str, Any]:
     path = sidecar_path(engine)
+    if not path.exists():
+        raise ExportError(f"engine sidecar {str(path)!r} is missing; rebuild the engine with maedet-export --trt.")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+        data = read_json(path, "engine sidecar", max_bytes=2**20)
+    except JsonError as exc:
         raise ExportError(
-            f"engine sidecar {str(path)!r} is missing; rebuild the engine with maedet-export --trt."
+            f"{str(exc).rstrip('.')}, so it cannot be read; rebuild the engine with maedet-export --trt."
         ) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"engine sidecar {str(path)!r} cannot be read ({type(exc).__name__}).") from None
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise ExportError(f"{str(path)!r} is not a maedet engine sidecar (format {SIDECAR_FORMAT}).")
     return data

@@ -103,23 +103,12 @@ def sample_files(files: Sequence[Path], count: int, seed: int) -> list[Path]:
 
 def _read_calibration_image(path: Path) -> np.ndarray:
     """RGB uint8 as inference reads it; a decompression bomb (beyond PIL's MAX_IMAGE_PIXELS) is one sentence."""
-    import warnings
-
-    from PIL import Image
-
-    from maedet.detect.run import read_image
+    from maedet.images import read_image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return read_image(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ExportError(
-            f"calibration image {str(path)!r} is larger than PIL's limit of {Image.MAX_IMAGE_PIXELS} pixels "
-            "(a possible decompression bomb); remove it from the folder."
-        ) from None
-    except MaeDetError:
-        raise ExportError(f"calibration image {str(path)!r} cannot be read.") from None
+        return read_image(path, "calibration image")
+    except MaeDetError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def load_calibration_images(

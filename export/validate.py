@@ -15,7 +15,9 @@ from typing import Any
 
 import torch.nn as nn
 
-from maedet.memory import MemoryEstimateError, check_fits, forward_peak_bytes
+from maedet.errors import MaeDetError
+from maedet.images import MAX_IMAGE_PIXELS
+from maedet.memory import MemoryEstimateError, check_fits, forward_peak_bytes, state_bytes
 
 from .errors import ExportError
 
@@ -34,13 +36,15 @@ __all__ = [
 
 # Min/max calibration settles within a few hundred images; every batch is held in memory and run once.
 MAX_CALIB_BATCHES = 1024
-# 64 megapixels: an 8K×8K photo. Larger files are refused unread: a 20000×20000 PNG of a few hundred kB would
-# decompress to 1.2 GB (Pillow's own bomb guard only warns below 2× its limit, and raises its own error type above).
-MAX_CALIB_PIXELS = 64 * 2**20
+# 64 megapixels: an 8K×8K photo; larger files are refused unread (see maedet.images).
+MAX_CALIB_PIXELS = MAX_IMAGE_PIXELS
 # Measured (fp32 with the check, peak RSS rise at 512 and 1536 px): the whole export — the PyTorch reference run whose
 # outputs are kept, the tracer's run, the serialized file and ONNX Runtime's check — grows by 3.5× (maedet_s) and
 # 2.3× (resnet18) the eager forward's activation estimate per extra pixel; weights add a fixed ~0.3-0.5 GB.
 EXPORT_MEMORY_FACTOR = 4.0
+# Besides the module's own weights (already in memory), the serialized ONNX file and ONNX Runtime's session each
+# hold a copy of them while the export checks its file (assumed from the pipeline's steps, not measured).
+EXPORT_WEIGHT_COPIES = 2
 
 
 def supported_opsets() -> tuple[int, int]:
@@ -99,25 +103,12 @@ def check_calibration(calib: str | os.PathLike[str] | None, batches: int | None,
 
 def _check_image_header(path: Path) -> None:
     """Read only the image header: its pixel count must stay under MAX_CALIB_PIXELS."""
-    import warnings
-
-    from PIL import Image
+    from maedet.images import image_size
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-    except Image.DecompressionBombError:
-        width = height = None
-    except (OSError, ValueError, SyntaxError):
-        raise ExportError(f"calibration image {str(path)!r} cannot be read.") from None
-    if width is None or height is None or width * height > MAX_CALIB_PIXELS:
-        size = "more than 2×Pillow's limit" if width is None else f"{width}×{height}"
-        raise ExportError(
-            f"calibration image {str(path)!r} is {size} pixels; the limit is {MAX_CALIB_PIXELS // 2**20} "
-            "megapixels (it would decompress to gigabytes)."
-        )
+        image_size(path, "calibration image")
+    except MaeDetError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def check_activation_memory(
@@ -133,6 +124,7 @@ def check_activation_memory(
     :func:`maedet.memory.forward_peak_bytes`) times ``factor`` for the runs the caller makes.
     """
     needed = int(forward_peak_bytes(module, tuple(int(v) for v in input_shape), call) * factor)
+    needed += EXPORT_WEIGHT_COPIES * state_bytes(module)
     try:
         check_fits(needed, what)
     except MemoryEstimateError as exc:

@@ -62,17 +62,27 @@ class MaeDetArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse ``type`` for a whole number from ``low`` (to ``high``): out of range is a usage error."""
+MAX_NUMBER_CHARS = 32  # int() converts up to 4300 digits and argparse would echo them all back
+
+
+def _shown_number(text: str) -> str:
+    return repr(text) if len(text) <= MAX_NUMBER_CHARS else f"a {len(text)}-character value"
+
+
+def int_range(low: int, high: int | None = None, what: str = "a whole number") -> Callable[[str], int]:
+    """An argparse ``type`` for a whole number from ``low`` to ``high`` (inclusive; None: no upper bound): out of
+    range is a usage error that quotes at most a few characters of a bad value."""
 
     def parse(text: str) -> int:
         try:
+            if len(text.strip()) > MAX_NUMBER_CHARS:
+                raise ValueError
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {what}, got {_shown_number(text)}") from None
         if value < low or (high is not None and value > high):
-            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"expected a whole number {bounds}, got {text[:40]!r}")
+            bounds = f"from {low:,} to {high:,}" if high is not None else f"at least {low:,}"
+            raise argparse.ArgumentTypeError(f"expected {what} {bounds}, got {value:,}")
         return value
 
     parse.__name__ = "whole number"  # argparse names the type in its own messages

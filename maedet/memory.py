@@ -5,6 +5,10 @@ on the *meta* device (shapes only, no data, no compute) at the requested size an
 creates and frees, so the peak of live activations is what eager PyTorch would hold, whatever the architecture.
 The limit is the memory this process may still take: the kernel's ``MemAvailable``, a cgroup limit, and the
 address-space limit (``RLIMIT_AS``), whichever is lowest.
+
+Weights and buffers count too (issue 17: a detector config with ``fpn_channels`` 2^20 asked for terabytes of
+weights before any input existed): :func:`check_build_fits` builds a module on the meta device first and refuses
+it when its parameters and buffers cannot fit, and the run estimates add :func:`state_bytes` to the activations.
 """
 
 from __future__ import annotations
@@ -24,7 +28,16 @@ from torch.utils._pytree import tree_leaves
 
 from .errors import MaeDetError
 
-__all__ = ["MemoryEstimateError", "available_memory_bytes", "check_fits", "forward_peak_bytes", "gib"]
+__all__ = [
+    "MemoryEstimateError",
+    "available_memory_bytes",
+    "check_build_fits",
+    "check_fits",
+    "check_weights_fit",
+    "forward_peak_bytes",
+    "gib",
+    "state_bytes",
+]
 
 
 class MemoryEstimateError(MaeDetError):
@@ -132,3 +145,30 @@ def check_fits(needed: int, what: str, available: int | None = None) -> None:
             f"{what} needs about {gib(needed)} of memory (estimated before running), but only {gib(available)} "
             "is available to this process; use a smaller input size or batch."
         )
+
+
+def state_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (meta tensors count by their shapes, so nothing is allocated)."""
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def check_build_fits(build: Callable[[], nn.Module], what: str, available: int | None = None) -> int:
+    """Build the module on the meta device (shapes only) and refuse, in one sentence, weights that cannot fit.
+
+    Returns the weights' bytes. ``build`` must not load files or download: it runs once more for real afterwards.
+    """
+    with torch.device("meta"):
+        needed = state_bytes(build())
+    return check_weights_fit(needed, what, available)
+
+
+def check_weights_fit(needed: int, what: str, available: int | None = None) -> int:
+    """Refuse, in one sentence, ``needed`` bytes of weights (counted from shapes) that cannot fit; returns them."""
+    available = available_memory_bytes() if available is None else available
+    if available is not None and needed > available:
+        raise MemoryEstimateError(
+            f"{what} has about {gib(needed)} of weights (counted before building it), but only {gib(available)} "
+            "of memory is available to this process; check its widths (channels, bins) and class count."
+        )
+    return needed

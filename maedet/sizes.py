@@ -28,14 +28,22 @@ __all__ = [
 
 SIZE_FORMS = "640 (square), 480x640 or 480 640 (H W)"
 _SEVERAL = "for several sizes repeat the flag (--input-size 480 640 --input-size 640) or give a comma list (640,800)"
-_ONE_SIZE = re.compile(r"(\d{1,6})(?:[x×](\d{1,6}))?")
+_ONE_SIZE = re.compile(r"(\d+)(?:[x×](\d+))?")
+MAX_SIZE_DIGITS = 6  # 5000 digits would pass int()'s limit; 6 are far beyond the 8192 pixels a side models take
+
+
+def _shown(text: str) -> str:
+    text = text.strip()
+    return repr(text) if len(text) <= 24 else f"a {len(text)}-character value"
 
 
 def parse_size(text: str) -> tuple[int, int]:
     """``640`` → (640, 640); ``480x640`` → (480, 640); anything else is refused in one sentence."""
     match = _ONE_SIZE.fullmatch(text.strip().lower())
     if not match:
-        raise MaeDetError(f"an input size looks like {SIZE_FORMS}, not {text.strip()[:40]!r}.")
+        raise MaeDetError(f"an input size looks like {SIZE_FORMS}, not {_shown(text)}.")
+    if any(len(group or "") > MAX_SIZE_DIGITS for group in match.groups()):
+        raise MaeDetError(f"an input size of {_shown(text)} is far beyond the 8192 pixels a side the models take.")
     h = int(match.group(1))
     w = int(match.group(2) or h)
     if h < 1 or w < 1:
@@ -103,9 +111,9 @@ class InputSizeAction(argparse.Action):
 
 class OneSizeAction(argparse.Action):
     """argparse action (nargs='+') for a flag that names one size, stored as a (first, second) tuple; ``limits``
-    (low, high) bounds each side where a tool cannot run outside them (``maedet-detect --size 1 1``)."""
+    (low, high or None) bounds each side where a tool cannot run outside them (``maedet-detect --size 1 1``)."""
 
-    def __init__(self, *args: Any, limits: tuple[int, int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: tuple[int, int | None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
 
@@ -120,7 +128,10 @@ class OneSizeAction(argparse.Action):
             size = parse_one_size(list(values), option_string or "--input-size")
         except MaeDetError as exc:
             raise argparse.ArgumentError(self, str(exc)) from None
-        if self.limits is not None and not all(self.limits[0] <= side <= self.limits[1] for side in size):
+        if self.limits is not None:
             low, high = self.limits
-            raise argparse.ArgumentError(self, f"each side must be from {low} to {high} pixels, not {' '.join(values)}")
+            bad = [side for side in size if side < low or (high is not None and side > high)]
+            if bad:
+                bound = f"from {low:,} to {high:,}" if high is not None else f"at least {low:,}"
+                raise argparse.ArgumentError(self, f"expected a side length in pixels {bound}, got {bad[0]:,}")
         setattr(namespace, self.dest, size)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from maedet.cli import HelpFormatter, Terminated, add_subparsers, make_parser, positive_int, run_cli
+from maedet.devices import device_argument
 from maedet.sizes import square_size
 from maedet.zoo import load_structure
 
@@ -127,7 +128,7 @@ def _add_search_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--forward-batch", type=int, default=8, help="images per forward score")
     run.add_argument("--forward-resolution", type=int, default=224, help="image size of the forward score")
     run.add_argument("--forward-repeats", type=int, default=4, help="draws averaged by the forward score")
-    run.add_argument("--device", default="cpu", help="forward score device (cpu or cuda)")
+    run.add_argument("--device", type=device_argument, default="cpu", help="forward score device (cpu or cuda[:N])")
 
 
 def _add_run_options(run: argparse.ArgumentParser) -> None:

@@ -31,7 +31,7 @@ from .errors import SearchError
 from .evaluator import GenomeEvaluator
 from .executors import Executor, SerialExecutor
 from .latency import GenomeLatency, LatencyTarget
-from .score import DEFAULT_RATIOS, ScoreResult, forward_score
+from .score import DEFAULT_RATIOS, ScoreResult, check_forward_memory, forward_score
 from .space import KERNELS, Genome, SearchSpace
 
 __all__ = ["CHECKPOINT_NAME", "ForwardOptions", "Search", "SearchError", "SearchSettings"]
@@ -214,6 +214,8 @@ class Search:
             raise SearchError(f"elite must be a fraction in (0, 1], got {s.elite}.")
         if s.score not in ("closed-form", "forward"):
             raise SearchError(f"unknown score {s.score!r}; choose closed-form or forward.")
+        if s.score == "forward":  # at the start, with the initial structure: not after hours of searching
+            check_forward_memory(s.init, s.forward.batch, s.forward.resolution)
         if s.budget.latency_ms is not None and s.latency is None:
             raise SearchError("a latency budget needs a latency table to predict with (--latency-table).")
         min_layers = 1 + 3 * len(s.init.stages)

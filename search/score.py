@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from maedet.devices import parse_device
 from maedet.zoo import Structure, feature_levels
 
 from .errors import SearchError
@@ -19,9 +20,11 @@ __all__ = [
     "DEFAULT_RATIOS",
     "ScoreResult",
     "block_log_stds",
+    "check_forward_memory",
     "check_ratios",
     "closed_form_score",
     "forward_score",
+    "forward_score_bytes",
     "score_levels",
     "stride_levels",
 ]
@@ -122,6 +125,38 @@ class _PlainConv:
         return y, math.log(float(std))
 
 
+def forward_score_bytes(structure: Structure, batch: int, resolution: int) -> int:
+    """Memory the forward score needs, from shapes alone: the largest conv's input and output (float32, plus the
+    std's temporary of the output's size) and every distinct weight buffer it keeps (at most all the weights)."""
+    side = resolution
+    layers: list[tuple[int, int, int]] = []  # (input elements per image, output elements per image, weights)
+    stem = structure.stem
+    out = -(-side // stem.stride)
+    layers.append(
+        (stem.in_chs * side * side, stem.out_chs * out * out, stem.in_chs * stem.out_chs * stem.kernel_size**2)
+    )
+    side = out
+    for stage in structure.stages:
+        out = -(-side // stage.stride)
+        mid, k = stage.bottleneck_chs, stage.kernel_size
+        layers.append((stage.in_chs * side * side, mid * side * side, stage.in_chs * mid))
+        layers.append((mid * side * side, mid * out * out, mid * mid * k * k))
+        layers.append((mid * out * out, stage.out_chs * out * out, mid * stage.out_chs))
+        side = out
+    activations = max(i + 2 * o for i, o, _ in layers) * batch
+    return 4 * (activations + sum(w for _, _, w in layers))
+
+
+def check_forward_memory(structure: Structure, batch: int, resolution: int) -> None:
+    """Refuse in one sentence a forward score that cannot fit in memory (before any tensor exists)."""
+    from maedet.memory import MemoryEstimateError, check_fits
+
+    try:
+        check_fits(forward_score_bytes(structure, batch, resolution), f"the forward score at {batch}×{resolution}²")
+    except MemoryEstimateError as exc:
+        raise SearchError(f"{str(exc).rstrip('.')} (--forward-batch, --forward-resolution).") from None
+
+
 def forward_score(
     structure: Structure,
     ratios: Sequence[float] = DEFAULT_RATIOS,
@@ -142,7 +177,8 @@ def forward_score(
     levels = _check_ratios(structure, ratios)
     if batch < 1 or resolution < 1 or repeats < 1:
         raise SearchError("forward score: batch, resolution and repeats must all be at least 1.")
-    dev = torch.device(device)
+    check_forward_memory(structure, batch, resolution)
+    dev = torch.device(parse_device(device))
     sums = [0.0] * len(structure.blocks)
     with torch.inference_mode():
         for r in range(repeats):

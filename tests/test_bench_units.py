@@ -321,3 +321,33 @@ def test_a_fifo_at_a_cache_record_path_is_not_opened(tmp_path) -> None:
     worker.join(30)
     assert outcome == [False]  # read nothing from the FIFO, judged the file unusable (and removed it to rebuild)
     assert not path.exists() and not os.path.lexists(record_path(path))
+
+
+# ------------------------------------------------------------------------------------------- issue 17: bounds
+def test_unreasonable_thread_counts_and_sizes_are_one_sentence() -> None:
+    from maedet.bench.errors import BenchError
+    from maedet.bench.machine import usable_cores
+    from maedet.bench.suite import BenchSettings
+    from maedet.errors import MaeDetError
+    from maedet.sizes import parse_input_size_flag
+
+    limit = 4 * usable_cores()
+    assert BenchSettings(threads=limit).validated().threads == limit
+    with pytest.raises(BenchError, match=rf"threads must be between 1 and {limit} .*got 100,000"):
+        BenchSettings(threads=100_000).validated()
+    with pytest.raises(MaeDetError, match="a 5000-character value is far beyond"):
+        parse_input_size_flag(["9" * 5000])  # int() itself refuses past 4300 digits with a ValueError
+    with pytest.raises(MaeDetError, match="far beyond"):
+        parse_input_size_flag(["640x" + "9" * 5000])
+
+
+def test_bench_memory_estimate_counts_the_weights() -> None:
+    """Issue 17: only activations were estimated; a model's weights are held by PyTorch, the file and a runtime."""
+    from maedet.bench.errors import BenchError
+    from maedet.bench.memory_check import check_bench_memory
+    from maedet.bench.models import parse_model
+
+    spec = parse_model("resnet50")  # 25.6 M parameters: 102 MB of float32 weights, 2 MB of activations at 32 px
+    check_bench_memory([spec], [((32, 32), 1)], available=2**30)
+    with pytest.raises(BenchError, match=r"measuring resnet50 at 1×3×32×32 needs about 0\.3 GiB"):
+        check_bench_memory([spec], [((32, 32), 1)], available=200 * 2**20)

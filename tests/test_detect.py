@@ -538,3 +538,103 @@ def test_pretrained_without_network_names_the_cli_flag(coco_set, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith("maedet-detect: error: could not download http://127.0.0.1:") and len(err.splitlines()) == 1
     assert "give it with --checkpoint FILE" in err and not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------- issue 17: crashes
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG announcing width×height greyscale pixels with only the first rows present (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (width + 1) * 8, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def test_a_one_pixel_strip_is_never_resized_to_zero_pixels() -> None:
+    assert rescale_size((1, 5000)) == (1, 1333)  # 1 · 0.2666 + 0.5 rounds to 0 without the floor
+    assert rescale_size((5000, 1)) == (1333, 1)
+    item = letterbox(np.zeros((1, 5000, 3), dtype=np.uint8))
+    assert item.resized_hw == (1, 1333) and item.padded_hw == (32, 1344)
+
+
+@pytest.mark.parametrize(("width", "height", "message"), [(20_000, 20_000, "over"), (12_000, 12_000, "12000×12000")])
+def test_oversized_images_are_refused_from_their_header(tmp_path, width, height, message) -> None:
+    from maedet.images import ImageError, image_size, read_image
+
+    path = tmp_path / "big.png"
+    path.write_bytes(_png_header(width, height))
+    for reader in (image_size, read_image):
+        with pytest.raises(ImageError, match=rf"{message}.* the limit is 64 megapixels"):
+            reader(path)
+
+
+def test_detect_refuses_a_bomb_before_loading_a_model(tmp_path, capsys) -> None:
+    (tmp_path / "bomb.png").write_bytes(_png_header(20_000, 20_000))
+    code = detect_main(
+        [str(tmp_path / "bomb.png"), "--model", "maedet_s_gfl", "--pretrained", "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "megapixels" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_detection_memory_is_estimated_before_any_image_is_decoded(tmp_path) -> None:
+    import maedet
+    from maedet.detect.backends import TorchBackend
+    from maedet.detect.run import check_detect_memory, detection_peak_bytes
+    from maedet.memory import MemoryEstimateError
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.png")
+    backend = TorchBackend(maedet.create_detector("gfl", backbone="resnet18", num_classes=5, fpn_channels=64))
+    assert check_detect_memory([tmp_path / "a.png"], backend, (320, 256), 1) == ((48, 64),)
+    with pytest.raises(MemoryEstimateError, match=r"detecting at up to 1×3×75008×100000 needs about"):
+        check_detect_memory([tmp_path / "a.png"], backend, (100_000, 100_000), 1)
+    # post-processing is part of the estimate: nms_pre rows per level and class grow it
+    small = detection_peak_bytes(backend.detector, (1, 3, 256, 320), nms_pre=10)
+    large = detection_peak_bytes(backend.detector, (1, 3, 256, 320), nms_pre=100_000)
+    assert large - small >= 5 * (100_000 - 10) * (6 + 4) * 4  # five levels, 6 class channels + 4 box sides
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--size", "0", "0"], "argument --size: expected a side length in pixels at least 32, got 0"),
+        (["--size", "9" * 5000, "800"], "a 5000-character value"),
+        (["--device", "banana"], "unknown device 'banana'"),
+        (["--device", "meta"], "unknown device 'meta'"),
+    ],
+)
+def test_detect_options_are_checked_before_anything_runs(tmp_path, capsys, flags, message) -> None:
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.png")
+    code = detect_main([str(tmp_path / "a.png"), "--model", "maedet_s_gfl", *flags, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_one_device_parser_says_what_is_wrong() -> None:
+    from maedet.devices import parse_device
+    from maedet.errors import MaeDetError
+
+    assert parse_device("cpu") == parse_device(" CPU ") == "cpu"
+    for text in ("cuda", "cuda:0", "cuda:99"):
+        with pytest.raises(MaeDetError, match=r"^CUDA is not available on this machine"):
+            parse_device(text)
+    for text in ("banana", "meta", "cuda:x", "cpu:3"):
+        with pytest.raises(MaeDetError, match="device"):
+            parse_device(text)
+
+
+def test_a_deeply_nested_coco_file_is_one_sentence(tmp_path) -> None:
+    from maedet.errors import MaeDetError
+
+    (tmp_path / "ann.json").write_text('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(MaeDetError, match="nested too deeply"):
+        load_annotations(tmp_path / "ann.json")
+    (tmp_path / "ann.json").write_text('{"images": [{"id": ' + "9" * 5000 + "}]}")
+    with pytest.raises(MaeDetError, match="at most 64 are read"):
+        load_annotations(tmp_path / "ann.json")

@@ -19,6 +19,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -190,6 +191,109 @@ def _user_weights(folder: Path) -> None:
     (hostile / "config.json").write_text(json.dumps(config))
 
 
+# ---- issue 17: memory, images, devices, nested JSON, table fields (made once, written into every probe's folder)
+_MADE_ONCE: dict[str, dict[str, bytes]] = {}
+_MADE_LOCK = threading.Lock()
+
+
+def _once(key: str, make: Callable[[], dict[str, bytes]]) -> dict[str, bytes]:
+    with _MADE_LOCK:
+        if key not in _MADE_ONCE:
+            _MADE_ONCE[key] = make()
+        return _MADE_ONCE[key]
+
+
+def _tiny_detector_files() -> dict[str, bytes]:
+    """A converted detector folder of ~0.6 MB: a 5-level MAE-DET structure 8 to 32 channels wide, FPN 32, 1 class."""
+    import tempfile
+
+    import maedet
+    from maedet.zoo.detector_folder import save_detector_folder
+
+    widths = [8, 16, 32, 32, 32]
+    blocks = [{"class": "ConvKXBNRELU", "in": 3, "out": widths[0], "s": 2, "k": 3}]
+    blocks += [
+        {"class": "SuperResK1KXK1", "in": widths[i], "out": widths[i + 1], "btn": 8, "s": 2, "k": 3, "L": 1}
+        for i in range(4)
+    ]
+    detector = maedet.create_detector("gfl", structure={"blocks": blocks}, num_classes=1, fpn_channels=32)
+    with tempfile.TemporaryDirectory() as folder:
+        save_detector_folder(detector, folder)
+        return {p.name: p.read_bytes() for p in Path(folder).iterdir()}
+
+
+def _zip_bomb_checkpoint() -> dict[str, bytes]:
+    """A torch zip checkpoint of ~70 kB whose one deflated entry declares 64 MiB (torch reads entries whole)."""
+    import io
+    import zipfile
+
+    import torch
+
+    plain = io.BytesIO()
+    torch.save({"w": torch.zeros(4)}, plain)
+    with zipfile.ZipFile(plain) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w") as out:
+        for name, data in entries.items():
+            out.writestr(name, data)
+        out.writestr("archive/data/1", bytes(64 * 2**20), compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+    return {"zipbomb.pth": bomb.getvalue()}
+
+
+def _detector_folders(folder: Path) -> None:
+    files = _once("detector", _tiny_detector_files)
+    config = json.loads(files["config.json"])
+    variants = {
+        "det": config,
+        "det_wide": config | {"fpn_channels": 2**20},
+        "det_bins": config | {"reg_max": 10**9},
+        "det_nms": config | {"postprocess": config["postprocess"] | {"nms_pre": 10**9}},
+        "det_nested": None,
+    }
+    for name, variant in variants.items():
+        (folder / name).mkdir()
+        for file, data in files.items():
+            (folder / name / file).write_bytes(data)
+        text = json.dumps(variant) if variant is not None else '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+        (folder / name / "config.json").write_text(text)
+    (folder / "zipbomb.pth").write_bytes(_once("zipbomb", _zip_bomb_checkpoint)["zipbomb.pth"])
+
+
+def _images(folder: Path) -> None:
+    (folder / "small.png").write_bytes(_png_header(64, 48))
+    (folder / "big12000.png").write_bytes(_png_header(12_000, 12_000))
+
+
+def _enormous_structure(folder: Path) -> None:
+    blocks = [{"class": "ConvKXBNRELU", "in": 3, "out": 64, "s": 2, "k": 3}]
+    blocks += [
+        {
+            "class": "SuperResK1KXK1",
+            "in": 64 if i == 0 else 16384,
+            "out": 16384,
+            "btn": 16384,
+            "s": 2,
+            "k": 15,
+            "L": 256,
+        }
+        for i in range(4)
+    ]
+    (folder / "enormous.json").write_text(json.dumps({"blocks": blocks}))
+
+
+def _latency_tables(folder: Path) -> None:
+    roles = {"stem": [1e-8] * 5, "pw": [1e-8] * 5}
+    table = {"format": "maedet-latency-table/2", "target": {"batch": 1, "input_size": 224, "threads": 1},
+             "features": ["macs", "in_elems", "out_elems", "weight_elems", "overhead"],
+             "model": {"channel_block": 1, "roles": roles}}  # fmt: skip
+    (folder / "table_samples.json").write_text(json.dumps(table | {"samples": 5}))
+    (folder / "table_validation.json").write_text(json.dumps(table | {"validation": {"rmspe_pct": "5%"}}))
+    text = json.dumps(table)
+    (folder / "table_digits.json").write_text(text.replace('"batch": 1', '"batch": ' + "9" * 5000, 1))
+    (folder / "table_inf.json").write_text(text.replace('"batch": 1', '"batch": 1e999', 1))
+
+
 MAKERS: dict[str, Callable[[Path], None]] = {
     "nested": _nested_json,
     "huge": _huge_channels,
@@ -201,6 +305,10 @@ MAKERS: dict[str, Callable[[Path], None]] = {
     "coco": _coco_files,
     "same": _same_files,
     "weights": _user_weights,
+    "detector": _detector_folders,
+    "images": _images,
+    "enormous": _enormous_structure,
+    "tables": _latency_tables,
 }
 
 
@@ -227,6 +335,12 @@ DETECT = "maedet-detect"
 EVAL = "maedet-eval"
 DATA = "maedet-data"
 NAME_256 = "n" * 251 + ".onnx"  # 256 bytes: one more than any Linux file system allows
+
+
+NAME_256 = "n" * 251 + ".onnx"
+NINES = (
+    "9" * 5000
+)  # past Python's 4300-digit integer conversion limit  # 256 bytes: one more than any Linux file system allows
 
 PROBES = [
     # ---- export: outputs
@@ -396,6 +510,69 @@ PROBES = [
     _p("data-train-huge", DATA, "shapes --out {out}/d --train 100000000000 --val 1", "GiB"),
     _p("data-size-huge", DATA, "shapes --out {out}/d --train 2 --val 1 --size 100000", "--size"),
     _p("data-classes-path", DATA, "shapes --out {out}/d --train 2 --val 1 --classes ../../etc", "unknown class"),
+    _p("eval-onnx-foreign", EVAL, "--onnx {in}/foreign.onnx --ann {in}/nested.json --images {in}/calib", "detector"),
+    # ---- issue 17: memory (weights, buffers and post-processing counted before anything is built or run)
+    _p("detect-size-100000", DETECT, "{in}/small.png --checkpoint {in}/det --size 100000 100000 --out {out}/d", "GiB"),
+    _p("detect-png-12000", DETECT, "{in}/big12000.png --checkpoint {in}/det --out {out}/d", "megapixels"),
+    _p("detect-folder-fpn-2-20", DETECT, "{in}/small.png --checkpoint {in}/det_wide --out {out}/d", "of weights"),
+    _p("detect-folder-reg-max-1e9", DETECT, "{in}/small.png --checkpoint {in}/det_bins --out {out}/d", "reg_max"),
+    _p("detect-folder-nms-pre-1e9", DETECT, "{in}/small.png --checkpoint {in}/det_nms --out {out}/d", "nms_pre"),
+    _p("export-nms-pre-1e9", EXPORT, "maedet_s_gfl --nms-pre 1000000000 --onnx {out}/d.onnx", "nms_pre"),
+    _p("export-folder-fpn-2-20", EXPORT, "local-dir:{in}/det_wide --onnx {out}/d.onnx", "of weights"),
+    _p("export-structure-enormous", EXPORT, "maedet --structure {in}/enormous.json --onnx {out}/m.onnx", "of weights"),
+    _p("export-ckpt-zip-bomb", EXPORT, "maedet_s --checkpoint {in}/zipbomb.pth --onnx {out}/m.onnx", "bomb"),
+    _p("convert-zip-bomb", CONVERT, "{in}/zipbomb.pth --model maedet_s --out {out}/c", "bomb"),
+    _p(
+        "bench-models-enormous",
+        BENCH,
+        "--models {in}/enormous.json --backends torch-eager --input-size 64",
+        "of weights",
+    ),
+    _p(
+        "bench-threads-100000", BENCH, "--models resnet18 --backends torch-eager --input-size 64 --threads 100000", "4×"
+    ),
+    _p(
+        "search-forward-resolution-100000",
+        SEARCH,
+        "run --iterations 10 --budget-params 1e7 --score forward --forward-resolution 100000 --out {out}",
+        "forward score",
+    ),
+    # ---- issue 17: zero-size resizes and decompression bombs in detection
+    _p("detect-size-zero", DETECT, "{in}/small.png --checkpoint {in}/det --size 0 0 --out {out}/d", "at least 32"),
+    _p("detect-bomb", DETECT, "{in}/calib_bomb/bomb.png --checkpoint {in}/det --out {out}/d", "megapixels"),
+    # ---- issue 17: one device parser
+    _p("detect-device-cuda-99", DETECT, "{in}/small.png --checkpoint {in}/det --device cuda:99 --out {out}/d", "CUDA"),
+    _p("detect-device-banana", DETECT, "{in}/small.png --checkpoint {in}/det --device banana --out {out}/d", "banana"),
+    _p("detect-device-meta", DETECT, "{in}/small.png --checkpoint {in}/det --device meta --out {out}/d", "meta"),
+    _p("search-device-banana", SEARCH, "run --iterations 10 --budget-params 1e7 --device banana --out {out}", "banana"),
+    # ---- issue 17: deeply nested JSON
+    _p("detect-folder-nested", DETECT, "{in}/small.png --model local-dir:{in}/det_nested --out {out}/d", "nested"),
+    _p("eval-ann-nested", EVAL, "--ann {in}/nested.json --images {in}/calib --checkpoint {in}/det", "nested"),
+    _p("bench-profile-info-nested", BENCH, "profile --info {in}/nested.json", "nested"),
+    # ---- issue 17: 4300-digit integers, huge numbers and wrong-typed fields in tables and options
+    _p("bench-profile-info-samples", BENCH, "profile --info {in}/table_samples.json", "'samples'"),
+    _p("bench-profile-info-validation", BENCH, "profile --info {in}/table_validation.json", "validation figure"),
+    _p("bench-profile-info-digits", BENCH, "profile --info {in}/table_digits.json", "at most 64"),
+    _p("bench-profile-info-inf", BENCH, "profile --info {in}/table_inf.json", "too large"),
+    _p(
+        "search-latency-table-samples",
+        SEARCH,
+        "run --iterations 10 --latency-table {in}/table_samples.json --budget-latency 5 --out {out}",
+        "'samples'",
+    ),
+    _p("bench-input-size-5000-digits", BENCH, f"--models resnet18 --backends torch-eager --input-size {NINES}", "far"),
+    _p(
+        "detect-size-5000-digits",
+        DETECT,
+        f"{{in}}/small.png --checkpoint {{in}}/det --size {NINES} 8 --out {{out}}/d",
+        "5000",
+    ),
+    _p(
+        "search-ratios-inf",
+        SEARCH,
+        "run --iterations 10 --budget-params 1e7 --ratios 1,1,inf,1,1 --out {out}",
+        "finite",
+    ),
 ]
 
 

@@ -238,3 +238,27 @@ def test_calibration_recovers_a_per_convolution_cost():
     held_out = sample_structures(4, seed=6, resolution=320)
     for s in held_out:
         assert table.predict_ms(s) == pytest.approx(1.2 * table.raw_sum_ms(s) + 0.3 * conv_count(s) + 2.0)
+
+
+def test_a_nested_partial_profile_is_ignored_not_a_crash(tmp_path):
+    """Issue 17: a '.partial' file nested 100000 deep raised RecursionError; it is now an unreadable partial."""
+    from maedet.bench.profile import _State
+
+    (tmp_path / "t.json.partial").write_text("[" * 100_000 + "]" * 100_000)
+    state = _State(tmp_path / "t.json", TINY)
+    assert state.units == {}
+
+
+def test_profile_info_on_odd_validation_fields_is_one_sentence(tmp_path, capsys):
+    from maedet.bench.cli import main
+    from maedet.zoo.latency import LatencyTable
+
+    table = LatencyTable(
+        target={"backend": "ort-cpu", "precision": "fp32", "batch": 1, "input_size": 64, "threads": 1},
+        model={"channel_block": 16, "roles": {"stem": [1e-8] * 5, "pw": [1e-8] * 5}},
+        validation={"count": 33, "rmspe_pct": "5%"},
+    )
+    table.save(tmp_path / "t.json")
+    assert main(["profile", "--info", str(tmp_path / "t.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "validation figure 'rmspe_pct'" in err[0]

@@ -184,7 +184,7 @@ def test_round_trip_and_versioning(tmp_path):
         ('{"a": 1}', "not a maedet latency table"),
         ('{"format": "maedet-latency-table/99"}', "this maedet reads"),
         ('{"format": "something-else/1"}', "this maedet reads"),
-        ("[" * 100000, "not valid JSON"),
+        ("[" * 100000, "nested too deeply"),
     ],
 )
 def test_foreign_or_malformed_tables_get_one_sentence(tmp_path, content, message):
@@ -249,3 +249,42 @@ def test_a_table_whose_calibration_would_make_latencies_negative_is_refused(tmp_
     table.calibration = {"scale": 1.0, "offset_ms": -1e9}
     with pytest.raises(MaeDetError, match="a latency must be positive"):
         table.predict_ms(load_structure("maedet_s"))
+
+
+# ------------------------------------------------------------------------------------------- issue 17: field checks
+def _valid_table_dict() -> dict:
+    return _table({"stem": [1e-8] * 5, "pw": [1e-8] * 5}).to_dict()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"samples": 5}, "'samples' must be a list of objects"),
+        ({"samples": [1, 2]}, "'samples' must be a list of objects"),
+        ({"validation": {"rmspe_pct": "low"}}, "validation figure 'rmspe_pct' must be a finite number"),
+        ({"validation": {"unscaled": {"spearman_rho": [1]}}}, "unscaled validation figure 'spearman_rho'"),
+        ({"validation": {"unscaled": 7}}, "'unscaled' figures must be an object"),
+        ({"target": {"batch": 10**40, "input_size": 224}}, "target field 'batch' must be an integer from 1"),
+        ({"target": {"batch": 1, "input_size": 10**15}}, "target field 'input_size'"),
+        ({"target": {"batch": 1, "input_size": 224, "threads": "all"}}, "'threads' must be a positive integer"),
+    ],
+)
+def test_table_fields_are_checked_by_type_and_range(tmp_path, change, message):
+    (tmp_path / "t.json").write_text(json.dumps(_valid_table_dict() | change))
+    with pytest.raises(MaeDetError, match=message):
+        load_latency_table(tmp_path / "t.json")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('"batch": ' + "9" * 5000, "at most 64 are read"),  # past Python's 4300-digit conversion limit
+        ('"batch": 1e999', "too large for a float"),  # json would read it as inf
+        ('"batch": NaN', "not a finite number"),
+    ],
+)
+def test_huge_and_non_finite_numbers_in_a_table_are_one_sentence(tmp_path, text, message):
+    body = json.dumps(_valid_table_dict()).replace('"batch": 1', text, 1)
+    (tmp_path / "t.json").write_text(body)
+    with pytest.raises(MaeDetError, match=message):
+        load_latency_table(tmp_path / "t.json")

@@ -133,3 +133,19 @@ def test_forward_ranks_like_closed_form_over_random_structures(one_thread):
 
     spearman = np.corrcoef(ranks(closed), ranks(forward))[0, 1]
     assert spearman >= 0.99, spearman
+
+
+def test_forward_score_memory_is_estimated_from_shapes_first() -> None:
+    """Issue 17: --forward-resolution 100000 asked the allocator for 960 GB; now it is one sentence up front."""
+    from maedet.search.score import forward_score_bytes
+
+    s = builtin_structure("maedet_s")
+    small = forward_score_bytes(s, 8, 224)
+    assert 8 * 4 * 3 * 224 * 224 < small < 2**30
+    assert forward_score_bytes(s, 8, 448) > 3 * (small - forward_score_bytes(s, 0, 224))
+    with pytest.raises(SearchError, match=r"the forward score at 8×100000² needs about .* --forward-resolution"):
+        forward_score(s, batch=8, resolution=100_000, repeats=1)
+    from maedet.errors import MaeDetError
+
+    with pytest.raises(MaeDetError, match="device 'banana'"):
+        forward_score(s, batch=1, resolution=32, repeats=1, device="banana")

@@ -277,3 +277,42 @@ def test_a_narrow_head_runs_where_a_level_is_one_pixel() -> None:
     norm = detector.head.cls_tower[0].norm  # the same numbers as torch's GroupNorm wherever torch's takes the input
     x = torch.randn(2, 32, 3, 3)
     torch.testing.assert_close(norm(x), F.group_norm(x, 32, norm.weight, norm.bias, norm.eps))
+
+
+# ------------------------------------------------------------------------------------------- issue 17: memory
+def test_enormous_widths_are_refused_from_shapes_before_building() -> None:
+    from maedet.memory import MemoryEstimateError
+
+    with pytest.raises(MemoryEstimateError, match=r"detector 'gfl' has about .* GiB of weights \(counted before"):
+        maedet.create_detector("gfl", backbone="resnet18", fpn_channels=2**20)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"reg_max": 10**9}, "reg_max .* between 1 and 256"),
+        ({"postprocess_cfg_nms_pre": 10**9}, "nms_pre and max_per_img must be at most 100,000"),
+    ],
+)
+def test_unreasonable_counts_are_one_sentence(kwargs, message) -> None:
+    with pytest.raises(MaeDetError, match=message):
+        if "postprocess_cfg_nms_pre" in kwargs:
+            PostprocessConfig(nms_pre=kwargs["postprocess_cfg_nms_pre"])
+        else:
+            maedet.create_detector("gfl", backbone="resnet18", fpn_channels=64, **kwargs)
+
+
+def test_a_hostile_folder_config_is_one_sentence(tmp_path: Path) -> None:
+    """A converted folder whose config.json is nested 100000 deep, or asks for 2^20-wide FPN weights."""
+    from maedet.zoo.detector_folder import save_detector_folder
+
+    folder = tmp_path / "det"
+    folder.mkdir()
+    save_detector_folder(maedet.create_detector("gfl", backbone="resnet18", num_classes=5, fpn_channels=32), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"fpn_channels": 2**20}))
+    with pytest.raises(MaeDetError, match="GiB of weights"):
+        maedet.create_detector(f"local-dir:{folder}")
+    (folder / "config.json").write_text('{"format": "maedet-detector/1", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(MaeDetError, match="nested too deeply"):
+        maedet.create_detector(f"local-dir:{folder}")

@@ -242,3 +242,24 @@ def test_local_dir_with_a_hostile_structure(structure: str, tmp_path: Path) -> N
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(MaeDetError, match="structure"):  # a path is refused before it is opened (issue 17.3)
         timm.create_model(f"local-dir:{tmp_path}")
+
+
+def test_an_enormous_backbone_is_refused_before_timm_builds_it() -> None:
+    """Issue 17: the widest, deepest structure the checks allow would need terabytes of weights."""
+    from maedet.memory import MemoryEstimateError
+
+    blocks = [{"class": "ConvKXBNRELU", "in": 3, "out": 64, "s": 2, "k": 3}]
+    blocks += [
+        {
+            "class": "SuperResK1KXK1",
+            "in": 64 if i == 0 else 16384,
+            "out": 16384,
+            "btn": 16384,
+            "s": 1,
+            "k": 15,
+            "L": 256,
+        }
+        for i in range(4)
+    ]
+    with pytest.raises(MemoryEstimateError, match=r"the maedet backbone has about .* GiB of weights"):
+        timm.create_model("maedet", structure={"blocks": blocks})

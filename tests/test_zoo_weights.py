@@ -350,3 +350,27 @@ def test_a_missing_overlay_file_is_named(tmp_path) -> None:
     missing = tmp_path / "latest.pth"
     with pytest.raises(ValueError, match=f"the weights file {str(missing)!r} given as pretrained_cfg_overlay"):
         timm.create_model("maedet_s", pretrained=True, pretrained_cfg_overlay=dict(file=str(missing)))
+
+
+def test_a_zip_declaring_far_more_than_it_holds_is_not_read(tmp_path: Path) -> None:
+    """Issue 17: torch reads every zip entry whole, deflated or not; a 66 kB file may declare 64 MiB (or 8 GB)."""
+    torch.save({"w": torch.zeros(4)}, tmp_path / "small.pth")
+    with zipfile.ZipFile(tmp_path / "small.pth") as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(tmp_path / "bomb.pth", "w") as out:
+        for name, data in entries.items():
+            out.writestr(name, data)
+        out.writestr("small/data/1", bytes(64 * 2**20), compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+    assert (tmp_path / "bomb.pth").stat().st_size < 2**20
+    with pytest.raises(CheckpointError, match=r"declares 64 MiB of data in a file of 0\.\d MiB; torch.save never"):
+        load_checkpoint(tmp_path / "bomb.pth")
+    assert load_checkpoint(tmp_path / "small.pth")["w"].shape == (4,)  # torch's own files stay readable
+
+
+def test_a_zip_declaring_more_than_memory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from maedet import memory
+
+    torch.save({"w": torch.zeros(2**16)}, tmp_path / "w.pth")  # 256 kB of tensor data, stored uncompressed
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 2**16)  # a machine with 64 kB to spare
+    with pytest.raises(CheckpointError, match=r"reading checkpoint w\.pth needs about"):
+        load_checkpoint(tmp_path / "w.pth")

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from maedet.errors import MaeDetError
+from maedet.memory import MemoryEstimateError, check_fits
 
 __all__ = [
     "FOLDER_WEIGHT_FILES",
@@ -57,6 +58,8 @@ _CONTAINER_KEYS = ("state_dict", "model")
 # What torch's weights_only unpickler raises on a pickle cut short (it unpacks fixed-size fields from short reads).
 _TRUNCATED = (struct.error, IndexError, EOFError)
 _DDP_PREFIX = "module."
+# How much more a zip checkpoint may declare than its own size (torch.save stores entries uncompressed: ~1×).
+MAX_EXPANSION = 4
 _BACKBONE_PREFIX = "backbone."
 
 
@@ -174,7 +177,34 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path.name} is not a readable safetensors file ({exc}).") from None
 
 
+def _check_declared_size(path: Path) -> None:
+    """torch reads every entry of a zip checkpoint whole into memory, compressed or not: an 8 MB file may declare
+    8 GB of zeros. torch.save writes entries uncompressed, so the sizes the zip's directory declares must stay
+    near the file's own size, and fit in the memory this process can get, before anything is read."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+        size = path.stat().st_size
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # torch's own reader says what is wrong with it
+    if declared > MAX_EXPANSION * size + 2**20:
+        raise CheckpointError(
+            f"checkpoint {path.name} declares {declared / 2**20:,.0f} MiB of data in a file of "
+            f"{size / 2**20:,.1f} MiB; torch.save never compresses, so it is damaged or a decompression bomb, "
+            "and it was not read."
+        )
+    try:
+        check_fits(declared, f"reading checkpoint {path.name}")
+    except MemoryEstimateError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
 def _load_pickle(path: Path) -> Any:
+    _check_declared_size(path)
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(safe_numpy_globals()):
             warnings.simplefilter("ignore")  # torch warns about pickle protocols on its way to refusing them

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from maedet.errors import MaeDetError, shorten
+from maedet.jsonio import JsonError, read_json
 
 from .gfl import GFocalV2
 from .gfl_postprocess import PostprocessConfig
@@ -144,8 +145,8 @@ def is_detector_folder(path: object) -> bool:
     try:
         if not config.is_file() or config.stat().st_size > 2**20:
             return False
-        data = json.loads(config.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        data = read_json(config, "config", max_bytes=2**20)
+    except (OSError, JsonError):
         return False
     return isinstance(data, dict) and data.get("format") == FORMAT
 
@@ -154,10 +155,7 @@ def read_detector_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The folder's config.json as data, checked: a detector's, with every field a rebuild needs."""
     path = Path(folder) / CONFIG_NAME
     shown = str(folder)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MaeDetError(f"cannot read {str(path)!r} as JSON ({type(exc).__name__}).") from None
+    config = read_json(path, "detector config", max_bytes=2**20)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise MaeDetError(
             f"folder {shown!r} is not a converted detector (its config.json does not say format {FORMAT!r}); "

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from maedet.errors import MaeDetError
+from maedet.memory import check_build_fits
 
 from .checkpoint import load_checkpoint
 from .detector_folder import (
@@ -227,6 +228,13 @@ def _download(name: str, url: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- factory
+def _build_within_memory(name: str, pretrained_backbone: bool, **kwargs: Any) -> GFocalV2:
+    """GFocalV2 built for real only once its weights, counted on the meta device, are known to fit (issue 17)."""
+    if not torch.empty(0).is_meta:  # not already inside a caller's meta-device estimate
+        check_build_fits(lambda: GFocalV2(pretrained_backbone=False, **kwargs), f"detector {name!r}")
+    return GFocalV2(pretrained_backbone=pretrained_backbone, **kwargs)
+
+
 def _backbone_for(name: str, backbone: str | nn.Module | None, structure: Any) -> tuple[str | nn.Module, dict]:
     if name not in DETECTORS and name != GENERIC_NAME:
         raise MaeDetError(f"unknown detector {name!r}; choose one of {', '.join(list_detectors())}.")
@@ -350,13 +358,15 @@ def create_detector(
     state = None
     if checkpoint is not None:
         state, cls_channels, fpn_channels = _checkpoint_shape(checkpoint, num_classes, cls_channels, fpn_channels, spec)
-    model = GFocalV2(
-        source_backbone,
+
+    model = _build_within_memory(
+        name,
+        pretrained_backbone,
+        backbone=source_backbone,
         num_classes=num_classes,
         cls_channels=cls_channels,
         fpn_channels=fpn_channels or (spec.fpn_channels if spec else 256),
         postprocess_cfg=postprocess_cfg,
-        pretrained_backbone=pretrained_backbone,
         backbone_kwargs=backbone_kwargs,
         **kwargs,
     )

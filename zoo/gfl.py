@@ -35,6 +35,7 @@ from .gfl_postprocess import Detections, PostprocessConfig, postprocess
 __all__ = ["Fpn", "GFocalV2", "GFocalV2Head", "Integral", "QualityBranch"]
 
 PYRAMID_REDUCTIONS = (8, 16, 32)  # C3, C4, C5: what the FPN takes from the backbone
+MAX_REG_MAX = 256  # bins of the box-side distribution: 16 in the paper; each bin is 4 output channels per level
 
 
 class Scale(nn.Module):
@@ -243,6 +244,14 @@ def _check_shape(num_classes: int, cls_channels: int, strides: Sequence[int], fp
         raise MaeDetError(f"fpn_channels must be a multiple of 32 (GroupNorm's 32 groups), got {fpn_channels}.")
 
 
+def _check_bins(reg_max: int) -> None:
+    """The distribution head has ``reg_max + 1`` bins per box side (the authors use 16)."""
+    if not 1 <= reg_max <= MAX_REG_MAX:
+        raise MaeDetError(
+            f"reg_max (box-side bins - 1) must be between 1 and {MAX_REG_MAX} (the authors use 16), got {reg_max!r}."
+        )
+
+
 class GFocalV2(nn.Module):
     """Backbone (C3..C5) → FPN (P3..P7) → GFocalV2 head; ``predict`` adds decoding and class-aware NMS.
 
@@ -274,6 +283,7 @@ class GFocalV2(nn.Module):
         super().__init__()
         cls_channels = num_classes + 1 if cls_channels is None else cls_channels
         _check_shape(num_classes, cls_channels, strides, fpn_channels)
+        _check_bins(reg_max)
         self.name = "gfl"  # the factory sets the registered name (maedet_m_gfl, ...)
         # what rebuilds this detector (a converted folder's config.json): the backbone by name, and the head's shape
         self.backbone_name = backbone if isinstance(backbone, str) else None

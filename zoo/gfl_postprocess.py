@@ -28,7 +28,21 @@ from torchvision.ops import batched_nms
 
 from maedet.errors import MaeDetError
 
-__all__ = ["Detections", "PostprocessConfig", "decode_boxes", "level_points", "postprocess", "select_candidates"]
+__all__ = [
+    "MAX_DETECTIONS",
+    "MAX_NMS_PRE",
+    "Detections",
+    "PostprocessConfig",
+    "decode_boxes",
+    "level_points",
+    "postprocess",
+    "select_candidates",
+]
+
+# Each level is padded with nms_pre rows of every class before its top-k (fixed shapes, see above): 10^9 would ask
+# for 324 GB. The authors keep 1000 points per level and 100 detections; a hundred times that is still ~32 MB.
+MAX_NMS_PRE = 100_000
+MAX_DETECTIONS = 10_000
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,12 @@ class PostprocessConfig:
     def __post_init__(self) -> None:
         if self.nms_pre < 1 or self.max_per_img < 1:
             raise MaeDetError(f"nms_pre and max_per_img must be at least 1, got {self.nms_pre} and {self.max_per_img}.")
+        if self.nms_pre > MAX_NMS_PRE or self.max_per_img > MAX_DETECTIONS:
+            raise MaeDetError(
+                f"nms_pre and max_per_img must be at most {MAX_NMS_PRE:,} and {MAX_DETECTIONS:,} (the authors use "
+                f"1000 and 100; every level is padded to nms_pre rows per class), got {self.nms_pre:,} and "
+                f"{self.max_per_img:,}."
+            )
         if not 0.0 <= self.score_thr < 1.0:
             raise MaeDetError(f"score_thr must be in [0, 1), got {self.score_thr}.")
         if not 0.0 < self.iou_thr <= 1.0:

@@ -54,6 +54,8 @@ CHANNEL_BLOCKS = (1, 8, 16)  # candidate channel blocks of the runtime's layout 
 PIECE_KINDS = ("stem", "first", "rest")
 FIXED_ROLES = ("stem", "pw", "pool", "add")  # plus "k{k}s{s}" for every k×k conv at stride s
 MAX_TABLE_BYTES = 64 * 2**20
+MAX_TARGET_VALUE = 2**16  # a target's batch and input side: larger ones overflow the cost features' float64
+VALIDATION_FIGURES = ("count", "rmspe_pct", "within_10pct", "spearman_rho", "wall_s")
 
 
 @dataclass(frozen=True)
@@ -353,8 +355,8 @@ class LatencyTable:
             machine=dict(_mapping(data, "machine", where)),
             versions=dict(_mapping(data, "versions", where)),
             measurement=dict(_mapping(data, "measurement", where)),
-            samples=list(data.get("samples") or []),
-            validation=dict(_mapping(data, "validation", where)),
+            samples=_check_samples(data.get("samples"), where),
+            validation=_check_validation(_mapping(data, "validation", where), where),
             references={str(k): float(v) for k, v in refs.items()},
             created=str(data.get("created", "")),
             source=source,
@@ -381,9 +383,35 @@ def _check_target(target: Any, where: str) -> dict[str, Any]:
         raise MaeDetError(f"{where} has no 'target' object.")
     for key in ("batch", "input_size"):
         value = target.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise MaeDetError(f"{where}: target field {key!r} must be a positive integer, got {value!r}.")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TARGET_VALUE:
+            raise MaeDetError(
+                f"{where}: target field {key!r} must be an integer from 1 to {MAX_TARGET_VALUE:,}, got {value!r}."
+            )
+    threads = target.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise MaeDetError(f"{where}: target field 'threads' must be a positive integer, got {threads!r}.")
     return dict(target)
+
+
+def _check_samples(samples: Any, where: str) -> list[dict[str, Any]]:
+    """The timed samples: a list of objects (what ``bench profile`` wrote), or nothing."""
+    if samples is None:
+        return []
+    if not isinstance(samples, list) or not all(isinstance(s, Mapping) for s in samples):
+        raise MaeDetError(f"{where}: 'samples' must be a list of objects, got {type(samples).__name__}.")
+    return [dict(s) for s in samples]
+
+
+def _check_validation(validation: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The held-out figures ``--info`` prints: each a finite number when present, the unscaled ones too."""
+    unscaled = validation.get("unscaled") or {}
+    if not isinstance(unscaled, Mapping):
+        raise MaeDetError(f"{where}: the validation's 'unscaled' figures must be an object.")
+    for scope, figures in (("validation", validation), ("unscaled validation", unscaled)):
+        for key in VALIDATION_FIGURES:
+            if key in figures and not _finite(figures[key]):
+                raise MaeDetError(f"{where}: {scope} figure {key!r} must be a finite number, got {figures[key]!r}.")
+    return dict(validation)
 
 
 def _valid_role(role: Any) -> bool:
@@ -419,20 +447,9 @@ def _check_model(model: Any, where: str) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> Any:
-    import stat
+    from maedet.jsonio import read_json
 
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise MaeDetError(f"cannot read latency table {str(path)!r}: {exc.strerror}.") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise MaeDetError(f"latency table {str(path)!r} is not a regular file.")
-    if st.st_size > MAX_TABLE_BYTES:
-        raise MaeDetError(f"latency table {str(path)!r} is {st.st_size:,} bytes; tables are at most 64 MiB.")
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise MaeDetError(f"latency table {str(path)!r} is not valid JSON ({type(exc).__name__}).") from None
+    return read_json(path, "latency table", max_bytes=MAX_TABLE_BYTES)
 
 
 def load_latency_table(

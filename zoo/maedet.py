@@ -27,8 +27,10 @@ from timm.models._features import feature_take_indices  # timm's own resnet.py i
 from timm.models._hub import download_cached_file
 
 from maedet.errors import MaeDetError
+from maedet.memory import check_weights_fit
 
 from .checkpoint import check_number_kinds, check_tensors, classifier_classes, load_checkpoint, model_tensors
+from .cost import param_count
 from .model_args import check_model_args
 from .structure import Stage, Structure, builtin_structure, load_structure
 
@@ -469,6 +471,9 @@ def _create_maedet(variant: str, pretrained: bool = False, **kwargs: Any) -> Mae
         _download_pretrained(variant, kwargs)
     structure = load_structure(kwargs["structure"]) if "structure" in kwargs else builtin_structure(variant)
     kwargs["structure"] = structure  # parsed once, here
+    classes = kwargs.get("num_classes", 1000)
+    classes = classes if isinstance(classes, int) and not isinstance(classes, bool) and classes > 0 else 0
+    check_weights_fit(4 * param_count(structure, classes), f"the {variant} backbone")  # float32, before timm builds
     num_features = len(structure.feature_points())
     if kwargs.get("features_only"):
         _check_out_indices(variant, kwargs.get("out_indices"), num_features)
