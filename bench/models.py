@@ -27,6 +27,7 @@ from maedet.export import ExportError, ModelSource, resolve_model
 from maedet.export.model_reference import parse_model_reference, reference_structure
 from maedet.export.model_source import create_model, detection_out_indices, is_maedet_name
 from maedet.zoo import Structure, create_detector, gmacs, load_structure, param_count
+from maedet.zoo.detector_folder import WEIGHTS_NAME, local_detector_folder
 from maedet.zoo.detectors import DETECTORS, GENERIC_NAME, list_detectors
 
 from .errors import BenchError
@@ -90,6 +91,7 @@ class ModelSpec:
     structure: Structure | None = None
     detector: bool = False  # a whole GFocalV2 detector (maedet.create_detector name)
     nms: bool = False  # a detector measured with decoding and NMS
+    weights_sha256: str | None = None  # a trained detector folder's weights: a retrained folder is exported anew
 
     @property
     def is_maedet(self) -> bool:
@@ -102,6 +104,7 @@ class ModelSpec:
     def cache_key(self) -> str:
         """Stable text that changes whenever the network changes (used to key exported files)."""
         body = self.name if self.structure is None else self.structure.to_json()
+        body += self.weights_sha256 or ""
         safe_label = re.sub(r"[^\w.+-]", "_", self.label)  # 'local-dir:weights/x' names a file too
         return f"{safe_label}-{hashlib.sha1(body.encode()).hexdigest()[:10]}"
 
@@ -132,6 +135,9 @@ def parse_model(text: str) -> ModelSpec:
     detector = text.removesuffix(NMS_SUFFIX)
     if detector in list_detectors() and detector != GENERIC_NAME:
         return ModelSpec(label=text, name=detector, detector=True, nms=text.endswith(NMS_SUFFIX))
+    folder = local_detector_folder(detector)
+    if folder is not None:  # a trained or converted detector: 'local-dir:FOLDER' or the path maedet-train prints
+        return _folder_spec(folder, nms=text.endswith(NMS_SUFFIX))
     if text.endswith(NMS_SUFFIX):
         raise BenchError(f"{NMS_SUFFIX!r} applies to detectors ({', '.join(DETECTORS)}), not to {detector!r}.")
     path = Path(text)
@@ -149,6 +155,23 @@ def parse_model(text: str) -> ModelSpec:
         ref = parse_model_reference(text)
         structure = reference_structure(ref)
     return ModelSpec(label=text, name=text, structure=structure)
+
+
+def _folder_spec(folder: Path, nms: bool) -> ModelSpec:
+    """A detector folder's row: named after the folder (after the run for maedet-train's ``RUN/detector``) with
+    ``_gfl``, so it is compared with the ResNet detectors; keyed by its weights' digest."""
+    stem = folder.resolve().name
+    if stem == "detector":
+        stem = folder.resolve().parent.name
+    digest = hashlib.sha256()
+    try:
+        with (folder / WEIGHTS_NAME).open("rb") as weights:
+            for chunk in iter(lambda: weights.read(2**20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise BenchError(f"cannot read the weights of the detector folder {str(folder)!r}: {exc.strerror}.") from None
+    label = f"{stem}_gfl" + (NMS_SUFFIX if nms else "")
+    return ModelSpec(label, f"local-dir:{folder}", detector=True, nms=nms, weights_sha256=digest.hexdigest())
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,13 @@ from maedet.sizes import SIZE_FORMS, OneSizeAction
 
 from .check import CheckReport
 from .detector_cli import _validate as validate_detector_request
-from .detector_cli import add_detector_options, is_detector, refuse_detector_options, run_detector_export
+from .detector_cli import (
+    add_detector_options,
+    detector_reference,
+    is_detector,
+    refuse_detector_options,
+    run_detector_export,
+)
 from .errors import ExportError, MissingDependencyError
 from .validate import validate_request
 
@@ -363,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.info:  # a result, like every tool's: on stdout
             return _info(args.info, args.json, Console())
         console = Console(stderr=True)
+        args.model = detector_reference(args.model)  # a detector folder's plain path, as maedet-train prints it
         validate_request(args)
         if not is_detector(args.model):
             refuse_detector_options(args)

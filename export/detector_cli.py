@@ -16,17 +16,31 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from maedet.zoo.detector_folder import LOCAL_PREFIX, is_detector_folder
+from maedet.zoo.detector_folder import HUB_PREFIX, LOCAL_PREFIX, is_detector_folder, local_detector_folder
 from maedet.zoo.detectors import GENERIC_NAME, list_detectors
 from maedet.zoo.gfl_postprocess import PostprocessConfig
 
 from .detector_check import DetectionComparison, DetectorCheck
 from .errors import ExportError
 
-__all__ = ["add_detector_options", "is_detector", "refuse_detector_options", "run_detector_export"]
+__all__ = [
+    "add_detector_options",
+    "detector_reference",
+    "is_detector",
+    "refuse_detector_options",
+    "run_detector_export",
+]
 
 logger = logging.getLogger(__name__)
 DEFAULT_DETECTOR_SIZE = (800, 1344)  # (H, W): the authors' test scale for landscape images, padded to 32
+
+
+def detector_reference(name: str | None) -> str | None:
+    """``name``, with a plain path to a trained or converted detector folder (what ``maedet-train`` and
+    ``maedet-convert`` print) written as the ``local-dir:FOLDER`` reference the model factory takes."""
+    if name is None or name.startswith((LOCAL_PREFIX, HUB_PREFIX)) or name in list_detectors():
+        return name
+    return LOCAL_PREFIX + name if local_detector_folder(name) is not None else name
 
 
 def is_detector(name: str | None) -> bool:

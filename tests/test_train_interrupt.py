@@ -37,3 +37,28 @@ def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path: Path):
     after = torch.load(out / "last.pt", weights_only=True)
     assert after["epoch"] == state["epoch"] + 1 and after["batches_done"] == 0
     assert after["step"] == 4 * after["epoch"]
+
+
+def test_sigterm_to_the_whole_process_group_with_loader_workers(tmp_path: Path):
+    """``timeout``, a job scheduler or ``kill -- -PGID`` signal every process of the group, loader workers too: the
+    workers must not die under the main process (a DataLoader traceback); the run stops resumably with 143."""
+    import os
+
+    shapes = make_shapes(tmp_path / "shapes", train=8, val=4, size=64)
+    out = tmp_path / "run"
+    tool = str(Path(sys.executable).with_name("maedet-train"))
+    argv = [tool, "-q", "--recipe", "demo", "--model", "gfl", "--structure", TINY_STRUCTURE,
+            "--data", str(shapes / "train.json"), "--images", str(shapes / "train"), "--out", str(out),
+            "--device", "cpu", "--short-range", "64", "64", "--long-max", "64", "--batch", "2", "--epochs", "50",
+            "--fpn-channels", "32", "--stacked-convs", "1", "--workers", "2"]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (out / "metrics.jsonl").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 143, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "resumable checkpoint" in lines[0] and "Traceback" not in err
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert 1 <= state["epoch"] < 50

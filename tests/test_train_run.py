@@ -66,9 +66,29 @@ def test_eval_and_export_take_the_folder_as_it_is(trained, shapes, tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "ap.json").read_text())["AP"] == pytest.approx(result.final_ap["AP"])
     onnx = tmp_path / "det.onnx"
-    done = _tool("maedet-export", f"local-dir:{folder}", "--onnx", str(onnx), "--input-size", "64", "64")
+    done = _tool("maedet-export", str(folder), "--onnx", str(onnx), "--input-size", "64", "64")  # the printed path
     assert done.returncode == 0, done.stderr
     done = _tool("maedet-eval", "--onnx", str(onnx), *val, "--json", str(tmp_path / "onnx.json"))
     assert done.returncode == 0, done.stderr
     onnx_ap = json.loads((tmp_path / "onnx.json").read_text())["AP"]
     assert onnx_ap == pytest.approx(result.final_ap["AP"], abs=1e-3)
+
+
+def test_bench_measures_the_trained_folder_beside_the_resnet_detector(trained, tmp_path):
+    from maedet.bench import run_bench
+
+    _, out = trained
+    folder = out / "detector"
+    result = run_bench(
+        [str(folder), f"local-dir:{folder}+nms", "resnet50_gfl"],
+        "torch-eager",
+        input_sizes=[(64, 64)],
+        warmup=1,
+        rounds=1,
+        min_rounds=1,
+        iterations=1,
+        cache_dir=tmp_path,
+    )
+    assert [r.model for r in result.results] == ["out_gfl", "out_gfl+nms", "resnet50_gfl"]
+    row = result.row("out_gfl", "torch-eager")
+    assert row.latency.median > 0 and row.speedup["resnet50"] is not None

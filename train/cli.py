@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         out = args.resume or args.out
         sys.stderr.write(f"{PROG}: interrupted ({exc}); a resumable checkpoint is in {out}: --resume {out}\n")
-        return 130
+        return 128 + exc.signum
     if result.detector is not None:
         ap = ", ".join(f"{k} {v:.3f}" for k, v in result.final_ap.items()) or "no val set"
         print(f"{result.detector}  ({result.epochs} epochs; {ap})")

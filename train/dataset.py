@@ -21,6 +21,7 @@ from maedet.detect.run import read_image
 from maedet.errors import MaeDetError
 
 from .coco_data import ImageRecord
+from .interrupt import ignore_stop_signals
 from .transforms import TransformedImage
 
 __all__ = ["Batch", "DetectionDataset", "DetectionItem", "DetectionLoader", "collate", "make_loader", "mix_seed"]
@@ -266,5 +267,6 @@ def make_loader(
         drop_last=drop_last,
         pin_memory=pin_memory,
         generator=torch.Generator(),  # the workers' base seed, never drawn from the global RNG
+        worker_init_fn=ignore_stop_signals if workers else None,
     )
     return DetectionLoader(dataset, loader, position, int(seed), shuffle_gen)

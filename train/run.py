@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,12 @@ LOGGER = logging.getLogger("maedet")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped the run after a resumable checkpoint was written (exit 130)."""
+    """Ctrl-C or SIGTERM stopped the run after a resumable checkpoint was written (exit 128 + ``signum``: 130 for
+    Ctrl-C, 143 for SIGTERM, the statuses every other maedet tool and the shell use)."""
+
+    def __init__(self, where: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(where)
+        self.signum = int(signum)
 
 
 @dataclass
@@ -168,12 +174,13 @@ def _epochs(trainer: Trainer, settings: TrainSettings, log: MetricsLog | None) -
                     raise
                 # the signal also ended a loader worker, maybe mid-step: the last epoch's checkpoint stays the state
                 where = f"stopped in epoch {epoch + 1}; it resumes from the end of epoch {epoch}"
-                raise TrainingInterrupted(where) from None
+                raise TrainingInterrupted(where, stop.signum or signal.SIGINT) from None
             p.elapsed_s += time.perf_counter() - started
             if means is None:
                 if trainer.dist.is_main:
                     save_state(Path(settings.out) / LAST, trainer.state_dict())
-                raise TrainingInterrupted(f"stopped in epoch {epoch + 1} after {p.batches_done} batches")
+                where = f"stopped in epoch {epoch + 1} after {p.batches_done} batches"
+                raise TrainingInterrupted(where, stop.signum or signal.SIGINT)
             _end_epoch(trainer, settings, log, means)
             limit = settings.max_minutes
             if limit is not None and _agreed(p.elapsed_s >= limit * 60) and p.epoch < recipe.epochs:

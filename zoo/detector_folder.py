@@ -29,6 +29,7 @@ __all__ = [
     "detector_config",
     "hub_detector_folder",
     "is_detector_folder",
+    "local_detector_folder",
     "push_detector_folder",
     "read_detector_config",
     "save_detector_folder",
@@ -149,6 +150,12 @@ def is_detector_folder(path: object) -> bool:
     except (OSError, JsonError):
         return False
     return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def local_detector_folder(name: str) -> Path | None:
+    """The folder a ``local-dir:FOLDER`` reference or a plain path names, when it holds a detector; else None."""
+    path = name[len(LOCAL_PREFIX) :] if name.startswith(LOCAL_PREFIX) else name
+    return Path(path) if is_detector_folder(path) else None
 
 
 def read_detector_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
