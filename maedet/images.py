@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import MaeDetError
 
-__all__ = ["MAX_IMAGE_PIXELS", "ImageError", "image_size", "read_image"]
+__all__ = ["MAX_IMAGE_PIXELS", "ImageError", "image_size", "pixel_limit", "read_image"]
 
 MAX_IMAGE_PIXELS = 64 * 2**20  # 64 megapixels: 8192×8192
 
@@ -28,10 +28,18 @@ class ImageError(MaeDetError):
     """An image file that is missing, unreadable, empty or too large to decode safely."""
 
 
+def pixel_limit() -> int:
+    """The pixel cap: ours, or PIL's ``Image.MAX_IMAGE_PIXELS`` where an application set it lower."""
+    from PIL import Image
+
+    return min(MAX_IMAGE_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS)
+
+
 def _too_large(path: str | os.PathLike[str], what: str, size: str) -> ImageError:
+    limit = pixel_limit()
+    shown = f"{limit // 2**20} megapixels" if limit % 2**20 == 0 else f"{limit:,} pixels"
     return ImageError(
-        f"{what} {str(path)!r} is {size} pixels; the limit is {MAX_IMAGE_PIXELS // 2**20} megapixels "
-        "(it would decompress to gigabytes)."
+        f"{what} {str(path)!r} is {size} pixels; the limit is {shown} (it would decompress to gigabytes)."
     )
 
 
@@ -54,7 +62,7 @@ def _opened(path: str | os.PathLike[str], what: str) -> Iterator[Any]:
         width, height = img.size
         if width < 1 or height < 1:
             raise ImageError(f"{what} {str(path)!r} has no pixels ({width}×{height}).")
-        if width * height > MAX_IMAGE_PIXELS:
+        if width * height > pixel_limit():
             raise _too_large(path, what, f"{width}×{height}")
         yield img
 

@@ -602,8 +602,9 @@ def test_detection_memory_is_estimated_before_any_image_is_decoded(tmp_path) -> 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--size", "0", "0"], "argument --size: expected a side length in pixels at least 32, got 0"),
-        (["--size", "9" * 5000, "800"], "a 5000-character value"),
+        (["--size", "0", "0"], "argument --size: an input size must be positive"),
+        (["--size", "16", "16"], "argument --size: expected a side length in pixels at least 32, got 16"),
+        (["--size", "9" * 5000, "800"], "a 5004-character value is far beyond the 8192 pixels"),
         (["--device", "banana"], "unknown device 'banana'"),
         (["--device", "meta"], "unknown device 'meta'"),
     ],

@@ -215,4 +215,4 @@ def test_cli_export_and_info(tmp_path, capsys):
     assert info["input_size"] == [3, 64, 96]
     assert info["batch"] == 2
     assert main(["--info", str(out)]) == 0
-    assert "maedet_m" in capsys.readouterr().err
+    assert "maedet_m" in capsys.readouterr().out  # a result, like every tool's: on stdout

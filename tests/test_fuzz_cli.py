@@ -510,7 +510,6 @@ PROBES = [
     _p("data-train-huge", DATA, "shapes --out {out}/d --train 100000000000 --val 1", "GiB"),
     _p("data-size-huge", DATA, "shapes --out {out}/d --train 2 --val 1 --size 100000", "--size"),
     _p("data-classes-path", DATA, "shapes --out {out}/d --train 2 --val 1 --classes ../../etc", "unknown class"),
-    _p("eval-onnx-foreign", EVAL, "--onnx {in}/foreign.onnx --ann {in}/nested.json --images {in}/calib", "detector"),
     # ---- issue 17: memory (weights, buffers and post-processing counted before anything is built or run)
     _p("detect-size-100000", DETECT, "{in}/small.png --checkpoint {in}/det --size 100000 100000 --out {out}/d", "GiB"),
     _p("detect-png-12000", DETECT, "{in}/big12000.png --checkpoint {in}/det --out {out}/d", "megapixels"),

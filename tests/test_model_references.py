@@ -129,7 +129,7 @@ def test_a_searched_structure_folder_brings_its_structure(authors_checkpoint_fil
         (None, "weights/nowhere", "unknown model 'weights/nowhere': no such folder"),
         ("no_config", "local-dir:empty", "model folder 'empty' has no config.json"),
         ("no_weights", "local-dir:empty", "model folder 'empty' holds no weights"),
-        ("path_structure", "local-dir:empty", "must hold the structure of its 'maedet' model as a JSON object"),
+        ("path_structure", "local-dir:empty", "must be the structure written out as a JSON object"),
     ],
 )
 def test_bad_folders_are_one_sentence(setup, model, message, tmp_path, monkeypatch, capsys) -> None:

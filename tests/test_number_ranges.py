@@ -17,10 +17,12 @@ def test_int_range_accepts_its_range_and_refuses_the_rest() -> None:
             parse(text)
 
 
-def _usage_error(capsys: pytest.CaptureFixture[str], code: int, option: str) -> None:
+def _usage_error(
+    capsys: pytest.CaptureFixture[str], code: int, option: str, expected: str = "expected a whole number"
+) -> None:
     err = capsys.readouterr().err
     assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and f"argument {option}" in err and "expected a whole number" in err, err
+    assert len(err.strip().splitlines()) == 1 and f"argument {option}" in err and expected in err, err
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])
@@ -35,14 +37,14 @@ def test_eval_limit(value: str, tmp_path, capsys) -> None:
 def test_search_score_resolution(value: str, capsys) -> None:
     from maedet.search.cli import main
 
-    _usage_error(capsys, main(["score", "maedet_s", "--resolution", value]), "--resolution")
+    _usage_error(capsys, main(["score", "maedet_s", "--resolution", value]), "--resolution", "an input size")
 
 
 def test_detect_size(tmp_path, capsys) -> None:
     from maedet.detect.cli import detect_main
 
     code = detect_main([str(tmp_path), "--model", "maedet_s_gfl", "--size", "1", "1", "--out", str(tmp_path / "o")])
-    _usage_error(capsys, code, "--size")
+    _usage_error(capsys, code, "--size", "expected a side length in pixels at least 32, got 1")
     assert not (tmp_path / "o").exists()
 
 

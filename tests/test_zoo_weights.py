@@ -323,6 +323,8 @@ def test_features_only_out_indices_beyond_the_levels_are_one_sentence() -> None:
 
 
 def test_a_ddp_classifier_checkpoint_loads_through_timm(tmp_path: Path) -> None:
+    """A classifier trained under DDP (``module.`` keys, in a ``state_dict``): the model keeps its classifier and its
+    class count; asked for no classifier (num_classes=0), it leaves it out and says so in a warning."""
     import logging
 
     seen: list[logging.LogRecord] = []
@@ -332,10 +334,13 @@ def test_a_ddp_classifier_checkpoint_loads_through_timm(tmp_path: Path) -> None:
     state = {f"module.{k}": v for k, v in trained.state_dict().items()}
     torch.save({"state_dict": state}, tmp_path / "ddp.pth")
     overlay = {"file": str(tmp_path / "ddp.pth")}
+    classifier = timm.create_model("maedet_s", pretrained=True, pretrained_cfg_overlay=overlay)
+    assert classifier.num_classes == 10
+    assert torch.equal(classifier.state_dict()["head.fc.weight"], trained.state_dict()["head.fc.weight"])
     logger = logging.getLogger("maedet.zoo")  # the CLI runner may have stopped propagation at 'maedet'
     logger.addHandler(handler)
     try:
-        backbone = timm.create_model("maedet_s", pretrained=True, pretrained_cfg_overlay=overlay)
+        backbone = timm.create_model("maedet_s", pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0)
     finally:
         logger.removeHandler(handler)
     assert torch.equal(backbone.state_dict()["stem.conv.weight"], trained.state_dict()["stem.conv.weight"])
@@ -348,7 +353,7 @@ def test_a_ddp_classifier_checkpoint_loads_through_timm(tmp_path: Path) -> None:
 def test_a_missing_overlay_file_is_named(tmp_path) -> None:
     """Issue 17: timm's own FileNotFoundError for a missing pretrained_cfg_overlay file has an empty message."""
     missing = tmp_path / "latest.pth"
-    with pytest.raises(ValueError, match=f"the weights file {str(missing)!r} given as pretrained_cfg_overlay"):
+    with pytest.raises(ValueError, match=f"checkpoint {str(missing)!r} does not exist"):
         timm.create_model("maedet_s", pretrained=True, pretrained_cfg_overlay=dict(file=str(missing)))
 
 

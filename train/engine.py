@@ -72,7 +72,10 @@ class Trainer:
         amp: str | None = None,
         clip_grad: float | None = None,
         ema_decay: float | None = None,
+        channels_last: bool = False,
     ) -> None:
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        detector.to(memory_format=self.memory_format)  # before DDP and the EMA copy: both follow the layout
         self.detector, self.loader, self.recipe, self.dist = detector, loader, recipe, dist_env
         self.loss_module: nn.Module = DetectorLoss(detector)
         if dist_env.world > 1:
@@ -99,8 +102,9 @@ class Trainer:
     def step(self, batch: Batch) -> dict[str, float]:
         """Forward, backward, clip, optimiser and schedule step, EMA update; returns the loss terms."""
         batch = batch.to(self.dist.device, non_blocking=True)
+        images = batch.images.contiguous(memory_format=self.memory_format)
         with self._autocast():
-            losses = self.loss_module(batch.images, batch.targets, batch.pad_sizes)
+            losses = self.loss_module(images, batch.targets, batch.pad_sizes)
         total = sum(losses[name] for name in LOSS_NAMES)
         if not torch.isfinite(total):
             raise MaeDetError(

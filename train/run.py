@@ -117,7 +117,8 @@ def _prepare(settings: TrainSettings, dist_env: Distributed, resuming: bool) -> 
     detector.to(dist_env.device)
     loader = make_train_loader(coco, recipe, dist_env, settings.seed, settings.workers)
     trainer = Trainer(detector, loader, recipe, dist_env, amp=settings.amp, clip_grad=settings.clip_grad,
-                      ema_decay=settings.ema_decay if settings.ema else None)  # fmt: skip
+                      ema_decay=settings.ema_decay if settings.ema else None,
+                      channels_last=settings.channels_last)  # fmt: skip
     if dist_env.is_main:
         LOGGER.info("lr %.5g = %.5g × global batch %d / 16 (%d process(es) × %d images); %d iterations per epoch",
                     trainer.lr, recipe.lr, trainer.global_batch, dist_env.world, recipe.batch_per_process,

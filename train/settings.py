@@ -37,6 +37,7 @@ class TrainSettings:
     clip_grad: float | None = None
     ema: bool = False
     ema_decay: float = 0.9998
+    channels_last: bool = True  # NHWC activations: convolutions train faster (CPU and CUDA alike)
     max_minutes: float | None = None
     push_to_hub: str | None = None
 

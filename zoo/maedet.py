@@ -408,10 +408,6 @@ def _download_pretrained(variant: str, kwargs: dict[str, Any]) -> None:
         pretrained_cfg=kwargs.get("pretrained_cfg"),
         pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
     )
-    if cfg.file and not Path(cfg.file).exists():  # timm would raise a FileNotFoundError with no message
-        raise MaeDetError(
-            f"the weights file {str(cfg.file)!r} given as pretrained_cfg_overlay=dict(file=...) does not exist."
-        )
     if cfg.source in ("hf-hub", "local-dir") or cfg.file or cfg.state_dict is not None or cfg.hf_hub_id or not cfg.url:
         return  # timm loads these itself
     try:
