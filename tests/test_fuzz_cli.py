@@ -537,7 +537,7 @@ PROBES = [
         "forward score",
     ),
     # ---- issue 17: zero-size resizes and decompression bombs in detection
-    _p("detect-size-zero", DETECT, "{in}/small.png --checkpoint {in}/det --size 0 0 --out {out}/d", "at least 32"),
+    _p("detect-size-zero", DETECT, "{in}/small.png --checkpoint {in}/det --size 0 0 --out {out}/d", "must be positive"),
     _p("detect-bomb", DETECT, "{in}/calib_bomb/bomb.png --checkpoint {in}/det --out {out}/d", "megapixels"),
     # ---- issue 17: one device parser
     _p("detect-device-cuda-99", DETECT, "{in}/small.png --checkpoint {in}/det --device cuda:99 --out {out}/d", "CUDA"),
@@ -564,7 +564,7 @@ PROBES = [
         "detect-size-5000-digits",
         DETECT,
         f"{{in}}/small.png --checkpoint {{in}}/det --size {NINES} 8 --out {{out}}/d",
-        "5000",
+        "far beyond the 8192 pixels",
     ),
     _p(
         "search-ratios-inf",

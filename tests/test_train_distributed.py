@@ -34,7 +34,7 @@ def _torchrun_two_processes(shapes: Path, out: Path) -> None:
                "--data", str(shapes / "train.json"), "--images", str(shapes / "train"), "--out", str(out),
                "--device", "cpu", "--lr", "0.08", "--warmup-iters", "2", "--steps", "100", "--epochs", "2",
                "--short-range", "64", "64", "--long-max", "64", "--flip", "0", "--batch", "2",
-               "--fpn-channels", "32", "--stacked-convs", "1", "--sync-bn", "-q"]  # fmt: skip
+               "--fpn-channels", "32", "--stacked-convs", "1", "--sync-bn", "--no-channels-last", "-q"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
