@@ -251,7 +251,12 @@ def build_profile_parser() -> argparse.ArgumentParser:
         help="one square input size in pixels (640, or 640x640); a latency table is made for one side length",
     )
     p.add_argument("--batch-size", type=int, default=1, metavar="B", help="batch of the target")
-    p.add_argument("--threads", type=positive_int, default=None, help="runtime threads (default: the usable cores)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="runtime threads (default: 1 on ort-cpu, the setting whose predictions hold; the usable cores on GPUs)",
+    )
     p.add_argument(
         "--train-nets", type=int, default=24, help="networks whose operators are timed (ort-cpu; default 24)"
     )

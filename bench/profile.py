@@ -49,6 +49,12 @@ PUBLISHED = ("maedet_s", "maedet_m", "maedet_l")
 PIECE_GROUP = 8  # pieces timed together in interleaved rounds (GPU runtimes)
 PARTIAL_FORMAT = "maedet-latency-profile-partial/2"
 ANCHOR_QUANTILE = 25  # the anchor's quiet time: this percentile of all its rounds
+# Why a CPU profile runs one thread unless --threads says otherwise (measured; docs/latency.md has the figures).
+DEFAULT_CPU_THREADS_WHY = (
+    "profiling with 1 thread, the setting whose predictions meet the ±10% goal: with every core busy, whatever else "
+    "runs preempts the runtime's threads, the same network's time varies by up to 2× and the operator model missed "
+    "the goal (measured at 320 px with 2 threads on 2 cores); pass --threads N to profile N threads anyway"
+)
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,11 @@ class ProfileSettings:
 
     @property
     def thread_count(self) -> int:
-        return self.threads or usable_cores()
+        """``threads``, or by default 1 on ONNX Runtime CPU (see :data:`DEFAULT_CPU_THREADS_WHY`) and the usable
+        cores for the GPU runtimes' host side."""
+        if self.threads is not None:
+            return self.threads
+        return 1 if self.in_network else usable_cores()
 
     @property
     def in_network(self) -> bool:
@@ -371,6 +381,8 @@ def profile_target(
     """Profile one target and write its table to ``out``; resumes from ``out + '.partial'`` if present."""
     settings = settings or ProfileSettings()
     out = check_output_path(out, "latency table")
+    if settings.in_network and settings.threads is None and usable_cores() > 1:
+        LOG.info("%s.", DEFAULT_CPU_THREADS_WHY)
     started = time.monotonic()
     plan = _plan(settings)
     state = _State(out, settings)

@@ -262,3 +262,14 @@ def test_profile_info_on_odd_validation_fields_is_one_sentence(tmp_path, capsys)
     assert main(["profile", "--info", str(tmp_path / "t.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "validation figure 'rmspe_pct'" in err[0]
+
+
+def test_a_cpu_profile_defaults_to_the_one_thread_setting_that_meets_the_goal():
+    """Issue 17: at all cores the predictor missed its goal; unless --threads says otherwise, an ort-cpu profile
+    runs (and records) one thread, while GPU runtimes keep the usable cores for their host side."""
+    from maedet.bench.machine import usable_cores
+    from maedet.bench.profile import ProfileSettings
+
+    assert ProfileSettings().thread_count == 1 and ProfileSettings().fingerprint()["threads"] == 1
+    assert ProfileSettings(threads=2).thread_count == 2
+    assert ProfileSettings(backend="ort-cuda").thread_count == usable_cores()
