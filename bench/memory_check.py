@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn as nn
 
 from maedet.memory import MemoryEstimateError, check_fits, forward_peak_bytes, state_bytes
-from maedet.zoo import create_detector
 
 from .errors import BenchError
-from .models import ModelSpec, _meta_features_model
+from .models import ModelSpec, _meta_features_model, meta_detector
 
 __all__ = ["BENCH_MEMORY_FACTOR", "BENCH_WEIGHT_COPIES", "check_bench_memory"]
 
@@ -29,8 +27,7 @@ BENCH_WEIGHT_COPIES = 3
 
 def _meta_model(spec: ModelSpec) -> nn.Module:
     if spec.detector:
-        with torch.device("meta"):
-            return create_detector(spec.name)
+        return meta_detector(spec)
     return _meta_features_model(spec)
 
 

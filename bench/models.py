@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,14 @@ def _meta_features_model(spec: ModelSpec) -> nn.Module:
         return create_model(spec.name, features_only=True, out_indices=out_indices, **kwargs)
 
 
+def meta_detector(spec: ModelSpec) -> nn.Module:
+    """A detector on the meta device: shapes only, for counting costs and memory."""
+    with torch.device("meta"), warnings.catch_warnings():
+        # a trained folder's weights land on meta tensors as no-ops (torch warns per tensor): shapes are enough
+        warnings.simplefilter("ignore", UserWarning)
+        return create_detector(spec.name)
+
+
 def model_cost(spec: ModelSpec, height: int, width: int) -> ModelCost:
     """Params and GMACs per image of the C2..C5 backbone.
 
@@ -200,8 +209,7 @@ def model_cost(spec: ModelSpec, height: int, width: int) -> ModelCost:
     if spec.structure is not None:
         return ModelCost(param_count(spec.structure), gmacs(spec.structure, height, width))
     if spec.detector:
-        with torch.device("meta"):
-            model: nn.Module = create_detector(spec.name)
+        model: nn.Module = meta_detector(spec)
     else:
         model = _meta_features_model(spec)
     model.eval()  # as deployed: BatchNorm uses its running statistics, so a 1×1 map at a small input is fine
