@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,24 +52,7 @@ def load_annotations(path: str | os.PathLike[str]) -> Any:
     coco = read_coco(path)
     if not coco.getImgIds() or not coco.getCatIds():
         raise MaeDetError(f"{str(path)!r} lists no images or no categories.")
-    _refuse_non_finite_boxes(coco, path)
     return coco
-
-
-def _refuse_non_finite_boxes(coco: Any, path: str | os.PathLike[str]) -> None:
-    """A NaN or infinite ground-truth box matches nothing and would still give a finite AP; skipping it would
-    score a different set than the file's, so the file is refused, with the count and the first such annotation."""
-    bad = [
-        ann.get("id")
-        for ann in coco.dataset.get("annotations", [])
-        if isinstance(ann, dict)
-        and any(not math.isfinite(v) for v in ann.get("bbox") or () if isinstance(v, (int, float)))
-    ]
-    if bad:
-        raise MaeDetError(
-            f"{str(path)!r} has {len(bad)} annotations whose bbox is NaN or infinite (first: id {bad[0]!r}); "
-            "they cannot be scored, so fix or remove them."
-        )
 
 
 def detections_to_results(

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from .cli import int_range
 from .errors import MaeDetError
 
 __all__ = [
@@ -129,9 +130,10 @@ class OneSizeAction(argparse.Action):
         except MaeDetError as exc:
             raise argparse.ArgumentError(self, str(exc)) from None
         if self.limits is not None:
-            low, high = self.limits
-            bad = [side for side in size if side < low or (high is not None and side > high)]
-            if bad:
-                bound = f"from {low:,} to {high:,}" if high is not None else f"at least {low:,}"
-                raise argparse.ArgumentError(self, f"expected a side length in pixels {bound}, got {bad[0]:,}")
+            side = int_range(*self.limits, what="a side length in pixels")
+            try:
+                for value in size:
+                    side(str(value))
+            except argparse.ArgumentTypeError as exc:
+                raise argparse.ArgumentError(self, str(exc)) from None
         setattr(namespace, self.dest, size)

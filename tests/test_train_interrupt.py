@@ -12,18 +12,25 @@ import torch
 from train_helpers import TINY_STRUCTURE, make_shapes
 
 
-def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path: Path):
-    shapes = make_shapes(tmp_path / "shapes", train=8, val=4, size=64)
-    out = tmp_path / "run"
+def _start_after_one_epoch(shapes: Path, out: Path, *extra: str, new_group: bool = False) -> subprocess.Popen:
+    """A 50-epoch maedet-train run on the tiny set, returned once its first epoch is written."""
     tool = str(Path(sys.executable).with_name("maedet-train"))
     argv = [tool, "-q", "--recipe", "demo", "--model", "gfl", "--structure", TINY_STRUCTURE,
             "--data", str(shapes / "train.json"), "--images", str(shapes / "train"), "--out", str(out),
             "--device", "cpu", "--short-range", "64", "64", "--long-max", "64", "--batch", "2", "--epochs", "50",
-            "--fpn-channels", "32", "--stacked-convs", "1"]  # fmt: skip
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+            "--fpn-channels", "32", "--stacked-convs", "1", *extra]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=new_group)
     deadline = time.monotonic() + 600
     while not (out / "metrics.jsonl").is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)  # the first epoch is done: Ctrl-C lands inside a later one
+        time.sleep(0.2)
+    return proc
+
+
+def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path: Path):
+    shapes = make_shapes(tmp_path / "shapes", train=8, val=4, size=64)
+    out = tmp_path / "run"
+    tool = str(Path(sys.executable).with_name("maedet-train"))
+    proc = _start_after_one_epoch(shapes, out)  # Ctrl-C lands inside a later epoch
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err
@@ -46,15 +53,7 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers(tmp_path: Path):
 
     shapes = make_shapes(tmp_path / "shapes", train=8, val=4, size=64)
     out = tmp_path / "run"
-    tool = str(Path(sys.executable).with_name("maedet-train"))
-    argv = [tool, "-q", "--recipe", "demo", "--model", "gfl", "--structure", TINY_STRUCTURE,
-            "--data", str(shapes / "train.json"), "--images", str(shapes / "train"), "--out", str(out),
-            "--device", "cpu", "--short-range", "64", "64", "--long-max", "64", "--batch", "2", "--epochs", "50",
-            "--fpn-channels", "32", "--stacked-convs", "1", "--workers", "2"]  # fmt: skip
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while not (out / "metrics.jsonl").is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    proc = _start_after_one_epoch(shapes, out, "--workers", "2", new_group=True)
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 143, err

@@ -313,6 +313,16 @@ def _checkpoint_shape(
     return state, found, fpn_channels
 
 
+def _authors_checkpoint(name: str, spec: Any) -> str:
+    """The authors' COCO detector file for ``name`` (downloaded once), or one sentence when there is none."""
+    if spec is None or spec.url is None:
+        raise MaeDetError(
+            f"{name!r} has no published COCO weights here; give --checkpoint FILE (checkpoint=FILE in Python; "
+            "an mmdetection GFocalV2 checkpoint loads) or, in Python, pretrained_backbone=True."
+        )
+    return _download(name, spec.url)
+
+
 def create_detector(
     name: str = "maedet_m_gfl",
     pretrained: bool = False,
@@ -349,12 +359,7 @@ def create_detector(
     source_backbone, backbone_kwargs = _backbone_for(name, backbone, structure)
     spec = DETECTORS.get(name)
     if pretrained and checkpoint is None:
-        if spec is None or spec.url is None:
-            raise MaeDetError(
-                f"{name!r} has no published COCO weights here; give --checkpoint FILE (checkpoint=FILE in Python; "
-                "an mmdetection GFocalV2 checkpoint loads) or, in Python, pretrained_backbone=True."
-            )
-        checkpoint = _download(name, spec.url)
+        checkpoint = _authors_checkpoint(name, spec)
     state = None
     if checkpoint is not None:
         state, cls_channels, fpn_channels = _checkpoint_shape(checkpoint, num_classes, cls_channels, fpn_channels, spec)
