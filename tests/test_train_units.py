@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn as nn
 
 from maedet.errors import MaeDetError
 from maedet.train import RECIPES, recipe_with, scaled_lr
-from maedet.train.schedule import lr_factor, make_scheduler
+from maedet.train.schedule import continue_plan, fit_to_minutes, lr_factor, make_scheduler
 from maedet.train.syncbn import CpuSyncBatchNorm, convert_sync_batchnorm
 
 
@@ -18,6 +20,34 @@ def test_authors_recipe_values():
     assert (r.warmup_iters, r.warmup_ratio, r.steps, r.epochs) == (7330, 0.1, (65, 71), 73)
     assert (r.short_range, r.long_max, r.flip, r.batch_per_process, r.sync_bn) == ((480, 960), 1333, 0.5, 2, True)
     assert r.eval_scale == (1333, 800)
+
+
+def test_max_minutes_fits_the_epochs_and_keeps_the_steps_fractions():
+    r = recipe_with("demo", epochs=11, steps=(9, 10))
+    slow = fit_to_minutes(r, r, epochs_done=1, seconds=200.0, minutes=20)  # 200 s per epoch: 6 fit in 20 minutes
+    assert (slow.epochs, slow.steps) == (6, (5, 5))
+    fast = fit_to_minutes(r, r, epochs_done=2, seconds=100.0, minutes=20)  # 50 s per epoch: 24 fit
+    assert (fast.epochs, fast.steps) == (24, (20, 22))
+    assert fit_to_minutes(r, r, epochs_done=3, seconds=3000.0, minutes=20).epochs == 3  # never fewer than done
+
+
+def test_a_passed_lr_step_stays_and_a_coming_one_is_never_in_the_past():
+    r = recipe_with("demo", epochs=11, steps=(9, 10))
+    decayed = fit_to_minutes(r, r, epochs_done=9, seconds=9 * 100.0, minutes=20)  # 12 fit: steps 10, 11
+    assert decayed.steps == (10, 11)
+    after = replace(r, epochs=11, steps=(9, 10))  # the plan in force when epoch 10 ended (epoch 10 ran decayed)
+    faster = fit_to_minutes(r, after, epochs_done=10, seconds=10 * 60.0, minutes=20)  # 20 fit now
+    assert faster.steps == (9, 18) and faster.epochs == 20  # the passed step stays: the rate never rises again
+    slower = fit_to_minutes(r, replace(r, steps=(12, 13)), epochs_done=9, seconds=9 * 120.0, minutes=20)
+    assert slower.steps == (9, 9)  # 10 fit: both coming steps land now, none before epoch 9
+
+
+def test_resuming_after_the_time_ran_out_continues_the_recipe_with_the_steps_taken():
+    r = recipe_with("demo", epochs=11, steps=(9, 10))
+    fitted = replace(r, epochs=6, steps=(5, 5))  # what --max-minutes planned on a slow machine; 6 epochs done
+    assert continue_plan(r, fitted, epochs_done=6) == replace(r, steps=(5, 5))  # 11 epochs, the rate stays low
+    early = replace(r, epochs=4, steps=(9, 10))  # ended before any step: the recipe's own steps
+    assert continue_plan(r, early, epochs_done=4) == r
 
 
 @pytest.mark.parametrize(("batch", "lr"), [(16, 0.02), (8, 0.01), (64, 0.08), (2, 0.0025)])
@@ -46,7 +76,7 @@ def test_scheduler_follows_the_formula_step_by_step():
     r = recipe_with("demo", warmup_iters=4, steps=(2,), epochs=3)
     param = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=0.5)
-    sched = make_scheduler(opt, 3, r)
+    sched = make_scheduler(opt, 3, lambda: r)
     seen = []
     for _ in range(9):
         seen.append(opt.param_groups[0]["lr"])

@@ -18,7 +18,9 @@ import torch.distributed as dist
 
 from maedet.errors import MaeDetError
 
-__all__ = ["Distributed", "all_reduce_mean", "barrier", "launch_torchrun", "setup_distributed", "teardown"]
+__all__ = [
+    "Distributed", "all_reduce_mean", "barrier", "launch_torchrun", "main_value", "setup_distributed", "teardown",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,17 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values)
     return values / dist.get_world_size()
+
+
+def main_value(value: float) -> float:
+    """Rank 0's ``value`` on every process (one clock decides a time-fitted plan, so all processes keep it)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
 
 
 def launch_torchrun(nproc: int, argv: Sequence[str]) -> int:

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -86,7 +86,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(detector.parameters(), lr=self.lr, momentum=recipe.momentum,
                                          weight_decay=recipe.weight_decay)  # fmt: skip
         self.iters_per_epoch = len(loader)
-        self.scheduler = make_scheduler(self.optimizer, self.iters_per_epoch, recipe)
+        self.scheduler = make_scheduler(self.optimizer, self.iters_per_epoch, lambda: self.recipe)
         self.amp_dtype = _AMP_DTYPES[amp] if amp else None
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
         self.clip_grad = clip_grad
@@ -172,6 +172,7 @@ class Trainer:
             "rng": capture_rng(),
             "epoch": p.epoch, "batches_done": p.batches_done, "step": p.step, "elapsed_s": p.elapsed_s,
             "best_ap": p.best_ap, "records": p.records, "world": self.dist.world,
+            "plan": {"epochs": self.recipe.epochs, "steps": list(self.recipe.steps)},
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -187,6 +188,9 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
         restore_rng(state["rng"])
+        if state.get("plan"):  # the epochs and steps --max-minutes fitted, where the run was
+            plan = state["plan"]
+            self.recipe = replace(self.recipe, epochs=int(plan["epochs"]), steps=tuple(int(s) for s in plan["steps"]))
         self.progress = Progress(state["epoch"], state["batches_done"], state["step"], state["elapsed_s"],
                                  state["best_ap"], list(state["records"]))  # fmt: skip
 

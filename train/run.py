@@ -25,7 +25,7 @@ from maedet.fileio import atomic_write_text
 from .checkpoint import BEST, LAST, load_state, save_state
 from .coco_data import CocoRecords
 from .data_setup import load_train_records, make_train_loader
-from .distributed import Distributed, barrier, setup_distributed, teardown
+from .distributed import Distributed, barrier, main_value, setup_distributed, teardown
 from .engine import Trainer, _agreed
 from .evaluation import validate
 from .guards import check_amp, check_memory, check_out_folder
@@ -33,6 +33,8 @@ from .interrupt import stop_on_signals
 from .model import build_detector, plain_copy
 from .outputs import MetricsLog, push_to_hub, write_detector
 from .progress import EpochBar
+from .recipe import Recipe
+from .schedule import continue_plan, fit_to_minutes
 from .settings import SETTINGS_NAME, TrainSettings, read_settings
 from .syncbn import convert_sync_batchnorm
 
@@ -124,24 +126,41 @@ def _prepare(settings: TrainSettings, dist_env: Distributed, resuming: bool) -> 
                     trainer.lr, recipe.lr, trainer.global_batch, dist_env.world, recipe.batch_per_process,
                     trainer.iters_per_epoch)  # fmt: skip
     if resuming:
-        trainer.load_state_dict(load_state(out / LAST))
+        _restore(trainer, out, recipe)
     return trainer, coco
+
+
+def _restore(trainer: Trainer, out: Path, recipe: Recipe) -> None:
+    """The saved state; a run that --max-minutes ended goes on to the recipe's epochs, with the lr steps it took."""
+    trainer.load_state_dict(load_state(out / LAST))
+    done = trainer.progress.epoch
+    if trainer.recipe.epochs <= done < recipe.epochs:
+        trainer.recipe = continue_plan(recipe, trainer.recipe, done)
+        steps = ", ".join(map(str, trainer.recipe.steps))
+        LOGGER.info("the time-fitted plan ended at epoch %d; continuing to the recipe's %d epochs (lr steps after "
+                    "epochs %s)", done, recipe.epochs, steps)  # fmt: skip
 
 
 def _eval_model(trainer: Trainer) -> Any:
     return trainer.ema.module if trainer.ema is not None else trainer.detector
 
 
-def _end_epoch(trainer: Trainer, settings: TrainSettings, log: MetricsLog | None, means: dict[str, float]) -> None:
-    """Evaluate when due, record the metrics, write last.pt (and best.pt when the val AP improved)."""
-    p, recipe, main = trainer.progress, settings.recipe, trainer.dist.is_main
-    record: dict[str, Any] = {"epoch": p.epoch, **means, "elapsed_min": p.elapsed_s / 60}
+def _end_epoch(
+    trainer: Trainer, settings: TrainSettings, log: MetricsLog | None, means: dict[str, float], started: float
+) -> None:
+    """Evaluate when due, count the epoch's time (evaluation included), fit the plan to --max-minutes, record the
+    metrics, write last.pt (and best.pt when the val AP improved)."""
+    p, recipe, main = trainer.progress, trainer.recipe, trainer.dist.is_main
+    record: dict[str, Any] = {"epoch": p.epoch, **means}
     due = p.epoch % recipe.eval_every == 0 or p.epoch == recipe.epochs
     if settings.val_data is not None and due and main:
         stats = validate(_eval_model(trainer), settings.val_data, settings.val_images or ".", recipe.eval_scale,
                          str(trainer.dist.device))  # fmt: skip
         record.update(stats)
         LOGGER.info("epoch %d val: %s", p.epoch, ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+    p.elapsed_s += time.perf_counter() - started
+    record["elapsed_min"] = p.elapsed_s / 60
+    _fit_plan(trainer, settings)
     p.records.append(record)
     improved = "AP" in record and (p.best_ap is None or record["AP"] > p.best_ap)
     if improved:
@@ -161,14 +180,15 @@ def _end_epoch(trainer: Trainer, settings: TrainSettings, log: MetricsLog | None
 
 
 def _epochs(trainer: Trainer, settings: TrainSettings, log: MetricsLog | None) -> None:
-    """Train epoch after epoch until the recipe's last, --max-minutes, or a stop request (then save and raise)."""
-    recipe, p = settings.recipe, trainer.progress
+    """Train epoch after epoch until the plan's last, --max-minutes, or a stop request (then save and raise)."""
+    p = trainer.progress
     with stop_on_signals() as stop:
-        while p.epoch < recipe.epochs:
+        while p.epoch < trainer.recipe.epochs:
             started = time.perf_counter()
             epoch = p.epoch
             try:
-                with EpochBar(epoch, recipe.epochs, trainer.iters_per_epoch, p.batches_done, _bar_on(trainer)) as bar:
+                with EpochBar(epoch, trainer.recipe.epochs, trainer.iters_per_epoch, p.batches_done,
+                              _bar_on(trainer)) as bar:  # fmt: skip
                     means = trainer.run_epoch(epoch, stop, bar.update)
             except RuntimeError:
                 if not stop.requested:
@@ -176,17 +196,30 @@ def _epochs(trainer: Trainer, settings: TrainSettings, log: MetricsLog | None) -
                 # the signal also ended a loader worker, maybe mid-step: the last epoch's checkpoint stays the state
                 where = f"stopped in epoch {epoch + 1}; it resumes from the end of epoch {epoch}"
                 raise TrainingInterrupted(where, stop.signum or signal.SIGINT) from None
-            p.elapsed_s += time.perf_counter() - started
             if means is None:
                 if trainer.dist.is_main:
                     save_state(Path(settings.out) / LAST, trainer.state_dict())
                 where = f"stopped in epoch {epoch + 1} after {p.batches_done} batches"
                 raise TrainingInterrupted(where, stop.signum or signal.SIGINT)
-            _end_epoch(trainer, settings, log, means)
+            _end_epoch(trainer, settings, log, means, started)
             limit = settings.max_minutes
-            if limit is not None and _agreed(p.elapsed_s >= limit * 60) and p.epoch < recipe.epochs:
+            if limit is not None and _agreed(p.elapsed_s >= limit * 60) and p.epoch < trainer.recipe.epochs:
                 LOGGER.info("--max-minutes %g reached after epoch %d: finishing now", limit, p.epoch)
                 break
+
+
+def _fit_plan(trainer: Trainer, settings: TrainSettings) -> None:
+    """With --max-minutes, the epochs and lr steps that fit the time left, from the mean epoch time so far."""
+    if settings.max_minutes is None:
+        return
+    p = trainer.progress
+    elapsed = main_value(p.elapsed_s)  # every process plans from rank 0's clock, so all stop at the same epoch
+    fitted = fit_to_minutes(settings.recipe, trainer.recipe, p.epoch, elapsed, settings.max_minutes)
+    if (fitted.epochs, fitted.steps) != (trainer.recipe.epochs, trainer.recipe.steps):
+        trainer.recipe = fitted
+        LOGGER.info("--max-minutes %g: %d epochs fit at %.0f s per epoch; lr steps after epochs %s",
+                    settings.max_minutes, fitted.epochs, elapsed / max(p.epoch, 1),
+                    ", ".join(map(str, fitted.steps)) or "none")  # fmt: skip
 
 
 def _bar_on(trainer: Trainer) -> bool:
