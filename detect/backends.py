@@ -1,10 +1,10 @@
 """Who runs the detector: the PyTorch model or an exported ONNX file, behind one call.
 
-``backend(batch, image_sizes)`` takes a letterboxed batch (see :mod:`maedet.detect.preprocess`) and returns one
+``backend(batch, image_sizes)`` takes a letterboxed batch (see :mod:`maedet.letterbox`) and returns one
 :class:`~maedet.zoo.Detections` per image in network-input pixels. Every backend clamps boxes to the whole input
 before NMS — the only bound a file with NMS inside can know — so the PyTorch model, a file with NMS and a
 ``--no-nms`` file give the same detections on the same batch; boxes are clamped to each original image later,
-when mapped back (:func:`maedet.detect.preprocess.map_back`). The authors clamp to the unpadded image before NMS
+when mapped back (:func:`maedet.detect.run.map_back`). The authors clamp to the unpadded image before NMS
 (``GFocalV2.predict(x, image_sizes=...)`` still does): the final boxes are the same, but NMS can differ where two
 boxes of a class reach into the padding (see docs/detector.md).
 """

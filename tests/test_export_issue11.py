@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import maedet
-from maedet.detect.preprocess import collate, letterbox
+from maedet.letterbox import collate, letterbox
 from maedet.detect.run import read_image
 from maedet.errors import MaeDetError
 from maedet.export import ExportError, export_onnx, read_metadata

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from maedet.detect.preprocess import collate as letterbox_collate
-from maedet.detect.preprocess import letterbox
+from maedet.letterbox import collate as letterbox_collate
+from maedet.letterbox import letterbox
 from maedet.errors import MaeDetError
 from maedet.train import (
     DetectionDataset,
