@@ -65,7 +65,7 @@ class OnnxBackend(Backend):
     def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None) -> None:
         from maedet.export.detector_metadata import read_detector_metadata
         from maedet.export.metadata import normalisation
-        from maedet.export.runtime import ort_session
+        from maedet.runtime import ort_session
 
         meta = read_detector_metadata(path)
         self.meta = meta
@@ -88,7 +88,7 @@ class OnnxBackend(Backend):
 
     def __call__(self, batch: torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         from maedet.export.detector_graph import DETECTION_OUTPUTS, unpad_detections
-        from maedet.export.runtime import run_session
+        from maedet.runtime import run_session
 
         outs = run_session(self.session, batch.numpy())
         if not self.raw:

@@ -131,4 +131,3 @@ def collate(
         rh, rw = it.resized_hw
         batch[i, :, :rh, :rw] = it.pixels if as_uint8 else (it.pixels.float() - m) / s
     return batch
-

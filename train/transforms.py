@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from maedet.letterbox import TEST_SCALE, Letterboxed, collate, letterbox
 from maedet.errors import MaeDetError
+from maedet.letterbox import TEST_SCALE, Letterboxed, collate, letterbox
 
 __all__ = ["EvalTransform", "TrainTransform", "TransformedImage", "flip_boxes", "resize_boxes"]
 
