@@ -46,13 +46,14 @@ def link_installed_layout(folders: dict[str, Path], dest: Path) -> None:
             target.symlink_to(folder, target_is_directory=True)
 
 
-def main(argv: list[str]) -> int:
+def lint_imports(repo: Path, args: list[str], capture: bool = False) -> subprocess.CompletedProcess[str]:
+    """lint-imports with ``repo``'s pyproject.toml over ``repo``'s packages linked as installed."""
     with tempfile.TemporaryDirectory(prefix="maedet-lint-imports-") as tmp:
-        link_installed_layout(package_folders(REPO / "pyproject.toml"), Path(tmp))
+        link_installed_layout(package_folders(repo / "pyproject.toml"), Path(tmp))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [tmp, os.environ.get("PYTHONPATH")])))
-        command = [sys.executable, "-c", LINT_IMPORTS, str(REPO / "pyproject.toml"), "--no-cache", "--no-logo", *argv]
-        return subprocess.run(command, cwd=tmp, env=env, check=False).returncode
+        command = [sys.executable, "-c", LINT_IMPORTS, str(repo / "pyproject.toml"), "--no-cache", "--no-logo", *args]
+        return subprocess.run(command, cwd=tmp, env=env, check=False, capture_output=capture, text=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(lint_imports(REPO, sys.argv[1:]).returncode)
