@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install bench test lint format clean
+.PHONY: install bench test lint lint-imports format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,15 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	# import-linter's lint-imports over the installed layout: the layers of docs/design.md hold (see the script).
+	$(BIN)/python scripts/lint_imports.py
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+lint-imports: $(STAMP)
+	$(BIN)/python scripts/lint_imports.py
 
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from maedet.errors import MaeDetError
-from maedet.export import ExportOptions, TrtEngine, build_engine, export_onnx
-from maedet.export.runtime import gpu_identity, require_tensorrt
+from maedet.export import ExportOptions, build_engine, export_onnx
 from maedet.fileio import atomic_write_text
 from maedet.jsonio import JsonError, read_json
+from maedet.runtime import TrtEngine, gpu_identity, require_tensorrt
 
 from .errors import BackendUnavailable, BenchError
 from .models import ModelSpec

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import maedet  # noqa: F401  (registers the maedet models with timm)
+import maedet.zoo  # noqa: F401  (registers the maedet models with timm)
 from maedet.export import ExportError, ModelSource, resolve_model
 from maedet.export.model_reference import parse_model_reference, reference_structure
 from maedet.export.model_source import create_model, detection_out_indices, is_maedet_name
@@ -221,11 +221,8 @@ def model_cost(spec: ModelSpec, height: int, width: int) -> ModelCost:
 
 
 def build_deploy_source(spec: ModelSpec) -> ModelSource:
-    """What every backend runs: the exporter's deploy form (eval, BN folded, C2..C5 tuple) with its names."""
-    if spec.detector:
-        from .detectors import detector_source
-
-        return detector_source(spec)
+    """What every backend runs for a backbone: the exporter's deploy form (eval, BN folded, C2..C5 tuple) with its
+    names (a detector's comes from :func:`maedet.bench.detectors.detector_source`)."""
     with _as_bench_error():
         if spec.name == "maedet":
             return resolve_model("maedet", structure=spec.structure)

@@ -135,7 +135,7 @@ class Measurer:
         return proto.SerializeToString()
 
     def _runner(self, model: bytes, shape: Sequence[int], profile_prefix: Path | None = None) -> Any:
-        from maedet.export.runtime import OrtRunner, ort_providers, ort_session
+        from maedet.runtime import OrtRunner, ort_providers, ort_session
 
         s = self.settings
         provider = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}.get(

@@ -2,7 +2,7 @@
 
 Each runner's ``__call__`` does one inference and returns only when the result exists (CUDA work is
 synchronised), so a wall-clock timer around it measures what a caller would wait for. ONNX Runtime and TensorRT
-runners are the exporter's runtime layer (:mod:`maedet.export.runtime`); PyTorch runs the same deploy module.
+runners are the exporter's runtime layer (:mod:`maedet.runtime`); PyTorch runs the same deploy module.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from maedet.export import ExportError, ModelSource, OrtRunner, ort_session
-from maedet.export.runtime import ort_providers
+from maedet.errors import ExportError
+from maedet.export import ModelSource
+from maedet.runtime import OrtRunner, ort_providers, ort_session
 
 from .backends import Backend
 from .cache import ArtifactCache

@@ -17,12 +17,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from maedet.errors import first_line
 from maedet.export import ExportError, ModelSource
-from maedet.export.errors import first_line
 from maedet.export.model_source import validate_input_size
 
 from .backends import BACKENDS, Backend, detect_backends, resolve_backends
 from .cache import ArtifactCache, default_cache_dir
+from .detectors import detector_source
 from .errors import BackendUnavailable, BenchError
 from .machine import machine_info, usable_cores
 from .memory import PeakMemory
@@ -189,7 +190,7 @@ class _Run:
 
     def deploy_source(self, spec: ModelSpec) -> ModelSource:
         if spec.label not in self.deploy:
-            self.deploy[spec.label] = build_deploy_source(spec)
+            self.deploy[spec.label] = detector_source(spec) if spec.detector else build_deploy_source(spec)
         return self.deploy[spec.label]
 
 

@@ -5,11 +5,12 @@ backend = load_backend("maedet_m_gfl", checkpoint="latest.pth")   # or load_back
 results = detect_images(["street.jpg"], backend)
 """
 
+from maedet.letterbox import TEST_SCALE, Letterboxed, collate, letterbox, rescale_size
+
 from .backends import Backend, OnnxBackend, TorchBackend, load_backend
 from .evaluate import CocoEval, coco_box_ap, evaluate, load_annotations
 from .output import write_outputs
-from .preprocess import TEST_SCALE, Letterboxed, collate, letterbox, map_back, rescale_size
-from .run import ImageResult, detect_images, read_image
+from .run import ImageResult, detect_images, map_back, read_image
 
 __all__ = [
     "TEST_SCALE",

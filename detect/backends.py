@@ -1,10 +1,10 @@
 """Who runs the detector: the PyTorch model or an exported ONNX file, behind one call.
 
-``backend(batch, image_sizes)`` takes a letterboxed batch (see :mod:`maedet.detect.preprocess`) and returns one
+``backend(batch, image_sizes)`` takes a letterboxed batch (see :mod:`maedet.letterbox`) and returns one
 :class:`~maedet.zoo.Detections` per image in network-input pixels. Every backend clamps boxes to the whole input
 before NMS — the only bound a file with NMS inside can know — so the PyTorch model, a file with NMS and a
 ``--no-nms`` file give the same detections on the same batch; boxes are clamped to each original image later,
-when mapped back (:func:`maedet.detect.preprocess.map_back`). The authors clamp to the unpadded image before NMS
+when mapped back (:func:`maedet.detect.run.map_back`). The authors clamp to the unpadded image before NMS
 (``GFocalV2.predict(x, image_sizes=...)`` still does): the final boxes are the same, but NMS can differ where two
 boxes of a class reach into the padding (see docs/detector.md).
 """
@@ -65,7 +65,7 @@ class OnnxBackend(Backend):
     def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None) -> None:
         from maedet.export.detector_metadata import read_detector_metadata
         from maedet.export.metadata import normalisation
-        from maedet.export.runtime import ort_session
+        from maedet.runtime import ort_session
 
         meta = read_detector_metadata(path)
         self.meta = meta
@@ -88,7 +88,7 @@ class OnnxBackend(Backend):
 
     def __call__(self, batch: torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         from maedet.export.detector_graph import DETECTION_OUTPUTS, unpad_detections
-        from maedet.export.runtime import run_session
+        from maedet.runtime import run_session
 
         outs = run_session(self.session, batch.numpy())
         if not self.raw:

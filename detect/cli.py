@@ -17,6 +17,7 @@ from maedet.devices import device_argument
 from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text, refuse_overwriting_inputs
 from maedet.images import image_size
+from maedet.letterbox import SIZE_DIVISOR, TEST_SCALE
 from maedet.sizes import OneSizeAction
 from maedet.zoo.checkpoint import preview
 
@@ -24,7 +25,6 @@ from .backends import Backend, load_backend
 from .coco import category_ids, class_names
 from .evaluate import STAT_NAMES, evaluate, load_annotations
 from .output import check_out_dir, write_outputs
-from .preprocess import SIZE_DIVISOR, TEST_SCALE
 from .run import ImageResult, detect_images
 
 __all__ = ["build_detect_parser", "build_eval_parser", "detect_main", "eval_main"]

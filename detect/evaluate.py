@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from maedet.errors import MaeDetError
+from maedet.letterbox import TEST_SCALE
 
 from .backends import Backend
 from .coco_file import read_coco
 from .coco_match import LinearCOCOeval
-from .preprocess import TEST_SCALE
 from .run import ImageResult, detect_images
 
 __all__ = ["STAT_NAMES", "CocoEval", "coco_box_ap", "detections_to_results", "evaluate", "load_annotations"]

@@ -11,14 +11,14 @@ import torch
 
 from maedet.errors import MaeDetError
 from maedet.images import image_size, read_image
+from maedet.letterbox import TEST_SCALE, Letterboxed, collate, letterbox, letterboxed_hw
 from maedet.memory import check_fits, forward_peak_bytes
 from maedet.zoo.gfl import GFocalV2
 from maedet.zoo.gfl_postprocess import Detections, select_candidates
 
 from .backends import Backend, TorchBackend
-from .preprocess import TEST_SCALE, Letterboxed, collate, letterbox, letterboxed_hw, map_back
 
-__all__ = ["ImageResult", "check_detect_memory", "detect_images", "detection_peak_bytes", "read_image"]
+__all__ = ["ImageResult", "check_detect_memory", "detect_images", "detection_peak_bytes", "map_back", "read_image"]
 
 # While an image is prepared: its decoded uint8 pixels, their float copy and the resized float copy (letterbox).
 IMAGE_BYTES_PER_PIXEL = 3 * (1 + 4 + 4)
@@ -100,3 +100,13 @@ def detect_images(
 
 def _collate(items: Sequence[Letterboxed], backend: Backend):
     return collate(items, backend.mean, backend.std, as_uint8=backend.input_uint8)
+
+
+def map_back(detections: Detections, item: Letterboxed) -> Detections:
+    """Boxes from network-input pixels to the original image's pixels, clamped to the original image."""
+    sx, sy = item.scale_xy
+    boxes = detections.boxes / torch.tensor([sx, sy, sx, sy], dtype=detections.boxes.dtype)
+    oh, ow = item.original_hw
+    limit = torch.tensor([ow, oh, ow, oh], dtype=boxes.dtype)
+    boxes = torch.minimum(boxes.clamp(min=0), limit)
+    return Detections(boxes, detections.scores, detections.labels)

@@ -15,8 +15,10 @@ docs/detector.md).
 ``build_engine`` returns an :class:`EngineBuild` (TensorRT version, GPU, profiles, build time) and writes the engine
 with a JSON sidecar; ``check_engine`` runs the engine and ONNX Runtime on the same synthetic images and judges them
 by ``ENGINE_TOLERANCES``. Running exported files (ONNX Runtime sessions, TensorRT engines) goes through
-:mod:`maedet.export.runtime`.
+:mod:`maedet.runtime`.
 """
+
+from maedet.runtime import OrtRunner, TrtEngine, TrtRunner, ort_session, run_session
 
 from .check import ENGINE_TOLERANCES, TOLERANCES, CheckReport, OutputCheck, Tolerance, check_engine
 from .detector_onnx import DetectorExportResult, export_detector_onnx
@@ -24,7 +26,6 @@ from .errors import ExportError, MissingDependencyError
 from .metadata import read_metadata
 from .model_source import ModelSource, resolve_model
 from .onnx_export import ExportOptions, ExportResult, export_onnx
-from .runtime import OrtRunner, TrtEngine, TrtRunner, ort_session, run_session
 from .tensorrt import EngineBuild, ProfileShapes, build_engine, profile_shapes
 
 __all__ = [

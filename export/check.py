@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from maedet.runtime import TrtEngine, ort_session, run_session
+
 from .errors import ExportError
 from .metadata import normalisation, read_metadata
-from .runtime import TrtEngine, ort_session, run_session
 
 __all__ = [
     "ENGINE_TOLERANCES",

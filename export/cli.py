@@ -148,7 +148,8 @@ def _check_table(report: CheckReport, title: str) -> Table:
 
 
 def _info(path: str, as_json: bool, console: Console) -> int:
-    from .engine_sidecar import read_sidecar
+    from maedet.engine_sidecar import read_sidecar
+
     from .metadata import format_metadata, read_metadata
 
     if path.endswith((".engine", ".plan", ".trt")):
@@ -231,7 +232,7 @@ def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
     inputs.update({"--structure": args.structure, "--calib folder": args.calib})
     outputs = {"ONNX file": _onnx_path(args)}
     if args.trt:
-        from .engine_sidecar import sidecar_path
+        from maedet.engine_sidecar import sidecar_path
 
         outputs.update({"TensorRT engine": args.trt, "engine sidecar": sidecar_path(Path(args.trt))})
     refuse_overwriting_inputs(inputs, outputs)
@@ -246,7 +247,7 @@ def _check_paths(args: argparse.Namespace) -> None:
     onnx_path = check_output_path(_onnx_path(args), "ONNX file")
     if not args.trt:
         return
-    from .engine_sidecar import sidecar_path
+    from maedet.engine_sidecar import sidecar_path
 
     engine = check_output_path(args.trt, "TensorRT engine")
     sidecar = check_output_path(sidecar_path(engine), "engine sidecar")
@@ -271,7 +272,7 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 def _require_tensorrt_stack() -> None:
     """--trt needs TensorRT, Polygraphy and a GPU: say so before the export, not after it."""
-    from .runtime import INSTALL_HINT, gpu_identity
+    from maedet.runtime import INSTALL_HINT, gpu_identity
 
     missing = []
     for module, name in (("tensorrt", "TensorRT"), ("polygraphy.backend.trt", "Polygraphy")):

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from maedet.runtime import ort_session, run_session
 from maedet.zoo.gfl import GFocalV2
 from maedet.zoo.gfl_postprocess import PostprocessConfig
 
 from .check import CheckReport, compare_outputs
 from .detector_graph import DETECTION_OUTPUTS, INPUT_HW, NmsPostprocess, RawOutputs
-from .runtime import ort_session, run_session
 
 __all__ = [
     "BOX_REL_TOL",

@@ -213,10 +213,11 @@ def check_detector_engine(engine_path: str | Path, onnx_path: Path, batch: int =
 
     import numpy as np
 
+    from maedet.runtime import TrtEngine, ort_session, run_session
+
     from .check import ENGINE_TOLERANCES, compare_outputs, synthetic_images
     from .detector_check import compare_detections
     from .detector_metadata import read_detector_metadata
-    from .runtime import TrtEngine, ort_session, run_session
 
     meta = read_detector_metadata(onnx_path)
     h, w = meta["input_size"][1:]

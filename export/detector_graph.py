@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.onnx.operators import shape_as_tensor  # traced as a tensor, so the exported (H, W) stays dynamic
 from torchvision.ops import nms
 
 from maedet.zoo.gfl import GFocalV2
@@ -77,7 +78,7 @@ class RawOutputs(nn.Module):
             x = (x.float() - self.mean) / self.std
         outs = self.detector(x)
         if self.with_input_hw:
-            outs = (*outs, torch._shape_as_tensor(x)[2:4])
+            outs = (*outs, shape_as_tensor(x)[2:4])
         return outs
 
 

@@ -24,6 +24,7 @@ from maedet.zoo import Structure, load_structure
 from maedet.zoo.checkpoint import FOLDER_WEIGHT_FILES
 from maedet.zoo.model_args import check_model_args
 from maedet.zoo.structure import BUILTIN_NAMES
+from maedet.zoo.timm_private import load_model_config_from_path
 
 from .errors import ExportError, first_line
 
@@ -97,8 +98,6 @@ def _looks_like_folder(text: str) -> bool:
 
 def _folder_reference(text: str, folder: Path) -> ModelReference:
     """A converted folder: its config names the architecture, its model arguments and its preprocessing."""
-    from timm.models._hub import load_model_config_from_path
-
     if not folder.is_dir():
         raise ExportError(f"model folder {str(folder)!r} does not exist ({_FOLDER_HINT}).")
     if not (folder / "config.json").is_file():

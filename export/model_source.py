@@ -25,7 +25,7 @@ import timm
 import torch
 import torch.nn as nn
 
-import maedet  # noqa: F401  (registers the maedet models with timm)
+import maedet.zoo  # noqa: F401  (registers the maedet models with timm)
 from maedet.errors import MaeDetError
 from maedet.hub import offline_sentence, offline_when_unreachable
 from maedet.zoo import Structure, fuse_bn, load_structure

@@ -36,6 +36,8 @@ import numpy as np
 import onnx
 
 from maedet.errors import MaeDetError
+from maedet.images import read_image
+from maedet.letterbox import collate, letterbox
 
 from .check import synthetic_images
 from .errors import ExportError
@@ -103,8 +105,6 @@ def sample_files(files: Sequence[Path], count: int, seed: int) -> list[Path]:
 
 def _read_calibration_image(path: Path) -> np.ndarray:
     """RGB uint8 as inference reads it; a decompression bomb (beyond PIL's MAX_IMAGE_PIXELS) is one sentence."""
-    from maedet.images import read_image
-
     try:
         return read_image(path, "calibration image")
     except MaeDetError as exc:
@@ -114,10 +114,8 @@ def _read_calibration_image(path: Path) -> np.ndarray:
 def load_calibration_images(
     files: Sequence[str | os.PathLike[str]], input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
 ) -> np.ndarray:
-    """``files`` preprocessed exactly as inference does (:func:`maedet.detect.preprocess.letterbox` to the fixed
+    """``files`` preprocessed exactly as inference does (:func:`maedet.letterbox.letterbox` to the fixed
     input size, normalised, zero-padded at the bottom and right), as one float32 batch."""
-    from maedet.detect.preprocess import collate, letterbox
-
     items = [letterbox(_read_calibration_image(Path(f)), fixed_hw=tuple(input_size)) for f in files]
     return collate(items, mean, std).numpy()
 

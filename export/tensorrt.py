@@ -8,7 +8,7 @@ decides the precision. Parsing, the builder configuration and the build itself a
 current with each TensorRT release); the plan, the profiles and the sidecar are ours and are tested without
 TensorRT.
 
-Beside every engine goes a JSON sidecar (see :mod:`maedet.export.engine_sidecar`), because an engine only runs on
+Beside every engine goes a JSON sidecar (see :mod:`maedet.engine_sidecar`), because an engine only runs on
 the TensorRT version and GPU model that built it.
 """
 
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maedet.engine_sidecar import sidecar_path, write_sidecar
 from maedet.fileio import atomic_write_bytes
+from maedet.runtime import polygraphy_calls, require_gpu, require_polygraphy, require_tensorrt
 
-from .engine_sidecar import sidecar_path, write_sidecar
 from .errors import ExportError
-from .runtime import polygraphy_calls, require_gpu, require_polygraphy, require_tensorrt
 
 __all__ = [
     "BuildPlan",

@@ -3,7 +3,7 @@
 * ``maedet-<tool>: error: <one sentence>`` on stderr and exit 2 for bad input (:class:`MaeDetError`, an argparse
   usage error, an OS error on a path the user gave (missing, unwritable, too long, a full disk), or running out of
   memory); anything else is a bug and keeps its traceback.
-* exit 130 on Ctrl-C, with one line (during start-up too: see ``maedet_launch``); SIGTERM (``kill``, a job
+* exit 130 on Ctrl-C, with one line (during start-up too: see ``maedet.launch``); SIGTERM (``kill``, a job
   scheduler, a container stop) is handled the same way and exits 143 (128 + 15, the shell's convention for a
   process ended by signal 15). Either way the work unwinds, so every temporary output file is removed.
 * stdout and stderr never fail on a character their encoding lacks (``PYTHONIOENCODING=ascii`` and a non-ASCII

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MaeDetError", "MissingDependencyError", "printable", "shorten"]
+__all__ = ["ExportError", "MaeDetError", "MissingDependencyError", "first_line", "printable", "shorten"]
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -21,6 +21,13 @@ class MaeDetError(ValueError):
 
 class MissingDependencyError(MaeDetError):
     """An optional part (TensorRT, a GPU, onnxslim, ray) is not available on this machine."""
+
+
+class ExportError(MaeDetError):
+    """Bad input or an impossible request while exporting or running a model: one sentence meant for the user.
+
+    It lives here, not in the export wing, because the runtime layer (:mod:`maedet.runtime`) that runs exported
+    files sits in the base layer and raises it too."""
 
 
 def printable(text: str) -> str:
@@ -36,3 +43,9 @@ def shorten(text: str, limit: int) -> str:
         return text
     cut = text[: limit - 1].rsplit(" ", 1)[0] if " " in text[: limit - 1] else text[: limit - 1]
     return cut.rstrip(" ,;:") + "…"
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type name), short enough to end a one-sentence error."""
+    text = str(exc).strip()
+    return shorten(text.splitlines()[0], limit) if text else type(exc).__name__

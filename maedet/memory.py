@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+# Private torch names with no public home (the extending-torch notes document TorchDispatchMode from here); imported
+# in this module only (tests/test_layers.py), and torch is pinned by the Makefile.
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 

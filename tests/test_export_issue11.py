@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 import maedet
-from maedet.detect.preprocess import collate, letterbox
 from maedet.detect.run import read_image
 from maedet.errors import MaeDetError
 from maedet.export import ExportError, export_onnx, read_metadata
@@ -23,7 +22,8 @@ from maedet.export.check import compare_outputs, run_torch, synthetic_images
 from maedet.export.cli import main
 from maedet.export.metadata import METADATA_KEYS
 from maedet.export.precision import DEFAULT_CALIB_IMAGES, calibration_batches, sample_files
-from maedet.export.runtime import ort_session, run_session
+from maedet.letterbox import collate, letterbox
+from maedet.runtime import ort_session, run_session
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # A five-level MAE-DET small enough to export in a second: strides 2 (stem), 4, 8, 16, 32.

@@ -13,7 +13,7 @@ import maedet
 from maedet.export import TOLERANCES, export_onnx, read_metadata
 from maedet.export.check import compare_outputs, run_torch, synthetic_images
 from maedet.export.cli import main
-from maedet.export.runtime import ort_session, run_session
+from maedet.runtime import ort_session, run_session
 from maedet.zoo import builtin_structure
 
 VARIANTS = ["maedet_s", "maedet_m", "maedet_l"]

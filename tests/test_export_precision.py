@@ -17,7 +17,7 @@ from maedet.export import TOLERANCES, export_onnx, read_metadata
 from maedet.export.check import compare_outputs, run_torch, synthetic_images
 from maedet.export.cli import main
 from maedet.export.precision import calibration_batches
-from maedet.export.runtime import ort_session, run_session
+from maedet.runtime import ort_session, run_session
 
 SIZE = (64, 64)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
+from maedet.engine_sidecar import engine_mismatch_message, read_sidecar, sidecar_path, write_sidecar
 from maedet.export import ExportError, MissingDependencyError
 from maedet.export.cli import main
-from maedet.export.engine_sidecar import engine_mismatch_message, read_sidecar, sidecar_path, write_sidecar
-from maedet.export.runtime import require_tensorrt
 from maedet.export.tensorrt import BuildPlan, ProfileShapes, plan_build, profile_shapes, validate_workspace
+from maedet.runtime import require_tensorrt
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 HAS_GPU = torch.cuda.is_available()

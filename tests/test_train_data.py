@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from maedet.detect.preprocess import collate as letterbox_collate
-from maedet.detect.preprocess import letterbox
 from maedet.errors import MaeDetError
+from maedet.letterbox import collate as letterbox_collate
+from maedet.letterbox import letterbox
 from maedet.train import (
     DetectionDataset,
     EvalTransform,

@@ -268,7 +268,7 @@ def test_hf_hub_offline_cache(authors_checkpoint_file, tmp_path: Path) -> None:
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     script = (
-        "import maedet, timm, torch, sys\n"
+        "import maedet.zoo, timm, torch, sys\n"
         "m = timm.create_model('hf-hub:maedet/maedet_m.gflv2_coco', pretrained=True).eval()\n"
         "r = timm.create_model('local-dir:' + sys.argv[1], pretrained=True).eval()\n"
         "x = torch.randn(1, 3, 64, 64)\n"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm  # private, no public base: torch's own SyncBatchNorm derives it
 
 __all__ = ["CpuSyncBatchNorm", "convert_sync_batchnorm"]
 

@@ -3,7 +3,7 @@
 Training (mmdetection's ``Resize(img_scale=[(1333, 480), (1333, 960)], multiscale_mode='range', keep_ratio=True)``,
 ``RandomFlip(0.5)``, ``Normalize``, ``Pad(size_divisor=32)``): per image a short-edge target is drawn uniformly
 from the integers of ``short_range``; the image is resized with the inference letterbox
-(:func:`maedet.detect.preprocess.letterbox`) at the scale (``long_limit``, short-edge target), which gives
+(:func:`maedet.letterbox.letterbox`) at the scale (``long_limit``, short-edge target), which gives
 factor = min(long_limit / long side, short target / short side) and sides ``int(side · factor + 0.5)``. Boxes
 are multiplied by the actual per-axis ratios (new / old size) and clipped to the new image; a flip maps
 x1' = w − x2, x2' = w − x1. The image is normalised and padded with 0 at the bottom and right to a multiple of
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from maedet.detect.preprocess import TEST_SCALE, Letterboxed, collate, letterbox
 from maedet.errors import MaeDetError
+from maedet.letterbox import TEST_SCALE, Letterboxed, collate, letterbox
 
 __all__ = ["EvalTransform", "TrainTransform", "TransformedImage", "flip_boxes", "resize_boxes"]
 

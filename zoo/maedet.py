@@ -21,10 +21,14 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath
-from timm.models import PretrainedCfg, build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
-from timm.models._features import feature_take_indices  # timm's own resnet.py imports it from here
-from timm.models._hub import download_cached_file
+from timm.models import (
+    PretrainedCfg,
+    build_model_with_cfg,
+    checkpoint_seq,
+    generate_default_cfgs,
+    register_model,
+    resolve_pretrained_cfg,
+)
 
 from maedet.errors import MaeDetError
 from maedet.memory import check_weights_fit
@@ -33,6 +37,7 @@ from .checkpoint import check_number_kinds, check_tensors, classifier_classes, l
 from .cost import param_count
 from .model_args import check_model_args
 from .structure import Stage, Structure, builtin_structure, load_structure
+from .timm_private import download_cached_file, feature_take_indices
 
 __all__ = ["MaeDet", "checkpoint_filter_fn", "fuse_bn"]
 

@@ -1,14 +1,16 @@
 """Letterboxing as the authors test: keep the aspect ratio, fit (1333, 800), normalise, pad to a multiple of 32.
 
+Detection, training and the exporter's INT8 calibration all feed images this way, so it lives in the base layer.
 mmdetection's test pipeline (``Resize(keep_ratio=True)`` with ``img_scale=(1333, 800)``, ``Normalize``,
 ``Pad(size_divisor=32)``): the scale factor is min(1333 / long side, 800 / short side), the new size
 ``int(side · factor + 0.5)``, bilinear resizing, and zero padding *after* normalisation at the bottom and right.
-Boxes map back by dividing by the per-axis factors (new size / old size). Resizing here is PyTorch's bilinear
-without antialiasing (half-pixel centres, like OpenCV's ``INTER_LINEAR`` that mmcv uses) on the uint8 pixels,
-rounded back to uint8; OpenCV's fixed-point arithmetic can differ by one grey level on some pixels. The resize
-runs in float64 and rounds halves up with 1e-7 of slack: torch's kernel splits its work differently for another
-number of threads, and in float32 a value that is exactly k + 0.5 could then round either way, so the same image
-gave a pixel one grey level apart in a data-loader worker (one thread) and in the main process.
+Boxes map back by dividing by the per-axis factors (new size / old size; ``maedet.detect.run.map_back``).
+Resizing here is PyTorch's bilinear without antialiasing (half-pixel centres, like OpenCV's ``INTER_LINEAR`` that
+mmcv uses) on the uint8 pixels, rounded back to uint8; OpenCV's fixed-point arithmetic can differ by one grey level
+on some pixels. The resize runs in float64 and rounds halves up with 1e-7 of slack: torch's kernel splits its work
+differently for another number of threads, and in float32 a value that is exactly k + 0.5 could then round either
+way, so the same image gave a pixel one grey level apart in a data-loader worker (one thread) and in the main
+process.
 
 A file exported with a static input size is fed a fixed ``H × W``: the image is scaled to fit inside it and
 padded to exactly that size.
@@ -23,10 +25,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maedet.errors import MaeDetError
-from maedet.zoo.gfl_postprocess import Detections
+from .errors import MaeDetError
 
-__all__ = ["TEST_SCALE", "Letterboxed", "collate", "letterbox", "letterboxed_hw", "map_back", "rescale_size"]
+__all__ = [
+    "SIZE_DIVISOR",
+    "TEST_SCALE",
+    "Letterboxed",
+    "collate",
+    "fit_size",
+    "letterbox",
+    "letterboxed_hw",
+    "rescale_size",
+]
 
 TEST_SCALE = (1333, 800)  # (long side limit, short side limit): the authors' img_scale
 SIZE_DIVISOR = 32
@@ -121,13 +131,3 @@ def collate(
         rh, rw = it.resized_hw
         batch[i, :, :rh, :rw] = it.pixels if as_uint8 else (it.pixels.float() - m) / s
     return batch
-
-
-def map_back(detections: Detections, item: Letterboxed) -> Detections:
-    """Boxes from network-input pixels to the original image's pixels, clamped to the original image."""
-    sx, sy = item.scale_xy
-    boxes = detections.boxes / torch.tensor([sx, sy, sx, sy], dtype=detections.boxes.dtype)
-    oh, ow = item.original_hw
-    limit = torch.tensor([ow, oh, ow, oh], dtype=boxes.dtype)
-    boxes = torch.minimum(boxes.clamp(min=0), limit)
-    return Detections(boxes, detections.scores, detections.labels)

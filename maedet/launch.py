@@ -2,14 +2,15 @@
 
 Each tool imports torch, timm and onnx before it can parse its arguments, which takes seconds; a Ctrl-C in that
 time used to end in a KeyboardInterrupt traceback from deep inside an import (issue 12.5). These entry points
-import the tool inside a handler. This module lives outside the ``maedet`` package on purpose: importing anything
-under ``maedet`` runs its ``__init__``, which registers the models with timm and so imports torch.
+import the tool inside a handler. Importing this module (and the ``maedet`` package around it) loads no torch, so
+the handler is in place before the slow imports start (tests/test_layers.py checks that).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from functools import partial
 
 __all__ = ["bench", "convert", "data", "detect", "evaluate", "export", "search", "train"]
 
@@ -26,6 +27,7 @@ _TOOLS = {
 
 
 def _launch(prog: str) -> int:
+    """Import the tool's module (the slow part) under a Ctrl-C handler, then run its main."""
     module_name, function = _TOOLS[prog]
     try:
         main = getattr(importlib.import_module(module_name), function)
@@ -35,33 +37,11 @@ def _launch(prog: str) -> int:
     return int(main() or 0)
 
 
-def search() -> int:
-    return _launch("maedet-search")
-
-
-def export() -> int:
-    return _launch("maedet-export")
-
-
-def bench() -> int:
-    return _launch("maedet-bench")
-
-
-def convert() -> int:
-    return _launch("maedet-convert")
-
-
-def detect() -> int:
-    return _launch("maedet-detect")
-
-
-def evaluate() -> int:
-    return _launch("maedet-eval")
-
-
-def data() -> int:
-    return _launch("maedet-data")
-
-
-def train() -> int:
-    return _launch("maedet-train")
+search = partial(_launch, "maedet-search")
+export = partial(_launch, "maedet-export")
+bench = partial(_launch, "maedet-bench")
+convert = partial(_launch, "maedet-convert")
+detect = partial(_launch, "maedet-detect")
+evaluate = partial(_launch, "maedet-eval")
+train = partial(_launch, "maedet-train")
+data = partial(_launch, "maedet-data")

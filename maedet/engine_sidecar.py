@@ -12,10 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from maedet.fileio import atomic_write_text
-from maedet.jsonio import JsonError, read_json
-
 from .errors import ExportError
+from .fileio import atomic_write_text
+from .jsonio import JsonError, read_json
 
 __all__ = ["SIDECAR_FORMAT", "engine_mismatch_message", "read_sidecar", "sidecar_path", "write_sidecar"]
 
