@@ -207,7 +207,7 @@ def test_a_table_that_missed_its_goal_says_so(tmp_path, capsys):
 
 
 def test_the_missed_goal_sentence_names_figures_and_remedies():
-    from maedet.zoo.latency_goal import missed_goal_sentence
+    from maedet.zoo.latency.goal import missed_goal_sentence
 
     validation = {"count": 33, "rmspe_pct": 21.8, "within_10pct": 0.36, "spearman_rho": 0.949}
     validation["unscaled"] = {"within_10pct": 0.0}
