@@ -502,7 +502,7 @@ def download_checkpoint(url: str, file_name: str, cache_dir: str | os.PathLike[s
     except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError, HTTPError and timeouts are OSErrors
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
         raise CheckpointError(
-            f"could not download {url} ({reason}); to load a local copy, give --checkpoint PATH to the tools "
-            "(checkpoint=PATH to create_detector, pretrained_cfg_overlay=dict(file='PATH') to timm.create_model)."
+            f"could not download {url} ({reason}); fetch it where there is network and give it with --checkpoint "
+            "FILE (checkpoint=FILE to create_detector, pretrained_cfg_overlay=dict(file=FILE) to timm.create_model)."
         ) from None
     return path
