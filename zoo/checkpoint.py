@@ -63,7 +63,6 @@ __all__ = [
     "unwrap_state_dict",
 ]
 
-_GLOBAL_RE = re.compile(r"GLOBAL\s+([A-Za-z_][\w.]*)")
 _REASON_MARKER = "WeightsUnpickler error:"
 # The weight files a timm folder (save_for_hf, maedet-convert, a hub snapshot) may hold, in the order timm prefers.
 FOLDER_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
@@ -113,8 +112,9 @@ def safe_numpy_globals() -> list[Any]:
     ]
 
 
-def _blocked_globals(path: Path, message: str) -> list[str]:
-    """The globals a refused file names, found without executing it: torch's opcode scan, then torch's message."""
+def _blocked_globals(path: Path) -> list[str]:
+    """The globals a refused file names, found without executing it: torch's scan of its zip format, else our own
+    scan of the pickle's opcodes (never torch's error text)."""
     try:
         with torch.serialization.safe_globals(safe_numpy_globals()):
             found = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
@@ -122,7 +122,7 @@ def _blocked_globals(path: Path, message: str) -> list[str]:
         # not torch's zip format (read the bare pickle's opcodes), or a zip whose data.pkl torch's scan cannot read
         # (protocol 0 or 1: the scan knows protocol 2 and up) -- the refusal must still be one sentence
         found = _bare_pickle_globals(path)
-    return found + [name for name in dict.fromkeys(_GLOBAL_RE.findall(message)) if name not in found]
+    return found
 
 
 def _pickle_stream(path: Path) -> Any:
@@ -177,7 +177,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _refusal(path: Path, exc: pickle.UnpicklingError) -> CheckpointError:
-    blocked = _blocked_globals(path, str(exc))
+    blocked = _blocked_globals(path)
     if blocked:
         return CheckpointError(
             f"checkpoint {path.name} was refused: it contains code-executing objects ({', '.join(blocked)}), which "
