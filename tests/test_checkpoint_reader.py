@@ -48,3 +48,15 @@ def test_backbone_and_detector_misfits_are_reported_alike(authors_state_dict, au
         detector_state_dict(detector_state, create_detector("maedet_s_gfl"))
     assert ": 1 missing key (stages.2.blocks.9.conv2.conv.weight)." in str(backbone_error.value)
     assert ": 1 missing key (neck.extra_convs.1.bias)." in str(detector_error.value)
+
+
+def test_a_training_backbone_misfit_names_shapes_like_every_other_loader(tmp_path: Path) -> None:
+    from maedet.train.model import load_backbone_weights
+
+    path = tmp_path / "m.pth"
+    torch.save(timm.create_model("maedet_m").state_dict(), path)
+    with pytest.raises(MaeDetError) as caught:
+        load_backbone_weights(create_detector("maedet_s_gfl"), str(path))
+    message = str(caught.value)
+    assert message.startswith(f"--backbone-checkpoint {path} does not fit the backbone: ")
+    assert "misshapen keys (stem.conv.weight (" in message and ") vs model (" in message

@@ -19,9 +19,9 @@ import torch.nn as nn
 
 from maedet.errors import MaeDetError
 from maedet.zoo import create_detector, load_checkpoint, load_structure
-from maedet.zoo.checkpoint import compare_keys, unwrap_state_dict
+from maedet.zoo.checkpoint import compare_keys, model_tensors, unwrap_state_dict
 from maedet.zoo.detector_folder import HUB_PREFIX, LOCAL_PREFIX, build_kwargs, detector_config, hub_detector_folder
-from maedet.zoo.detectors import _feature_key, _unwrap, detector_state_dict
+from maedet.zoo.detectors import _feature_key, detector_state_dict
 from maedet.zoo.gfl import GFocalV2
 from maedet.zoo.maedet import _authors_to_ours
 
@@ -117,7 +117,7 @@ def _detector_checkpoint(reference: str) -> Mapping[str, Any]:
 
 def load_detector_weights(model: GFocalV2, reference: str) -> None:
     """A trained detector's weights; a class head of another size keeps this model's fresh init (and says so)."""
-    state = _unwrap(_detector_checkpoint(reference))
+    state = model_tensors(_detector_checkpoint(reference))
     own = model.state_dict()
     resized = [k for k in _CLASS_KEYS if k in state and state[k].shape[0] != model.cls_channels]
     for key in resized:  # this model's fresh class head, under our name
