@@ -31,11 +31,12 @@ from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text, check_output_path
 from maedet.jsonio import read_json
 from maedet.zoo import Structure, builtin_structure
-from maedet.zoo.latency import LatencyTable, Op, Piece, conv_count, fit_op_model, piece_ops, structure_pieces
-from maedet.zoo.latency_goal import VALIDATION_GOAL, goal_text, meets_goal, missed_goal_sentence
-from maedet.zoo.latency_goal import verdict as goal_verdict
+from maedet.zoo.latency import LatencyTable, Op, Piece, conv_count, piece_ops, structure_pieces
+from maedet.zoo.latency.goal import VALIDATION_GOAL, goal_text, meets_goal, missed_goal_sentence
+from maedet.zoo.latency.goal import verdict as goal_verdict
 
 from .machine import cpu_model, machine_info, usable_cores
+from .profile_fit import fit_op_model
 from .profile_measure import ANCHOR, Measurer, Timing, steady_ms, structure_op_keys
 from .profile_progress import profile_progress
 

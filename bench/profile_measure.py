@@ -15,6 +15,7 @@ Two measured facts shape this module (docs/latency.md):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import statistics
@@ -30,7 +31,17 @@ from maedet.zoo.latency import Piece, piece_ops, structure_pieces
 
 from .timing import choose_iterations, run_interleaved, time_call
 
-__all__ = ["ANCHOR", "Measurer", "Timing", "attribute_node", "run_node_times", "steady_ms", "structure_op_keys"]
+__all__ = [
+    "ANCHOR",
+    "Measurer",
+    "Timing",
+    "attribute_node",
+    "piece_module",
+    "piece_seed",
+    "run_node_times",
+    "steady_ms",
+    "structure_op_keys",
+]
 
 ANCHOR = "maedet_s"  # timed beside every unit, at half the target's input size
 _BLOCK_NODE = re.compile(r"/stages_(\d+)/blocks/blocks\.(\d+)/(?:(conv1|conv2|conv3|downsample|shortcut)/)?")
@@ -164,8 +175,7 @@ class Measurer:
         return self._runner(self._to_onnx(source.module, shape, source.output_names), shape, profile_prefix)
 
     def _piece_runner(self, piece: Piece) -> Any:
-        module = _piece_module(piece)
-        _randomize_bn(module, hash(piece) & 0xFFFF)
+        module = piece_module(piece)
         shape = (self.settings.batch, piece.in_chs, piece.size, piece.size)
         return self._runner(self._to_onnx(module, shape, ["y"]), shape)
 
@@ -213,19 +223,30 @@ def _round_medians(values: list[float], per_round: int) -> list[float]:
     return [float(statistics.median(values[i : i + per_round])) for i in range(0, len(values), per_round)]
 
 
-def _piece_module(piece: Piece) -> Any:
+def piece_seed(piece: Piece) -> int:
+    """The seed of a piece's weights: SHA-256 of its key, so every process times the same weights (``hash()`` of a
+    string changes with each process's PYTHONHASHSEED)."""
+    return int.from_bytes(hashlib.sha256(piece.key().encode("ascii")).digest()[:8], "little")
+
+
+def piece_module(piece: Piece) -> Any:
+    """The piece as zoo/maedet.py builds it, with weights and BN statistics drawn from :func:`piece_seed`."""
+    import torch
+
     from maedet.zoo.maedet import Bottleneck, ConvBnAct
 
-    if piece.kind == "stem":
-        return ConvBnAct(piece.in_chs, piece.out_chs, piece.kernel_size, piece.stride)
-    return Bottleneck(
-        piece.in_chs,
-        piece.out_chs,
-        piece.bottleneck_chs,
-        piece.kernel_size,
-        piece.stride,
-        project=piece.kind == "first",
-    )
+    seed = piece_seed(piece)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if piece.kind == "stem":
+            module = ConvBnAct(piece.in_chs, piece.out_chs, piece.kernel_size, piece.stride)
+        else:
+            first = piece.kind == "first"
+            module = Bottleneck(
+                piece.in_chs, piece.out_chs, piece.bottleneck_chs, piece.kernel_size, piece.stride, project=first
+            )
+    _randomize_bn(module, seed)
+    return module
 
 
 def _randomize_bn(module: Any, seed: int) -> None:

@@ -24,7 +24,7 @@ from rich.table import Table
 from maedet.fileio import atomic_write_text
 from maedet.search.space import SearchSpace
 from maedet.zoo import Structure, load_structure
-from maedet.zoo.latency_v100 import V100_TABLES, load_v100_table
+from maedet.zoo.latency.v100 import V100_TABLES, load_v100_table
 
 
 def random_walk(count: int, seed: int) -> list[Structure]:

@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text
 from maedet.zoo import Structure
@@ -32,12 +30,13 @@ from .evaluator import GenomeEvaluator
 from .executors import Executor, SerialExecutor
 from .latency import GenomeLatency, LatencyTarget
 from .score import DEFAULT_RATIOS, ScoreResult, check_forward_memory, forward_score
-from .space import KERNELS, Genome, SearchSpace
+from .space import GENOME_ID_BYTES, KERNELS, Genome, SearchSpace, genome_id
 
 __all__ = ["CHECKPOINT_NAME", "ForwardOptions", "Search", "SearchError", "SearchSettings"]
 
 CHECKPOINT_NAME = "checkpoint.json"
-CHECKPOINT_FORMAT = "maedet-search-checkpoint/1"
+CHECKPOINT_FORMAT = "maedet-search-checkpoint/2"  # /2: the seen set holds SHA-256 genome ids (space.genome_id)
+_FORMAT_FAMILY = "maedet-search-checkpoint/"
 MAX_EXTRA_MUTATIONS = 30
 MAX_MUTATIONS = 64  # a genome has 1 + 4 genes per stage (21 for five stages): more steps make an unrelated child
 MAX_CHECKPOINT_BYTES = 1 << 30
@@ -149,8 +148,14 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         state = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise SearchError(f"cannot read the checkpoint {str(path)!r} ({exc}).") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict) or not str(state.get("format")).startswith(_FORMAT_FAMILY):
         raise SearchError(f"{str(path)!r} is not a maedet-search checkpoint.")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise SearchError(
+            f"the checkpoint {str(path)!r} has format {state['format']!r}, which kept interpreter hashes of the "
+            f"structures already seen, so it cannot be resumed exactly; this maedet reads {CHECKPOINT_FORMAT!r}: "
+            "start the search again with --force instead of --resume."
+        )
     return state
 
 
@@ -196,7 +201,7 @@ class Search:
         self.candidates = 0
         self.wall_s = 0.0
         self.history: list[HistoryRow] = []
-        self.seen: set[int] = {hash(init)}
+        self.seen: set[bytes] = {genome_id(init)}
         self._keys: list[tuple[float, Genome]] = []  # (-score, genome), sorted: best first, ties by genome
         self._insert(self._score_batch([init], SerialExecutor())[0], init)
         self.candidates = 1
@@ -271,14 +276,14 @@ class Search:
         space, rng, budget, evaluator, seen = self.space, self.rng, self.settings.budget, self.evaluator, self.seen
         latency = self.latency
         children: list[Genome] = []
-        fresh: set[int] = set()
+        fresh: set[bytes] = set()
         failures = 0
         max_mutations = self.settings.mutations
         while len(children) < count:
             child: Genome | None = self._pick_parent()
             for _ in range(1 + int(rng.random() * max_mutations)):
                 child = space.mutate(child, rng) or child
-            h = hash(child)
+            h = genome_id(child)
             if h in seen or h in fresh or not budget.admits(evaluator, child, latency):
                 failures += 1
                 if failures % 2000 == 0:
@@ -323,7 +328,7 @@ class Search:
             children = self._propose(count)
             scores = self._score_batch(children, executor)
             for child, score in zip(children, scores, strict=True):
-                self.seen.add(hash(child))
+                self.seen.add(genome_id(child))
                 self._insert(score, child)
             self.candidates += len(children)
             self.wall_s = time.perf_counter() - started
@@ -355,7 +360,6 @@ class Search:
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = self.rng.getstate()
-        seen = np.array(sorted(self.seen), dtype=np.int64)
         return {
             "format": CHECKPOINT_FORMAT,
             "settings": self.settings.fingerprint(),
@@ -363,7 +367,7 @@ class Search:
             "wall_s": self.wall_s,
             "population": [[-neg, list(g)] for neg, g in self._keys],
             "rng": [version, list(internal), gauss],
-            "seen": base64.b64encode(seen.tobytes()).decode("ascii"),
+            "seen": base64.b64encode(b"".join(sorted(self.seen))).decode("ascii"),
             "history": [asdict(row) for row in self.history],
         }
 
@@ -406,7 +410,9 @@ class Search:
         except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"its random-number state is not valid: {exc}") from None
         try:
-            seen = np.frombuffer(base64.b64decode(state["seen"], validate=True), dtype=np.int64)
+            seen = base64.b64decode(state["seen"], validate=True)
+            if len(seen) % GENOME_ID_BYTES:
+                raise ValueError(f"{len(seen)} bytes, not a whole number of {GENOME_ID_BYTES}-byte genome ids")
             history = [HistoryRow(**row) for row in state["history"]]
         except (TypeError, ValueError, binascii.Error) as exc:
             raise ValueError(f"its seen set or history is not valid: {exc}") from None
@@ -416,7 +422,8 @@ class Search:
             _whole(row.candidates, "a history row")
             _whole(row.population, "a history row")
         self.candidates, self.wall_s, self._keys = candidates, wall_s, keys
-        self.seen = {int(v) for v in seen} | {hash(genome) for _, genome in keys}
+        ids = (seen[i : i + GENOME_ID_BYTES] for i in range(0, len(seen), GENOME_ID_BYTES))
+        self.seen = set(ids) | {genome_id(genome) for _, genome in keys}
         self.history = history
 
     def _checked_population(self, members: Any) -> list[tuple[float, Genome]]:

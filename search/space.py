@@ -18,6 +18,7 @@ interval is empty or nothing changes: for every stage in ≤ out ≤ 4·in (so a
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,9 +27,17 @@ from maedet.zoo import Stage, Stem, Structure
 
 from .errors import SearchError
 
-__all__ = ["Genome", "SearchSpace"]
+__all__ = ["GENOME_ID_BYTES", "Genome", "SearchSpace", "genome_id"]
 
 Genome = tuple[int, ...]
+GENOME_ID_BYTES = 32  # a SHA-256 digest
+
+
+def genome_id(genome: Genome) -> bytes:
+    """A genome's stored identity: SHA-256 of its genes as decimal text (the same in every process and interpreter,
+    unlike ``hash()``, and collision-free in practice, so a seen set never drops a new candidate)."""
+    return hashlib.sha256(",".join(map(str, genome)).encode("ascii")).digest()
+
 
 CHANNEL_RATIOS: tuple[float, ...] = (1.5, 1.25, 0.8, 0.6, 0.5)
 DEPTH_STEPS: tuple[int, ...] = (-2, -1, 1, 2)

@@ -207,7 +207,7 @@ def test_a_table_that_missed_its_goal_says_so(tmp_path, capsys):
 
 
 def test_the_missed_goal_sentence_names_figures_and_remedies():
-    from maedet.zoo.latency_goal import missed_goal_sentence
+    from maedet.zoo.latency.goal import missed_goal_sentence
 
     validation = {"count": 33, "rmspe_pct": 21.8, "within_10pct": 0.36, "spearman_rho": 0.949}
     validation["unscaled"] = {"within_10pct": 0.0}
@@ -273,3 +273,26 @@ def test_a_cpu_profile_defaults_to_the_one_thread_setting_that_meets_the_goal():
     assert ProfileSettings().thread_count == 1 and ProfileSettings().fingerprint()["threads"] == 1
     assert ProfileSettings(threads=2).thread_count == 2
     assert ProfileSettings(backend="ort-cuda").thread_count == usable_cores()
+
+
+def test_piece_weights_are_the_same_in_every_process():
+    """A piece's weights are seeded from a content hash of its key: two processes with different PYTHONHASHSEED
+    (which changes ``hash()`` of every string) time the same network."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, torch;"
+        "from maedet.bench.profile_measure import piece_module;"
+        "from maedet.zoo.latency import Piece;"
+        "m = piece_module(Piece('first', 16, 32, 3, 2, 8, 8));"
+        "print(hashlib.sha256(b''.join(t.numpy().tobytes() for t in m.state_dict().values())).hexdigest())"
+    )
+    digests = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests.add(done.stdout.strip())
+    assert len(digests) == 1

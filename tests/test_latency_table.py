@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from maedet.bench.profile_fit import fit_op_model
 from maedet.errors import MaeDetError
 from maedet.zoo import cost, load_structure, macs
 from maedet.zoo.latency import (
@@ -17,7 +18,6 @@ from maedet.zoo.latency import (
     LatencyTable,
     Op,
     Piece,
-    fit_op_model,
     load_latency_table,
     op_features,
     piece_ops,
@@ -226,12 +226,13 @@ def test_builtin_names_need_batch_and_size():
     assert predict_latency(load_structure("maedet_m"), v100) / 32 == pytest.approx(0.826427609216266, rel=1e-12)
 
 
-def test_the_predictor_module_imports_no_runtime():
+def test_the_predictor_package_imports_no_runtime():
     code = (
         "import sys, ast, pathlib, maedet.zoo.latency as m;"
-        "tree = ast.parse(pathlib.Path(m.__file__).read_text());"
-        "names = {a.name.split('.')[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))"
-        " for a in n.names} | {n.module.split('.')[0] for n in ast.walk(tree)"
+        "trees = [ast.parse(p.read_text()) for p in pathlib.Path(m.__file__).parent.glob('*.py')];"
+        "nodes = [n for t in trees for n in ast.walk(t)];"
+        "names = {a.name.split('.')[0] for n in nodes if isinstance(n, (ast.Import, ast.ImportFrom))"
+        " for a in n.names} | {n.module.split('.')[0] for n in nodes"
         " if isinstance(n, ast.ImportFrom) and n.module};"
         "print(sorted(names & {'torch', 'onnxruntime', 'onnx', 'timm'}))"
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 
-import maedet.zoo.latency_v100 as v100
+import maedet.zoo.latency.v100 as v100
 from maedet.errors import MaeDetError
 from maedet.zoo import Stage, Structure, load_structure
 
@@ -247,7 +247,7 @@ def test_a_structure_at_an_unprofiled_batch_matches_the_reference(fp16_reference
     structure = load_structure("maedet_s")
     predictor = v100.load_v100_table("v100-fp16", 16, 480)
     expected = fp16_reference.seconds_per_image(structure, 16, 480)
-    assert predictor.predict_seconds_per_image(structure) == pytest.approx(expected, rel=1e-12)
+    assert predictor.predict_ms_per_image(structure) / 1000 == pytest.approx(expected, rel=1e-12)
 
 
 def test_a_negative_batch_extrapolation_makes_the_network_infinite():
@@ -267,7 +267,7 @@ def test_published_structures_match_the_reference_at_the_authors_search_setting(
     # configs/detection/R50_FLOPs_predictor.py: FP16, batch 32, 480 px (budget 8e-4 s per image).
     structure = load_structure(name)
     predictor = v100.load_v100_table("v100-fp16", 32, 480)
-    got = predictor.predict_seconds_per_image(structure)
+    got = predictor.predict_ms_per_image(structure) / 1000
     assert got == pytest.approx(fp16_reference.seconds_per_image(structure, 32, 480), rel=1e-12)
     assert got == predictor.predict_ms(structure) / 32 / 1000
     assert 0 < got < 0.01
@@ -281,7 +281,7 @@ def test_published_structures_match_the_reference_in_fp32_and_int8():
         for name in ("maedet_s", "maedet_l"):
             structure = load_structure(name)
             expected = reference.seconds_per_image(structure, batch, size)
-            assert predictor.predict_seconds_per_image(structure) == pytest.approx(expected, rel=1e-12)
+            assert predictor.predict_ms_per_image(structure) / 1000 == pytest.approx(expected, rel=1e-12)
 
 
 def test_int8_predicts_slower_than_fp16_on_every_published_structure():
@@ -300,7 +300,7 @@ def test_a_kernel_the_table_lacks_makes_the_network_infinite():
     predictor = v100.load_v100_table("v100-fp16", 32, 480)
     assert predictor.predict_conv_ms(("Regular", 1, 0, 9, 120, 60, 120)) == math.inf
     assert predictor.predict_ms(structure) == math.inf
-    assert predictor.predict_seconds_per_image(structure) == math.inf
+    assert predictor.predict_ms_per_image(structure) / 1000 == math.inf
 
 
 def test_repeated_predictions_are_identical_and_accept_structure_dicts():

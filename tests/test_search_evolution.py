@@ -170,3 +170,32 @@ def test_forward_score_on_local_ray(monkeypatch):
     here = Search(_forward_settings()).run()
     assert on_ray.candidates == 12
     assert [g for _, g in on_ray.population] == [g for _, g in here.population]
+
+
+def test_checkpoint_seen_set_holds_sha256_genome_ids(init, tmp_path):
+    """The seen set is stored as SHA-256 content ids of the genomes, not interpreter hashes (which may collide and
+    which no other interpreter need reproduce)."""
+    import base64
+    import hashlib
+
+    Search(_settings(init, iterations=300)).run(checkpoint_dir=tmp_path)
+    state = json.loads((tmp_path / CHECKPOINT_NAME).read_text())
+    raw = base64.b64decode(state["seen"])
+    assert len(raw) % 32 == 0
+    stored = {raw[i : i + 32] for i in range(0, len(raw), 32)}
+    assert len(stored) == state["candidates"]  # every evaluated candidate once, none dropped by a collision
+    for _score, genes in state["population"]:
+        assert hashlib.sha256(",".join(map(str, genes)).encode()).digest() in stored
+
+
+def test_checkpoint_of_the_interpreter_hash_format_is_refused_in_one_sentence(init, tmp_path):
+    Search(_settings(init, iterations=100)).run(checkpoint_dir=tmp_path)
+    path = tmp_path / CHECKPOINT_NAME
+    state = json.loads(path.read_text())
+    state["format"] = "maedet-search-checkpoint/1"
+    path.write_text(json.dumps(state))
+    with pytest.raises(SearchError) as caught:
+        Search.resume(_settings(init, iterations=100), path)
+    message = str(caught.value)
+    assert "'maedet-search-checkpoint/1'" in message and "--force" in message
+    assert message.count(". ") == 0 and message.endswith(".")

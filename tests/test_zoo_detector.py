@@ -238,9 +238,9 @@ def test_missing_unexpected_and_misshapen_keys_are_named(authors_detector_state)
         detector_state_dict(state, model)
     msg = str(err.value)
     assert "\n" not in msg
-    assert "1 missing keys (neck.extra_convs.1.bias)" in msg
-    assert "1 unexpected keys (bbox_head.dcn.weight)" in msg
-    assert "head.quality.fc1.weight (64, 16, 1, 1) (model (64, 20, 1, 1))" in msg
+    assert "1 missing key (neck.extra_convs.1.bias)" in msg
+    assert "1 unexpected key (bbox_head.dcn.weight)" in msg
+    assert "head.quality.fc1.weight (64, 16, 1, 1) vs model (64, 20, 1, 1)" in msg
 
 
 # ------------------------------------------------------------------------------------------- other backbones

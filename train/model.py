@@ -19,9 +19,9 @@ import torch.nn as nn
 
 from maedet.errors import MaeDetError
 from maedet.zoo import create_detector, load_checkpoint, load_structure
-from maedet.zoo.checkpoint import mismatch_sentence, unwrap_state_dict
+from maedet.zoo.checkpoint import compare_keys, model_tensors, unwrap_state_dict
 from maedet.zoo.detector_folder import HUB_PREFIX, LOCAL_PREFIX, build_kwargs, detector_config, hub_detector_folder
-from maedet.zoo.detectors import _feature_key, _unwrap, detector_state_dict
+from maedet.zoo.detectors import _feature_key, detector_state_dict
 from maedet.zoo.gfl import GFocalV2
 from maedet.zoo.maedet import _authors_to_ours
 
@@ -99,11 +99,8 @@ def load_backbone_weights(model: GFocalV2, reference: str) -> None:
     children = {name for name, _ in model.backbone.named_children()}
     state = {_feature_key(k, children): v for k, v in _backbone_state(reference).items()}
     expected = model.backbone.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected and not k.startswith(_CLASSIFIER_PREFIXES)]
-    misshapen = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    sentence = mismatch_sentence(f"--backbone-checkpoint {reference} does not fit the backbone", missing,
-                                 unexpected, misshapen)  # fmt: skip
+    kept = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    sentence = compare_keys(kept, expected).sentence(f"--backbone-checkpoint {reference} does not fit the backbone")
     if sentence:
         raise MaeDetError(sentence)
     model.backbone.load_state_dict({k: state[k] for k in expected}, strict=True)
@@ -120,7 +117,7 @@ def _detector_checkpoint(reference: str) -> Mapping[str, Any]:
 
 def load_detector_weights(model: GFocalV2, reference: str) -> None:
     """A trained detector's weights; a class head of another size keeps this model's fresh init (and says so)."""
-    state = _unwrap(_detector_checkpoint(reference))
+    state = model_tensors(_detector_checkpoint(reference))
     own = model.state_dict()
     resized = [k for k in _CLASS_KEYS if k in state and state[k].shape[0] != model.cls_channels]
     for key in resized:  # this model's fresh class head, under our name

@@ -11,13 +11,17 @@ load), keyed by text; and :func:`check_state_dict_matches` compares shapes and k
 for every key, so a bool, integer or complex tensor never turns silently into float weights.
 
 A checkpoint may also be a converted folder (``config.json`` + ``model.safetensors``, what ``maedet-convert``
-writes). :func:`unwrap_state_dict` takes the model's tensors out of a training checkpoint (``state_dict`` /
-``model`` containers, DDP's ``module.`` prefix, a detector's ``backbone.``), and :func:`mismatch_sentence` says in
-one sentence how a checkpoint fails to fit a model: counts and a few example keys of each kind.
+writes). This module is the one reader for backbones and detectors: :func:`model_tensors` and
+:func:`unwrap_state_dict` take the model's tensors out of a training checkpoint (``state_dict`` / ``model``
+containers, DDP's ``module.`` prefix, a detector's ``backbone.``; every prefix is named once, below);
+:func:`compare_keys` compares a mapped state dict's keys and shapes with a model's, and :func:`mismatch_sentence`
+says in one sentence how it fails to fit: counts and a few example keys of each kind. :func:`download_checkpoint` is
+the one download path for published checkpoints (the authors' URL is :data:`AUTHORS_URL`).
 """
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import pickle
@@ -25,6 +29,7 @@ import re
 import struct
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +40,29 @@ from maedet.errors import MaeDetError
 from maedet.memory import MemoryEstimateError, check_fits
 
 __all__ = [
+    "AUTHORS_TAG",
+    "AUTHORS_URL",
+    "BACKBONE_PREFIXES",
+    "DETECTOR_PARTS",
     "FOLDER_WEIGHT_FILES",
     "CheckpointError",
+    "KeyReport",
+    "cache_file_name",
     "check_number_kinds",
     "check_state_dict_matches",
     "check_tensors",
     "classifier_classes",
+    "compare_keys",
+    "download_checkpoint",
     "load_checkpoint",
     "load_error_keys",
     "mismatch_sentence",
     "model_tensors",
+    "preview",
     "safe_numpy_globals",
     "unwrap_state_dict",
 ]
 
-_GLOBAL_RE = re.compile(r"GLOBAL\s+([A-Za-z_][\w.]*)")
 _REASON_MARKER = "WeightsUnpickler error:"
 # The weight files a timm folder (save_for_hf, maedet-convert, a hub snapshot) may hold, in the order timm prefers.
 FOLDER_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
@@ -61,6 +74,14 @@ _DDP_PREFIX = "module."
 # How much more a zip checkpoint may declare than its own size (torch.save stores entries uncompressed: ~1×).
 MAX_EXPANSION = 4
 _BACKBONE_PREFIX = "backbone."
+# Where a backbone's keys may sit in a checkpoint: the authors' mmdetection detector (backbone.body.), ours and
+# mmdetection's ResNets (backbone.), a bare TinyNAS body, DDP. The first that matches is taken off.
+BACKBONE_PREFIXES = ("backbone.body.", _BACKBONE_PREFIX, "body.", _DDP_PREFIX)
+# The other parts of a detector checkpoint (mmdetection's and ours), left out when a backbone is loaded from it.
+DETECTOR_PARTS = ("neck.", "bbox_head.", "rpn_head.", "roi_head.")
+# The authors' published MAE-DET GFocalV2 COCO detectors, one file per size (s, m, l), and timm's tag for them.
+AUTHORS_URL = "https://idstcv.oss-cn-zhangjiakou.aliyuncs.com/LightNAS/detection/maedet-{}/latest.pth"
+AUTHORS_TAG = "gflv2_coco"
 
 
 class CheckpointError(MaeDetError):
@@ -91,8 +112,9 @@ def safe_numpy_globals() -> list[Any]:
     ]
 
 
-def _blocked_globals(path: Path, message: str) -> list[str]:
-    """The globals a refused file names, found without executing it: torch's opcode scan, then torch's message."""
+def _blocked_globals(path: Path) -> list[str]:
+    """The globals a refused file names, found without executing it: torch's scan of its zip format, else our own
+    scan of the pickle's opcodes (never torch's error text)."""
     try:
         with torch.serialization.safe_globals(safe_numpy_globals()):
             found = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
@@ -100,7 +122,7 @@ def _blocked_globals(path: Path, message: str) -> list[str]:
         # not torch's zip format (read the bare pickle's opcodes), or a zip whose data.pkl torch's scan cannot read
         # (protocol 0 or 1: the scan knows protocol 2 and up) -- the refusal must still be one sentence
         found = _bare_pickle_globals(path)
-    return found + [name for name in dict.fromkeys(_GLOBAL_RE.findall(message)) if name not in found]
+    return found
 
 
 def _pickle_stream(path: Path) -> Any:
@@ -155,7 +177,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _refusal(path: Path, exc: pickle.UnpicklingError) -> CheckpointError:
-    blocked = _blocked_globals(path, str(exc))
+    blocked = _blocked_globals(path)
     if blocked:
         return CheckpointError(
             f"checkpoint {path.name} was refused: it contains code-executing objects ({', '.join(blocked)}), which "
@@ -424,3 +446,63 @@ def load_error_keys(exc: RuntimeError) -> tuple[list[str], list[str], list[str]]
         elif m := _SIZE_RE.match(line):
             misshapen.append(f"{m['key']} ({m['got']}) vs model ({m['want']})")
     return (missing, unexpected, misshapen) if missing or unexpected or misshapen else None
+
+
+# ------------------------------------------------------------------------------------------- comparing keys
+@dataclass(frozen=True)
+class KeyReport:
+    """How a mapped state dict fits a model: keys it lacks, keys it has too many, tensors of the wrong shape."""
+
+    missing: list[str]
+    unexpected: list[str]
+    misshapen: list[str]
+
+    def sentence(self, lead: str) -> str | None:
+        """``{lead}: 2 missing keys (…), 1 unexpected key (…).``, or None when everything fits."""
+        return mismatch_sentence(lead, self.missing, self.unexpected, self.misshapen)
+
+
+def compare_keys(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], *, any_shape: Sequence[str] = ()
+) -> KeyReport:
+    """Compare key sets and shapes directly (never torch's error text); ``any_shape`` keys may differ in shape."""
+    return KeyReport(
+        missing=[key for key in expected if key not in state],
+        unexpected=[key for key in state if key not in expected],
+        misshapen=[
+            f"{key} {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+            for key in expected
+            if key in state and key not in any_shape and state[key].shape != expected[key].shape
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------------- downloading
+def cache_file_name(architecture: str, tag: str, url: str) -> str:
+    """The cached name of a published file: the authors publish every model as ``latest.pth``, so the model and
+    tag are part of it (``maedet_s-gflv2_coco-latest.pth``); a backbone and its detector share the file."""
+    from urllib.parse import urlparse
+
+    return f"{architecture}-{tag}-{Path(urlparse(url).path).name}"
+
+
+def download_checkpoint(url: str, file_name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """A published checkpoint in torch's hub cache (``$TORCH_HOME/hub/checkpoints``, or ``cache_dir``), downloaded
+    once: torch writes a temporary file and renames it, so nothing half-downloaded is ever taken for the file.
+    Without network it is one sentence that says how to load a local copy instead."""
+    from torch.hub import download_url_to_file, get_dir
+
+    folder = Path(cache_dir) if cache_dir else Path(get_dir()) / "checkpoints"
+    path = folder / file_name
+    if path.is_file():
+        return path
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        download_url_to_file(url, str(path), progress=True)
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError, HTTPError and timeouts are OSErrors
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise CheckpointError(
+            f"could not download {url} ({reason}); fetch it where there is network and give it with --checkpoint "
+            "FILE (checkpoint=FILE to create_detector, pretrained_cfg_overlay=dict(file=FILE) to timm.create_model)."
+        ) from None
+    return path

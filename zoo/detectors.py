@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,16 @@ import torch.nn as nn
 from maedet.errors import MaeDetError
 from maedet.memory import check_build_fits
 
-from .checkpoint import load_checkpoint
+from .checkpoint import (
+    AUTHORS_TAG,
+    AUTHORS_URL,
+    KeyReport,
+    cache_file_name,
+    compare_keys,
+    download_checkpoint,
+    load_checkpoint,
+    model_tensors,
+)
 from .detector_folder import (
     CONFIG_NAME,
     HUB_PREFIX,
@@ -40,8 +48,6 @@ from .maedet import _authors_to_ours
 
 __all__ = ["DETECTORS", "DetectorSpec", "create_detector", "detector_state_dict", "list_detectors"]
 
-_AUTHORS_URL = "https://idstcv.oss-cn-zhangjiakou.aliyuncs.com/LightNAS/detection/maedet-{}/latest.pth"
-
 
 @dataclass(frozen=True)
 class DetectorSpec:
@@ -54,9 +60,9 @@ class DetectorSpec:
 
 
 DETECTORS: dict[str, DetectorSpec] = {
-    "maedet_s_gfl": DetectorSpec("maedet_s", 192, _AUTHORS_URL.format("s"), 45.1),
-    "maedet_m_gfl": DetectorSpec("maedet_m", 256, _AUTHORS_URL.format("m"), 46.9),
-    "maedet_l_gfl": DetectorSpec("maedet_l", 256, _AUTHORS_URL.format("l"), 47.8),
+    "maedet_s_gfl": DetectorSpec("maedet_s", 192, AUTHORS_URL.format("s"), 45.1),
+    "maedet_m_gfl": DetectorSpec("maedet_m", 256, AUTHORS_URL.format("m"), 46.9),
+    "maedet_l_gfl": DetectorSpec("maedet_l", 256, AUTHORS_URL.format("l"), 47.8),
     "resnet50_gfl": DetectorSpec("resnet50", 256, None, 44.7),
     "resnet101_gfl": DetectorSpec("resnet101", 256, None, 46.3),
 }
@@ -116,31 +122,12 @@ def _map_key(key: str, model: GFocalV2, children: set[str]) -> str | None:
     return None
 
 
-def _unwrap(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint: mmdetection's ``state_dict``, a ``model`` entry, or a bare state dict."""
-    for key in ("state_dict", "model"):
-        inner = checkpoint.get(key)
-        if isinstance(inner, Mapping):
-            checkpoint = inner
-            break
-    out = {}
-    for key, value in checkpoint.items():
-        if isinstance(value, torch.Tensor):
-            out[key[len("module.") :] if key.startswith("module.") else key] = value
-    return out
-
-
-def _preview(items: list[str], limit: int = 4) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
 def detector_state_dict(checkpoint: Mapping[str, Any], model: GFocalV2) -> dict[str, torch.Tensor]:
     """Map a whole-detector checkpoint (the authors' mmdetection layout, or ours) onto ``model``'s names, exactly.
 
     Raises MaeDetError naming the missing, unexpected and misshapen keys in one sentence.
     """
-    state = _unwrap(checkpoint)
+    state = model_tensors(checkpoint)
     children = {name for name, _ in model.backbone.named_children()}
     mapped: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
@@ -150,29 +137,18 @@ def detector_state_dict(checkpoint: Mapping[str, Any], model: GFocalV2) -> dict[
             unknown.append(key)
         else:
             mapped[ours] = value
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in mapped]
-    unknown += [k for k in mapped if k not in expected]
-    wrong = [
-        f"{k} {tuple(v.shape)} (model {tuple(expected[k].shape)})"
-        for k, v in mapped.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys ({_preview(missing)})")
-    if unknown:
-        problems.append(f"{len(unknown)} unexpected keys ({_preview(unknown)})")
-    if wrong:
-        problems.append(f"{len(wrong)} misshapen keys ({_preview(wrong)})")
-    if problems:
-        raise MaeDetError(f"the checkpoint does not fit this detector: {'; '.join(problems)}.")
+    found = compare_keys(mapped, model.state_dict())
+    sentence = KeyReport(found.missing, unknown + found.unexpected, found.misshapen).sentence(
+        "the checkpoint does not fit this detector"
+    )
+    if sentence:
+        raise MaeDetError(sentence)
     return mapped
 
 
 def checkpoint_class_channels(checkpoint: Mapping[str, Any], source: str = "the checkpoint") -> int:
     """The class-output width of a detector checkpoint; a backbone-only checkpoint is refused in one sentence."""
-    state = _unwrap(checkpoint)
+    state = model_tensors(checkpoint)
     for key in _CLASS_CONV_KEYS:
         if key in state:
             return int(state[key].shape[0])
@@ -186,7 +162,7 @@ def checkpoint_class_channels(checkpoint: Mapping[str, Any], source: str = "the 
 
 def checkpoint_fpn_channels(checkpoint: Mapping[str, Any]) -> int | None:
     """The neck/head width of a detector checkpoint (its first lateral conv's outputs), None when absent."""
-    state = _unwrap(checkpoint)
+    state = model_tensors(checkpoint)
     for key in _LATERAL_KEYS:
         if key in state and state[key].dim() == 4:
             return int(state[key].shape[0])
@@ -200,31 +176,6 @@ def _class_channels(channels: int, num_classes: int, source: str) -> int:
             f"(a detector for {num_classes} classes has {num_classes} or {num_classes + 1})."
         )
     return channels
-
-
-# ------------------------------------------------------------------------------------------- files
-def _download(name: str, url: str) -> Path:
-    """The authors' checkpoint in torch's hub cache (downloaded once, atomically)."""
-    from torch.hub import download_url_to_file, get_dir
-
-    path = Path(get_dir()) / "checkpoints" / f"{name}_authors_latest.pth"
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        download_url_to_file(url, tmp, progress=True)
-        os.replace(tmp, path)
-    except Exception as exc:  # urllib raises URLError, HTTPError, timeouts, ...
-        raise MaeDetError(
-            f"could not download {url} ({type(exc).__name__}: {exc}); fetch it where there is network and give "
-            "it with --checkpoint FILE (checkpoint=FILE in Python)."
-        ) from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 # ------------------------------------------------------------------------------------------- factory
@@ -313,14 +264,14 @@ def _checkpoint_shape(
     return state, found, fpn_channels
 
 
-def _authors_checkpoint(name: str, spec: Any) -> str:
+def _authors_checkpoint(name: str, spec: Any) -> Path:
     """The authors' COCO detector file for ``name`` (downloaded once), or one sentence when there is none."""
     if spec is None or spec.url is None:
         raise MaeDetError(
             f"{name!r} has no published COCO weights here; give --checkpoint FILE (checkpoint=FILE in Python; "
             "an mmdetection GFocalV2 checkpoint loads) or, in Python, pretrained_backbone=True."
         )
-    return _download(name, spec.url)
+    return download_checkpoint(spec.url, cache_file_name(spec.backbone, AUTHORS_TAG, spec.url))
 
 
 def create_detector(

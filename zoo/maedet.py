@@ -15,7 +15,6 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
@@ -33,11 +32,25 @@ from timm.models import (
 from maedet.errors import MaeDetError
 from maedet.memory import check_weights_fit
 
-from .checkpoint import check_number_kinds, check_tensors, classifier_classes, load_checkpoint, model_tensors
+from .checkpoint import (
+    AUTHORS_TAG,
+    AUTHORS_URL,
+    BACKBONE_PREFIXES,
+    DETECTOR_PARTS,
+    cache_file_name,
+    check_number_kinds,
+    check_tensors,
+    classifier_classes,
+    compare_keys,
+    download_checkpoint,
+    load_checkpoint,
+    model_tensors,
+    preview,
+)
 from .cost import param_count
 from .model_args import check_model_args
 from .structure import Stage, Structure, builtin_structure, load_structure
-from .timm_private import download_cached_file, feature_take_indices
+from .timm_private import feature_take_indices
 
 __all__ = ["MaeDet", "checkpoint_filter_fn", "fuse_bn"]
 
@@ -284,9 +297,6 @@ _AUTHORS_KEY = re.compile(
 _AUTHORS_STEM_KEY = re.compile(r"^block_list\.0\.(?P<layer>conv1|bn1)\.(?P<rest>.+)$")
 _LAYER = {"conv1": "conv", "bn1": "bn"}
 _PART = {"conv1": "conv1", "conv2": "conv2", "conv3": "conv3", "residual_proj": "shortcut"}
-_BACKBONE_PREFIXES = ("backbone.body.", "backbone.", "body.", "module.")
-# The other parts of a detector checkpoint (mmdetection's and ours), left out when a backbone is loaded from it.
-_DETECTOR_PARTS = ("neck.", "bbox_head.", "rpn_head.", "roi_head.")
 
 
 def _authors_to_ours(key: str) -> str | None:
@@ -308,7 +318,7 @@ def _ours(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     foreign: list[str] = []
     for key, value in state_dict.items():
         bare = key
-        for prefix in _BACKBONE_PREFIXES:
+        for prefix in BACKBONE_PREFIXES:
             if bare.startswith(prefix):
                 bare = bare[len(prefix) :]
                 break
@@ -320,7 +330,7 @@ def _ours(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
             out[mapped] = value
         elif bare.startswith("block_list.") or key.startswith("backbone.body."):
             raise MaeDetError(f"checkpoint: backbone key {key!r} is not part of a MAE-DET backbone.")
-        elif not key.startswith(_DETECTOR_PARTS):
+        elif not key.startswith(DETECTOR_PARTS):
             foreign.append(key)  # a detector's neck and head are dropped by design; anything else is named
     return out, foreign
 
@@ -345,7 +355,7 @@ def _fit_classifier(out: dict[str, torch.Tensor], model: nn.Module) -> None:
     wrong = [f"{k} {tuple(out[k].shape)} vs model {tuple(expected[k].shape)}" for k in found
              if k in expected and out[k].shape != expected[k].shape]  # fmt: skip
     if wrong:
-        raise MaeDetError(f"checkpoint's classifier does not fit this model: {_preview(wrong)}.")
+        raise MaeDetError(f"checkpoint's classifier does not fit this model: {preview(wrong, 6)}.")
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -362,51 +372,31 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     if foreign:
         raise MaeDetError(
             f"checkpoint has {len(foreign)} keys that are no part of a MAE-DET backbone or of its detector "
-            f"({_preview(foreign, 4)}); remove them, or check that this is the right file."
+            f"({preview(foreign)}); remove them, or check that this is the right file."
         )
     check_number_kinds(out, model)
     return out
 
 
 def _check_backbone_keys(out: Mapping[str, torch.Tensor], model: nn.Module) -> None:
-    """The mapped keys cover every backbone tensor of ``model`` exactly, with the model's shapes."""
+    """The mapped keys cover every backbone tensor of ``model`` exactly, with the model's shapes (the stem's first
+    conv may differ in shape: timm adapts its input channels)."""
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     got = {k: v for k, v in out.items() if not k.startswith("head.")}
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing backbone keys ({_preview(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected backbone keys ({_preview(unexpected)})")
-        raise MaeDetError(f"checkpoint does not match this structure: {'; '.join(parts)}.")
-    first_conv = "stem.conv.weight"
-    wrong = [
-        f"{k} {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k != first_conv and got[k].shape != expected[k].shape
-    ]
-    if wrong:
-        raise MaeDetError(f"checkpoint does not match this structure: shape mismatch in {_preview(wrong)}.")
-
-
-def _preview(items: list[str], limit: int = 6) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")
+    sentence = compare_keys(got, expected, any_shape=("stem.conv.weight",)).sentence(
+        "checkpoint does not match this structure's backbone"
+    )
+    if sentence:
+        raise MaeDetError(sentence)
 
 
 # ------------------------------------------------------------------------------------------- factory
-def _cache_name(cfg: PretrainedCfg) -> str:
-    """The authors publish every model as ``latest.pth``: name the cached copy by model and tag so they differ."""
-    return f"{cfg.architecture}-{cfg.tag}-{Path(urlparse(cfg.url).path).name}"
-
-
 def _download_pretrained(variant: str, kwargs: dict[str, Any]) -> None:
-    """Fetch a url-sourced checkpoint under its own cache name and point timm at that file.
+    """Fetch a url-sourced checkpoint through the one download path and point timm at that file.
 
-    timm would cache all three of the authors' files under one name; and without network its download ends in a
-    long traceback. Here a failed download is one sentence that says how to load a local copy instead.
+    timm would cache all three of the authors' files under one name (each is ``latest.pth``); and without network
+    its download ends in a long traceback. :func:`~.checkpoint.download_checkpoint` names the file by model and tag
+    (the detector of the same size shares it) and says in one sentence how to load a local copy instead.
     """
     cfg = resolve_pretrained_cfg(
         variant,
@@ -415,15 +405,9 @@ def _download_pretrained(variant: str, kwargs: dict[str, Any]) -> None:
     )
     if cfg.source in ("hf-hub", "local-dir") or cfg.file or cfg.state_dict is not None or cfg.hf_hub_id or not cfg.url:
         return  # timm loads these itself
-    try:
-        path = download_cached_file((cfg.url, _cache_name(cfg)), check_hash=False, cache_dir=kwargs.get("cache_dir"))
-    except OSError as exc:  # URLError and HTTPError are OSErrors
-        reason = getattr(exc, "reason", None) or exc.strerror or exc
-        raise MaeDetError(
-            f"could not download the {variant} weights from {cfg.url} ({reason}); to load a local copy, pass "
-            "pretrained_cfg_overlay=dict(file='PATH') to timm.create_model, or --checkpoint PATH to the tools."
-        ) from None
-    kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": path}
+    name = cache_file_name(str(cfg.architecture), str(cfg.tag), cfg.url)
+    path = download_checkpoint(cfg.url, name, cache_dir=kwargs.get("cache_dir"))
+    kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": str(path)}
 
 
 def _user_weights(cfg: PretrainedCfg) -> tuple[Mapping[str, Any], str] | None:
@@ -504,9 +488,6 @@ def _check_out_indices(variant: str, out_indices: Any, num_features: int) -> Non
         raise MaeDetError(f"out_indices {tuple(items)} names no such level ({', '.join(map(repr, bad))}); {valid}.")
 
 
-_AUTHORS_URL = "https://idstcv.oss-cn-zhangjiakou.aliyuncs.com/LightNAS/detection/maedet-{}/latest.pth"
-
-
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     return {
         "url": url,
@@ -526,7 +507,7 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
 
 def _coco_cfg(size: str) -> dict[str, Any]:
     return _cfg(
-        url=_AUTHORS_URL.format(size),
+        url=AUTHORS_URL.format(size),
         paper_ids="arXiv:2111.13336",
         paper_name="MAE-DET: Revisiting Maximum Entropy Principle in Zero-Shot NAS for Efficient Object Detection",
         origin_url="https://github.com/alibaba/lightweight-neural-architecture-search",
@@ -536,9 +517,9 @@ def _coco_cfg(size: str) -> dict[str, Any]:
 
 default_cfgs = generate_default_cfgs(
     {
-        "maedet_s.gflv2_coco": _coco_cfg("s"),
-        "maedet_m.gflv2_coco": _coco_cfg("m"),
-        "maedet_l.gflv2_coco": _coco_cfg("l"),
+        f"maedet_s.{AUTHORS_TAG}": _coco_cfg("s"),
+        f"maedet_m.{AUTHORS_TAG}": _coco_cfg("m"),
+        f"maedet_l.{AUTHORS_TAG}": _coco_cfg("l"),
         "maedet": _cfg(),
     }
 )

@@ -31,13 +31,26 @@ try:  # optional: limits OpenBLAS to one thread while triangulations are set up 
 except ImportError:  # pragma: no cover - depends on the environment
     threadpool_limits = None
 
-from .structure import Structure, load_structure
+from ..structure import Structure, load_structure
+from .pieces import Piece
 
-__all__ = ["DEVICE", "LABEL", "V100_TABLES", "Conv", "V100Predictor", "conv_list", "load_v100_table"]
+__all__ = [
+    "DEVICE",
+    "LABEL",
+    "TABLES",
+    "V100_TABLES",
+    "Conv",
+    "V100Predictor",
+    "conv_list",
+    "load",
+    "load_v100_table",
+    "piece_convs",
+]
 
 logger = logging.getLogger(__name__)
 
 V100_TABLES = ("v100-fp32", "v100-fp16", "v100-int8")
+TABLES = V100_TABLES  # the names this module serves (see loading.py)
 DEVICE = "NVIDIA V100 (authors' TensorRT measurements)"
 LABEL = "predicted (authors' V100 table)"
 _DATA_DIR = Path(__file__).with_name("data") / "v100"
@@ -79,6 +92,22 @@ def conv_list(structure: Structure, input_size: int) -> list[Conv]:
             if i == 0:
                 convs.append(("Regular", 1, 0, 1, in_chs, out_size, out))
             size = out_size
+    return convs
+
+
+def piece_convs(piece: Piece) -> list[Conv]:
+    """The convs of one piece, in :func:`conv_list`'s order; a piece's ``size`` is its input size."""
+    k, s, size = piece.kernel_size, piece.stride, piece.size
+    if piece.kind == "stem":
+        return [("Regular", s, 0, k, piece.in_chs, size, piece.out_chs)]
+    btn, out_size = piece.bottleneck_chs, size // s
+    convs: list[Conv] = [
+        ("Regular", 1, 0, 1, piece.in_chs, size, btn),
+        ("Regular", s, 0, k, btn, size, btn),
+        ("Regular", 1, 1, 1, btn, out_size, piece.out_chs),
+    ]
+    if piece.kind == "first":
+        convs.append(("Regular", 1, 0, 1, piece.in_chs, out_size, piece.out_chs))
     return convs
 
 
@@ -266,9 +295,38 @@ class V100Predictor:
             total += ms
         return total
 
-    def predict_seconds_per_image(self, structure: Structure) -> float:
-        """The authors' figure, the one their latency budget compares with: ms per batch / batch / 1000."""
-        return self.predict_ms(structure) / self.batch / 1000
+    def predict_ms_per_image(self, structure: Structure) -> float:
+        """ms per batch / batch; / 1000 is the authors' figure, seconds per image, that their budget compares with."""
+        return self.predict_ms(structure) / self.batch
+
+    # ---------------------------------------------------------------- the rest of LatencyPredictor
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"table": self._table.name, "batch": self.batch, "input_size": self.input_size}
+
+    @property
+    def references(self) -> dict[str, float]:
+        """None: the authors published no measured network latencies with their tables."""
+        return {}
+
+    def out_size(self, size: int, stride: int) -> int:
+        """The authors shrink sizes by ``size // stride``."""
+        return size // stride
+
+    def piece_ms(self, piece: Piece) -> float:
+        """The sum of the piece's convs (cached per conv), in the authors' order."""
+        total = 0.0
+        for conv in piece_convs(piece):
+            total += self.predict_conv_ms(conv)
+        return total
+
+    def network_ms(self, pieces_ms: float, convs: int) -> float:
+        """The authors' sum has no per-network term."""
+        return pieces_ms
+
+    def accuracy_warning(self, where: str) -> str | None:
+        """None: these are the authors' own lookups, reproduced exactly (docs/latency_v100.md)."""
+        return None
 
 
 def _as_structure(structure: Structure | Mapping[str, Any]) -> Structure:
@@ -296,3 +354,6 @@ def load_v100_table(name: str, batch: int, input_size: int) -> V100Predictor:
     if name not in V100_TABLES:
         raise MaeDetError(f"unknown V100 table {name!r}; the built-in ones are {', '.join(V100_TABLES)}.")
     return V100Predictor(_table(name), _positive_int("batch", batch), _positive_int("input_size", input_size))
+
+
+load = load_v100_table  # what loading.py calls for a name in TABLES
