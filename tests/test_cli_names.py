@@ -50,3 +50,55 @@ def test_an_alias_checks_values_like_the_new_name(capsys) -> None:
 def test_an_alias_of_an_unknown_option_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="--nothing is not an option"):
         deprecated_alias(_toy_parser(), "--old", "--nothing")
+
+
+# Each renamed flag of the tools: (parser, argv with the new name, the old spelling, the new one, dest, value).
+def _search_parser():
+    from maedet.search.cli import _parser
+
+    return _parser()
+
+
+RUN = ["run", "--out", "o"]
+RENAMED = [
+    (_search_parser, [*RUN, "--candidates-per-step", "4"], "--batch", "candidates_per_step", 4),
+    (_search_parser, [*RUN, "--forward-batch-size", "2"], "--forward-batch", "forward_batch_size", 2),
+    (_search_parser, ["score", "f", "--latency-batch", "32"], "--batch", "latency_batch", 32),
+    (_search_parser, ["pareto", "--out", "o", "--latency-batch", "32"], "--batch", "latency_batch", 32),
+]
+
+
+@pytest.mark.parametrize(("build", "argv", "old", "dest", "value"), RENAMED, ids=lambda v: str(v))
+def test_a_renamed_flag_works_and_its_old_spelling_warns(build, argv, old, dest, value, capsys) -> None:
+    new = next(token for token in argv if token.startswith("--") and token != "--out")
+    assert getattr(build().parse_args(argv), dest) == value
+    assert capsys.readouterr().err == ""
+    old_argv = [old if token == new else token for token in argv]
+    assert getattr(build().parse_args(old_argv), dest) == value
+    assert capsys.readouterr().err.splitlines() == [
+        f"{build().prog.split()[0]}: warning: {old} is an old spelling; use {new} (the old one goes in the next "
+        "release)."
+    ]
+
+
+SQUARE_SIZE_FLAGS = [
+    (_search_parser, ["score", "f"], "--resolution", "resolution"),
+    (_search_parser, ["score", "f", "--latency-table", "v100-fp16"], "--input-size", "input_size"),
+    (_search_parser, RUN, "--forward-resolution", "forward_resolution"),
+]
+
+
+@pytest.mark.parametrize(("build", "argv", "flag", "dest"), SQUARE_SIZE_FLAGS, ids=lambda v: str(v))
+@pytest.mark.parametrize("spelling", [["320"], ["320x320"], ["320", "320"]])
+def test_a_square_size_flag_reads_the_one_size_grammar(build, argv, flag, dest, spelling) -> None:
+    assert getattr(build().parse_args([*argv, flag, *spelling]), dest) == 320
+
+
+@pytest.mark.parametrize(("build", "argv", "flag", "dest"), SQUARE_SIZE_FLAGS, ids=lambda v: str(v))
+def test_a_square_size_flag_refuses_a_non_square_size_in_one_line(build, argv, flag, dest, capsys) -> None:
+    with pytest.raises(SystemExit):
+        build().parse_args([*argv, flag, "320", "480"])
+    assert capsys.readouterr().err.splitlines() == [
+        f"{build().prog.split()[0]}: error: argument {flag}: this takes one square size such as 640 (or 640x640), "
+        "not 320x480"
+    ]
