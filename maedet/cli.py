@@ -34,6 +34,7 @@ __all__ = [
     "HelpFormatter",
     "MaeDetArgumentParser",
     "Terminated",
+    "add_modes",
     "add_subparsers",
     "add_verbosity",
     "configure_logging",
@@ -174,6 +175,46 @@ def deprecated_alias(container: argparse._ActionsContainer, old: str, new: str) 
         metavar=target.metavar,
         default=argparse.SUPPRESS,
         help=argparse.SUPPRESS,
+    )
+
+
+_GLOBAL_DESTS = frozenset({"help", "version", "verbose", "quiet"})
+
+
+class _ModesAction(argparse._SubParsersAction):
+    """Subcommands of a tool whose plain form runs its main job: an option of the main job given before a mode
+    (``maedet-bench --quick profile``) would be silently dropped, so it is refused in one line."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        mode = values[0]
+        given = [
+            action.option_strings[-1]
+            for action in parser._actions
+            if action.option_strings
+            and action.dest not in _GLOBAL_DESTS
+            and action.default is not argparse.SUPPRESS  # an old spelling: its new name's action tells
+            and getattr(namespace, action.dest, action.default) != action.default
+        ]
+        if given:
+            tool = parser.prog.split()[0]
+            parser.error(
+                f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of {tool} itself, not "
+                f"of '{mode}'; give {mode}'s options after it ({tool} {mode} --help lists them)."
+            )
+        super().__call__(parser, namespace, values, option_string)
+
+
+def add_modes(parser: argparse.ArgumentParser, title: str = "modes") -> argparse._SubParsersAction:
+    """Optional subcommands (real argparse subparsers) for a tool that, given none, runs its main job with the
+    options of ``parser``; ``args.command`` is None then. Each mode's parser takes -v/-q too."""
+    return parser.add_subparsers(
+        title=title, dest="command", required=False, action=_ModesAction, parser_class=MaeDetArgumentParser
     )
 
 

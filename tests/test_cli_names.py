@@ -59,12 +59,19 @@ def _search_parser():
     return _parser()
 
 
+def _bench_parser():
+    from maedet.bench.cli import build_parser
+
+    return build_parser()
+
+
 RUN = ["run", "--out", "o"]
 RENAMED = [
     (_search_parser, [*RUN, "--candidates-per-step", "4"], "--batch", "candidates_per_step", 4),
     (_search_parser, [*RUN, "--forward-batch-size", "2"], "--forward-batch", "forward_batch_size", 2),
     (_search_parser, ["score", "f", "--latency-batch", "32"], "--batch", "latency_batch", 32),
     (_search_parser, ["pareto", "--out", "o", "--latency-batch", "32"], "--batch", "latency_batch", 32),
+    (_bench_parser, ["--iterations", "3"], "--iters", "iterations", 3),
 ]
 
 
@@ -85,6 +92,7 @@ SQUARE_SIZE_FLAGS = [
     (_search_parser, ["score", "f"], "--resolution", "resolution"),
     (_search_parser, ["score", "f", "--latency-table", "v100-fp16"], "--input-size", "input_size"),
     (_search_parser, RUN, "--forward-resolution", "forward_resolution"),
+    (_bench_parser, ["profile"], "--input-size", "input_size"),
 ]
 
 
@@ -102,3 +110,29 @@ def test_a_square_size_flag_refuses_a_non_square_size_in_one_line(build, argv, f
         f"{build().prog.split()[0]}: error: argument {flag}: this takes one square size such as 640 (or 640x640), "
         "not 320x480"
     ]
+
+
+def test_bench_profile_is_a_subcommand_and_plain_bench_still_runs_the_benchmark(capsys) -> None:
+    plain = _bench_parser().parse_args(["--quick", "--rounds", "3"])
+    assert (plain.command, plain.quick, plain.rounds) == (None, True, 3)
+    profile = _bench_parser().parse_args(["-v", "profile", "--rounds", "7", "--out", "t.json"])
+    assert (profile.command, profile.rounds, profile.out, profile.verbose) == ("profile", 7, "t.json", 1)
+    assert "profile a latency target" in " ".join(_bench_parser().format_help().split())
+
+
+def test_a_bench_option_before_profile_is_refused_not_dropped(capsys) -> None:
+    from maedet.bench.cli import main
+
+    assert main(["--quick", "--rounds", "3", "profile", "--out", "t.json"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "maedet-bench: error: --rounds, --quick are options of maedet-bench itself, not of 'profile'; give "
+        "profile's options after it (maedet-bench profile --help lists them)."
+    ]
+
+
+def test_bench_backends_take_a_list_spaced_or_comma_separated() -> None:
+    from maedet.bench.cli import _backend_spec
+
+    spaced = _bench_parser().parse_args(["--backends", "torch-eager", "ort-cpu"])
+    commas = _bench_parser().parse_args(["--backends", "torch-eager,ort-cpu"])
+    assert _backend_spec(spaced) == _backend_spec(commas) == "torch-eager,ort-cpu"
