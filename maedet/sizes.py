@@ -114,7 +114,7 @@ class InputSizeAction(argparse.Action):
 
 class OneSizeAction(argparse.Action):
     """argparse action (nargs='+') for a flag that names one size, stored as a (first, second) tuple; ``limits``
-    (low, high or None) bounds each side where a tool cannot run outside them (``maedet-detect --size 1 1``).
+    (low, high or None) bounds each side where a tool cannot run outside them (``maedet-detect --test-scale 1 1``).
 
     ``square=True``: the flag takes one square size (``640``, ``640x640`` or ``640 640``, the same spelling as
     every other size flag) and stores its side as an int; a non-square size is refused."""

@@ -65,23 +65,52 @@ def _bench_parser():
     return build_parser()
 
 
+def _detect_parser():
+    from maedet.detect.cli import build_detect_parser
+
+    return build_detect_parser()
+
+
+def _eval_parser():
+    from maedet.detect.cli import build_eval_parser
+
+    return build_eval_parser()
+
+
+def _train_parser():
+    from maedet.train.cli import _parser
+
+    return _parser()
+
+
 RUN = ["run", "--out", "o"]
-RENAMED = [
-    (_search_parser, [*RUN, "--candidates-per-step", "4"], "--batch", "candidates_per_step", 4),
-    (_search_parser, [*RUN, "--forward-batch-size", "2"], "--forward-batch", "forward_batch_size", 2),
-    (_search_parser, ["score", "f", "--latency-batch", "32"], "--batch", "latency_batch", 32),
-    (_search_parser, ["pareto", "--out", "o", "--latency-batch", "32"], "--batch", "latency_batch", 32),
-    (_bench_parser, ["--iterations", "3"], "--iters", "iterations", 3),
+DETECT = ["x.png", "--out", "o"]
+EVAL = ["--ann", "a.json", "--images", "i"]
+RENAMED = [  # (parser, the other arguments, new name, its values, old spelling, dest, parsed value)
+    (_search_parser, RUN, "--candidates-per-step", ["4"], "--batch", "candidates_per_step", 4),
+    (_search_parser, RUN, "--forward-batch-size", ["2"], "--forward-batch", "forward_batch_size", 2),
+    (_search_parser, ["score", "f"], "--latency-batch", ["32"], "--batch", "latency_batch", 32),
+    (_search_parser, ["pareto", "--out", "o"], "--latency-batch", ["32"], "--batch", "latency_batch", 32),
+    (_bench_parser, [], "--iterations", ["3"], "--iters", "iterations", 3),
+    (_detect_parser, DETECT, "--batch-size", ["4"], "--batch", "batch_size", 4),
+    (_eval_parser, EVAL, "--batch-size", ["4"], "--batch", "batch_size", 4),
+    (_detect_parser, DETECT, "--test-scale", ["640x480"], "--size", "test_scale", (640, 480)),
+    (_eval_parser, EVAL, "--test-scale", ["640", "480"], "--size", "test_scale", (640, 480)),
+    (_train_parser, [], "--batch-size", ["4"], "--batch", "batch_per_process", 4),
+    (_train_parser, [], "--warmup-iterations", ["50"], "--warmup-iters", "warmup_iters", 50),
+    (_train_parser, [], "--test-scale", ["640", "480"], "--eval-scale", "eval_scale", (640, 480)),
 ]
 
 
-@pytest.mark.parametrize(("build", "argv", "old", "dest", "value"), RENAMED, ids=lambda v: str(v))
-def test_a_renamed_flag_works_and_its_old_spelling_warns(build, argv, old, dest, value, capsys) -> None:
-    new = next(token for token in argv if token.startswith("--") and token != "--out")
-    assert getattr(build().parse_args(argv), dest) == value
+def _id(case: tuple) -> str:
+    return f"{case[0]().prog}:{case[4]}->{case[2]}"
+
+
+@pytest.mark.parametrize(("build", "argv", "new", "values", "old", "dest", "value"), RENAMED, ids=map(_id, RENAMED))
+def test_a_renamed_flag_works_and_its_old_spelling_warns(build, argv, new, values, old, dest, value, capsys) -> None:
+    assert getattr(build().parse_args([*argv, new, *values]), dest) == value
     assert capsys.readouterr().err == ""
-    old_argv = [old if token == new else token for token in argv]
-    assert getattr(build().parse_args(old_argv), dest) == value
+    assert getattr(build().parse_args([*argv, old, *values]), dest) == value
     assert capsys.readouterr().err.splitlines() == [
         f"{build().prog.split()[0]}: warning: {old} is an old spelling; use {new} (the old one goes in the next "
         "release)."
@@ -136,3 +165,13 @@ def test_bench_backends_take_a_list_spaced_or_comma_separated() -> None:
     spaced = _bench_parser().parse_args(["--backends", "torch-eager", "ort-cpu"])
     commas = _bench_parser().parse_args(["--backends", "torch-eager,ort-cpu"])
     assert _backend_spec(spaced) == _backend_spec(commas) == "torch-eager,ort-cpu"
+
+
+@pytest.mark.parametrize("build", [_detect_parser, _eval_parser, _train_parser], ids=["detect", "eval", "train"])
+@pytest.mark.parametrize(
+    ("spelling", "scale"), [(["640"], (640, 640)), (["1333x800"], (1333, 800)), (["1333", "800"], (1333, 800))]
+)
+def test_the_test_scale_reads_the_one_size_grammar_in_detect_eval_and_train(build, spelling, scale) -> None:
+    argv = {_detect_parser: DETECT, _eval_parser: EVAL, _train_parser: []}[build]
+    args = build().parse_args([*argv, "--test-scale", *spelling])
+    assert (args.eval_scale if build is _train_parser else args.test_scale) == scale

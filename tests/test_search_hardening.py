@@ -349,7 +349,16 @@ def test_forward_search_estimates_its_duration_up_front(tmp_path, search_log):
 
 def test_forward_run_logs_the_estimate_and_the_bar_shows_an_eta(tmp_path, capsys):
     argv = ["run", "--preset", "maedet-s", "--iterations", "4", "--candidates-per-step", "2", "--population", "4"]
-    forward = ["--score", "forward", "--forward-batch-size", "1", "--forward-resolution", "32", "--forward-repeats", "1"]
+    forward = [
+        "--score",
+        "forward",
+        "--forward-batch-size",
+        "1",
+        "--forward-resolution",
+        "32",
+        "--forward-repeats",
+        "1",
+    ]
     assert main([*argv, *forward, "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert "maedet-search: --score forward takes about" in err and "the remaining 3 candidates" in err

@@ -82,7 +82,19 @@ def test_genome_latency_equals_the_tables_prediction(which, v100):
 
 def test_score_json_gives_the_authors_v100_figures(capsys):
     assert (
-        main(["score", "maedet_m", "--latency-table", "v100-fp16", "--latency-batch", "32", "--input-size", "480", "--json"])
+        main(
+            [
+                "score",
+                "maedet_m",
+                "--latency-table",
+                "v100-fp16",
+                "--latency-batch",
+                "32",
+                "--input-size",
+                "480",
+                "--json",
+            ]
+        )
         == 0
     )
     info = json.loads(capsys.readouterr().out)

@@ -61,7 +61,7 @@ def test_the_detector_folder_loads_with_the_ema_weights(trained):
 def test_eval_and_export_take_the_folder_as_it_is(trained, shapes, tmp_path):
     result, out = trained
     folder = out / "detector"
-    val = ("--ann", str(shapes / "val.json"), "--images", str(shapes / "val"), "--size", "64", "64")
+    val = ("--ann", str(shapes / "val.json"), "--images", str(shapes / "val"), "--test-scale", "64", "64")
     done = _tool("maedet-eval", "--checkpoint", str(folder), *val, "--json", str(tmp_path / "ap.json"))
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "ap.json").read_text())["AP"] == pytest.approx(result.final_ap["AP"])
