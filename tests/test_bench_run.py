@@ -29,6 +29,8 @@ from maedet.bench.cli import main
 from maedet.bench.models import parse_model
 from maedet.zoo import builtin_structure, gmacs
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 SIZE = (64, 64)
 ROW_KEYS = {"model", "backend", "precision", "batch", "input", "params", "gmacs", "latency_ms", "throughput", "speedup"}
 

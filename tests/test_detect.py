@@ -19,6 +19,8 @@ from maedet.errors import MaeDetError
 from maedet.export.detector_onnx import export_detector_onnx
 from maedet.zoo import Detections
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 SIZE = ("--test-scale", "320", "256")
 
 

@@ -149,6 +149,8 @@ from maedet.bench.memory import PeakMemory
 from maedet.export.model_source import resolve_model
 from maedet.memory import forward_peak_bytes
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 torch.set_num_threads(1)
 module = resolve_model("maedet_s").module
 estimate = forward_peak_bytes(module, (1, 3, 1024, 1024))

@@ -133,6 +133,8 @@ from pathlib import Path
 from maedet.cli import make_parser, run_cli
 from maedet.fileio import atomic_output
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 def handler(args):
     with atomic_output(Path(sys.argv[1]) / "result.bin") as tmp:
         tmp.write_bytes(b"half of it")

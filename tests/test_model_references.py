@@ -28,6 +28,8 @@ from maedet.export.model_reference import parse_model_reference, reference_struc
 from maedet.zoo import builtin_structure, gmacs
 from maedet.zoo.convert import main as convert_main
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 SIZE = (64, 64)
 
 

@@ -259,6 +259,7 @@ def test_pareto_api_on_the_v100_table(v100, tmp_path):
     assert [p.name for p in paths] == ["pareto.json", "pareto.png"] and all(p.stat().st_size > 0 for p in paths)
 
 
+@pytest.mark.slow
 def test_a_latency_search_resumes_to_the_uninterrupted_result(table_file, tmp_path):
     common = ["run", "--latency-table", str(table_file), "--budget-latency", "60", "--budget-layers", "91"]
     common += ["--population", "16", "--quiet"]

@@ -13,6 +13,8 @@ from train_helpers import TINY_STRUCTURE, make_shapes, tiny_settings
 
 from maedet.train import resume, train
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:

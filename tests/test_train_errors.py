@@ -12,6 +12,8 @@ from train_helpers import TINY_STRUCTURE, make_shapes
 
 from maedet.train.cli import main
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -8,8 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from train_helpers import TINY_STRUCTURE, make_shapes
+
+pytestmark = pytest.mark.slow  # see make test-fast
 
 
 def _start_after_one_epoch(shapes: Path, out: Path, *extra: str, new_group: bool = False) -> subprocess.Popen:

@@ -14,6 +14,8 @@ from train_helpers import make_shapes, tiny_settings
 from maedet.train import train
 from maedet.zoo import create_detector
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 TOOLS = Path(sys.executable).parent
 
 
