@@ -28,9 +28,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # see make test-fast
-
-pytestmark = pytest.mark.timeout(1800)  # the first test waits for every probe (the module fixture runs them all)
+# slow: left out of make test-fast; the timeout: the first test waits for every probe (the module fixture runs them all)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ADDRESS_SPACE_LIMIT = 6 * 2**30  # torch + onnxruntime map ~2-3 GB of address space before doing anything
 TIMEOUT_S = 180
