@@ -34,6 +34,8 @@ from maedet.fileio import (
 )
 from maedet.memory import available_memory_bytes, check_fits, forward_peak_bytes
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 # 250 bytes each: ASCII, and 4-byte UTF-8 characters (62 of them + ".onnx" = 253 bytes) whose cut must not split one.
 LONG_NAMES = ["a" * 245 + ".onnx", "\U0001f600" * 62 + ".onnx", "é" * 120 + "x.json"]
 
@@ -148,8 +150,6 @@ import json, torch
 from maedet.bench.memory import PeakMemory
 from maedet.export.model_source import resolve_model
 from maedet.memory import forward_peak_bytes
-
-pytestmark = pytest.mark.slow  # see make test-fast
 
 torch.set_num_threads(1)
 module = resolve_model("maedet_s").module
