@@ -1,4 +1,5 @@
-# Two commands on a fresh clone: `make bench` (the main job, on the CPU) and `make test` (the whole suite).
+# Two commands on a fresh clone: `make bench` (the main job, on the CPU) and `make test` (the whole suite);
+# `make test-fast` is the quick subset for the inner loop.
 # Each creates .venv and installs the project into it first.
 PYTHON ?= python3
 # Extra maedet-bench flags for `make bench`, e.g. BENCH_ARGS="--threads 1 --max-time 600" on a busy machine.
@@ -7,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install bench test lint lint-imports format clean
+.PHONY: install bench test test-fast lint lint-imports format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,12 @@ test: $(STAMP)
 	# import-linter's lint-imports over the installed layout: the layers of docs/design.md hold (see the script).
 	$(BIN)/python scripts/lint_imports.py
 	$(BIN)/python -m pytest
+
+# The inner loop: every test not marked slow (pytest markers; under 3 minutes on a 2-core CPU).
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python scripts/lint_imports.py
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from maedet.cli import make_parser, positive_int, run_cli
-from maedet.sizes import SIZE_FORMS, InputSizeAction, square_size
+from maedet.cli import HelpFormatter, add_modes, deprecated_alias, make_parser, positive_int, run_cli
+from maedet.sizes import SIZE_FORMS, InputSizeAction, OneSizeAction
 
 from .backends import BACKENDS, resolve_backends, unavailable_reason_and_hint
 from .errors import BenchError
@@ -16,7 +15,7 @@ from .models import DEFAULT_MODELS, DETECTOR_MODELS
 from .reliability import MAX_UNCERTAINTY_PCT, MIN_ROUNDS
 from .suite import BenchSettings
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "build_profile_parser", "main"]
 
 # The authors' test scale (1333, 800) for COCO's typical 640×480 image is 800×1067, padded to 800×1088.
 DETECTOR_SIZES = [(800, 1088), (640, 640)]
@@ -38,14 +37,17 @@ def _names(values: Sequence[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """``maedet-bench [options]`` runs the benchmark; ``maedet-bench profile [options]`` profiles a latency target."""
     p = make_parser(
         "maedet-bench",
         "Measure MAE-DET-S/M/L against ResNet-50/101 (C2..C5 backbones, same input) on the backends "
-        "this machine has; ratios against the ResNets are the headline, absolute times carry the machine line.",
+        "this machine has; ratios against the ResNets are the headline, absolute times carry the machine line. "
+        "'maedet-bench profile' profiles a latency target for maedet-search instead.",
     )
     _add_what_options(p)
     _add_timing_options(p)
     _add_output_options(p)
+    _add_profile_parser(add_modes(p))
     return p
 
 
@@ -75,9 +77,11 @@ def _add_what_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--backends",
+        nargs="+",
         default=None,
-        help="comma list of backends or aliases cpu, cpu-all, gpu, all (default: torch-eager, ort-cpu and, "
-        "where available, the GPU set); see --list-backends",
+        metavar="BACKEND",
+        help="backends or aliases cpu, cpu-all, gpu, all, space- or comma-separated (default: torch-eager, ort-cpu "
+        "and, where available, the GPU set); see --list-backends",
     )
     p.add_argument("--channels-last", action="store_true", help="also measure PyTorch eager in channels-last")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow first compile)")
@@ -108,7 +112,8 @@ def _add_timing_options(p: argparse.ArgumentParser) -> None:
         help=f"rounds done even past the time budget (default 3; rows with fewer than {MIN_ROUNDS} rounds, or a "
         f"ratio uncertain by more than ±{MAX_UNCERTAINTY_PCT:.0f}%%, are flagged unreliable)",
     )
-    p.add_argument("--iters", type=int, default=None, help="timed runs per model per round (default: auto)")
+    p.add_argument("--iterations", type=int, default=None, help="timed runs per model per round (default: auto)")
+    deprecated_alias(p, "--iters", "--iterations")
     p.add_argument(
         "--max-time",
         type=float,
@@ -162,7 +167,7 @@ def _list_backends() -> int:
 
 
 def _backend_spec(args: argparse.Namespace) -> str | None:
-    spec = args.backends if args.backends is not None else (QUICK["backends"] if args.quick else None)
+    spec = ",".join(_names(args.backends)) if args.backends is not None else (QUICK["backends"] if args.quick else None)
     extra = [
         name
         for flag, name in (
@@ -188,7 +193,7 @@ def _settings(args: argparse.Namespace) -> BenchSettings:
         warmup=args.warmup if args.warmup is not None else quick.get("warmup", 2),
         rounds=args.rounds if args.rounds is not None else quick.get("rounds", 12),
         min_rounds=args.min_rounds if args.min_rounds is not None else quick.get("min_rounds", 3),
-        iterations=args.iters,
+        iterations=args.iterations,
         max_time_s=max_time or None,
         cache_dir=args.cache_dir,
         paper=args.paper,
@@ -233,22 +238,46 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_profile_parser() -> argparse.ArgumentParser:
-    p = make_parser(
-        "maedet-bench profile",
-        "Profile a latency target on this machine (the operators of the search space timed in the real runtime, "
-        "a fitted predictor, validated on networks it never saw) and write its table for maedet-search "
-        "--latency-table. An interrupted profile resumes from OUT.partial when run again with the same settings.",
+PROFILE_SUMMARY = "profile a latency target here and write its table for maedet-search --latency-table"
+PROFILE_DESCRIPTION = (
+    "Profile a latency target on this machine (the operators of the search space timed in the real runtime, "
+    "a fitted predictor, validated on networks it never saw) and write its table for maedet-search "
+    "--latency-table. An interrupted profile resumes from OUT.partial when run again with the same settings."
+)
+
+
+def _add_profile_parser(modes: argparse._SubParsersAction) -> None:
+    p = modes.add_parser(
+        "profile",
+        prog="maedet-bench profile",
+        help=PROFILE_SUMMARY,
+        description=PROFILE_DESCRIPTION,
+        formatter_class=HelpFormatter,
     )
+    verbosity = p.add_mutually_exclusive_group()  # SUPPRESS: a -v given before 'profile' is kept
+    verbosity.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
+    verbosity.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS, help="only errors")
+    _add_profile_options(p)
+
+
+def build_profile_parser() -> argparse.ArgumentParser:
+    """The parser of ``maedet-bench profile`` (the subcommand's own, as ``maedet-bench profile --help`` shows)."""
+    modes = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return modes.choices["profile"]
+
+
+def _add_profile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--info", metavar="FILE", help="print what a latency table holds, then exit")
     p.add_argument("--backend", default="ort-cpu", choices=("ort-cpu", "ort-cuda", "ort-trt"), help="runtime")
     p.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="int8: the exporter's CPU layout")
     p.add_argument(
         "--input-size",
-        type=square_size,
+        nargs="+",
+        action=OneSizeAction,
+        square=True,
         default=640,
-        metavar="S",
-        help="one square input size in pixels (640, or 640x640); a latency table is made for one side length",
+        metavar="SIZE",
+        help="one square input size: 640, 640x640 or 640 640; a latency table is made for one side length",
     )
     p.add_argument("--batch-size", type=int, default=1, metavar="B", help="batch of the target")
     p.add_argument(
@@ -267,7 +296,6 @@ def build_profile_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", help="the table to write (resumes from OUT.partial when present)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -299,11 +327,12 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    return _profile(args) if args.command == "profile" else _run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["profile"]:
-        return run_cli(build_profile_parser(), _profile, args[1:])
-    return run_cli(build_parser(), _run, args)
+    return run_cli(build_parser(), _dispatch, argv)
 
 
 if __name__ == "__main__":

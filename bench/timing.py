@@ -109,7 +109,7 @@ def run_interleaved(
     Stops after ``max_rounds``, or earlier (but never before ``min_rounds``) when another round would end past
     ``deadline`` (a ``time.monotonic()`` value), judged by the slowest round so far. The deadline also bounds the
     runs within a round: each callable runs at least once per round, and stops repeating when its share of the
-    time left is used (``--iters 1000000000`` cannot outlast ``--max-time``). ``on_round(done, planned)``
+    time left is used (``--iterations 1000000000`` cannot outlast ``--max-time``). ``on_round(done, planned)``
     reports progress. Returns each key's per-run times in seconds.
     """
     if max_rounds < 1:

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from maedet.cli import make_parser, positive_int, progress_bar, run_cli
+from maedet.cli import deprecated_alias, make_parser, positive_int, progress_bar, run_cli
 from maedet.devices import device_argument
 from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text, refuse_overwriting_inputs
@@ -43,7 +43,7 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--onnx", metavar="FILE", help="an exported detector (maedet-export NAME --onnx FILE)")
     p.add_argument("--num-classes", type=int, help="classes of --model (default 80, or the converted folder's)")
     p.add_argument(
-        "--size",
+        "--test-scale",
         nargs="+",
         action=OneSizeAction,
         limits=(SIZE_DIVISOR, None),  # one stride-32 cell at least; memory decides the top
@@ -52,7 +52,9 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
         help="test scale, the limits of the long and short side: LONG SHORT, LONGxSHORT or one number for both "
         "(as --input-size reads sizes; default 1333x800, the authors')",
     )
-    p.add_argument("--batch", type=int, default=1, help="images per run")
+    deprecated_alias(p, "--size", "--test-scale")
+    p.add_argument("--batch-size", type=int, default=1, help="images per run")
+    deprecated_alias(p, "--batch", "--batch-size")
     p.add_argument("--device", type=device_argument, default="cpu", help="PyTorch device for --model: cpu, cuda[:N]")
 
 
@@ -131,8 +133,8 @@ def _detect(args: argparse.Namespace) -> int:
         results = detect_images(
             files,
             backend,
-            scale=args.size,
-            batch_size=args.batch,
+            scale=args.test_scale,
+            batch_size=args.batch_size,
             on_batch=lambda n: progress.advance(task, n),
         )
     path = write_outputs(results, args.out, names, cat_ids, draw=not args.no_draw)
@@ -182,8 +184,8 @@ def _eval(args: argparse.Namespace) -> int:
             backend,
             coco,
             args.images,
-            scale=args.size,
-            batch_size=args.batch,
+            scale=args.test_scale,
+            batch_size=args.batch_size,
             limit=args.limit,
             on_start=lambda n: progress.update(task, total=n),
             on_batch=lambda n: progress.advance(task, n),

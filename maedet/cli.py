@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import MaeDetError, printable
 
@@ -34,9 +34,11 @@ __all__ = [
     "HelpFormatter",
     "MaeDetArgumentParser",
     "Terminated",
+    "add_modes",
     "add_subparsers",
     "add_verbosity",
     "configure_logging",
+    "deprecated_alias",
     "int_range",
     "make_parser",
     "positive_int",
@@ -129,6 +131,91 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 def add_subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     """Subcommands in the same style everywhere; each subparser also takes -v/-q."""
     return parser.add_subparsers(dest="command", required=True, parser_class=MaeDetArgumentParser)
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: says on stderr (one line) which name to use, then does what the new one does."""
+
+    def __init__(self, *args: Any, target: argparse.Action, new: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.target = target
+        self.new = new
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        tool = parser.prog.split()[0]
+        sys.stderr.write(f"{tool}: warning: {option_string} is an old spelling; use {self.new} (the old one goes in "
+                         "the next release).\n")  # fmt: skip
+        self.target(parser, namespace, values, option_string)
+
+
+def deprecated_alias(container: argparse._ActionsContainer, old: str, new: str) -> argparse.Action:
+    """Keep ``old`` working for one release as a hidden spelling of the option ``new`` (already added to
+    ``container``, a parser or a group): same values, same destination, plus a one-line warning naming ``new``.
+
+    Hidden from ``--help`` so that help shows one name per idea; pass the group ``new`` is in (a mutually
+    exclusive group, say) to keep the alias under the same rules."""
+    target = container._option_string_actions.get(new)
+    if target is None:
+        raise ValueError(f"deprecated_alias: {new} is not an option of this parser")
+    return container.add_argument(
+        old,
+        action=_DeprecatedAlias,
+        target=target,
+        new=new,
+        dest=target.dest,
+        nargs=target.nargs,
+        type=target.type,
+        choices=target.choices,
+        metavar=target.metavar,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
+
+
+_GLOBAL_DESTS = frozenset({"help", "version", "verbose", "quiet"})
+
+
+class _ModesAction(argparse._SubParsersAction):
+    """Subcommands of a tool whose plain form runs its main job: an option of the main job given before a mode
+    (``maedet-bench --quick profile``) would be silently dropped, so it is refused in one line."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        mode = values[0]
+        given = [
+            action.option_strings[-1]
+            for action in parser._actions
+            if action.option_strings
+            and action.dest not in _GLOBAL_DESTS
+            and action.default is not argparse.SUPPRESS  # an old spelling: its new name's action tells
+            and getattr(namespace, action.dest, action.default) != action.default
+        ]
+        if given:
+            tool = parser.prog.split()[0]
+            parser.error(
+                f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of {tool} itself, not "
+                f"of '{mode}'; give {mode}'s options after it ({tool} {mode} --help lists them)."
+            )
+        super().__call__(parser, namespace, values, option_string)
+
+
+def add_modes(parser: argparse.ArgumentParser, title: str = "modes") -> argparse._SubParsersAction:
+    """Optional subcommands (real argparse subparsers) for a tool that, given none, runs its main job with the
+    options of ``parser``; ``args.command`` is None then. Each mode's parser takes -v/-q too."""
+    return parser.add_subparsers(
+        title=title, dest="command", required=False, action=_ModesAction, parser_class=MaeDetArgumentParser
+    )
 
 
 def progress_bar() -> Progress:

@@ -1,7 +1,9 @@
 """Input sizes with one grammar in every tool: ``480 640`` (H W), ``480x640`` and ``640`` (square) each name ONE size.
 
-``maedet-export --input-size``, ``maedet-detect/eval --size``, ``maedet-bench --input-size`` and
-``maedet-bench profile --input-size`` all read sizes through this module, so a size that works in one works in all.
+Every size flag of every tool (``--input-size`` of maedet-export, maedet-bench, ``maedet-bench profile`` and
+maedet-search, ``--test-scale`` of maedet-detect/eval/train, ``--resolution`` and ``--forward-resolution`` of
+maedet-search) reads sizes through this module, so a size that works in one works in all; a flag whose target
+is square (``square=True``) refuses a non-square size in one sentence.
 The bench alone measures several sizes: it takes the flag repeated (``--input-size 480 640 --input-size 640``) or a
 comma list (``--input-size 640,800`` is two square sizes). Whether a size suits a model is checked later, by the
 tool that knows the model.
@@ -112,11 +114,17 @@ class InputSizeAction(argparse.Action):
 
 class OneSizeAction(argparse.Action):
     """argparse action (nargs='+') for a flag that names one size, stored as a (first, second) tuple; ``limits``
-    (low, high or None) bounds each side where a tool cannot run outside them (``maedet-detect --size 1 1``)."""
+    (low, high or None) bounds each side where a tool cannot run outside them (``maedet-detect --test-scale 1 1``).
 
-    def __init__(self, *args: Any, limits: tuple[int, int | None] | None = None, **kwargs: Any) -> None:
+    ``square=True``: the flag takes one square size (``640``, ``640x640`` or ``640 640``, the same spelling as
+    every other size flag) and stores its side as an int; a non-square size is refused."""
+
+    def __init__(
+        self, *args: Any, limits: tuple[int, int | None] | None = None, square: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
+        self.square = square
 
     def __call__(
         self,
@@ -136,4 +144,7 @@ class OneSizeAction(argparse.Action):
                     side(str(value))
             except argparse.ArgumentTypeError as exc:
                 raise argparse.ArgumentError(self, str(exc)) from None
-        setattr(namespace, self.dest, size)
+        if self.square and size[0] != size[1]:
+            shown = "x".join(map(str, size))
+            raise argparse.ArgumentError(self, f"this takes one square size such as 640 (or 640x640), not {shown}")
+        setattr(namespace, self.dest, size[0] if self.square else size)

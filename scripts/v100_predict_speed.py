@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How fast the authors' V100 table predicts, as the search would ask it (issue 9 asks for ≥ 5,000 candidates/s).
 
-    .venv/bin/python scripts/v100_predict_speed.py [--table v100-fp16] [--batch 32] [--input-size 480]
+    .venv/bin/python scripts/v100_predict_speed.py [--table v100-fp16] [--latency-batch 32] [--input-size 480]
                                                   [--candidates 20000] [--json OUT.json]
 
 Four figures, in one process: the first parse of the table; a search-like walk (random mutations from the R50-like
@@ -65,7 +65,7 @@ def rate(predict, structures: list[Structure]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", choices=V100_TABLES, default="v100-fp16")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--latency-batch", type=int, default=32)
     parser.add_argument("--input-size", type=int, default=480)
     parser.add_argument("--candidates", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
@@ -74,7 +74,7 @@ def main() -> None:
 
     structures = random_walk(args.candidates, args.seed)
     begin = time.perf_counter()
-    predictor = load_v100_table(args.table, args.batch, args.input_size)
+    predictor = load_v100_table(args.table, args.latency_batch, args.input_size)
     predictor.predict_ms(structures[0])  # the parse happens on first use
     first_use_s = time.perf_counter() - begin
     head = structures[1:1001]
@@ -84,7 +84,7 @@ def main() -> None:
     miss_us = new_conv_cost_us(predictor, 300, args.seed)
     results = {
         "table": args.table,
-        "batch": args.batch,
+        "batch": args.latency_batch,
         "input_size": args.input_size,
         "candidates": len(structures),
         "first_use_s": first_use_s,
@@ -95,7 +95,7 @@ def main() -> None:
         "warm_us_per_call": 1e6 / warm_rate,
         "new_conv_median_us": miss_us,
     }
-    table = Table(title=f"{args.table}, batch {args.batch}, {args.input_size} px: predict_ms speed")
+    table = Table(title=f"{args.table}, batch {args.latency_batch}, {args.input_size} px: predict_ms speed")
     table.add_column("what")
     table.add_column("figure", justify="right")
     table.add_row("first use (parse + first structure)", f"{first_use_s:.2f} s")

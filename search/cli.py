@@ -11,9 +11,17 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from maedet.cli import HelpFormatter, Terminated, add_subparsers, make_parser, positive_int, run_cli
+from maedet.cli import (
+    HelpFormatter,
+    Terminated,
+    add_subparsers,
+    deprecated_alias,
+    make_parser,
+    positive_int,
+    run_cli,
+)
 from maedet.devices import device_argument
-from maedet.sizes import square_size
+from maedet.sizes import OneSizeAction
 from maedet.zoo import load_structure
 
 from .budget import PRESETS, Budget, preset_budget
@@ -92,21 +100,31 @@ def _add_budget_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--budget-params", type=_limit, metavar="PARAMS", help="parameters")
     run.add_argument("--budget-layers", type=int, metavar="LAYERS", help="conv layers (1 per stem + 3 per block)")
     run.add_argument("--budget-gmacs", type=_limit, metavar="GMACS", help="GMACs at 224 px")
-    run.add_argument("--resolution", type=square_size, default=480, metavar="PX", help="input size of the FLOPs budget")
+    _add_square_size(run, "--resolution", 480, "input size of the FLOPs budget")
 
 
-def _add_latency_table_options(parser: argparse.ArgumentParser, batch_flags: tuple[str, ...]) -> None:
+def _add_square_size(parser: argparse.ArgumentParser, flag: str, default: int | None, what: str) -> None:
+    """A square input size in the grammar of every size flag (640, 640x640 or 640 640), stored as its side."""
+    help_text = f"{what}: one square size, 640, 640x640 or 640 640"
+    parser.add_argument(
+        flag, nargs="+", action=OneSizeAction, square=True, default=default, metavar="SIZE", help=help_text
+    )
+
+
+def _add_latency_table_options(parser: argparse.ArgumentParser, old_batch_flag: bool = False) -> None:
     parser.add_argument(
         "--latency-table",
         metavar="FILE_OR_NAME",
         help="latency table: a profiled table file (maedet-bench profile) or v100-fp32, v100-fp16, v100-int8",
     )
-    parser.add_argument(*batch_flags, dest="latency_batch", type=int, metavar="N", help="batch of a V100 table")
-    parser.add_argument("--input-size", type=square_size, metavar="PX", help="input size of a V100 table")
+    parser.add_argument("--latency-batch", type=positive_int, metavar="N", help="batch of a V100 table")
+    if old_batch_flag:
+        deprecated_alias(parser, "--batch", "--latency-batch")
+    _add_square_size(parser, "--input-size", None, "input size of a V100 table")
 
 
 def _add_latency_budget_options(run: argparse.ArgumentParser) -> None:
-    _add_latency_table_options(run, ("--latency-batch",))
+    _add_latency_table_options(run)
     limit = run.add_mutually_exclusive_group()
     limit.add_argument(
         "--budget-latency",
@@ -122,11 +140,15 @@ def _add_search_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--population", type=int, default=256, help="structures kept")
     run.add_argument("--iterations", type=int, default=100_000, help="candidates to evaluate")
     run.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    run.add_argument("--batch", type=int, default=32, help="candidates proposed per step (part of the result)")
+    run.add_argument(
+        "--candidates-per-step", type=positive_int, default=32, help="candidates proposed per step (part of the result)"
+    )
+    deprecated_alias(run, "--batch", "--candidates-per-step")
     run.add_argument("--mutations", type=int, default=2, help="a child gets 1..N mutations")
     run.add_argument("--score", choices=("closed-form", "forward"), default="closed-form", help="score method")
-    run.add_argument("--forward-batch", type=int, default=8, help="images per forward score")
-    run.add_argument("--forward-resolution", type=int, default=224, help="image size of the forward score")
+    run.add_argument("--forward-batch-size", type=positive_int, default=8, help="images per forward score")
+    deprecated_alias(run, "--forward-batch", "--forward-batch-size")
+    _add_square_size(run, "--forward-resolution", 224, "image size of the forward score")
     run.add_argument("--forward-repeats", type=int, default=4, help="draws averaged by the forward score")
     run.add_argument("--device", type=device_argument, default="cpu", help="forward score device (cpu or cuda[:N])")
 
@@ -147,7 +169,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
 def _add_pareto_parser(sub: argparse._SubParsersAction) -> None:
     summary = "sweep latency budgets and write the front of score against predicted latency"
     pareto = _subcommand(sub, "pareto", "--latency-table FILE_OR_NAME [options] --out OUT", summary)
-    _add_latency_table_options(pareto, ("--batch", "--latency-batch"))
+    _add_latency_table_options(pareto, old_batch_flag=True)
     pareto.add_argument("--points", type=positive_int, default=8, help="latency budgets swept (one search each)")
     pareto.add_argument("--iterations", type=positive_int, default=5000, help="candidates per search")
     pareto.add_argument("--seed", type=int, default=0, help="seed of every search")
@@ -175,11 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     score = _subcommand(sub, "score", "[options] FILE", "score and cost figures of a structure (ours or the authors')")
     score.add_argument("file", help="structure file (JSON or the authors' txt) or a built-in name")
     score.add_argument("--json", action="store_true", help="print one JSON object")
-    score.add_argument(
-        "--resolution", type=square_size, default=480, metavar="PX", help="input size of the FLOPs figure"
-    )
+    _add_square_size(score, "--resolution", 480, "input size of the FLOPs figure")
     score.add_argument("--ratios", type=_ratios, default=RATIOS_TEXT, help="level ratios stem,C2,C3,C4,C5")
-    _add_latency_table_options(score, ("--batch", "--latency-batch"))
+    _add_latency_table_options(score, old_batch_flag=True)
     _add_pareto_parser(sub)
     return parser
 
@@ -218,7 +238,9 @@ def _budget(args: argparse.Namespace, target: LatencyTarget | None) -> Budget:
 
 
 def _settings(args: argparse.Namespace) -> SearchSettings:
-    forward = ForwardOptions(args.forward_batch, args.forward_resolution, args.forward_repeats, args.seed, args.device)
+    forward = ForwardOptions(
+        args.forward_batch_size, args.forward_resolution, args.forward_repeats, args.seed, args.device
+    )
     target = _latency_target(args)
     return SearchSettings(
         init=load_structure(args.init),
@@ -229,7 +251,7 @@ def _settings(args: argparse.Namespace) -> SearchSettings:
         seed=args.seed,
         score=args.score,
         forward=forward,
-        batch=args.batch,
+        batch=args.candidates_per_step,
         mutations=args.mutations,
         checkpoint_every=args.checkpoint_every,
         latency=target,

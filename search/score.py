@@ -154,7 +154,7 @@ def check_forward_memory(structure: Structure, batch: int, resolution: int) -> N
     try:
         check_fits(forward_score_bytes(structure, batch, resolution), f"the forward score at {batch}×{resolution}²")
     except MemoryEstimateError as exc:
-        raise SearchError(f"{str(exc).rstrip('.')} (--forward-batch, --forward-resolution).") from None
+        raise SearchError(f"{str(exc).rstrip('.')} (--forward-batch-size, --forward-resolution).") from None
 
 
 def forward_score(

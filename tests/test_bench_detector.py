@@ -14,6 +14,8 @@ from maedet.bench.suite import run_bench
 from maedet.bench.timing import LatencyStats
 from maedet.zoo.gfl_postprocess import PostprocessConfig
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 
 def _row(model: str, median: float) -> BenchRow:
     stats = LatencyStats(median, median * 1.1, median * 0.9, median * 0.9, median, 5.0, 10)

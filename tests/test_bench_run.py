@@ -29,6 +29,8 @@ from maedet.bench.cli import main
 from maedet.bench.models import parse_model
 from maedet.zoo import builtin_structure, gmacs
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 SIZE = (64, 64)
 ROW_KEYS = {"model", "backend", "precision", "batch", "input", "params", "gmacs", "latency_ms", "throughput", "speedup"}
 
@@ -186,7 +188,7 @@ def test_cli_lists_backends(capsys) -> None:
 def test_cli_tiny_run_writes_json_csv_and_plot(tiny: BenchResult, workdir, capsys, tmp_path) -> None:
     out = tmp_path / "runs"
     argv = ["--models", "maedet_s", "resnet50", "--backends", "ort-cpu", "--input-size", "64x64", "--rounds", "2"]
-    argv += ["--min-rounds", "1", "--iters", "1", "--warmup", "1", "--threads", "1", "--no-progress"]
+    argv += ["--min-rounds", "1", "--iterations", "1", "--warmup", "1", "--threads", "1", "--no-progress"]
     argv += ["--cache-dir", str(workdir / "cache"), "--json", str(out / "b.json"), "--csv", str(out / "b.csv")]
     argv += ["--plot", str(out / "b.png")]
     assert main(argv) == 0

@@ -21,6 +21,8 @@ from maedet.export.metadata import read_metadata
 from maedet.zoo import PostprocessConfig, Stage, Stem, Structure
 from maedet.zoo.convert import convert_checkpoint, convert_detector, main
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 TINY = Structure(
     Stem(3, 16, 2, 3),
     (Stage(16, 24, 2, 3, 1, 16), Stage(24, 48, 2, 3, 1, 16), Stage(48, 64, 2, 3, 1, 24), Stage(64, 96, 2, 3, 1, 32)),
@@ -196,7 +198,7 @@ def test_export_and_detect_take_a_converted_folder(s3, tmp_path, capsys) -> None
     assert read_metadata(tmp_path / "b.onnx")["model_name"] == "maedet_s_gfl"
     image = tmp_path / "a.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(image)
-    size = ["--size", "128", "96"]
+    size = ["--test-scale", "128", "96"]
     assert detect_main([str(image), *size, "--checkpoint", str(folder), "--out", str(tmp_path / "f")]) == 0
     assert detect_main([str(image), *size, "--model", "maedet_s_gfl", "--num-classes", "3", "--checkpoint",
                         str(ckpt), "--out", str(tmp_path / "c")]) == 0  # fmt: skip

@@ -31,6 +31,7 @@ def _refused(capsys, checkpoint: Path, out: Path, *extra: str) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_wrong_stem_shape_is_named(tmp_path, capsys, authors_checkpoint):
     checkpoint = authors_checkpoint("s")
     checkpoint["state_dict"][STEM] = torch.zeros(32, 3, 5, 5)
@@ -47,6 +48,7 @@ def test_non_text_keys_are_refused(tmp_path, capsys, authors_checkpoint):
     assert "int_keys.pth has a tensor under the key 7 (of type int) in 'state_dict'; keys must be text" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "make", "named"),
     [
@@ -70,6 +72,7 @@ def ours_s(authors_state_dict) -> dict[str, torch.Tensor]:
     return checkpoint_filter_fn(authors_state_dict("s"), timm.create_model("maedet_s"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bool, torch.int32, torch.complex64])
 def test_safetensors_of_the_wrong_kind_are_refused(dtype, ours_s, tmp_path, capsys):
     key = "stages.0.blocks.0.conv1.conv.weight"
@@ -80,6 +83,7 @@ def test_safetensors_of_the_wrong_kind_are_refused(dtype, ours_s, tmp_path, caps
     assert f"checkpoint tensor {key} has dtype {dtype}, but the model's is torch.float32" in err
 
 
+@pytest.mark.slow
 def test_float_safetensors_convert(ours_s, tmp_path):
     """The refusals above are about the kind of number: a float16 copy of the same weights converts."""
     save_file({k: v.half() if v.is_floating_point() else v for k, v in ours_s.items()}, tmp_path / "h.safetensors")
@@ -96,6 +100,7 @@ def test_a_named_model_and_a_structure_conflict(tmp_path, capsys, authors_checkp
     assert "--model maedet_s has its own structure" in err and "--model maedet" in err
 
 
+@pytest.mark.slow
 def test_a_structure_alone_means_the_generic_model(tmp_path, authors_checkpoint_file):
     structure = tmp_path / "s.json"
     structure.write_text(timm.create_model("maedet_s").structure.to_json())
@@ -104,6 +109,7 @@ def test_a_structure_alone_means_the_generic_model(tmp_path, authors_checkpoint_
     assert timm.create_model(f"local-dir:{out}").pretrained_cfg["architecture"] == "maedet"
 
 
+@pytest.mark.slow
 def test_a_utf8_bom_structure_converts(tmp_path, authors_checkpoint_file):
     structure = tmp_path / "bom.json"
     structure.write_bytes(b"\xef\xbb\xbf" + timm.create_model("maedet_s").structure.to_json().encode())
@@ -130,6 +136,7 @@ def _staging(parent: Path, name: str) -> list[Path]:
     return [p for p in parent.iterdir() if p.name.startswith(f".{name}.") and p.name.endswith(".maedet-tmp")]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_save_leaves_nothing(tmp_path, authors_checkpoint_file):
     """A real SIGINT to a real ``maedet-convert`` while its staging folder exists (the save is under way). A save
     that finishes before the signal lands leaves the whole folder and exits 0; the attempt is then made again, so the
@@ -156,6 +163,7 @@ def test_ctrl_c_during_the_save_leaves_nothing(tmp_path, authors_checkpoint_file
     pytest.fail("five saves in a row finished before SIGINT arrived")
 
 
+@pytest.mark.slow
 def test_a_killed_conversions_staging_folder_is_removed_by_the_next(tmp_path, authors_checkpoint_file):
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
@@ -167,6 +175,7 @@ def test_a_killed_conversions_staging_folder_is_removed_by_the_next(tmp_path, au
     assert os.path.exists(tmp_path / "weights" / "model.safetensors")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prefix", ["backbone.body.", "backbone.", "body.", "module."])
 def test_every_prefix_the_readme_lists_is_accepted(prefix, tmp_path, capsys):
     """Issue 17: our own (timm) keys under any of the listed prefixes convert to the same folder as bare keys."""
@@ -179,6 +188,7 @@ def test_every_prefix_the_readme_lists_is_accepted(prefix, tmp_path, capsys):
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_control_characters_in_keys_are_escaped_in_the_message(tmp_path, capsys):
     """Issue 17: a NUL (or a terminal escape) in a checkpoint key is shown as \\x00, never written raw."""
     state = timm.create_model("maedet_s", num_classes=0).state_dict()

@@ -19,7 +19,9 @@ from maedet.errors import MaeDetError
 from maedet.export.detector_onnx import export_detector_onnx
 from maedet.zoo import Detections
 
-SIZE = ("--size", "320", "256")
+pytestmark = pytest.mark.slow  # see make test-fast
+
+SIZE = ("--test-scale", "320", "256")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -65,7 +67,7 @@ def test_letterbox_gives_the_same_pixels_with_any_number_of_threads() -> None:
 
 # ------------------------------------------------------------------------------------------- a small COCO set
 CATEGORIES = [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}, {"id": 9, "name": "boat"}]
-# (h, w) chosen so that at --size 320 256 the letterboxed image needs no padding (images that do: see
+# (h, w) chosen so that at --test-scale 320 256 the letterboxed image needs no padding (images that do: see
 # test_pytorch_and_onnx_agree_when_boxes_reach_into_the_padding).
 IMAGES = {"a.png": (160, 200), "b.png": (200, 160), "c.jpg": (100, 125)}
 
@@ -496,8 +498,8 @@ def test_a_raw_file_must_have_the_outputs_its_strides_say(tmp_path: Path) -> Non
 def test_size_takes_the_grammar_every_tool_takes(size, scale) -> None:
     from maedet.detect.cli import build_detect_parser, build_eval_parser
 
-    assert build_detect_parser().parse_args(["x.png", "--out", "o", "--size", *size]).size == scale
-    assert build_eval_parser().parse_args(["--ann", "a", "--images", "i", "--size", *size]).size == scale
+    assert build_detect_parser().parse_args(["x.png", "--out", "o", "--test-scale", *size]).test_scale == scale
+    assert build_eval_parser().parse_args(["--ann", "a", "--images", "i", "--test-scale", *size]).test_scale == scale
 
 
 def test_detect_names_the_folder_entries_it_skips(coco_set, authors_s, tmp_path, capsys) -> None:
@@ -602,9 +604,9 @@ def test_detection_memory_is_estimated_before_any_image_is_decoded(tmp_path) -> 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--size", "0", "0"], "argument --size: an input size must be positive"),
-        (["--size", "16", "16"], "argument --size: expected a side length in pixels at least 32, got 16"),
-        (["--size", "9" * 5000, "800"], "a 5004-character value is far beyond the 8192 pixels"),
+        (["--test-scale", "0", "0"], "argument --test-scale: an input size must be positive"),
+        (["--test-scale", "16", "16"], "argument --test-scale: expected a side length in pixels at least 32, got 16"),
+        (["--test-scale", "9" * 5000, "800"], "a 5004-character value is far beyond the 8192 pixels"),
         (["--device", "banana"], "unknown device 'banana'"),
         (["--device", "meta"], "unknown device 'meta'"),
     ],

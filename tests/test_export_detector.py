@@ -17,6 +17,8 @@ from maedet.export.errors import ExportError
 from maedet.export.metadata import read_metadata
 from maedet.zoo import PostprocessConfig, Stage, Stem, Structure
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 TINY = Structure(
     Stem(3, 16, 2, 3),
     (Stage(16, 24, 2, 3, 1, 16), Stage(24, 48, 2, 3, 1, 16), Stage(48, 64, 2, 3, 1, 24), Stage(64, 96, 2, 3, 1, 32)),

@@ -205,6 +205,7 @@ def test_input_size_that_is_not_one_size_is_one_sentence(size, capsys):
     assert code == 2 and _one_sentence(err).startswith("maedet-export: error: argument --input-size: ")
 
 
+@pytest.mark.slow
 def test_info_is_a_result_on_stdout(tmp_path, capsys):
     """Issue 17: --info prints its table on stdout, like every tool's results; stderr stays empty."""
     out = tmp_path / "s.onnx"

@@ -25,6 +25,8 @@ from maedet.export.precision import DEFAULT_CALIB_IMAGES, calibration_batches, s
 from maedet.letterbox import collate, letterbox
 from maedet.runtime import ort_session, run_session
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # A five-level MAE-DET small enough to export in a second: strides 2 (stem), 4, 8, 16, 32.
 TINY = {

@@ -16,6 +16,8 @@ from maedet.export.cli import main
 from maedet.runtime import ort_session, run_session
 from maedet.zoo import builtin_structure
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 VARIANTS = ["maedet_s", "maedet_m", "maedet_l"]
 SIZE = (64, 64)
 

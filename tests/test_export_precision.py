@@ -19,6 +19,8 @@ from maedet.export.cli import main
 from maedet.export.precision import calibration_batches
 from maedet.runtime import ort_session, run_session
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 SIZE = (64, 64)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

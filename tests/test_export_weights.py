@@ -16,6 +16,8 @@ from maedet.export.cli import main
 from maedet.zoo import load_checkpoint
 from maedet.zoo.checkpoint import unwrap_state_dict
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 SIZE = (64, 64)
 
 

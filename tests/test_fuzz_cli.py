@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(1800)  # the first test waits for every probe (the module fixture runs them all)
+# slow: left out of make test-fast; the timeout: the first test waits for every probe (the module fixture runs them all)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ADDRESS_SPACE_LIMIT = 6 * 2**30  # torch + onnxruntime map ~2-3 GB of address space before doing anything
 TIMEOUT_S = 180
@@ -410,7 +411,7 @@ PROBES = [
     # ---- numbers out of range (issue 17.4)
     _p("eval-limit-zero", EVAL, "--ann {in}/ann.json --images {in}/calib --model maedet_s_gfl --limit 0", "--limit"),
     _p("search-score-resolution-negative", SEARCH, "score maedet_s --resolution -480", "--resolution"),
-    _p("detect-size-one", DETECT, "{in}/calib --model maedet_s_gfl --size 1 1 --out {out}/d", "--size"),
+    _p("detect-size-one", DETECT, "{in}/calib --model maedet_s_gfl --test-scale 1 1 --out {out}/d", "--test-scale"),
     _p("bench-threads-zero", BENCH, "--models resnet18 --backends torch-eager --threads 0", "--threads"),
     # ---- export: --info
     _p("export-info-foreign", EXPORT, "--info {in}/foreign.onnx", "not written by maedet-export"),
@@ -511,7 +512,12 @@ PROBES = [
     _p("data-size-huge", DATA, "shapes --out {out}/d --train 2 --val 1 --size 100000", "--size"),
     _p("data-classes-path", DATA, "shapes --out {out}/d --train 2 --val 1 --classes ../../etc", "unknown class"),
     # ---- issue 17: memory (weights, buffers and post-processing counted before anything is built or run)
-    _p("detect-size-100000", DETECT, "{in}/small.png --checkpoint {in}/det --size 100000 100000 --out {out}/d", "GiB"),
+    _p(
+        "detect-size-100000",
+        DETECT,
+        "{in}/small.png --checkpoint {in}/det --test-scale 100000 100000 --out {out}/d",
+        "GiB",
+    ),
     _p("detect-png-12000", DETECT, "{in}/big12000.png --checkpoint {in}/det --out {out}/d", "megapixels"),
     _p("detect-folder-fpn-2-20", DETECT, "{in}/small.png --checkpoint {in}/det_wide --out {out}/d", "of weights"),
     _p("detect-folder-reg-max-1e9", DETECT, "{in}/small.png --checkpoint {in}/det_bins --out {out}/d", "reg_max"),
@@ -537,7 +543,12 @@ PROBES = [
         "forward score",
     ),
     # ---- issue 17: zero-size resizes and decompression bombs in detection
-    _p("detect-size-zero", DETECT, "{in}/small.png --checkpoint {in}/det --size 0 0 --out {out}/d", "must be positive"),
+    _p(
+        "detect-size-zero",
+        DETECT,
+        "{in}/small.png --checkpoint {in}/det --test-scale 0 0 --out {out}/d",
+        "must be positive",
+    ),
     _p("detect-bomb", DETECT, "{in}/calib_bomb/bomb.png --checkpoint {in}/det --out {out}/d", "megapixels"),
     # ---- issue 17: one device parser
     _p("detect-device-cuda-99", DETECT, "{in}/small.png --checkpoint {in}/det --device cuda:99 --out {out}/d", "CUDA"),
@@ -563,7 +574,7 @@ PROBES = [
     _p(
         "detect-size-5000-digits",
         DETECT,
-        f"{{in}}/small.png --checkpoint {{in}}/det --size {NINES} 8 --out {{out}}/d",
+        f"{{in}}/small.png --checkpoint {{in}}/det --test-scale {NINES} 8 --out {{out}}/d",
         "far beyond the 8192 pixels",
     ),
     _p(

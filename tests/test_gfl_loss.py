@@ -351,6 +351,7 @@ def small_detector():
     return create_detector("gfl", backbone="maedet_s", fpn_channels=64, num_classes=3)
 
 
+@pytest.mark.slow
 def test_forward_train_matches_forward(small_detector):
     det = small_detector.eval()
     x = torch.randn(1, 3, 64, 96)
@@ -364,6 +365,7 @@ def test_forward_train_matches_forward(small_detector):
         assert torch.equal(distances, raw[len(det.strides) + level])
 
 
+@pytest.mark.slow
 def test_detector_loss_end_to_end_reaches_backbone_neck_and_head(small_detector):
     det = small_detector.train()
     det.zero_grad()
@@ -425,6 +427,7 @@ def _ddp_worker(rank: int, world: int, rendezvous: str, out_dir: str, images: in
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_the_whole_batch(tmp_path):
     images, world = 4, 2
     mp.spawn(_ddp_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path), images), nprocs=world)

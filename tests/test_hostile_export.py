@@ -34,6 +34,8 @@ from maedet.fileio import (
 )
 from maedet.memory import available_memory_bytes, check_fits, forward_peak_bytes
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 # 250 bytes each: ASCII, and 4-byte UTF-8 characters (62 of them + ".onnx" = 253 bytes) whose cut must not split one.
 LONG_NAMES = ["a" * 245 + ".onnx", "\U0001f600" * 62 + ".onnx", "é" * 120 + "x.json"]
 

@@ -15,6 +15,8 @@ from maedet.bench.models import parse_model
 from maedet.cli import make_parser, run_cli
 from maedet.search.cli import main as search_main
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 
 def _run(handler, capsys) -> tuple[int, str]:
     code = run_cli(make_parser("maedet-test", "a test tool"), handler, [])

@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hub_server import local_hub
 from safetensors.torch import load_file
 from train_helpers import TINY_STRUCTURE, make_shapes
+
+pytestmark = pytest.mark.slow  # a training run and tools in subprocesses: see make test-fast
 
 TOOLS = Path(sys.executable).parent
 
@@ -45,7 +48,7 @@ def test_train_pushes_the_detector_folder_and_hf_hub_rebuilds_it(tmp_path: Path)
     out = tmp_path / "run"
     argv = ["--recipe", "demo", "--model", "gfl", "--structure", TINY_STRUCTURE, "--data", str(shapes / "train.json"),
             "--images", str(shapes / "train"), "--out", str(out), "--device", "cpu", "--short-range", "64", "64",
-            "--long-max", "64", "--batch", "4", "--epochs", "1", "--fpn-channels", "32", "--stacked-convs", "1",
+            "--long-max", "64", "--batch-size", "4", "--epochs", "1", "--fpn-channels", "32", "--stacked-convs", "1",
             "--push-to-hub", "me/tiny-gfl"]  # fmt: skip
     with local_hub() as hub:
         env = _env(hub.endpoint, tmp_path)

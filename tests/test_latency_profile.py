@@ -19,6 +19,8 @@ from maedet.errors import MaeDetError
 from maedet.zoo import load_structure
 from maedet.zoo.latency import load_latency_table
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 TINY = ProfileSettings(input_size=64, train_nets=2, calibration_nets=2, validation_nets=2, rounds=1, threads=1)
 
 

@@ -226,6 +226,7 @@ def test_builtin_names_need_batch_and_size():
     assert predict_latency(load_structure("maedet_m"), v100) / 32 == pytest.approx(0.826427609216266, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_the_predictor_package_imports_no_runtime():
     code = (
         "import sys, ast, pathlib, maedet.zoo.latency as m;"

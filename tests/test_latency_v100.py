@@ -273,6 +273,7 @@ def test_published_structures_match_the_reference_at_the_authors_search_setting(
     assert 0 < got < 0.01
 
 
+@pytest.mark.slow
 def test_published_structures_match_the_reference_in_fp32_and_int8():
     settings = (("v100-fp32", "conv_data.out.gz", 1, 224), ("v100-int8", "conv_data.out.int8.gz", 64, 640))
     for table, file_name, batch, size in settings:

@@ -28,6 +28,8 @@ from maedet.export.model_reference import parse_model_reference, reference_struc
 from maedet.zoo import builtin_structure, gmacs
 from maedet.zoo.convert import main as convert_main
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 SIZE = (64, 64)
 
 
@@ -91,7 +93,7 @@ def test_bench_measures_a_converted_folder(workdir, monkeypatch, tmp_path, capsy
     monkeypatch.chdir(workdir)
     out = tmp_path / "b.json"
     argv = ["--models", "local-dir:weights/s", "--backends", "torch-eager", "--input-size", "64x64", "--rounds", "2"]
-    argv += ["--min-rounds", "1", "--iters", "1", "--warmup", "1", "--threads", "1", "--no-progress"]
+    argv += ["--min-rounds", "1", "--iterations", "1", "--warmup", "1", "--threads", "1", "--no-progress"]
     argv += ["--cache-dir", str(tmp_path / "cache"), "--json", str(out)]
     assert bench_main(argv) == 0, capsys.readouterr().err
     (row,) = json.loads(out.read_text())["results"]

@@ -43,8 +43,10 @@ def test_search_score_resolution(value: str, capsys) -> None:
 def test_detect_size(tmp_path, capsys) -> None:
     from maedet.detect.cli import detect_main
 
-    code = detect_main([str(tmp_path), "--model", "maedet_s_gfl", "--size", "1", "1", "--out", str(tmp_path / "o")])
-    _usage_error(capsys, code, "--size", "expected a side length in pixels at least 32, got 1")
+    code = detect_main(
+        [str(tmp_path), "--model", "maedet_s_gfl", "--test-scale", "1", "1", "--out", str(tmp_path / "o")]
+    )
+    _usage_error(capsys, code, "--test-scale", "expected a side length in pixels at least 32, got 1")
     assert not (tmp_path / "o").exists()
 
 

@@ -35,6 +35,7 @@ def finished_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_run_writes_every_output(finished_run):
     out = finished_run
     best = json.loads((out / "best.json").read_text())

@@ -119,6 +119,7 @@ def test_init_over_budget_and_impossible_budgets(init):
         Budget(params=0)
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_result_as_one_process(init):
     settings = _settings(init, iterations=600, population=32)
     serial = Search(settings).run()
@@ -155,6 +156,7 @@ def test_forward_score_search_runs_and_is_deterministic():
     assert a.population == b.population
 
 
+@pytest.mark.slow
 def test_forward_score_on_local_ray(monkeypatch):
     ray = pytest.importorskip("ray", reason="ray is not installed (optional extra 'distributed')")
     from maedet.search import RayExecutor

@@ -114,6 +114,7 @@ def test_score_of_a_fifo_does_not_hang(tmp_path, capsys):
     assert err.startswith("maedet-search: error: ") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_score_of_dev_zero_is_refused_with_bounded_memory():
     code = (
         "import resource, sys\n"
@@ -291,6 +292,7 @@ def test_a_second_search_on_the_same_out_is_refused(tmp_path, capsys):
     assert json.loads((out / "best.json").read_text())["candidates"] == 200
 
 
+@pytest.mark.slow
 def test_two_real_searches_at_once_one_is_refused(tmp_path):
     out = tmp_path / "run"
     argv = [*SMALL_RUN[:4], "300000", "--population", "16", "--checkpoint-every", "1000", "--quiet", "--out", str(out)]
@@ -311,6 +313,7 @@ def test_two_real_searches_at_once_one_is_refused(tmp_path):
         first.communicate(timeout=30)
 
 
+@pytest.mark.slow
 # ---------------------------------------------------------------------------------------------- 12.7 leftovers
 def test_temporary_files_of_killed_writers_are_removed_on_the_next_run(tmp_path):
     out = tmp_path / "run"
@@ -347,9 +350,19 @@ def test_forward_search_estimates_its_duration_up_front(tmp_path, search_log):
     assert "with 2 workers" in message
 
 
+@pytest.mark.slow
 def test_forward_run_logs_the_estimate_and_the_bar_shows_an_eta(tmp_path, capsys):
-    argv = ["run", "--preset", "maedet-s", "--iterations", "4", "--batch", "2", "--population", "4"]
-    forward = ["--score", "forward", "--forward-batch", "1", "--forward-resolution", "32", "--forward-repeats", "1"]
+    argv = ["run", "--preset", "maedet-s", "--iterations", "4", "--candidates-per-step", "2", "--population", "4"]
+    forward = [
+        "--score",
+        "forward",
+        "--forward-batch-size",
+        "1",
+        "--forward-resolution",
+        "32",
+        "--forward-repeats",
+        "1",
+    ]
     assert main([*argv, *forward, "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert "maedet-search: --score forward takes about" in err and "the remaining 3 candidates" in err

@@ -82,7 +82,19 @@ def test_genome_latency_equals_the_tables_prediction(which, v100):
 
 def test_score_json_gives_the_authors_v100_figures(capsys):
     assert (
-        main(["score", "maedet_m", "--latency-table", "v100-fp16", "--batch", "32", "--input-size", "480", "--json"])
+        main(
+            [
+                "score",
+                "maedet_m",
+                "--latency-table",
+                "v100-fp16",
+                "--latency-batch",
+                "32",
+                "--input-size",
+                "480",
+                "--json",
+            ]
+        )
         == 0
     )
     info = json.loads(capsys.readouterr().out)
@@ -198,7 +210,7 @@ def test_cli_latency_errors_are_one_sentence(capsys):
     cases = [
         (["run", "--budget-latency", "20", "--out", "x"], "needs a --latency-table"),
         (["run", "--latency-table", "v100-fp16", "--budget-latency", "20", "--out", "x"], "needs a batch size"),
-        (["score", "maedet_m", "--batch", "32"], "needs a --latency-table"),
+        (["score", "maedet_m", "--latency-batch", "32"], "needs a --latency-table"),
         (["pareto", "--out", "x"], "pareto needs a --latency-table"),
     ]
     for argv, message in cases:
@@ -247,6 +259,7 @@ def test_pareto_api_on_the_v100_table(v100, tmp_path):
     assert [p.name for p in paths] == ["pareto.json", "pareto.png"] and all(p.stat().st_size > 0 for p in paths)
 
 
+@pytest.mark.slow
 def test_a_latency_search_resumes_to_the_uninterrupted_result(table_file, tmp_path):
     common = ["run", "--latency-table", str(table_file), "--budget-latency", "60", "--budget-layers", "91"]
     common += ["--population", "16", "--quiet"]

@@ -82,6 +82,7 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["maedet_s", "maedet_m", "maedet_l"])
 def test_forward_score_within_one_percent_at_224_batch8(name, one_thread):
     """docs/design.md §3: within 1% of the closed form at 224 px, batch 8, 4 repeats."""
@@ -121,6 +122,7 @@ def _random_structures(count: int, seed: int) -> list[Structure]:
     return [space.decode(g) for g in genomes]
 
 
+@pytest.mark.slow
 def test_forward_ranks_like_closed_form_over_random_structures(one_thread):
     """Spearman ≥ 0.99 over 24 random structures. To stay cheap on 2 cores this runs at 64 px, batch 2, 1 repeat
     (docs/design.md §3's 0.9996 was measured at 224 px, batch 8, 4 repeats)."""

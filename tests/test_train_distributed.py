@@ -13,6 +13,8 @@ from train_helpers import TINY_STRUCTURE, make_shapes, tiny_settings
 
 from maedet.train import resume, train
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -32,8 +34,8 @@ def _torchrun_two_processes(shapes: Path, out: Path) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                "maedet.train", "--recipe", "demo", "--model", "gfl", "--structure", TINY_STRUCTURE,
                "--data", str(shapes / "train.json"), "--images", str(shapes / "train"), "--out", str(out),
-               "--device", "cpu", "--lr", "0.08", "--warmup-iters", "2", "--steps", "100", "--epochs", "2",
-               "--short-range", "64", "64", "--long-max", "64", "--flip", "0", "--batch", "2",
+               "--device", "cpu", "--lr", "0.08", "--warmup-iterations", "2", "--steps", "100", "--epochs", "2",
+               "--short-range", "64", "64", "--long-max", "64", "--flip", "0", "--batch-size", "2",
                "--fpn-channels", "32", "--stacked-convs", "1", "--sync-bn", "--no-channels-last", "-q"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

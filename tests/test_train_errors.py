@@ -12,6 +12,8 @@ from train_helpers import TINY_STRUCTURE, make_shapes
 
 from maedet.train.cli import main
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -21,7 +23,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _args(shapes: Path, out: Path, *extra: str, data: Path | None = None) -> list[str]:
     return ["--recipe", "demo", "--model", "gfl", "--structure", TINY_STRUCTURE,
             "--data", str(data or shapes / "train.json"), "--images", str(shapes / "train"), "--out", str(out),
-            "--device", "cpu", "--short-range", "64", "64", "--long-max", "64", "--batch", "4", "--epochs", "1",
+            "--device", "cpu", "--short-range", "64", "64", "--long-max", "64", "--batch-size", "4", "--epochs", "1",
             "--fpn-channels", "32", "--stacked-convs", "1", *extra]  # fmt: skip
 
 
@@ -37,7 +39,7 @@ def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], words: str) ->
 
 @pytest.mark.parametrize(
     ("extra", "words"),
-    [(["--num-classes", "3"], "does not fit the data"), (["--batch", "16"], "larger than the 8 training images"),
+    [(["--num-classes", "3"], "does not fit the data"), (["--batch-size", "16"], "larger than the 8 training images"),
      (["--amp", "bf16"], "needs a CUDA device"), (["--lr", "-1"], "lr must be positive"),
      (["--steps", "5", "3"], "lr steps must increase"), (["--val-data", "x.json"], "go together"),
      (["--short-range", "20000", "20000", "--long-max", "40000"], "of memory (estimated before running)"),

@@ -8,8 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from train_helpers import TINY_STRUCTURE, make_shapes
+
+pytestmark = pytest.mark.slow  # see make test-fast
 
 
 def _start_after_one_epoch(shapes: Path, out: Path, *extra: str, new_group: bool = False) -> subprocess.Popen:
@@ -17,7 +20,7 @@ def _start_after_one_epoch(shapes: Path, out: Path, *extra: str, new_group: bool
     tool = str(Path(sys.executable).with_name("maedet-train"))
     argv = [tool, "-q", "--recipe", "demo", "--model", "gfl", "--structure", TINY_STRUCTURE,
             "--data", str(shapes / "train.json"), "--images", str(shapes / "train"), "--out", str(out),
-            "--device", "cpu", "--short-range", "64", "64", "--long-max", "64", "--batch", "2", "--epochs", "50",
+            "--device", "cpu", "--short-range", "64", "64", "--long-max", "64", "--batch-size", "2", "--epochs", "50",
             "--fpn-channels", "32", "--stacked-convs", "1", *extra]  # fmt: skip
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=new_group)
     deadline = time.monotonic() + 600

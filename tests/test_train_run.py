@@ -14,6 +14,8 @@ from train_helpers import make_shapes, tiny_settings
 from maedet.train import train
 from maedet.zoo import create_detector
 
+pytestmark = pytest.mark.slow  # see make test-fast
+
 TOOLS = Path(sys.executable).parent
 
 
@@ -61,7 +63,7 @@ def test_the_detector_folder_loads_with_the_ema_weights(trained):
 def test_eval_and_export_take_the_folder_as_it_is(trained, shapes, tmp_path):
     result, out = trained
     folder = out / "detector"
-    val = ("--ann", str(shapes / "val.json"), "--images", str(shapes / "val"), "--size", "64", "64")
+    val = ("--ann", str(shapes / "val.json"), "--images", str(shapes / "val"), "--test-scale", "64", "64")
     done = _tool("maedet-eval", "--checkpoint", str(folder), *val, "--json", str(tmp_path / "ap.json"))
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "ap.json").read_text())["AP"] == pytest.approx(result.final_ap["AP"])

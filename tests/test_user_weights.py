@@ -85,6 +85,7 @@ def test_non_finite_weights_are_refused_naming_the_first(tmp_path: Path, classif
             load_checkpoint(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.complex64])
 def test_weights_of_the_wrong_kind_are_refused_on_export(tmp_path: Path, classifier_state, dtype) -> None:
     state = {k: v for k, v in classifier_state.items() if not k.startswith("head.")}
@@ -96,6 +97,7 @@ def test_weights_of_the_wrong_kind_are_refused_on_export(tmp_path: Path, classif
         resolve_model("maedet_s", checkpoint=path)
 
 
+@pytest.mark.slow
 def test_integer_weights_of_another_timm_model_are_refused_on_export(tmp_path: Path) -> None:
     state = timm.create_model("resnet18", num_classes=0).state_dict()
     state["conv1.weight"] = state["conv1.weight"].to(torch.int64)
@@ -105,6 +107,7 @@ def test_integer_weights_of_another_timm_model_are_refused_on_export(tmp_path: P
         resolve_model("resnet18", checkpoint=path)
 
 
+@pytest.mark.slow
 def test_extra_keys_are_named_on_export_and_convert(tmp_path: Path, classifier_state) -> None:
     from maedet.zoo.convert import convert_checkpoint
 
@@ -118,6 +121,7 @@ def test_extra_keys_are_named_on_export_and_convert(tmp_path: Path, classifier_s
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 # ------------------------------------------------------------------------------------------- 17.5 numpy meta, timm path
 def test_numpy_meta_loads_through_timms_overlay_and_a_payload_does_not(
     tmp_path: Path, classifier_state, monkeypatch: pytest.MonkeyPatch
@@ -140,6 +144,7 @@ def test_numpy_meta_loads_through_timms_overlay_and_a_payload_does_not(
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow
 # ------------------------------------------------------------------------------------------- the classifier is kept
 def test_a_trained_classifier_is_kept_or_refused_never_replaced(tmp_path: Path, classifier_state) -> None:
     path = tmp_path / "cls.pth"
@@ -187,6 +192,7 @@ def test_a_folders_model_args_are_checked(tmp_path: Path, classifier_state, mode
             timm.create_model(f"local-dir:{folder}", pretrained=True)
 
 
+@pytest.mark.slow
 def test_a_folder_with_known_model_args_still_loads(tmp_path: Path, classifier_state) -> None:
     folder = _folder(tmp_path, classifier_state, {"drop_rate": 0.1, "global_pool": "avg"})
     model = timm.create_model(f"local-dir:{folder}", pretrained=True)
@@ -194,6 +200,7 @@ def test_a_folder_with_known_model_args_still_loads(tmp_path: Path, classifier_s
     assert torch.equal(model.state_dict()[key], classifier_state[key])
 
 
+@pytest.mark.slow
 # ------------------------------------------------------------------------------------------- maedet-convert
 def test_convert_keeps_the_classifier_and_records_the_users_source(tmp_path: Path, classifier_state) -> None:
     from maedet.zoo.convert import main

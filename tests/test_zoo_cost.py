@@ -32,6 +32,7 @@ def test_costs_equal_design_table(name: str) -> None:
     assert cost(structure, 224).flops == flops224
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(DESIGN_TABLE))
 def test_params_equal_built_module(name: str) -> None:
     structure = builtin_structure(name)
@@ -40,6 +41,7 @@ def test_params_equal_built_module(name: str) -> None:
         assert sum(p.numel() for p in model.parameters()) == param_count(structure, num_classes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "height", "width", "num_classes"),
     [("maedet_s", 224, 224, 0), ("maedet_m", 320, 192, 1000), ("maedet_l", 224, 224, 0), ("r50_like_init", 96, 160, 0)],

@@ -146,6 +146,7 @@ def test_prior_points_have_no_offset_and_are_row_major() -> None:
     assert pts.tolist() == [[0, 0], [16, 0], [32, 0], [0, 16], [16, 16], [32, 16]]
 
 
+@pytest.mark.slow
 def test_raw_outputs_match_the_authors_head(small_s) -> None:
     model, state = small_s
     x = torch.randn(1, 3, 128, 160, generator=torch.Generator().manual_seed(1))
@@ -161,6 +162,7 @@ def test_raw_outputs_match_the_authors_head(small_s) -> None:
         torch.testing.assert_close(outs[5 + level], dist * STRIDES[level], rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_hw", [(128, 160), (100, 141)])
 def test_detections_match_the_authors_postprocess(small_s, image_hw) -> None:
     """Unpadded image sizes clamp the boxes; the extra channel takes top-k slots and is dropped afterwards."""
@@ -177,6 +179,7 @@ def test_detections_match_the_authors_postprocess(small_s, image_hw) -> None:
     assert float(det.boxes[:, 2].max()) <= image_hw[1] and float(det.boxes[:, 3].max()) <= image_hw[0]
 
 
+@pytest.mark.slow
 def test_predict_is_per_image(small_s) -> None:
     model, _ = small_s
     cfg = PostprocessConfig(score_thr=0.2, max_per_img=30)
@@ -190,6 +193,7 @@ def test_predict_is_per_image(small_s) -> None:
         torch.testing.assert_close(alone.boxes, together[i].boxes, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 # ------------------------------------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("name", ["maedet_s_gfl", "maedet_m_gfl", "maedet_l_gfl"])
 def test_authors_checkpoint_maps_every_key_exactly(name: str, authors_detector_state) -> None:
@@ -205,6 +209,7 @@ def test_authors_checkpoint_maps_every_key_exactly(name: str, authors_detector_s
         assert torch.equal(tensor, state[their_key]), (their_key, our_key)
 
 
+@pytest.mark.slow
 def test_checkpoint_file_round_trip_and_our_own_layout(tmp_path, authors_detector_state) -> None:
     state = authors_detector_state("maedet_s_gfl", seed=9)
     path = tmp_path / "latest.pth"
@@ -265,6 +270,7 @@ def test_bad_backbones_and_names_are_refused() -> None:
         maedet.create_detector("resnet50_gfl", pretrained=True)
 
 
+@pytest.mark.slow
 def test_a_narrow_head_runs_where_a_level_is_one_pixel() -> None:
     # fpn_channels 32 puts one channel in each GroupNorm group; at 64×64 P6 and P7 are 1×1 (issue 17)
     detector = maedet.create_detector("maedet_s_gfl", fpn_channels=32, num_classes=2).eval()

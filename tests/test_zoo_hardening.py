@@ -37,12 +37,14 @@ def test_any_input_size_runs_like_a_strided_conv(height: int, width: int) -> Non
         assert feat.shape[-2:] == (-(-height // reduction), -(-width // reduction))
 
 
+@pytest.mark.slow
 def test_maedet_s_at_300() -> None:
     model = timm.create_model("maedet_s", num_classes=0).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 300, 300)).shape == (1, 2048)
 
 
+@pytest.mark.slow
 def test_gmacs_at_odd_size_equal_flop_counter() -> None:
     model = timm.create_model("maedet", structure=TINY, num_classes=0).eval()
     for height, width in ODD_SIZES:
@@ -51,6 +53,7 @@ def test_gmacs_at_odd_size_equal_flop_counter() -> None:
         assert counter.get_total_flops() == 2 * round(gmacs(TINY, height, width) * 1e9)
 
 
+@pytest.mark.slow
 def test_dynamic_onnx_runs_at_333x517(tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     from maedet.export import export_onnx
@@ -68,6 +71,7 @@ def test_dynamic_onnx_runs_at_333x517(tmp_path: Path) -> None:
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["maedet_s", "maedet_m", "maedet_l"])
 def test_fresh_model_fits_fp16(name: str) -> None:
     model = timm.create_model(name, features_only=True).eval()
@@ -84,6 +88,7 @@ def test_zero_init_last_is_an_option() -> None:
     assert all(torch.all(block.conv3.bn.weight == 1) for stage in kept.stages for block in stage.blocks)
 
 
+@pytest.mark.slow
 def test_stochastic_depth_rises_linearly_and_is_off_in_eval() -> None:
     model = timm.create_model("maedet", structure=TINY, drop_path_rate=0.1, num_classes=0)
     rates = [
@@ -138,6 +143,7 @@ def test_prune_intermediate_layers_keeps_what_is_asked() -> None:
     assert all(torch.equal(a, b) for a, b in zip(got, want[:2], strict=True))
 
 
+@pytest.mark.slow
 def test_each_pretrained_model_has_its_own_cache_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, authors_checkpoint, authors_state_dict
 ) -> None:

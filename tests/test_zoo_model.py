@@ -51,6 +51,7 @@ def test_registered_with_timm() -> None:
     assert data_cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN and data_cfg["crop_pct"] == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "channels"),
     [("maedet_s", [48, 272, 1024, 2048]), ("maedet_m", [120, 512, 1632, 2048]), ("maedet_l", [144, 608, 1912, 2400])],
@@ -68,6 +69,7 @@ def test_features_only_c2_to_c5(name: str, channels: list[int]) -> None:
     assert picked.feature_info.channels() == channels[2:]
 
 
+@pytest.mark.slow
 def test_classification_interface() -> None:
     model = timm.create_model("maedet", structure=SMALL, num_classes=10, drop_rate=0.1).eval()
     assert isinstance(model, MaeDet) and model.num_features == 96
@@ -88,6 +90,7 @@ def test_classification_interface() -> None:
     assert model.group_matcher()["blocks"].startswith("^stages")
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_gives_the_same_gradients() -> None:
     torch.manual_seed(0)
     plain = timm.create_model("maedet", structure=SMALL, num_classes=4)
@@ -117,6 +120,7 @@ def test_structure_sources(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["format"] == "maedet-structure/1"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("features_only", [False, True])
 def test_fuse_bn_matches_eval_model(features_only: bool) -> None:
     kwargs = {"features_only": True} if features_only else {"num_classes": 10}
@@ -132,6 +136,7 @@ def test_fuse_bn_matches_eval_model(features_only: bool) -> None:
     assert maedet.fuse_bn is fuse_bn
 
 
+@pytest.mark.slow
 def test_torch_export_trace_and_channels_last() -> None:
     model = _randomize_bn(timm.create_model("maedet", structure=SMALL, features_only=True))
     with torch.no_grad():
@@ -146,6 +151,7 @@ def test_torch_export_trace_and_channels_last() -> None:
     assert cl_out[0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow
 def test_torch_compile() -> None:
     model = _randomize_bn(timm.create_model("maedet", structure=SMALL, num_classes=3))
     compiled = torch.compile(model)

@@ -41,6 +41,7 @@ def assert_loaded(authors_state_dict) -> AssertLoaded:
     return check
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["s", "m", "l"])
 def test_pretrained_from_authors_file(size: str, authors_checkpoint_file, assert_loaded: AssertLoaded) -> None:
     path = authors_checkpoint_file(size)
@@ -65,6 +66,7 @@ def http_server(tmp_path: Path):
     server.server_close()
 
 
+@pytest.mark.slow
 def test_pretrained_from_url(
     http_server, tmp_path_factory: pytest.TempPathFactory, authors_checkpoint, assert_loaded: AssertLoaded
 ) -> None:
@@ -82,6 +84,7 @@ def test_pretrained_from_url(
     assert (cache / "maedet_m-gflv2_coco-latest.pth").is_file()  # its own name: the authors call all three latest.pth
 
 
+@pytest.mark.slow
 def test_filter_accepts_tinynas_and_our_layouts(authors_state_dict) -> None:
     model = timm.create_model("maedet_s")
     bare = {k.removeprefix("backbone.body."): v for k, v in authors_state_dict("s").items()}
@@ -91,6 +94,7 @@ def test_filter_accepts_tinynas_and_our_layouts(authors_state_dict) -> None:
     assert all(torch.equal(again[k], ours[k]) for k in ours)
 
 
+@pytest.mark.slow
 def test_filter_names_missing_unexpected_and_misshapen_keys(authors_state_dict) -> None:
     model = timm.create_model("maedet_s")
     state = authors_state_dict("s")
@@ -118,6 +122,7 @@ class NotATensor:
     """A pickled object that weights_only loading must refuse."""
 
 
+@pytest.mark.slow
 def test_unsafe_pickle_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], authors_state_dict) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": authors_state_dict("s"), "meta": NotATensor()}, path)
@@ -146,6 +151,7 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_code_executing_pickle_is_named_and_never_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], authors_state_dict
 ) -> None:
@@ -179,6 +185,7 @@ def _as_numpy1_wrote_it(path: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_mmdetection_meta_with_numpy_scalars_loads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], authors_checkpoint, assert_loaded: AssertLoaded
 ) -> None:
@@ -199,6 +206,7 @@ def test_mmdetection_meta_with_numpy_scalars_loads(
     assert_loaded(timm.create_model(f"local-dir:{out}", pretrained=True), "s")
 
 
+@pytest.mark.slow
 def test_converted_folder_gets_the_umask_permissions(authors_checkpoint_file, tmp_path: Path) -> None:
     previous = os.umask(0o022)
     try:
@@ -226,6 +234,7 @@ def test_convert_cli_version_and_one_line_errors(tmp_path: Path, capsys: pytest.
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_convert_then_local_dir(
     authors_checkpoint_file, tmp_path: Path, capsys: pytest.CaptureFixture[str], assert_loaded: AssertLoaded
 ) -> None:
@@ -244,6 +253,7 @@ def test_convert_then_local_dir(
     assert "exists and is not empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_convert_searched_structure(authors_checkpoint_file, tmp_path: Path, assert_loaded: AssertLoaded) -> None:
     """A structure file (the authors' txt) becomes a self-describing folder for the generic 'maedet' entry."""
     structure_file = tmp_path / "best_structure.txt"
@@ -255,6 +265,7 @@ def test_convert_searched_structure(authors_checkpoint_file, tmp_path: Path, ass
     assert_loaded(model, "l")
 
 
+@pytest.mark.slow
 def test_hf_hub_offline_cache(authors_checkpoint_file, tmp_path: Path) -> None:
     """`hf-hub:` through huggingface_hub's real client, resolving a repo from a local cache with the hub offline."""
     folder = convert_checkpoint(authors_checkpoint_file("m"), tmp_path / "folder", "maedet_m")
@@ -322,6 +333,7 @@ def test_features_only_out_indices_beyond_the_levels_are_one_sentence() -> None:
     assert len(model.feature_info.channels()) == 2
 
 
+@pytest.mark.slow
 def test_a_ddp_classifier_checkpoint_loads_through_timm(tmp_path: Path) -> None:
     """A classifier trained under DDP (``module.`` keys, in a ``state_dict``): the model keeps its classifier and its
     class count; asked for no classifier (num_classes=0), it leaves it out and says so in a warning."""

@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 
-from maedet.cli import make_parser, run_cli
+from maedet.cli import deprecated_alias, make_parser, run_cli
 from maedet.errors import MaeDetError
+from maedet.sizes import OneSizeAction
 from maedet.zoo.detectors import list_detectors
 
 from .distributed import launch_torchrun
@@ -54,7 +55,8 @@ def _add_recipe(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, help="learning rate for 16 images per step (scaled with the global batch)")
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float)
-    g.add_argument("--warmup-iters", type=int)
+    g.add_argument("--warmup-iterations", dest="warmup_iters", type=int, help="iterations of linear warm-up")
+    deprecated_alias(g, "--warmup-iters", "--warmup-iterations")
     g.add_argument("--warmup-ratio", type=float)
     g.add_argument("--steps", type=int, nargs="+", metavar="EPOCH", help="epochs after which lr × gamma")
     g.add_argument("--gamma", type=float)
@@ -62,9 +64,20 @@ def _add_recipe(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--short-range", type=int, nargs=2, metavar=("MIN", "MAX"), help="train short side range")
     g.add_argument("--long-max", type=int, help="train long side limit")
     g.add_argument("--flip", type=float, help="horizontal flip probability")
-    g.add_argument("--batch", dest="batch_per_process", type=int, help="images per process and step")
+    g.add_argument("--batch-size", dest="batch_per_process", type=int, help="images per process and step")
+    deprecated_alias(g, "--batch", "--batch-size")
     g.add_argument("--sync-bn", dest="sync_bn", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--eval-scale", type=int, nargs=2, metavar=("LONG", "SHORT"), help="evaluation letterbox")
+    g.add_argument(
+        "--test-scale",
+        dest="eval_scale",
+        nargs="+",
+        action=OneSizeAction,
+        limits=(32, None),
+        metavar="SIZE",
+        help="evaluation letterbox, the limits of the long and short side: LONG SHORT, LONGxSHORT or one number for "
+        "both (as maedet-detect/eval --test-scale)",
+    )
+    deprecated_alias(g, "--eval-scale", "--test-scale")
     g.add_argument("--eval-every", type=int, metavar="N", help="evaluate every N epochs (and after the last)")
     g.add_argument("--fpn-channels", type=int, help="FPN and head width (multiple of 32)")
     g.add_argument("--stacked-convs", type=int, help="convs in each head tower")
@@ -146,8 +159,10 @@ def _without_nproc(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    args, _ = parser.parse_known_args(argv)
-    if getattr(args, "nproc", None) and "WORLD_SIZE" not in os.environ:
-        return run_cli(parser, lambda a: launch_torchrun(a.nproc, _without_nproc(argv)), argv)
-    return run_cli(parser, _run, argv)
+
+    def run_or_launch(args: argparse.Namespace) -> int:
+        if args.nproc and "WORLD_SIZE" not in os.environ:
+            return launch_torchrun(args.nproc, _without_nproc(argv))
+        return _run(args)
+
+    return run_cli(_parser(), run_or_launch, argv)

@@ -26,7 +26,7 @@ def load_train_records(annotations: str, images: str, global_batch: int) -> Coco
     if global_batch > len(coco.records):
         raise MaeDetError(
             f"the global batch of {global_batch} images is larger than the {len(coco.records)} training images of "
-            f"{annotations!r}; use a smaller --batch or fewer processes."
+            f"{annotations!r}; use a smaller --batch-size or fewer processes."
         )
     return coco
 
