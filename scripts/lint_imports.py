@@ -42,7 +42,7 @@ def link_installed_layout(folders: dict[str, Path], dest: Path) -> None:
             for entry in folder.iterdir():
                 if entry.name != "__pycache__" and not (target / entry.name).exists():
                     (target / entry.name).symlink_to(entry)
-        else:
+        elif not target.exists():  # a sub-package inside a linked wing (zoo/latency) is already there
             target.symlink_to(folder, target_is_directory=True)
 
 
