@@ -44,7 +44,11 @@ def test_one_opset_rule_for_every_kind(tmp_path) -> None:
         _backbone(tmp_path / "b.onnx", opset=too_new, check=False)
     with pytest.raises(ExportError) as detector:
         _detector(tmp_path / "d.onnx", opset=too_new, check=False)
-    assert str(detector.value) == str(backbone.value) and f"opset {too_new} is outside" in str(detector.value)
+    for refused in (backbone, detector):  # one rule; a detector's graph needs opset 13 or newer, so its range says so
+        text = str(refused.value)
+        assert text.startswith(f"opset {too_new} is outside what the installed exporter writes (") and text.endswith(
+            f"..{too_new - 2}; 17 or newer advised)."
+        )
     assert not list(tmp_path.iterdir())
 
 
@@ -116,11 +120,11 @@ def test_one_engine_check_and_report_for_every_kind(tmp_path) -> None:
     backbone = _backbone(tmp_path / "b.onnx", check=False).path
     detector = export_detector_onnx(tiny_detector(), tmp_path / "d.onnx", input_size=(64, 96), check=False).path
     raw = _detector(tmp_path / "raw.onnx", nms=False, check=False).path
-    reports = {p.stem: check_engine(_OrtInTensorRTsPlace(p), p, batch=2) for p in (backbone, detector, raw)}
+    reports = {p.stem: check_engine(_OrtInTensorRTsPlace(p), p) for p in (backbone, detector, raw)}
     assert len({type(r) for r in reports.values()}) == 1 and all(r.passed for r in reports.values())
     assert reports["d"].detections is not None and reports["d"].detections.detections > 0
     assert reports["b"].detections is None and reports["b"].outputs and reports["raw"].outputs
-    shifted = check_engine(_OrtInTensorRTsPlace(detector, shift=5.0), detector, batch=2)
+    shifted = check_engine(_OrtInTensorRTsPlace(detector, shift=5.0), detector)
     assert not shifted.passed and shifted.to_dict()["detections"]["passed"] is False
     assert "detections differ" in shifted.failure()
 
@@ -154,7 +158,8 @@ def test_batch_size_flag_and_its_old_spelling(tmp_path, capsys) -> None:
     """Issue 18 item 7: --batch-size; --batch still works for one release and says which flag to use."""
     common = ["maedet_s", "--input-size", "64", "--no-check", "-q"]
     assert main([*common, "--batch-size", "2", "--onnx", str(tmp_path / "a.onnx")]) == 0
-    assert capsys.readouterr().err == ""
+    assert "warning" not in capsys.readouterr().err
     assert main([*common, "--batch", "3", "--onnx", str(tmp_path / "b.onnx")]) == 0
-    assert capsys.readouterr().err == "maedet-export: warning: --batch is renamed --batch-size; use --batch-size.\n"
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warned == ["maedet-export: warning: --batch is renamed --batch-size; use --batch-size."]
     assert read_metadata(tmp_path / "a.onnx")["batch"] == 2 and read_metadata(tmp_path / "b.onnx")["batch"] == 3
