@@ -112,6 +112,7 @@ FLAGS: dict[str, str] = {
     "precision": "--half/--int8",
     "batch": "--batch-size",
 }
+_PRECISION_FLAGS = {"fp16": "--half", "int8": "--int8"}
 # option → (the option it needs, the value that option must have).
 NEEDS: dict[str, tuple[str, str]] = {
     "io_half": ("precision", "fp16"),
@@ -135,8 +136,10 @@ def _check_applies(request: ExportRequest, kind: str) -> None:
         )
     missing = [n for n in request.given() if n in NEEDS and getattr(request, NEEDS[n][0]) != NEEDS[n][1]]
     if missing:
-        need = NEEDS[missing[0]]
-        raise ExportError(f"{', '.join(flag(n) for n in missing)} need precision {need[1]} ({flag(need[0])}).")
+        precision = NEEDS[missing[0]][1]
+        verb = "needs" if len(missing) == 1 else "need"
+        raise ExportError(f"{', '.join(flag(n) for n in missing)} {verb} {_PRECISION_FLAGS[precision]} "
+                          f"(precision {precision!r}).")  # fmt: skip
 
 
 def validate_request(request: ExportRequest, kind: str, min_opset: int = 7) -> None:

@@ -143,7 +143,7 @@ def test_every_option_has_one_row_in_the_applicability_table() -> None:
         ("backbone", {"embed_preprocess": True}, "--embed-preprocess apply to detectors, not to backbones."),
         ("detector", {"io_half": True, "precision": "fp16"}, "--io-half apply to backbones, not to detectors."),
         ("detector", {"out_indices": (1, 2)}, "--out-indices apply to backbones, not to detectors."),
-        ("detector", {"calib_seed": 3}, "--calib-seed need precision int8 (--half/--int8)."),
+        ("detector", {"calib_seed": 3}, "--calib-seed needs --int8 (precision 'int8')."),
     ],
 )
 def test_an_option_for_another_kind_is_one_sentence(tmp_path, kind, option, expected) -> None:
