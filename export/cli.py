@@ -30,7 +30,7 @@ from .check import CheckReport
 from .detector import detector_reference
 from .detector_check import DetectionComparison, DetectorCheck
 from .errors import ExportError, MissingDependencyError
-from .kinds import kind_of
+from .pipeline import export_onnx, kind_of
 from .request import ExportRequest, validate_request
 
 __all__ = ["build_parser", "main"]
@@ -413,8 +413,6 @@ def _show_check(check: Any, console: Console) -> None:
 
 
 def _export(args: argparse.Namespace, request: ExportRequest, console: Console) -> int:
-    from .pipeline import export_onnx
-
     onnx_path = _onnx_path(args)
     result = export_onnx(args.model, onnx_path, request)
     size_mb = onnx_path.stat().st_size / 1e6

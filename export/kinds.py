@@ -4,7 +4,7 @@ The pipeline (:mod:`maedet.export.pipeline`) traces, lowers, checks and writes e
 supplies only what differs: the module to trace and its example input, the output names and axes, its metadata
 keys, the optional post-processing graph (a detector's NMS), the calibration input form, and the parity check.
 A new kind is one :class:`ModelKind` subclass, a column in :data:`~maedet.export.request.APPLIES`, and an entry in
-:func:`kind_of`.
+:func:`maedet.export.pipeline.kind_of`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .request import ExportRequest
 
-__all__ = ["ModelKind", "Prepared", "kind_of"]
+__all__ = ["ModelKind", "Prepared"]
 
 
 @dataclass
@@ -82,11 +82,3 @@ class ModelKind(ABC):
     def to_input(self, prepared: Prepared, images: np.ndarray) -> np.ndarray:
         """Normalised float images (calibration) → the file's input form."""
         return images
-
-
-def kind_of(model: Any) -> ModelKind:
-    """The strategy for ``model``: a detector name, folder or module, else a backbone."""
-    from .backbone import BackboneKind
-    from .detector import DetectorKind, is_detector
-
-    return DetectorKind() if is_detector(model) else BackboneKind()

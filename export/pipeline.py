@@ -18,15 +18,22 @@ import onnx
 
 from maedet.fileio import atomic_write_bytes, check_output_path
 
+from .backbone import BackboneKind
+from .detector import DetectorKind, is_detector
 from .errors import ExportError
-from .kinds import ModelKind, Prepared, kind_of
+from .kinds import ModelKind, Prepared
 from .metadata import apply_metadata, build_metadata, file_sha256, weights_identity
 from .onnx_export import INPUT_NAME, PROTOBUF_LIMIT, join_graphs, simplify_onnx, torch_to_onnx
 from .request import DETECTOR, ExportRequest, validate_request
 
-__all__ = ["ExportResult", "export_detector_onnx", "export_onnx"]
+__all__ = ["ExportResult", "export_detector_onnx", "export_onnx", "kind_of"]
 
 logger = logging.getLogger(__name__)
+
+
+def kind_of(model: Any) -> ModelKind:
+    """The strategy for ``model``: a detector name, folder or module, else a backbone (a new kind goes here)."""
+    return DetectorKind() if is_detector(model) else BackboneKind()
 
 
 @dataclass
