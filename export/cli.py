@@ -246,9 +246,7 @@ def _profile(args: argparse.Namespace, in_chans: int = 3) -> Any:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    """What the request cannot say: that there is a model and somewhere to write, and what TensorRT can build."""
-    if args.model is None:
-        raise ExportError("give a MODEL to export, or --info FILE.")
+    """What the request cannot say: where to write, and what TensorRT can build."""
     if not args.onnx and not args.trt:
         raise ExportError("say where to write: --onnx OUT.onnx and/or --trt OUT.engine.")
     if args.trt and args.int8 and args.int8_mode == "cpu":
