@@ -10,6 +10,7 @@ model's file copied over it, a damaged or truncated file), is logged and rebuilt
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -150,8 +151,8 @@ class ArtifactCache:
             check=False,
             opset=ONNX_OPSET,
             structure=spec.structure if module_factory is None and spec.name == "maedet" else None,
-            calib_batches=INT8_CALIB_BATCHES if precision == "int8" else 8,
-            int8_mode=int8_mode or "portable",
+            calib_batches=INT8_CALIB_BATCHES if precision == "int8" else None,
+            int8_mode=(int8_mode or "portable") if precision == "int8" else "portable",
         )
         model: Any = module_factory() if module_factory is not None else spec.name
         try:
@@ -210,23 +211,10 @@ class ArtifactCache:
     @staticmethod
     def _export_detector(spec: ModelSpec, source: Any, path: Path, options: ExportOptions) -> None:
         """A whole detector (``+nms``: with NMS in the graph), from the bench's own deploy form when given."""
-        from maedet.export.detector_onnx import export_detector_onnx
-
         from .detectors import bench_detector
 
         detector = getattr(source, "detector", None) or bench_detector(spec.name)
-        export_detector_onnx(
-            detector,
-            path,
-            input_size=options.input_size,
-            batch=options.batch,
-            nms=spec.nms,
-            precision=options.precision,
-            calib_batches=options.calib_batches,
-            int8_mode=options.int8_mode,
-            opset=options.opset,
-            check=False,
-        )
+        export_onnx(detector, path, dataclasses.replace(options, structure=None, outputs="features", nms=spec.nms))
 
     def engine(self, onnx_path: Path, precision: str) -> TrtEngine:
         """A loaded TensorRT engine for ``onnx_path``, built (with maedet.export) on first use.

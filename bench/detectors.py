@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from maedet.export.detector import resolve_detector
 from maedet.export.detector_graph import RawOutputs
-from maedet.export.detector_onnx import resolve_detector
 from maedet.export.model_source import ModelSource
 from maedet.zoo import GFocalV2, create_detector
 

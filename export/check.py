@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from maedet.runtime import TrtEngine, ort_session, run_session
+from maedet.runtime import ort_session, run_session
 
 from .errors import ExportError
-from .metadata import normalisation, read_metadata
 
 __all__ = [
     "ENGINE_TOLERANCES",
@@ -33,10 +32,10 @@ __all__ = [
     "OutputCheck",
     "Tolerance",
     "check_against_torch",
-    "check_engine",
     "compare_outputs",
     "run_torch",
     "synthetic_images",
+    "to_pixels",
 ]
 
 
@@ -96,10 +95,12 @@ class CheckReport:
     input_shape: tuple[int, ...]
     providers: list[str]
     outputs: dict[str, OutputCheck] = field(default_factory=dict)
+    detections: Any = None  # a DetectionComparison, for files that end in detections (NMS in the graph)
 
     @property
     def passed(self) -> bool:
-        return all(o.passed for o in self.outputs.values())
+        detections_ok = self.detections is None or self.detections.passed
+        return detections_ok and all(o.passed for o in self.outputs.values())
 
     def __getitem__(self, name: str) -> OutputCheck:
         return self.outputs[name]
@@ -111,12 +112,16 @@ class CheckReport:
             for key in ("max_abs", "max_rel", "cosine"):
                 out[key] = out[key] if math.isfinite(out[key]) else None
         data["passed"] = self.passed
+        if self.detections is not None:
+            data["detections"]["passed"] = self.detections.passed
         return data
 
     def failure(self) -> str | None:
         """Why the check failed, as one sentence (None when it passed)."""
         if self.passed:
             return None
+        if self.detections is not None and not self.detections.passed:
+            return "the detections differ (count, labels or boxes beyond their tolerance)."
         broken = [o.name for o in self.outputs.values() if o.nonfinite]
         if broken and self.precision == "fp16":
             return (
@@ -145,6 +150,13 @@ def synthetic_images(
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return ((pixels - m) / s).numpy()
+
+
+def to_pixels(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Normalised float images → the uint8 RGB pixels they came from (the input of an ``embed_preprocess`` file)."""
+    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return np.clip(np.round((images * s + m) * 255.0), 0, 255).astype(np.uint8)
 
 
 @torch.no_grad()
@@ -213,27 +225,4 @@ def check_against_torch(
     got = run_session(session, arr)
     return compare_outputs(
         ref, got, precision, input_shape=arr.shape, providers=session.get_providers(), tolerance=tolerance
-    )
-
-
-def check_engine(
-    engine: str | os.PathLike[str] | TrtEngine,
-    onnx_path: str | os.PathLike[str],
-    *,
-    batch: int = 1,
-    seed: int = 77,
-) -> CheckReport:
-    """A TensorRT engine against ONNX Runtime CPU running the ONNX file it was built from (ENGINE_TOLERANCES).
-
-    The images are synthetic, at the file's input size and normalisation (its metadata), ``batch`` of them.
-    """
-    meta = read_metadata(onnx_path)
-    precision = str(meta.get("precision", "fp32"))
-    h, w = meta["input_size"][1:]
-    images = synthetic_images(batch, h, w, *normalisation(meta, repr(str(onnx_path))), seed=seed)
-    trt_engine = engine if isinstance(engine, TrtEngine) else TrtEngine.load(engine)
-    got = trt_engine.run(images)
-    ref = run_session(ort_session(onnx_path, what=f"the {precision} ONNX file"), images)
-    return compare_outputs(
-        ref, got, precision, input_shape=images.shape, providers=["TensorRT"], tolerance=ENGINE_TOLERANCES[precision]
     )

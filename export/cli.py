@@ -22,20 +22,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from maedet.cli import make_parser, run_cli
+from maedet.cli import deprecated_alias, make_parser, run_cli
 from maedet.sizes import SIZE_FORMS, OneSizeAction
+from maedet.zoo.gfl_postprocess import PostprocessConfig
 
 from .check import CheckReport
-from .detector_cli import _validate as validate_detector_request
-from .detector_cli import (
-    add_detector_options,
-    detector_reference,
-    is_detector,
-    refuse_detector_options,
-    run_detector_export,
-)
+from .detector import detector_reference
+from .detector_check import DetectionComparison, DetectorCheck
 from .errors import ExportError, MissingDependencyError
-from .validate import validate_request
+from .pipeline import export_onnx, kind_of
+from .request import ExportRequest, validate_request
 
 __all__ = ["build_parser", "main"]
 
@@ -76,7 +72,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help=f"one input size: {SIZE_FORMS} (default 640x640; 800x1344 for detectors)",
     )
-    p.add_argument("--batch", type=int, default=1, help="images per run (the input's first dimension)")
+    p.add_argument(
+        "--batch-size", dest="batch", type=int, default=1, help="images per run (the input's first dimension)"
+    )
+    deprecated_alias(p, "--batch", "--batch-size")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset to write")
     p.add_argument("--simplify", action="store_true", help="simplify with onnxslim (pip install 'maedet[simplify]')")
@@ -121,17 +120,32 @@ def _add_tensorrt_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_detector_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("detectors (maedet_s_gfl, maedet_m_gfl, maedet_l_gfl, resnet50_gfl, ...)")
+    group.add_argument("--no-nms", dest="nms", action="store_false", help="raw per-level outputs, no NMS in the graph")
+    group.add_argument("--embed-preprocess", action="store_true", help="uint8 RGB input, normalised in the graph")
+    group.add_argument("--score-thr", type=float, help="NMS score threshold (default 0.05, the authors')")
+    group.add_argument("--iou-thr", type=float, help="NMS IoU threshold (default 0.6)")
+    group.add_argument("--max-det", type=int, help="detections per image, K of the outputs (default 100)")
+    group.add_argument("--nms-pre", type=int, help="best points per level before NMS (default 1000)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, "Export a MAE-DET (or any timm) backbone to ONNX / TensorRT, checked against PyTorch.")
     _add_model_options(p)
     _add_precision_options(p)
     _add_tensorrt_options(p)
-    add_detector_options(p)
+    _add_detector_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     return p
 
 
-def _check_table(report: CheckReport, title: str) -> Table:
+def check_table(report: CheckReport, title: str) -> Table:
+    """Per-output figures; a detections comparison (an engine check of an NMS file) as its one row."""
+    if report.detections is not None:
+        table = _comparison_table(f"{title} ({report.precision}; pass: {report.tolerance})")
+        _comparison_row(table, "detections", report.detections, required=True)
+        return table
     table = Table(title=f"{title} ({report.precision}; pass: {report.tolerance})")
     for col in ("output", "shape", "max abs err", "max rel err", "cosine", "ok"):
         table.add_column(col, justify="left" if col in ("output", "shape") else "right")
@@ -144,6 +158,39 @@ def _check_table(report: CheckReport, title: str) -> Table:
             f"{o.cosine:.6f}",
             "yes" if o.passed else "[red]NO[/red]",
         )
+    return table
+
+
+def _comparison_table(title: str) -> Table:
+    table = Table(title=title)
+    for col in ("compared", "items", "agreement", "max box rel / raw rel", "max score abs / cosine", "ok"):
+        table.add_column(col, justify="left" if col in ("compared", "agreement") else "right")
+    return table
+
+
+def _comparison_row(table: Table, label: str, c: DetectionComparison | None, required: bool) -> None:
+    if c is not None:
+        ok = "yes" if c.passed else "[red]NO[/red]" if required else f"{c.matched}/{c.detections} match"
+        same = f"count {'=' if c.same_count else '≠'}, labels {'=' if c.same_labels else '≠'}"
+        table.add_row(label, str(c.detections), same, f"{c.max_box_rel:.2e}", f"{c.max_score_abs:.2e}", ok)
+
+
+def detector_check_table(check: DetectorCheck) -> Table:
+    """Raw outputs (worst of all levels) and the detection comparisons, one row each."""
+    table = _comparison_table(f"ONNX Runtime CPU vs PyTorch ({check.precision})")
+    worst_rel = max(o.max_rel for o in check.raw.outputs.values())
+    worst_cos = min(o.cosine for o in check.raw.outputs.values())
+    table.add_row(
+        "raw outputs",
+        str(len(check.raw.outputs)),
+        check.raw.tolerance,
+        f"{worst_rel:.2e}",
+        f"{worst_cos:.6f}",
+        "yes" if check.raw.passed else "[red]NO[/red]",
+    )
+    required = check.precision == "fp32"
+    _comparison_row(table, "detections (file)", check.detections, required)
+    _comparison_row(table, "detections (probe, score > 0)", check.probe, required)
     return table
 
 
@@ -188,15 +235,9 @@ def _profile(args: argparse.Namespace, in_chans: int = 3) -> Any:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    if args.model is None:
-        raise ExportError("give a MODEL to export, or --info FILE.")
+    """What the request cannot say: where to write, and what TensorRT can build."""
     if not args.onnx and not args.trt:
         raise ExportError("say where to write: --onnx OUT.onnx and/or --trt OUT.engine.")
-    if args.io_half and not args.half:
-        raise ExportError("--io-half needs --half.")
-    given = (args.calib, args.calib_batches, args.calib_seed)
-    if (any(v is not None for v in given) or args.int8_mode != "portable") and not args.int8:
-        raise ExportError("--calib, --calib-batches, --calib-seed and --int8-mode need --int8.")
     if args.trt and args.int8 and args.int8_mode == "cpu":
         raise ExportError("--int8-mode cpu writes uint8 asymmetric Q/DQ, which TensorRT cannot load; use the default.")
     if args.trt:
@@ -206,16 +247,30 @@ def _validate(args: argparse.Namespace) -> None:
         _profile(args)
 
 
-def _export_options(args: argparse.Namespace) -> Any:
-    """The flags as ExportOptions: the flags carry the options' names, except the precision and the input size."""
+def _postprocess_cfg(args: argparse.Namespace) -> PostprocessConfig | None:
+    """The NMS settings asked for; None (the detector's own, e.g. a converted folder's) when no flag is given."""
+    if all(getattr(args, k) is None for k in ("nms_pre", "score_thr", "iou_thr", "max_det")):
+        return None
+    base = PostprocessConfig()
+    return PostprocessConfig(
+        nms_pre=args.nms_pre if args.nms_pre is not None else base.nms_pre,
+        score_thr=args.score_thr if args.score_thr is not None else base.score_thr,
+        iou_thr=args.iou_thr if args.iou_thr is not None else base.iou_thr,
+        max_per_img=args.max_det if args.max_det is not None else base.max_per_img,
+    )
+
+
+def _request(args: argparse.Namespace) -> ExportRequest:
+    """The flags as one ExportRequest: they carry its field names, except the precision and the NMS settings."""
     import dataclasses
 
-    from .onnx_export import ExportOptions
-
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions) if hasattr(args, f.name)}
-    given.update(precision="fp16" if args.half else "int8" if args.int8 else "fp32", input_size=tuple(args.input_size))
-    given["calib_seed"] = args.calib_seed or 0
-    return ExportOptions(**given)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExportRequest) if hasattr(args, f.name)}
+    given.update(
+        precision="fp16" if args.half else "int8" if args.int8 else "fp32",
+        input_size=tuple(args.input_size),
+        postprocess_cfg=_postprocess_cfg(args),
+    )
+    return ExportRequest(**given)
 
 
 def _onnx_path(args: argparse.Namespace) -> Path:
@@ -305,8 +360,9 @@ def _preflight(args: argparse.Namespace) -> None:
 
 
 def _engine(args: argparse.Namespace, onnx_path: Path, result: Any, console: Console) -> tuple[dict[str, Any], int]:
-    """Build the engine and, with --check, compare it with ONNX Runtime; returns (JSON summary, exit code)."""
-    from .check import check_engine
+    """Build the engine (TensorRT 10+ imports ``NonMaxSuppression`` as its NMS layer) and, with --check, compare it
+    with ONNX Runtime on the same images; returns (JSON summary, exit code)."""
+    from .engine_check import check_engine
     from .tensorrt import build_engine
 
     with console.status("building TensorRT engine"):
@@ -328,33 +384,39 @@ def _engine(args: argparse.Namespace, onnx_path: Path, result: Any, console: Con
         return summary, 0
     report = check_engine(args.trt, onnx_path, batch=args.batch)
     summary["check"] = report.to_dict()
-    console.print(_check_table(report, "TensorRT vs ONNX Runtime CPU"))
+    console.print(check_table(report, "TensorRT vs ONNX Runtime CPU"))
     return summary, 0 if report.passed else 1
 
 
-def _export(args: argparse.Namespace, console: Console) -> int:
-    from .onnx_export import export_onnx
+def _show_check(check: Any, console: Console) -> None:
+    """The parity check as a table, then what failed (or, for a detector, the one-sentence verdict)."""
+    if isinstance(check, DetectorCheck):
+        console.print(detector_check_table(check))
+        console.print(f"check: {check.sentence()}", markup=False, soft_wrap=True)
+        return
+    console.print(check_table(check, "ONNX Runtime CPU vs PyTorch fp32"))
+    if not check.passed:
+        console.print(f"check failed: {check.failure()}", markup=False, style="red", soft_wrap=True)
 
+
+def _export(args: argparse.Namespace, request: ExportRequest, console: Console) -> int:
     onnx_path = _onnx_path(args)
-    options = _export_options(args)
-    result = export_onnx(args.model, onnx_path, options)
+    result = export_onnx(args.model, onnx_path, request)
     size_mb = onnx_path.stat().st_size / 1e6
     console.print(
-        f"wrote {onnx_path} ({size_mb:.1f} MB, {options.precision}, outputs {', '.join(result.output_names)})",
+        f"wrote {onnx_path} ({size_mb:.1f} MB, {result.precision}, outputs {', '.join(result.output_names)})",
         markup=False,
     )
     summary: dict[str, Any] = {
         "onnx": str(onnx_path),
-        "precision": options.precision,
+        "precision": result.precision,
         "output_names": result.output_names,
         "check": result.check.to_dict() if result.check else None,
     }
     code = 0
     if result.check is not None:
-        console.print(_check_table(result.check, "ONNX Runtime CPU vs PyTorch fp32"))
-        if not result.check.passed:
-            console.print(f"check failed: {result.check.failure()}", markup=False, style="red", soft_wrap=True)
-            code = 1
+        _show_check(result.check, console)
+        code = 0 if result.check.passed else 1
     if args.trt:
         summary["engine"], engine_code = _engine(args, onnx_path, result, console)
         code = code or engine_code
@@ -369,20 +431,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     def handle(args: argparse.Namespace) -> int:
         if args.info:  # a result, like every tool's: on stdout
             return _info(args.info, args.json, Console())
-        console = Console(stderr=True)
+        if args.model is None:
+            raise ExportError("give a MODEL to export, or --info FILE.")
         args.model = detector_reference(args.model)  # a detector folder's plain path, as maedet-train prints it
-        validate_request(args)
-        if not is_detector(args.model):
-            refuse_detector_options(args)
-            args.input_size = args.input_size or (640, 640)
-            _validate(args)
-            _preflight(args)
-            return _export(args, console)
-        if args.pretrained:
-            raise ExportError(f"--pretrained applies to backbones; give {args.model!r} its --checkpoint FILE.")
-        validate_detector_request(args)
+        kind = kind_of(args.model)
+        args.input_size = args.input_size or kind.default_size
+        request = _request(args)
+        validate_request(request, kind.name, kind.min_opset)
+        _validate(args)
         _preflight(args)
-        return run_detector_export(args, console)
+        return _export(args, request, Console(stderr=True))
 
     return run_cli(parser, handle, argv)
 

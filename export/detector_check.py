@@ -23,8 +23,9 @@ from maedet.runtime import ort_session, run_session
 from maedet.zoo.gfl import GFocalV2
 from maedet.zoo.gfl_postprocess import PostprocessConfig
 
-from .check import CheckReport, compare_outputs
-from .detector_graph import DETECTION_OUTPUTS, INPUT_HW, NmsPostprocess, RawOutputs
+from .check import CheckReport, Tolerance, compare_outputs
+from .detector_graph import DETECTION_OUTPUTS, INPUT_HW, NmsPostprocess, RawOutputs, postprocess_graph
+from .onnx_export import INPUT_NAME
 
 __all__ = [
     "BOX_REL_TOL",
@@ -177,17 +178,21 @@ def check_detector(
     images: torch.Tensor,
     precision: str,
     nms: bool,
+    tolerance: Tolerance | None = None,
 ) -> DetectorCheck:
     """Run the three comparisons (see the module docstring); ``images`` as the file takes them."""
-    from .detector_onnx import INPUT_NAME, postprocess_graph
-
     with torch.no_grad():
         raw = list(RawOutputs(detector, images.dtype == torch.uint8, with_input_hw=True)(images))
     names = detector.output_names
     reference = {n: t.numpy() for n, t in zip(names, raw, strict=False)}
     network = run_session(ort_session(network_bytes, what="the exported network"), {INPUT_NAME: images.numpy()})
     report = compare_outputs(
-        reference, {n: network[n] for n in names}, precision, input_shape=tuple(images.shape), providers=["CPU"]
+        reference,
+        {n: network[n] for n in names},
+        precision,
+        input_shape=tuple(images.shape),
+        providers=["CPU"],
+        tolerance=tolerance,
     )
     result = DetectorCheck(precision, report)
     if not nms:

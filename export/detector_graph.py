@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import onnx
 import torch
 import torch.nn as nn
 from torch.onnx.operators import shape_as_tensor  # traced as a tensor, so the exported (H, W) stays dynamic
@@ -26,7 +27,17 @@ from torchvision.ops import nms
 from maedet.zoo.gfl import GFocalV2
 from maedet.zoo.gfl_postprocess import Detections, PostprocessConfig, select_candidates
 
-__all__ = ["DETECTION_OUTPUTS", "INPUT_HW", "NmsPostprocess", "OnnxNms", "RawOutputs", "unpad_detections"]
+from .onnx_export import torch_to_onnx
+
+__all__ = [
+    "DETECTION_OUTPUTS",
+    "INPUT_HW",
+    "NmsPostprocess",
+    "OnnxNms",
+    "RawOutputs",
+    "postprocess_graph",
+    "unpad_detections",
+]
 
 DETECTION_OUTPUTS = ("num_dets", "boxes", "scores", "labels")
 INPUT_HW = "input_hw"  # the link between the two graphs: the input's (H, W), for clamping boxes
@@ -126,6 +137,19 @@ class NmsPostprocess(nn.Module):
         out_scores = top_scores * valid.to(top_scores.dtype)
         out_labels = torch.where(valid, top_labels, torch.full_like(top_labels, -1))
         return valid.sum(dim=1, keepdim=True), out_boxes, out_scores, out_labels
+
+
+def postprocess_graph(
+    detector: GFocalV2, raw: Sequence[torch.Tensor], cfg: PostprocessConfig, *, dynamic: bool, opset: int
+) -> onnx.ModelProto:
+    """Raw outputs + ``input_hw`` → ``num_dets``, ``boxes``, ``scores``, ``labels`` (NMS in the graph)."""
+    module = NmsPostprocess(detector.strides, detector.num_classes, cfg).eval()
+    names = [*detector.output_names, INPUT_HW]
+    axes = {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in detector.output_names}
+    axes |= {name: {0: "batch"} for name in DETECTION_OUTPUTS}
+    return torch_to_onnx(
+        module, tuple(raw), DETECTION_OUTPUTS, dynamic=dynamic, opset=opset, input_names=names, axes=axes
+    )
 
 
 def unpad_detections(num_dets: Any, boxes: Any, scores: Any, labels: Any) -> list[Detections]:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,13 @@ METADATA_KEYS = (
     "weights_sha256",
     "int8_calibration",
     "int8_mode",
+    # detectors' own
+    "task",
+    "input_dtype",
+    "num_classes",
+    "cls_channels",
+    "strides",
+    "postprocess",
 )
 # Values that are text, whatever they look like (a weights path "123" stays a string). Detector files add theirs.
 TEXT_KEYS = frozenset(
@@ -88,35 +95,30 @@ PIXEL_SCALE = "1/255"
 def build_metadata(
     *,
     model_name: str,
-    structure_json: dict[str, Any] | None,
-    outputs: str,
-    output_names: tuple[str, ...],
-    output_strides: tuple[int, ...],
+    output_names: Sequence[str],
     input_name: str,
     input_size: tuple[int, int, int],
     batch: int,
     dynamic: bool,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    mean: Sequence[float],
+    std: Sequence[float],
     precision: str,
     io_dtype: str,
     opset: int,
-    weights: str = "random",
-    weights_sha256: str | None = None,
+    weights: tuple[str, str | None] = ("random", None),
+    extras: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The metadata as plain Python values (what ``read_metadata`` returns after a round trip).
+    """The metadata of every exported file, whatever kind of model it holds, as plain Python values (what
+    ``read_metadata`` returns after a round trip); ``extras`` are the kind's own keys (and may refine these).
 
-    ``weights`` says what the file computes with: ``random``, a timm pretrained tag, or a checkpoint path (then
-    ``weights_sha256`` identifies its content).
+    ``weights`` says what the file computes with: (``random``, a timm pretrained tag, a checkpoint path or a
+    folder; and, when known, the sha256 of its content).
     """
     from maedet import __version__
 
     meta: dict[str, Any] = {
         "model_name": model_name,
-        "structure": structure_json,
-        "outputs": outputs,
         "output_names": list(output_names),
-        "output_strides": list(output_strides),
         "input_name": input_name,
         "input_size": list(input_size),
         "batch": batch,
@@ -129,10 +131,11 @@ def build_metadata(
         "io_dtype": io_dtype,
         "opset": opset,
         "maedet_version": __version__,
-        "weights": weights,
+        "weights": weights[0],
     }
-    if weights_sha256 is not None:
-        meta["weights_sha256"] = weights_sha256
+    if weights[1] is not None:
+        meta["weights_sha256"] = weights[1]
+    meta.update(extras or {})
     return meta
 
 

@@ -31,7 +31,6 @@ __all__ = [
     "check_opset",
     "check_out_indices",
     "supported_opsets",
-    "validate_request",
 ]
 
 # Min/max calibration settles within a few hundred images; every batch is held in memory and run once.
@@ -58,8 +57,11 @@ def supported_opsets() -> tuple[int, int]:
     return low, min(high, int(onnx.defs.onnx_opset_version()))
 
 
-def check_opset(opset: int) -> None:
+def check_opset(opset: int, minimum: int = 0) -> None:
+    """One rule for every kind of model: what the installed exporter writes (from ``minimum`` up, for a kind whose
+    graph needs newer operators)."""
     low, high = supported_opsets()
+    low = max(low, minimum)
     if not low <= opset <= high:
         raise ExportError(
             f"opset {opset} is outside what the installed exporter writes ({low}..{high}; 17 or newer advised)."
@@ -130,14 +132,6 @@ def check_activation_memory(
     except MemoryEstimateError as exc:
         raise ExportError(str(exc)) from None
     return needed
-
-
-def validate_request(args: Any) -> None:
-    """The CLI's checks that need no model, for backbones and detectors alike (``maedet-export`` arguments)."""
-    check_opset(args.opset)
-    check_num_classes(args.num_classes)
-    if args.int8:
-        check_calibration(args.calib, args.calib_batches, args.batch)
 
 
 def check_out_indices(model: Any, structure: Any, out_indices: Sequence[int] | None) -> None:

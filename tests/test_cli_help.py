@@ -70,4 +70,4 @@ def test_the_whole_help_text_of_the_flags_named_in_the_issue(capsys) -> None:
     assert main(["--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: True)" not in text and "(default: 4.0)" not in text
-    assert "--batch BATCH images per run" in text and "--opset OPSET ONNX opset to write (default: 18)" in text
+    assert "--batch-size BATCH images per run" in text and "--opset OPSET ONNX opset to write (default: 18)" in text

@@ -16,7 +16,7 @@ from maedet.detect.cli import detect_main, eval_main
 from maedet.detect.evaluate import detections_to_results
 from maedet.detect.run import ImageResult, detect_images
 from maedet.errors import MaeDetError
-from maedet.export.detector_onnx import export_detector_onnx
+from maedet.export import export_detector_onnx
 from maedet.zoo import Detections
 
 pytestmark = pytest.mark.slow  # see make test-fast

@@ -41,10 +41,10 @@ def _no_leftovers(folder) -> list[str]:
         (["maedet_s", "--input-size", "100000", "100"], "too large"),
         (["maedet_s", "--input-size", "16", "16"], "too small"),
         (["maedet_s", "--input-size", "0", "64"], "must be positive"),
-        (["maedet_s", "--batch", "0"], "batch must be at least 1"),
+        (["maedet_s", "--batch-size", "0"], "batch must be at least 1"),
         (["maedet_s", "--io-half"], "--io-half needs --half"),
-        (["maedet_s", "--calib", "x"], "need --int8"),
-        (["maedet_s", "--int8-mode", "cpu"], "need --int8"),
+        (["maedet_s", "--calib", "x"], "needs --int8"),
+        (["maedet_s", "--int8-mode", "cpu"], "needs --int8"),
         (["maedet_s", "--trt", "{tmp}/m.engine", "--int8", "--int8-mode", "cpu"], "TensorRT cannot load"),
         (["maedet_s", "--opset", "3"], "opset 3"),
         (["maedet_s", "--logits", "--out-indices", "1"], "only applies to feature outputs"),
@@ -179,9 +179,9 @@ def test_version_and_one_line_usage_errors(capsys):
     assert capsys.readouterr().out.strip() == f"maedet-export {maedet.__version__}"
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"maedet-export {maedet.__version__}"
-    assert main(["maedet_s", "--batch", "two"]) == 2  # an argparse usage error: one line, not the usage block
+    assert main(["maedet_s", "--batch-size", "two"]) == 2  # an argparse usage error: one line, not the usage block
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("maedet-export: error: ") and "--batch" in err
+    assert err.count("\n") == 1 and err.startswith("maedet-export: error: ") and "--batch-size" in err
 
 
 def test_bad_input_is_exactly_one_stderr_line_with_the_program_name(tmp_path, capsys):

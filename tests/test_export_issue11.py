@@ -286,7 +286,7 @@ def test_bad_calibration_folders_are_refused_before_the_export(tmp_path, capsys)
     _refused_before_work(["maedet_s", *out, "--calib", tmp_path / "empty"], capsys, tmp_path, "holds no images")
     _refused_before_work(["maedet_s", *out, "--calib", tmp_path / "file.png"], capsys, tmp_path, "is not a folder")
     _write_images(tmp_path / "two", 2)
-    two = ["maedet_s", *out, "--batch", "4", "--calib", tmp_path / "two"]
+    two = ["maedet_s", *out, "--batch-size", "4", "--calib", tmp_path / "two"]
     _refused_before_work(two, capsys, tmp_path, "fewer than one batch of 4")
 
 

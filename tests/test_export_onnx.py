@@ -205,7 +205,7 @@ def test_simplify_keeps_parity(tmp_path, s_weights):
 
 def test_cli_export_and_info(tmp_path, capsys):
     out = tmp_path / "m.onnx"
-    code = main(["maedet_m", "--onnx", str(out), "--input-size", "64", "96", "--batch", "2", "--json"])
+    code = main(["maedet_m", "--onnx", str(out), "--input-size", "64", "96", "--batch-size", "2", "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     summary = json.loads(captured.out)

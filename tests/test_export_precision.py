@@ -104,7 +104,7 @@ def test_int8_runs_in_onnxruntime_with_good_cosine(int8_file, model_m):
 
 
 def test_int8_synthetic_calibration_warns(int8_file, caplog, capsys):
-    assert any("synthetic" in w for w in int8_file.warnings)
+    assert any("synthetic" in w for w in int8_file.notes)
     # The warning is logged (the CLI shows it as "maedet-export: warning: ..."), never printed by the library.
     # A CLI run earlier in this process leaves its stderr handler on "maedet" (and stops propagation there):
     # listen on that logger alone for the duration.

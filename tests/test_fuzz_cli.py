@@ -366,7 +366,7 @@ PROBES = [
     _p("export-calib-bomb", EXPORT, "maedet_s --int8 --calib {in}/calib_bomb --onnx {out}/m.onnx", "megapixels"),
     _p("export-calib-missing", EXPORT, "maedet_s --int8 --calib {in}/nope --onnx {out}/m.onnx", "calibration"),
     _p("export-input-8192", EXPORT, "maedet_s --input-size 8192 8192 --onnx {out}/m.onnx", "GiB"),
-    _p("export-input-batch-huge", EXPORT, "resnet18 --batch 100000 --onnx {out}/m.onnx", "GiB"),
+    _p("export-input-batch-huge", EXPORT, "resnet18 --batch-size 100000 --onnx {out}/m.onnx", "GiB"),
     _p("export-input-size-tiny", EXPORT, "maedet_s --input-size 16 33 --onnx {out}/m.onnx", "too small"),
     _p("export-unknown-model", EXPORT, "../../../etc/passwd --onnx {out}/m.onnx", "unknown model"),
     # ---- export: structures and checkpoints

@@ -182,7 +182,7 @@ def test_peak_estimate_matches_the_measured_memory_within_a_factor_of_two() -> N
 def test_an_input_that_cannot_fit_is_refused_before_running(tmp_path: Path, capsys) -> None:
     room = available_memory_bytes()
     assert room is not None and room > 0
-    code = main(["maedet_s", "--input-size", "8192", "8192", "--batch", "64", "--onnx", str(tmp_path / "m.onnx")])
+    code = main(["maedet_s", "--input-size", "8192", "8192", "--batch-size", "64", "--onnx", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err
     assert code == 2
     assert "GiB of memory (estimated before running), but only" in err

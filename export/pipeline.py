@@ -1,0 +1,197 @@
+"""The one export pipeline: model → ONNX (fp32, fp16 or INT8 Q/DQ) with metadata, checked, written atomically.
+
+Every kind of model (backbone, detector; see :mod:`maedet.export.kinds`) goes through the same steps: validate the
+request (:func:`~maedet.export.request.validate_request`), prepare the module, trace it, lower its precision, join
+the kind's post-processing graph, write the metadata, check the file against PyTorch and write it. A step exists
+once, so what one kind gains (a seeded calibration, the weights' identity, an opset rule) every kind has.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from maedet.fileio import atomic_write_bytes, check_output_path
+
+from .backbone import BackboneKind
+from .detector import DetectorKind, is_detector
+from .errors import ExportError
+from .kinds import ModelKind, Prepared
+from .metadata import apply_metadata, build_metadata, file_sha256, weights_identity
+from .onnx_export import INPUT_NAME, PROTOBUF_LIMIT, join_graphs, simplify_onnx, torch_to_onnx
+from .request import DETECTOR, ExportRequest, validate_request
+
+__all__ = ["ExportResult", "export_detector_onnx", "export_onnx", "kind_of"]
+
+logger = logging.getLogger(__name__)
+
+
+def kind_of(model: Any) -> ModelKind:
+    """The strategy for ``model``: a detector name, folder or module, else a backbone (a new kind goes here)."""
+    return DetectorKind() if is_detector(model) else BackboneKind()
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote: the file, its outputs, its metadata, the parity check (None if skipped), notes."""
+
+    path: Path
+    output_names: list[str]
+    precision: str
+    metadata: dict[str, Any]
+    check: Any = None  # a CheckReport (backbones) or DetectorCheck (detectors): both have passed and to_dict()
+    notes: list[str] = field(default_factory=list)  # what the user should know (e.g. synthetic calibration)
+
+
+@dataclass
+class _Lowered:
+    """The network at the requested precision, the notes for the user and, for INT8, the calibration source."""
+
+    proto: onnx.ModelProto
+    notes: list[str] = field(default_factory=list)
+    calibration: str | None = None  # 'synthetic' or 'N images from DIR, seed S'
+
+
+def _graph(prepared: Prepared, request: ExportRequest) -> onnx.ModelProto:
+    """The fp32 ONNX graph of the prepared network (simplified with onnxslim when asked)."""
+    batch, _, h, w = prepared.example.shape
+    logger.info("exporting %s (%s) at %d×3×%d×%d", prepared.name, ", ".join(prepared.output_names), batch, h, w)
+    proto = torch_to_onnx(
+        prepared.module,
+        prepared.example,
+        prepared.output_names,
+        dynamic=request.dynamic,
+        opset=request.opset,
+        spatial_outputs=prepared.spatial_outputs,
+        axes=prepared.axes,
+    )
+    if request.simplify:
+        logger.info("simplifying with onnxslim")
+        proto = simplify_onnx(proto)
+    return proto
+
+
+def _lower(proto: onnx.ModelProto, prepared: Prepared, request: ExportRequest, kind: ModelKind) -> _Lowered:
+    """fp16 conversion or INT8 quantization of the fp32 network."""
+    if request.precision == "fp16":
+        from .precision import to_fp16
+
+        logger.info("converting to fp16 (%s inputs/outputs)", "fp16" if request.io_half else "fp32")
+        return _Lowered(to_fp16(proto, keep_io_types=not request.io_half))
+    if request.precision != "int8":
+        return _Lowered(proto)
+    from .precision import calibration_batches, quantize_int8
+
+    logger.info("quantizing to INT8 (static, Q/DQ)")
+    seed = request.calib_seed or 0
+    data, note = calibration_batches(
+        calib=request.calib,
+        batches=request.calib_batches,
+        batch=request.batch,
+        input_size=prepared.input_hw,
+        mean=prepared.mean,
+        std=prepared.std,
+        seed=seed,
+    )
+    images = len(data) * request.batch
+    calibration = "synthetic" if request.calib is None else f"{images} images from {request.calib}, seed {seed}"
+    batches = [kind.to_input(prepared, batch) for batch in data]
+    quantized = quantize_int8(proto, batches, per_channel=request.per_channel, mode=request.int8_mode)
+    return _Lowered(quantized, [note], calibration)
+
+
+def _weights(model: Any, request: ExportRequest, prepared: Prepared, kind: ModelKind) -> tuple[str, str | None]:
+    """What the file computes with, for its metadata: (``weights``, ``weights_sha256`` or None)."""
+    tag = kind.weights_tag(prepared, request)
+    if tag is not None:
+        file = (request.pretrained_cfg_overlay or {}).get("file")
+        return tag, file_sha256(file) if file and Path(file).is_file() else None
+    return weights_identity(model, request.checkpoint)
+
+
+def _metadata(
+    prepared: Prepared, request: ExportRequest, kind: ModelKind, weights: tuple[str, str | None], lowered: _Lowered
+) -> dict[str, Any]:
+    """The keys every file carries, then the kind's own."""
+    extras = kind.metadata(prepared, request)
+    if request.precision == "int8":
+        extras.update(int8_mode=request.int8_mode, int8_calibration=lowered.calibration)
+    return build_metadata(
+        model_name=prepared.name,
+        output_names=kind.outputs(prepared, request),
+        input_name=INPUT_NAME,
+        input_size=(3, *prepared.input_hw),
+        batch=request.batch,
+        dynamic=request.dynamic,
+        mean=prepared.mean,
+        std=prepared.std,
+        precision=request.precision,
+        io_dtype="float16" if request.io_half else "float32",
+        opset=request.opset,
+        weights=weights,
+        extras=extras,
+    )
+
+
+def _prepare(model: Any, request: ExportRequest, kind: ModelKind) -> tuple[Prepared, tuple[str, str | None]]:
+    """The module at the export size, and its weights' identity (a warning when they are random)."""
+    kind.check_model(model, request)
+    prepared = kind.prepare(model, request, tuple(request.input_size or kind.default_size))
+    weights = _weights(model, request, prepared, kind)
+    if weights[0] == "random":
+        logger.warning(
+            "no weights given: exporting %s with RANDOM weights (fine for timing, meaningless outputs); add "
+            "--checkpoint FILE (or --pretrained for a timm backbone).",
+            prepared.name,
+        )
+    return prepared, weights
+
+
+def export_onnx(
+    model: Any, out: str | os.PathLike[str], options: ExportRequest | None = None, **kwargs: Any
+) -> ExportResult:
+    """Export a backbone or a detector to ONNX and, with ``check``, prove it matches PyTorch in ONNX Runtime CPU.
+
+    ``model`` is a timm name or module (see :func:`~maedet.export.model_source.resolve_model`), or a detector
+    name, folder or module. Options come as an :class:`ExportRequest` or as its fields by keyword
+    (``export_onnx("maedet_m", "m.onnx", precision="fp16")``); keywords given with ``options`` replace those fields.
+    The file is written to a temporary name and renamed, so a failure never leaves a partial ``out``. A failed check
+    does not raise: the report says so (``result.check.passed``) and the CLI exits non-zero.
+    """
+    request = ExportRequest.make(options, kwargs)
+    kind = kind_of(model)
+    validate_request(request, kind.name, kind.min_opset)
+    out = check_output_path(out, "ONNX file")
+    prepared, weights = _prepare(model, request, kind)
+    lowered = _lower(_graph(prepared, request), prepared, request, kind)
+    network = lowered.proto
+    post = kind.post_graph(prepared, request)
+    if post is not None:
+        logger.info("joining the post-processing graph (kept fp32)")
+        proto = join_graphs(network, post, kind.outputs(prepared, request))
+    else:
+        proto = network
+    meta = _metadata(prepared, request, kind, weights, lowered)
+    apply_metadata(proto, meta)
+    data = proto.SerializeToString()
+    if len(data) > PROTOBUF_LIMIT:
+        raise ExportError("the model is larger than 2 GiB, which a single ONNX file cannot hold.")
+    report = None
+    if request.check:
+        logger.info("checking in ONNX Runtime (CPU) against PyTorch")
+        report = kind.check(prepared, request, data, data if post is None else network.SerializeToString())
+    atomic_write_bytes(out, data)
+    return ExportResult(out, [o.name for o in proto.graph.output], request.precision, meta, report, lowered.notes)
+
+
+def export_detector_onnx(model: Any, out: str | os.PathLike[str], **kwargs: Any) -> ExportResult:
+    """:func:`export_onnx` for a detector name, folder or module (a backbone is refused in one sentence)."""
+    kind = kind_of(model)
+    if kind.name != DETECTOR:
+        raise ExportError(f"{model!r} is not a detector; export it with export_onnx.")
+    return export_onnx(model, out, **kwargs)
