@@ -1,4 +1,4 @@
-"""``maedet-convert`` against hostile and careless input (issue 12.5, 12.6, 12.7, 12.10): every case one sentence
+"""``maedet-convert`` against hostile and careless input (first probed in issue 12): every case one sentence
 with exit 2 and no folder written; an interrupted or killed conversion leaves nothing behind."""
 
 from __future__ import annotations

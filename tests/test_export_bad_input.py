@@ -1,4 +1,5 @@
-"""Issue 12, groups 4-6 for the exporter and the shared file writers: what the fuzz module cannot show by exit code.
+"""The exporter and the shared file writers under hostile input (issue 12): what the fuzz module cannot show by exit
+code.
 
 A legal 250-byte file name must *work* through every writer; the memory estimate must be close to what PyTorch
 really holds; Ctrl-C while torch is still importing must end in one line and exit 130.
