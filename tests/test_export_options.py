@@ -1,5 +1,6 @@
-"""What the exporter's options do (first asked for in issue 11): fp16 overflow in one sentence, the weights and calibration recorded in the metadata,
-every refusal before any work, calibration images sampled and letterboxed as inference does, any input size."""
+"""What the exporter's options do (first asked for in issue 11): fp16 overflow in one sentence, the weights and
+calibration recorded in the metadata, every refusal before any work, calibration images sampled and letterboxed as
+inference does, any input size."""
 
 from __future__ import annotations
 

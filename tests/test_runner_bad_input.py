@@ -1,5 +1,5 @@
-"""The shared command runner under hostile input (issue 12): its last nets, a refused search that leaves its folder as it found it, and the bench's
-memory estimate before any model is built at full size."""
+"""The shared command runner under hostile input (issue 12): its last nets, a refused search that leaves its folder as
+it found it, and the bench's memory estimate before any model is built at full size."""
 
 from __future__ import annotations
 
