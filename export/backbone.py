@@ -57,7 +57,14 @@ class BackboneKind(ModelKind):
             "input_size": [source.in_chans, *prepared.input_hw],
         }
 
-    def check(self, prepared: Prepared, request: ExportRequest, file_bytes: bytes, network_bytes: bytes) -> CheckReport:
+    def check(
+        self,
+        prepared: Prepared,
+        request: ExportRequest,
+        file_bytes: bytes,
+        network_bytes: bytes,
+        runtime: str = "onnxruntime",
+    ) -> CheckReport:
         reference = {n: o.float().numpy() for n, o in zip(prepared.output_names, prepared.reference, strict=True)}
         return check_against_torch(
             file_bytes,
@@ -67,6 +74,7 @@ class BackboneKind(ModelKind):
             request.precision,
             request.tolerance,
             reference=reference,
+            runtime=runtime,
         )
 
     def weights_tag(self, prepared: Prepared, request: ExportRequest) -> str | None:

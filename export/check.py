@@ -27,12 +27,14 @@ from .errors import ExportError
 
 __all__ = [
     "ENGINE_TOLERANCES",
+    "RUNTIMES",
     "TOLERANCES",
     "CheckReport",
     "OutputCheck",
     "Tolerance",
     "check_against_torch",
     "compare_outputs",
+    "run_file",
     "run_torch",
     "synthetic_images",
     "to_pixels",
@@ -73,6 +75,23 @@ ENGINE_TOLERANCES: dict[str, Tolerance] = {
 
 
 FP16_MAX = 65504.0
+# The runtimes an exported file is checked in: the ONNX file in ONNX Runtime, the IR (--openvino) in OpenVINO.
+RUNTIMES = {"onnxruntime": "ONNX Runtime CPU", "openvino": "OpenVINO CPU"}
+
+
+def run_file(
+    model: bytes | str | os.PathLike[str],
+    inputs: np.ndarray | Mapping[str, np.ndarray],
+    what: str,
+    runtime: str = "onnxruntime",
+    threads: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Run an ONNX model once on CPU in ``runtime`` (see RUNTIMES); {output name: array} in the file's order."""
+    if runtime == "openvino":
+        from maedet.openvino_runtime import ov_compile, ov_run
+
+        return ov_run(ov_compile(model, threads=threads, what=what), inputs)
+    return run_session(ort_session(model, threads=threads, what=what), inputs)
 
 
 @dataclass
@@ -214,15 +233,19 @@ def check_against_torch(
     tolerance: Tolerance | None = None,
     threads: int | None = None,
     reference: dict[str, np.ndarray] | None = None,
+    runtime: str = "onnxruntime",
 ) -> CheckReport:
-    """Run the ONNX model in ONNX Runtime CPU and compare with the PyTorch module on the same images.
+    """Run the ONNX model on CPU in ``runtime`` (ONNX Runtime, or OpenVINO for an IR made from it) and compare with
+    the PyTorch module on the same images.
 
     ``reference`` (PyTorch's outputs for ``images``, if already computed) saves running the module again.
     """
     arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.float32)
-    session = ort_session(onnx_model, threads=threads, what=f"the exported {precision} model")
+    what = f"the exported {precision} model"
+    if runtime == "onnxruntime":
+        session = ort_session(onnx_model, threads=threads, what=what)
+        got, providers = run_session(session, arr), session.get_providers()
+    else:
+        got, providers = run_file(onnx_model, arr, what, runtime, threads), [RUNTIMES[runtime]]
     ref = reference if reference is not None else run_torch(module, arr, output_names)
-    got = run_session(session, arr)
-    return compare_outputs(
-        ref, got, precision, input_shape=arr.shape, providers=session.get_providers(), tolerance=tolerance
-    )
+    return compare_outputs(ref, got, precision, input_shape=arr.shape, providers=providers, tolerance=tolerance)

@@ -59,6 +59,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--onnx", metavar="OUT", help="ONNX file to write")
     p.add_argument("--trt", metavar="OUT", help="TensorRT engine to build (the ONNX is written first)")
+    p.add_argument(
+        "--openvino",
+        metavar="DIR",
+        help="also write the OpenVINO IR (DIR/model.xml + model.bin), checked against PyTorch in OpenVINO "
+        "(pip install 'maedet[openvino]')",
+    )
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--features", dest="outputs", action="store_const", const="features", help="C2..C5 (default)")
     kind.add_argument("--logits", dest="outputs", action="store_const", const="logits", help="classifier output")
@@ -175,9 +181,9 @@ def _comparison_row(table: Table, label: str, c: DetectionComparison | None, req
         table.add_row(label, str(c.detections), same, f"{c.max_box_rel:.2e}", f"{c.max_score_abs:.2e}", ok)
 
 
-def detector_check_table(check: DetectorCheck) -> Table:
+def detector_check_table(check: DetectorCheck, runtime: str = "ONNX Runtime CPU") -> Table:
     """Raw outputs (worst of all levels) and the detection comparisons, one row each."""
-    table = _comparison_table(f"ONNX Runtime CPU vs PyTorch ({check.precision})")
+    table = _comparison_table(f"{runtime} vs PyTorch ({check.precision})")
     worst_rel = max(o.max_rel for o in check.raw.outputs.values())
     worst_cos = min(o.cosine for o in check.raw.outputs.values())
     table.add_row(
@@ -236,8 +242,8 @@ def _profile(args: argparse.Namespace, in_chans: int = 3) -> Any:
 
 def _validate(args: argparse.Namespace) -> None:
     """What the request cannot say: where to write, and what TensorRT can build."""
-    if not args.onnx and not args.trt:
-        raise ExportError("say where to write: --onnx OUT.onnx and/or --trt OUT.engine.")
+    if not args.onnx and not args.trt and not args.openvino:
+        raise ExportError("say where to write: --onnx OUT.onnx, --trt OUT.engine and/or --openvino DIR.")
     if args.trt and args.int8 and args.int8_mode == "cpu":
         raise ExportError("--int8-mode cpu writes uint8 asymmetric Q/DQ, which TensorRT cannot load; use the default.")
     if args.trt:
@@ -274,8 +280,15 @@ def _request(args: argparse.Namespace) -> ExportRequest:
 
 
 def _onnx_path(args: argparse.Namespace) -> Path:
-    """--onnx, or the engine's name with .onnx (the ONNX file an engine is built from is kept beside it)."""
-    return Path(args.onnx) if args.onnx else Path(args.trt).with_suffix(".onnx")
+    """--onnx, or the engine's name with .onnx (the ONNX file an engine is built from is kept beside it), or the IR
+    folder's name with .onnx."""
+    if args.onnx:
+        return Path(args.onnx)
+    return Path(args.trt).with_suffix(".onnx") if args.trt else Path(args.openvino.rstrip("/\\") + ".onnx")
+
+
+def _derived_from(args: argparse.Namespace) -> str:
+    return "--trt" if args.trt else "--openvino"
 
 
 def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
@@ -286,11 +299,12 @@ def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
     inputs = {"model folder": args.model.removeprefix(LOCAL_PREFIX), "--checkpoint": args.checkpoint}
     inputs.update({"--structure": args.structure, "--calib folder": args.calib})
     outputs = {"ONNX file": _onnx_path(args)}
+    folders = {"OpenVINO IR folder": args.openvino} if args.openvino else {}
     if args.trt:
         from maedet.engine_sidecar import sidecar_path
 
         outputs.update({"TensorRT engine": args.trt, "engine sidecar": sidecar_path(Path(args.trt))})
-    refuse_overwriting_inputs(inputs, outputs)
+    refuse_overwriting_inputs(inputs, outputs, folders)
 
 
 def _check_paths(args: argparse.Namespace) -> None:
@@ -300,6 +314,11 @@ def _check_paths(args: argparse.Namespace) -> None:
 
     _refuse_overwriting_inputs(args)
     onnx_path = check_output_path(_onnx_path(args), "ONNX file")
+    if not args.onnx and onnx_path.exists():
+        raise ExportError(
+            f"{_derived_from(args)} would replace {str(onnx_path)!r} with the ONNX file it is made from; pass "
+            f"--onnx {onnx_path} to replace it, or --onnx with another path."
+        )
     if not args.trt:
         return
     from maedet.engine_sidecar import sidecar_path
@@ -307,7 +326,7 @@ def _check_paths(args: argparse.Namespace) -> None:
     engine = check_output_path(args.trt, "TensorRT engine")
     sidecar = check_output_path(sidecar_path(engine), "engine sidecar")
     named = {
-        "--onnx" if args.onnx else "the ONNX file derived from --trt": onnx_path,
+        "--onnx" if args.onnx else f"the ONNX file derived from {_derived_from(args)}": onnx_path,
         "--trt": engine,
         "the engine's sidecar": sidecar,
     }
@@ -318,11 +337,6 @@ def _check_paths(args: argparse.Namespace) -> None:
         other = seen.setdefault(path.resolve(), label)
         if other != label:
             raise ExportError(f"{other} and {label} are the same file {str(path)!r}; give each its own path.")
-    if not args.onnx and onnx_path.exists():
-        raise ExportError(
-            f"--trt {args.trt} would replace {str(onnx_path)!r} with the ONNX file it is built from; pass "
-            f"--onnx {onnx_path} to replace it, or --onnx with another path."
-        )
 
 
 def _require_tensorrt_stack() -> None:
@@ -388,13 +402,13 @@ def _engine(args: argparse.Namespace, onnx_path: Path, result: Any, console: Con
     return summary, 0 if report.passed else 1
 
 
-def _show_check(check: Any, console: Console) -> None:
+def _show_check(check: Any, console: Console, runtime: str = "ONNX Runtime CPU") -> None:
     """The parity check as a table, then what failed (or, for a detector, the one-sentence verdict)."""
     if isinstance(check, DetectorCheck):
-        console.print(detector_check_table(check))
-        console.print(f"check: {check.sentence()}", markup=False, soft_wrap=True)
+        console.print(detector_check_table(check, runtime))
+        console.print(f"check ({runtime}): {check.sentence()}", markup=False, soft_wrap=True)
         return
-    console.print(check_table(check, "ONNX Runtime CPU vs PyTorch fp32"))
+    console.print(check_table(check, f"{runtime} vs PyTorch fp32"))
     if not check.passed:
         console.print(f"check failed: {check.failure()}", markup=False, style="red", soft_wrap=True)
 
@@ -417,12 +431,26 @@ def _export(args: argparse.Namespace, request: ExportRequest, console: Console) 
     if result.check is not None:
         _show_check(result.check, console)
         code = 0 if result.check.passed else 1
+    if result.openvino is not None:
+        code = max(code, _show_openvino(result, summary, console))
     if args.trt:
         summary["engine"], engine_code = _engine(args, onnx_path, result, console)
         code = code or engine_code
     if args.json:
         print(json.dumps(summary, indent=1))
     return code
+
+
+def _show_openvino(result: Any, summary: dict[str, Any], console: Console) -> int:
+    """The IR written and its check in OpenVINO; returns the exit code the check asks for (0 or 1)."""
+    console.print(f"wrote {result.openvino} and {result.openvino.with_suffix('.bin').name} (OpenVINO IR)", markup=False)
+    summary["openvino"] = str(result.openvino.parent)
+    check = result.openvino_check
+    summary["openvino_check"] = check.to_dict() if check is not None else None
+    if check is None:
+        return 0
+    _show_check(check, console, "OpenVINO CPU")
+    return 0 if check.passed else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

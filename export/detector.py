@@ -147,10 +147,15 @@ class DetectorKind(ModelKind):
         }
 
     def check(
-        self, prepared: Prepared, request: ExportRequest, file_bytes: bytes, network_bytes: bytes
+        self,
+        prepared: Prepared,
+        request: ExportRequest,
+        file_bytes: bytes,
+        network_bytes: bytes,
+        runtime: str = "onnxruntime",
     ) -> DetectorCheck:
         cfg = self._cfg(prepared, request)
         return check_detector(
             prepared.handle, cfg, file_bytes, network_bytes, prepared.example, request.precision, request.nms,
-            tolerance=request.tolerance,
+            tolerance=request.tolerance, runtime=runtime,
         )  # fmt: skip

@@ -1,4 +1,5 @@
-"""Proof that an exported detector computes what PyTorch computes, in ONNX Runtime (CPU).
+"""Proof that an exported detector computes what PyTorch computes, in ONNX Runtime (CPU), or in OpenVINO (CPU)
+for the IR made from the file.
 
 Three comparisons, on the same images:
 
@@ -19,11 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from maedet.runtime import ort_session, run_session
 from maedet.zoo.gfl import GFocalV2
 from maedet.zoo.gfl_postprocess import PostprocessConfig
 
-from .check import CheckReport, Tolerance, compare_outputs
+from .check import RUNTIMES, CheckReport, Tolerance, compare_outputs, run_file
 from .detector_graph import DETECTION_OUTPUTS, INPUT_HW, NmsPostprocess, RawOutputs, postprocess_graph
 from .onnx_export import INPUT_NAME
 
@@ -179,31 +179,33 @@ def check_detector(
     precision: str,
     nms: bool,
     tolerance: Tolerance | None = None,
+    runtime: str = "onnxruntime",
 ) -> DetectorCheck:
-    """Run the three comparisons (see the module docstring); ``images`` as the file takes them."""
+    """Run the three comparisons (see the module docstring) in ``runtime``; ``images`` as the file takes them."""
     with torch.no_grad():
         raw = list(RawOutputs(detector, images.dtype == torch.uint8, with_input_hw=True)(images))
     names = detector.output_names
     reference = {n: t.numpy() for n, t in zip(names, raw, strict=False)}
-    network = run_session(ort_session(network_bytes, what="the exported network"), {INPUT_NAME: images.numpy()})
+    feed = {INPUT_NAME: images.numpy()}
+    network = run_file(network_bytes, feed, "the exported network", runtime)
     report = compare_outputs(
         reference,
         {n: network[n] for n in names},
         precision,
         input_shape=tuple(images.shape),
-        providers=["CPU"],
+        providers=[RUNTIMES[runtime]],
         tolerance=tolerance,
     )
     result = DetectorCheck(precision, report)
     if not nms:
         return result
-    whole = run_session(ort_session(file_bytes, what="the exported detector"), {INPUT_NAME: images.numpy()})
+    whole = run_file(file_bytes, feed, "the exported detector", runtime)
     result.detections = compare_detections(_postprocess(detector, cfg, raw), whole)
     probe_cfg = replace(cfg, score_thr=0.0)
     opset = max(o.version for o in _opsets(network_bytes) if o.domain in ("", "ai.onnx"))
     probe_graph = postprocess_graph(detector, raw, probe_cfg, dynamic=False, opset=opset)
     feeds = {n: t.numpy() for n, t in zip([*names, INPUT_HW], raw, strict=True)}
-    probe = run_session(ort_session(probe_graph.SerializeToString(), what="the postprocess probe"), feeds)
+    probe = run_file(probe_graph.SerializeToString(), feeds, "the postprocess probe", runtime)
     result.probe = compare_detections(_postprocess(detector, probe_cfg, raw), probe)
     return result
 

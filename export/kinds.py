@@ -64,8 +64,16 @@ class ModelKind(ABC):
         """This kind's own metadata keys (beside those every file carries)."""
 
     @abstractmethod
-    def check(self, prepared: Prepared, request: ExportRequest, file_bytes: bytes, network_bytes: bytes) -> Any:
-        """The parity check of the written file against PyTorch (a report with ``passed`` and ``to_dict``)."""
+    def check(
+        self,
+        prepared: Prepared,
+        request: ExportRequest,
+        file_bytes: bytes,
+        network_bytes: bytes,
+        runtime: str = "onnxruntime",
+    ) -> Any:
+        """The parity check of the written file against PyTorch in ``runtime`` (``onnxruntime`` for the ONNX file,
+        ``openvino`` for the IR made from it): a report with ``passed`` and ``to_dict``."""
 
     def post_graph(self, prepared: Prepared, request: ExportRequest) -> onnx.ModelProto | None:
         """The graph joined after the network (kept fp32), or None."""

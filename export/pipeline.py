@@ -24,6 +24,7 @@ from .errors import ExportError
 from .kinds import ModelKind, Prepared
 from .metadata import apply_metadata, build_metadata, file_sha256, weights_identity
 from .onnx_export import INPUT_NAME, PROTOBUF_LIMIT, join_graphs, simplify_onnx, torch_to_onnx
+from .openvino import convert_to_ir, write_ir
 from .request import DETECTOR, ExportRequest, validate_request
 
 __all__ = ["ExportResult", "export_detector_onnx", "export_onnx", "kind_of"]
@@ -46,6 +47,8 @@ class ExportResult:
     metadata: dict[str, Any]
     check: Any = None  # a CheckReport (backbones) or DetectorCheck (detectors): both have passed and to_dict()
     notes: list[str] = field(default_factory=list)  # what the user should know (e.g. synthetic calibration)
+    openvino: Path | None = None  # the IR's model.xml, when asked for (ExportRequest.openvino)
+    openvino_check: Any = None  # the IR's parity check in OpenVINO (None if skipped)
 
 
 @dataclass
@@ -181,12 +184,31 @@ def export_onnx(
     data = proto.SerializeToString()
     if len(data) > PROTOBUF_LIMIT:
         raise ExportError("the model is larger than 2 GiB, which a single ONNX file cannot hold.")
+    network_data = data if post is None else network.SerializeToString()
     report = None
     if request.check:
         logger.info("checking in ONNX Runtime (CPU) against PyTorch")
-        report = kind.check(prepared, request, data, data if post is None else network.SerializeToString())
+        report = kind.check(prepared, request, data, network_data)
+    ir = _openvino(prepared, request, kind, data, network_data) if request.openvino is not None else None
     atomic_write_bytes(out, data)
-    return ExportResult(out, [o.name for o in proto.graph.output], request.precision, meta, report, lowered.notes)
+    result = ExportResult(out, [o.name for o in proto.graph.output], request.precision, meta, report, lowered.notes)
+    if ir is not None:
+        result.openvino_check = ir[1]
+        result.openvino = write_ir(ir[0], request.openvino, meta)
+    return result
+
+
+def _openvino(
+    prepared: Prepared, request: ExportRequest, kind: ModelKind, data: bytes, network_data: bytes
+) -> tuple[Any, Any]:
+    """The file converted to an OpenVINO model (before anything is written, so a node OpenVINO cannot convert
+    leaves no file) and, with ``check``, its parity check against PyTorch in OpenVINO."""
+    logger.info("converting to OpenVINO IR")
+    model = convert_to_ir(data)
+    if not request.check:
+        return model, None
+    logger.info("checking in OpenVINO (CPU) against PyTorch")
+    return model, kind.check(prepared, request, data, network_data, runtime="openvino")
 
 
 def export_detector_onnx(model: Any, out: str | os.PathLike[str], **kwargs: Any) -> ExportResult:

@@ -29,7 +29,7 @@ _ALL = frozenset(KINDS)
 
 @dataclass(frozen=True)
 class ExportRequest:
-    """Everything that shapes one export besides the model and the output path (the CLI's flags, as Python)."""
+    """Everything that shapes one export besides the model and the ONNX file's path (the CLI's flags, as Python)."""
 
     structure: Any = None  # a structure file or Structure: for 'maedet' (backbone) or 'gfl' (detector)
     checkpoint: str | os.PathLike[str] | None = None
@@ -55,6 +55,7 @@ class ExportRequest:
     nms: bool = True  # NMS in the graph (detections) or the raw per-level outputs
     embed_preprocess: bool = False  # uint8 RGB input, normalised in the graph
     postprocess_cfg: Any = None  # a PostprocessConfig; default: the detector's own
+    openvino: str | os.PathLike[str] | None = None  # also write the OpenVINO IR (model.xml + model.bin) here
 
     def model_request(self) -> dict[str, Any]:
         """The options that pick a backbone module (what :func:`resolve_model` takes besides the model)."""
@@ -103,6 +104,7 @@ APPLIES: dict[str, frozenset[str]] = {
     "nms": frozenset({DETECTOR}),
     "embed_preprocess": frozenset({DETECTOR}),
     "postprocess_cfg": frozenset({DETECTOR}),
+    "openvino": _ALL,
 }
 # option → how the command line spells it, for the sentences (Python callers recognise their keyword in it).
 FLAGS: dict[str, str] = {
@@ -159,6 +161,11 @@ def validate_request(request: ExportRequest, kind: str, min_opset: int = 7) -> N
         raise ExportError("give either a checkpoint or pretrained weights, not both.")
     if request.pretrained_cfg_overlay is not None and not request.pretrained:
         raise ExportError("pretrained_cfg_overlay applies with pretrained=True.")
+    if request.openvino is not None:
+        from .openvino import check_ir_folder, require_openvino
+
+        require_openvino()
+        check_ir_folder(request.openvino)
     if request.input_size is not None:
         validate_input_size(request.input_size)  # the stride is known only later; bad sizes still fail at once
     if request.precision == "int8":

@@ -1,0 +1,54 @@
+"""The OpenVINO IR form of an export: ``DIR/model.xml`` + ``model.bin``, converted from the exported ONNX file.
+
+``ov.convert_model`` reads the very bytes written as the ONNX file (fp32, fp16 or INT8 Q/DQ: OpenVINO runs Q/DQ
+natively; a detector's NMS becomes OpenVINO's NMS), so the IR computes what the file computes, and the pipeline
+checks it against PyTorch in OpenVINO like the ONNX file in ONNX Runtime. The file's metadata (normalisation,
+strides, postprocess, model name, ...) goes into the IR's ``rt_info`` with the same text encoding as the ONNX
+``metadata_props``, so a consumer runs the IR without the model (:func:`read_ir_metadata`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from maedet.openvino_runtime import ov_metadata, ov_model, require_openvino, save_ov_ir
+
+from .errors import ExportError
+from .metadata import decode_value, encode_value
+
+__all__ = ["check_ir_folder", "convert_to_ir", "read_ir_metadata", "write_ir"]
+
+
+def convert_to_ir(onnx_bytes: bytes) -> Any:
+    """The exported ONNX file as an ``ov.Model`` (one sentence when OpenVINO cannot convert a node)."""
+    require_openvino()
+    return ov_model(onnx_bytes, "the exported ONNX file")
+
+
+def write_ir(model: Any, folder: str | os.PathLike[str], metadata: Mapping[str, Any]) -> Path:
+    """Write the IR with ``metadata`` in its rt_info (staged, then renamed); returns the .xml path."""
+    return save_ov_ir(model, folder, {key: encode_value(value) for key, value in metadata.items()})
+
+
+def read_ir_metadata(source: str | os.PathLike[str] | Any) -> dict[str, Any]:
+    """The metadata of an IR written by maedet-export --openvino (its folder, its .xml or a loaded model)."""
+    model = ov_model(source, repr(str(source))) if isinstance(source, (str, os.PathLike)) else source
+    meta = {key: decode_value(key, text) for key, text in ov_metadata(model).items()}
+    if "maedet_version" not in meta:
+        raise ExportError(f"{str(source)!r} holds no maedet metadata (it was not written by maedet-export).")
+    return meta
+
+
+def check_ir_folder(folder: str | os.PathLike[str]) -> Path:
+    """Refuse, before the export, an IR folder path that cannot be written: a file there, or no parent folder."""
+    path = Path(folder)
+    if not path.name or path.name in (".", ".."):
+        raise ExportError(f"the OpenVINO IR folder {str(path)!r} names no folder.")
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise ExportError(f"the OpenVINO IR folder {str(path)!r} exists and is not a folder.")
+    if not path.parent.is_dir():
+        raise ExportError(f"cannot write the OpenVINO IR folder {str(path)!r}: {str(path.parent)!r} does not exist.")
+    return path
