@@ -32,13 +32,15 @@ __all__ = [
 @dataclass(frozen=True)
 class Backend:
     name: str
-    runtime: str  # 'torch', 'onnxruntime' or 'tensorrt'
+    runtime: str  # 'torch', 'onnxruntime', 'openvino' or 'tensorrt'
     device: str  # 'cpu' or 'cuda'
     precision: str  # 'fp32', 'fp16' or 'int8'
     description: str
     channels_last: bool = False
     compile: bool = False
     provider: str | None = None  # ONNX Runtime execution provider
+    int8_source: str | None = None  # OpenVINO INT8: 'nncf' (post-training quantization) or the exporter's 'qdq' file
+    in_aliases: bool = True  # False: a comparison row, run only when named
 
     @property
     def memory_kind(self) -> str:
@@ -60,6 +62,18 @@ BACKENDS: dict[str, Backend] = {
         _b("ort-cpu", "onnxruntime", "cpu", "fp32", "ONNX Runtime CPU", provider="CPUExecutionProvider"),
         _b(
             "ort-cpu-int8", "onnxruntime", "cpu", "int8", "ONNX Runtime CPU, INT8 Q/DQ", provider="CPUExecutionProvider"
+        ),
+        _b("ov-cpu", "openvino", "cpu", "fp32", "OpenVINO CPU"),
+        # NNCF's post-training INT8: faster than the exporter's Q/DQ file in OpenVINO, at better agreement (docs/cli.md)
+        _b("ov-cpu-int8", "openvino", "cpu", "int8", "OpenVINO CPU, INT8 (NNCF)", int8_source="nncf"),
+        _b(
+            "ov-cpu-int8-qdq",
+            "openvino",
+            "cpu",
+            "int8",
+            "OpenVINO CPU, the exporter's INT8 Q/DQ file",
+            int8_source="qdq",
+            in_aliases=False,
         ),
         _b("torch-cuda", "torch", "cuda", "fp32", "PyTorch eager, CUDA"),
         _b("torch-cuda-fp16", "torch", "cuda", "fp16", "PyTorch eager, CUDA, half"),
@@ -104,9 +118,9 @@ GPU_BACKENDS = tuple(name for name, b in BACKENDS.items() if b.device == "cuda")
 GPU_DEFAULT = ("torch-cuda", "torch-cuda-fp16", "torch-cuda-cl-fp16", "ort-cuda", "ort-trt-fp16", "trt-fp16")
 _ALIASES = {
     "cpu": CPU_DEFAULT,
-    "cpu-all": tuple(name for name, b in BACKENDS.items() if b.device == "cpu"),
+    "cpu-all": tuple(name for name, b in BACKENDS.items() if b.device == "cpu" and b.in_aliases),
     "gpu": GPU_BACKENDS,
-    "all": tuple(BACKENDS),
+    "all": tuple(name for name, b in BACKENDS.items() if b.in_aliases),
 }
 
 
@@ -172,14 +186,27 @@ def _ort_gap(backend: Backend) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _openvino_gap(backend: Backend) -> tuple[str | None, str | None]:
+    """OpenVINO runs the exported ONNX file; NNCF makes the INT8 model of the 'nncf' rows."""
+    from maedet.openvino_runtime import OV_INSTALL_HINT
+
+    if not _has_module("openvino"):
+        return "OpenVINO is not installed", OV_INSTALL_HINT
+    if backend.int8_source == "nncf" and not _has_module("nncf"):
+        return "NNCF, which makes the INT8 model, is not installed", OV_INSTALL_HINT
+    return None, None
+
+
 def unavailable_reason_and_hint(backend: Backend) -> tuple[str | None, str | None]:
     """(why ``backend`` cannot run here, how to fix it) — (None, None) when it can; the hint may be None.
 
     Several backends share one fix (every ONNX Runtime GPU backend needs onnxruntime-gpu), so listings show each
     hint once; :func:`unavailable_reason` joins the two for a single backend.
     """
-    if backend.runtime in ("onnxruntime", "tensorrt") and not _has_module("onnxruntime"):
+    if backend.runtime in ("onnxruntime", "tensorrt", "openvino") and not _has_module("onnxruntime"):
         return "onnxruntime is not installed", None
+    if backend.runtime == "openvino":
+        return _openvino_gap(backend)
     if backend.runtime == "onnxruntime":
         reason, hint = _ort_gap(backend)
         if reason:

@@ -1,4 +1,4 @@
-"""Exported ONNX files and TensorRT engines kept between runs, keyed by everything that changes them.
+"""Exported ONNX files, TensorRT engines and OpenVINO INT8 models kept between runs, keyed by what changes them.
 
 The first run of a model on an ONNX Runtime or TensorRT backend exports it (and builds its engine) with
 :mod:`maedet.export`; later runs find the files here, so reruns are fast. A cached file is never trusted by its
@@ -215,6 +215,37 @@ class ArtifactCache:
 
         detector = getattr(source, "detector", None) or bench_detector(spec.name)
         export_onnx(detector, path, dataclasses.replace(options, structure=None, outputs="features", nms=spec.nms))
+
+    def nncf_ir(self, fp32_onnx: Path) -> Path:
+        """NNCF's INT8 OpenVINO IR of a cached fp32 ONNX file, quantized on first use with the calibration the
+        exporter's INT8 files get here (INT8_CALIB_BATCHES synthetic batches at the file's normalisation).
+
+        The record ties the IR to the fp32 file (its SHA-256) and to its own weights file (``.bin``).
+        """
+        from maedet.export import read_metadata
+        from maedet.export.openvino import nncf_quantize
+        from maedet.export.precision import calibration_batches
+        from maedet.openvino_runtime import ov_model, require_openvino, save_ov_ir
+
+        try:
+            ov = require_openvino()
+            path = self.root / f"{fp32_onnx.stem}-nncf-ov{ov.__version__.split('-')[0]}" / "model.xml"
+            bin_path = path.with_suffix(".bin")
+            bin_sha = _sha256(bin_path) if bin_path.is_file() else None
+            expected = {"onnx_sha256": (_read_record(fp32_onnx) or {}).get("sha256"), "bin_sha256": bin_sha}
+            if bin_sha is not None and self._reusable(path, expected):
+                return path
+            logger.debug("quantizing %s with NNCF", fp32_onnx.name)
+            meta = read_metadata(fp32_onnx)
+            batch, _, h, w = (int(v) for v in [meta["batch"], *meta["input_size"]])
+            with _quiet_logging():
+                batches, _ = calibration_batches(calib=None, batches=INT8_CALIB_BATCHES, batch=batch,
+                                                 input_size=(h, w), mean=meta["mean"], std=meta["std"])  # fmt: skip
+                save_ov_ir(nncf_quantize(ov_model(fp32_onnx), batches), path.parent, {})
+            self._write_record(path, {**expected, "bin_sha256": _sha256(bin_path)})
+            return path
+        except MaeDetError as exc:
+            raise BackendUnavailable(str(exc)) from None
 
     def engine(self, onnx_path: Path, precision: str) -> TrtEngine:
         """A loaded TensorRT engine for ``onnx_path``, built (with maedet.export) on first use.

@@ -10,7 +10,7 @@ from typing import Any
 
 __all__ = ["cpu_model", "machine_info", "machine_line", "usable_cores"]
 
-_LIBRARIES = ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy", "maedet")
+_LIBRARIES = ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "numpy", "maedet")
 
 
 def cpu_model() -> str:
@@ -84,7 +84,7 @@ def machine_line(info: dict[str, Any]) -> str:
     gpu = info.get("gpu")
     parts.append(f"{gpu['name']} ({gpu['memory_gb']} GB, CUDA {gpu['cuda']})" if gpu else "no GPU")
     libs = info.get("libraries", {})
-    shown = ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt")
+    shown = ("torch", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
     parts += [f"{name} {libs[name]}" for name in shown if name in libs]
     parts.append(info.get("date", ""))
     return " · ".join(p for p in parts if p)

@@ -1,20 +1,23 @@
 """Ready-to-time runners: one model on one backend, with its input already on the device.
 
 Each runner's ``__call__`` does one inference and returns only when the result exists (CUDA work is
-synchronised), so a wall-clock timer around it measures what a caller would wait for. ONNX Runtime and TensorRT
-runners are the exporter's runtime layer (:mod:`maedet.runtime`); PyTorch runs the same deploy module.
+synchronised), so a wall-clock timer around it measures what a caller would wait for. ONNX Runtime, TensorRT and
+OpenVINO runners are the exporter's runtime layer (:mod:`maedet.runtime`, :mod:`maedet.openvino_runtime`); PyTorch
+runs the same deploy module.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from maedet.errors import ExportError
 from maedet.export import ModelSource
+from maedet.openvino_runtime import OvRunner, ov_compile
 from maedet.runtime import OrtRunner, ort_providers, ort_session
 
 from .backends import Backend
@@ -74,12 +77,27 @@ def _onnx_precision(backend: Backend) -> str:
     return backend.precision
 
 
+def _onnx_precision_of(backend: Backend) -> str:
+    """The cached ONNX file a backend starts from: NNCF quantizes the fp32 file itself."""
+    return "fp32" if backend.int8_source == "nncf" else _onnx_precision(backend)
+
+
 def _int8_mode(backend: Backend) -> str | None:
-    """The exporter's INT8 layout: ONNX Runtime CPU's fast uint8-activation layout, or the portable symmetric one
-    TensorRT needs."""
-    if backend.precision != "int8":
+    """The exporter's INT8 layout: ONNX Runtime CPU's fast uint8-activation layout (which OpenVINO reads too), or
+    the portable symmetric one TensorRT needs."""
+    if backend.precision != "int8" or backend.int8_source == "nncf":
         return None
     return "cpu" if backend.device == "cpu" else "portable"
+
+
+def _ov_runner(onnx_path: Path, backend: Backend, data: np.ndarray, threads: int, cache: ArtifactCache) -> OvRunner:
+    """OpenVINO on the cached ONNX file (fp32, or the exporter's Q/DQ file), or on NNCF's INT8 IR made from it;
+    threads and denormals as for ONNX Runtime CPU (see :mod:`maedet.openvino_runtime`)."""
+    model = cache.nncf_ir(onnx_path) if backend.int8_source == "nncf" else onnx_path
+    try:
+        return OvRunner(ov_compile(model, threads=threads, denormals_as_zero=True), data)
+    except ExportError as exc:
+        raise BackendUnavailable(str(exc)) from None
 
 
 def _ort_runner(onnx_path: Any, backend: Backend, data: np.ndarray, threads: int, cache: ArtifactCache) -> OrtRunner:
@@ -109,10 +127,12 @@ def make_runner(
         return TorchRunner(deploy_source().module, backend, data)
     batch, _, h, w = data.shape
     onnx_path = cache.onnx(
-        spec, _onnx_precision(backend), batch, h, w, module_factory=deploy_source, int8_mode=_int8_mode(backend)
+        spec, _onnx_precision_of(backend), batch, h, w, module_factory=deploy_source, int8_mode=_int8_mode(backend)
     )
     if backend.runtime == "onnxruntime":
         return _ort_runner(onnx_path, backend, data, threads, cache)
+    if backend.runtime == "openvino":
+        return _ov_runner(onnx_path, backend, data, threads, cache)
     engine = cache.engine(onnx_path, backend.precision)
     try:
         return engine.runner(data)

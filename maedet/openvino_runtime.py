@@ -36,6 +36,7 @@ __all__ = [
     "OV_INSTALL_HINT",
     "OvRunner",
     "is_ir_folder",
+    "ov_calls",
     "ov_compile",
     "ov_errors",
     "ov_message",
