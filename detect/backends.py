@@ -1,4 +1,4 @@
-"""Who runs the detector: the PyTorch model or an exported ONNX file, behind one call.
+"""Who runs the detector: the PyTorch model, an exported ONNX file or its OpenVINO IR, behind one call.
 
 ``backend(batch, image_sizes)`` takes a letterboxed batch (see :mod:`maedet.letterbox`) and returns one
 :class:`~maedet.zoo.Detections` per image in network-input pixels. Every backend clamps boxes to the whole input
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from maedet.devices import parse_device
@@ -25,7 +26,7 @@ from maedet.zoo.detectors import create_detector
 from maedet.zoo.gfl import GFocalV2
 from maedet.zoo.gfl_postprocess import Detections, PostprocessConfig, postprocess
 
-__all__ = ["Backend", "OnnxBackend", "TorchBackend", "load_backend"]
+__all__ = ["Backend", "OnnxBackend", "OpenVinoBackend", "TorchBackend", "load_backend"]
 
 
 class Backend:
@@ -59,44 +60,85 @@ class TorchBackend(Backend):
         return [Detections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu()) for d in dets]
 
 
-class OnnxBackend(Backend):
-    """An exported detector (``maedet-export NAME --onnx FILE``, with or without NMS) in ONNX Runtime."""
+class _ExportedBackend(Backend):
+    """A detector file (ONNX or OpenVINO IR, with or without NMS): its metadata says how to feed and read it."""
 
-    def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None) -> None:
-        from maedet.export.detector_metadata import read_detector_metadata
+    def _setup(self, meta: dict[str, Any], path: str | os.PathLike[str], shape: Sequence[Any], uint8: bool) -> None:
         from maedet.export.metadata import normalisation
-        from maedet.runtime import ort_session
 
-        meta = read_detector_metadata(path)
         self.meta = meta
-        self.session = ort_session(path, providers=tuple(providers or ("CPUExecutionProvider",)), what=str(path))
         self.name = str(meta.get("model_name", Path(path).stem))
         self.num_classes = int(meta["num_classes"])
         self.mean, self.std = normalisation(meta, repr(str(path)))
-        shape = self.session.get_inputs()[0].shape
-        self.input_uint8 = self.session.get_inputs()[0].type == "tensor(uint8)"
+        self.input_uint8 = uint8
         self.fixed_hw = (int(shape[2]), int(shape[3])) if all(isinstance(d, int) for d in shape[2:]) else None
         self.max_batch = int(shape[0]) if isinstance(shape[0], int) else None
         self.raw = meta["outputs"] == "raw"
         self.cfg = PostprocessConfig(**meta["postprocess"])
         expected = 2 * len(meta["strides"]) if self.raw else None
-        if expected is not None and len(self.session.get_outputs()) != expected:
+        if expected is not None and len(self.output_names) != expected:
             raise MaeDetError(
-                f"{str(path)!r} has {len(self.session.get_outputs())} outputs, but its metadata's "
+                f"{str(path)!r} has {len(self.output_names)} outputs, but its metadata's "
                 f"{len(meta['strides'])} strides need {expected} (scores and distances per level)."
             )
 
+    output_names: list[str]
+
+    def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
     def __call__(self, batch: torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         from maedet.export.detector_graph import DETECTION_OUTPUTS, unpad_detections
-        from maedet.runtime import run_session
 
-        outs = run_session(self.session, batch.numpy())
+        outs = self._run(batch.numpy())
         if not self.raw:
             return unpad_detections(*(outs[n] for n in DETECTION_OUTPUTS))
         strides = self.meta["strides"]
-        levels = [torch.from_numpy(outs[n]) for n in [o.name for o in self.session.get_outputs()]]
+        levels = [torch.from_numpy(outs[n]) for n in self.output_names]
         scores, distances = levels[: len(strides)], levels[len(strides) :]
         return postprocess(scores, distances, strides, self.num_classes, tuple(batch.shape[-2:]), None, self.cfg)
+
+
+class OnnxBackend(_ExportedBackend):
+    """An exported detector (``maedet-export NAME --onnx FILE``, with or without NMS) in ONNX Runtime."""
+
+    def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None) -> None:
+        from maedet.export.detector_metadata import read_detector_metadata
+        from maedet.runtime import ort_session
+
+        meta = read_detector_metadata(path)
+        self.session = ort_session(path, providers=tuple(providers or ("CPUExecutionProvider",)), what=str(path))
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        arg = self.session.get_inputs()[0]
+        self._setup(meta, path, arg.shape, arg.type == "tensor(uint8)")
+
+    def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        from maedet.runtime import run_session
+
+        return run_session(self.session, images)
+
+
+class OpenVinoBackend(_ExportedBackend):
+    """An exported detector's OpenVINO IR (``maedet-export NAME --openvino DIR``) on CPU: the same contract as
+    :class:`OnnxBackend`, the metadata read from the IR's rt_info."""
+
+    def __init__(self, folder: str | os.PathLike[str], threads: int | None = None) -> None:
+        from maedet.export.detector_metadata import check_detector_metadata
+        from maedet.export.openvino import read_ir_metadata
+        from maedet.openvino_runtime import ov_compile, ov_model
+
+        model = ov_model(folder, repr(str(folder)))
+        meta = check_detector_metadata(read_ir_metadata(model, folder), folder)
+        self.compiled = ov_compile(model, threads=threads, what=str(folder))
+        self.output_names = [port.get_any_name() for port in self.compiled.outputs]
+        port = self.compiled.inputs[0]
+        shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        self._setup(meta, folder, shape, port.get_element_type().get_type_name() == "u8")
+
+    def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        from maedet.openvino_runtime import ov_run
+
+        return ov_run(self.compiled, images)
 
 
 def load_backend(
@@ -104,16 +146,26 @@ def load_backend(
     checkpoint: str | os.PathLike[str] | None = None,
     onnx: str | os.PathLike[str] | None = None,
     *,
+    openvino: str | os.PathLike[str] | None = None,
     num_classes: int | None = None,
     device: str = "cpu",
     pretrained: bool = False,
     **kwargs: Any,
 ) -> Backend:
-    """A PyTorch backend (``model`` + ``checkpoint`` or ``pretrained``) or an ONNX one (``onnx``).
+    """A PyTorch backend (``model`` + ``checkpoint`` or ``pretrained``), an ONNX one (``onnx``) or an OpenVINO one
+    (``openvino``: the IR folder maedet-export --openvino writes).
 
     ``checkpoint`` may be a converted detector folder (``maedet-convert ... --model NAME_gfl``), which also
     names the model; ``num_classes`` defaults to 80, or the folder's.
     """
+    if openvino is not None:
+        if checkpoint is not None or pretrained or onnx is not None:
+            raise MaeDetError("an OpenVINO IR carries its own weights: give --openvino without --checkpoint or --onnx.")
+        if not Path(openvino).is_dir():
+            raise MaeDetError(
+                f"OpenVINO IR folder {str(openvino)!r} does not exist (maedet-export NAME --openvino DIR)."
+            )
+        return OpenVinoBackend(openvino)
     if onnx is not None:
         if checkpoint is not None or pretrained:
             raise MaeDetError("an ONNX file carries its own weights: give --onnx without --checkpoint.")

@@ -41,6 +41,9 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     )
     src.add_argument("--pretrained", action="store_true", help="download the authors' COCO weights")
     src.add_argument("--onnx", metavar="FILE", help="an exported detector (maedet-export NAME --onnx FILE)")
+    src.add_argument(
+        "--openvino", metavar="DIR", help="an exported detector's OpenVINO IR (maedet-export NAME --openvino DIR)"
+    )
     p.add_argument("--num-classes", type=int, help="classes of --model (default 80, or the converted folder's)")
     p.add_argument(
         "--test-scale",
@@ -59,12 +62,14 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 
 def _backend(args: argparse.Namespace) -> Backend:
-    if args.onnx and args.model:
-        raise MaeDetError("give --model (PyTorch) or --onnx (an exported file), not both.")
+    if (args.onnx or args.openvino) and args.model:
+        flag = "--onnx" if args.onnx else "--openvino"
+        raise MaeDetError(f"give --model (PyTorch) or {flag} (an exported file), not both.")
     return load_backend(
         args.model,
         args.checkpoint,
         args.onnx,
+        openvino=args.openvino,
         num_classes=args.num_classes,
         device=args.device,
         pretrained=args.pretrained,
@@ -116,7 +121,7 @@ def _summary(results: Sequence[ImageResult], names: Sequence[str]) -> Table:
 
 
 def _weight_inputs(args: argparse.Namespace) -> dict[str, str | None]:
-    return {"--checkpoint": args.checkpoint, "--onnx file": args.onnx}
+    return {"--checkpoint": args.checkpoint, "--onnx file": args.onnx, "--openvino folder": args.openvino}
 
 
 def _detect(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 from .errors import ExportError
 from .metadata import read_metadata
 
-__all__ = ["read_detector_metadata"]
+__all__ = ["check_detector_metadata", "read_detector_metadata"]
 
 _POSTPROCESS_TYPES = {"nms_pre": int, "score_thr": float, "iou_thr": float, "max_per_img": int}
 
@@ -61,9 +61,14 @@ def _short(value: Any) -> str:
 
 def read_detector_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata of a detector export, every value its consumers use checked; else one sentence."""
+    return check_detector_metadata(read_metadata(path), path)
+
+
+def check_detector_metadata(meta: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``meta`` (of the ONNX file or OpenVINO IR at ``path``) when every value a consumer uses is usable; else one
+    sentence."""
     from maedet.zoo.gfl_postprocess import PostprocessConfig
 
-    meta = read_metadata(path)
     if meta.get("task") != "detection":
         raise ExportError(f"{str(path)!r} is not a detector export; write one with maedet-export NAME_gfl --onnx.")
     for key, (valid, kind) in _RULES.items():

@@ -38,12 +38,14 @@ def write_ir(model: Any, folder: str | os.PathLike[str], metadata: Mapping[str, 
     return save_ov_ir(model, folder, {key: encode_value(value) for key, value in metadata.items()})
 
 
-def read_ir_metadata(source: str | os.PathLike[str] | Any) -> dict[str, Any]:
-    """The metadata of an IR written by maedet-export --openvino (its folder, its .xml or a loaded model)."""
-    model = ov_model(source, repr(str(source))) if isinstance(source, (str, os.PathLike)) else source
-    meta = {key: decode_value(key, text) for key, text in ov_metadata(model).items()}
+def read_ir_metadata(source: str | os.PathLike[str] | Any, where: str | os.PathLike[str] = "the IR") -> dict[str, Any]:
+    """The metadata of an IR written by maedet-export --openvino (its folder, its .xml, or a loaded model found at
+    ``where``)."""
+    if isinstance(source, (str, os.PathLike)):
+        source, where = ov_model(source, repr(str(source))), source
+    meta = {key: decode_value(key, text) for key, text in ov_metadata(source).items()}
     if "maedet_version" not in meta:
-        raise ExportError(f"{str(source)!r} holds no maedet metadata (it was not written by maedet-export).")
+        raise ExportError(f"{str(where)!r} holds no maedet metadata (it was not written by maedet-export).")
     return meta
 
 
