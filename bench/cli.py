@@ -268,7 +268,7 @@ def build_profile_parser() -> argparse.ArgumentParser:
 
 def _add_profile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--info", metavar="FILE", help="print what a latency table holds, then exit")
-    p.add_argument("--backend", default="ort-cpu", choices=("ort-cpu", "ort-cuda", "ort-trt"), help="runtime")
+    p.add_argument("--backend", default="ort-cpu", choices=("ort-cpu", "ov-cpu", "ort-cuda", "ort-trt"), help="runtime")
     p.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="int8: the exporter's CPU layout")
     p.add_argument(
         "--input-size",

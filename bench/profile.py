@@ -43,7 +43,8 @@ from .profile_progress import profile_progress
 __all__ = ["ProfileSettings", "describe_table", "profile_target", "sample_structures", "validation_figures"]
 
 LOG = logging.getLogger(__name__)
-BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt")
+BACKENDS = ("ort-cpu", "ov-cpu", "ort-cuda", "ort-trt")
+CPU_BACKENDS = ("ort-cpu", "ov-cpu")  # operators timed inside networks by the runtime's own per-node counters
 PRECISIONS = ("fp32", "int8")
 REFERENCES = ("resnet50", "resnet101")
 PUBLISHED = ("maedet_s", "maedet_m", "maedet_l")
@@ -84,8 +85,8 @@ class ProfileSettings:
             raise MaeDetError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}.")
         if self.precision not in PRECISIONS:
             raise MaeDetError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}.")
-        if self.backend != "ort-cpu" and self.precision == "int8":
-            raise MaeDetError("INT8 profiles use the exporter's CPU layout: profile them on ort-cpu.")
+        if self.backend not in CPU_BACKENDS and self.precision == "int8":
+            raise MaeDetError("INT8 profiles use the exporter's CPU layout: profile them on ort-cpu or ov-cpu.")
         limits = {"input_size": (32, 2048), "batch": (1, 256), "train_nets": (1, 500), "pieces": (8, 5000)}
         limits |= {"rounds": (1, 100), "calibration_nets": (1, 100), "validation_nets": (1, 500)}
         for name, (lo, hi) in limits.items():
@@ -106,7 +107,7 @@ class ProfileSettings:
     @property
     def in_network(self) -> bool:
         """Operators timed inside networks by the runtime's profiler (CPU), or pieces on their own (GPU)."""
-        return self.backend == "ort-cpu"
+        return self.backend in CPU_BACKENDS
 
     def fingerprint(self) -> dict[str, Any]:
         data = asdict(self)
@@ -314,7 +315,7 @@ def _target(settings: ProfileSettings, info: dict[str, Any]) -> dict[str, Any]:
         "batch": settings.batch,
         "input_size": settings.input_size,
         "threads": settings.thread_count,
-        "device": cpu_model() if settings.backend == "ort-cpu" else str((info.get("gpu") or {}).get("name")),
+        "device": cpu_model() if settings.backend in CPU_BACKENDS else str((info.get("gpu") or {}).get("name")),
     }
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "Measurer",
     "Timing",
     "attribute_node",
+    "ov_node_times",
     "piece_module",
     "piece_seed",
     "run_node_times",
@@ -118,6 +119,22 @@ def run_node_times(profile_file: str | Path, runs: int) -> list[dict[str, float]
     return per_run
 
 
+def ov_node_times(profiles: Sequence[Sequence[Any]], runs: int) -> list[dict[str, float]]:
+    """Per run (the last ``runs`` of an OpenVINO runner's kept profiles), the executed nodes' ms summed per operator
+    key. OpenVINO names a fused node after the ONNX node it grew from, so the same attribution holds."""
+    if len(profiles) < runs:
+        raise RuntimeError(f"the runtime profile holds {len(profiles)} runs, expected {runs}")
+    per_run: list[dict[str, float]] = []
+    for infos in profiles[-runs:]:
+        times: dict[str, float] = {}
+        for info in infos:
+            key = attribute_node(info.node_name)
+            if key is not None and str(info.status).endswith("EXECUTED"):
+                times[key] = times.get(key, 0.0) + info.real_time.total_seconds() * 1000.0
+        per_run.append(times)
+    return per_run
+
+
 # ------------------------------------------------------------------------------------------- sessions
 class Measurer:
     """Builds the runnables of one target (exported with the exporter's path, run through the runtime layer) and
@@ -149,6 +166,15 @@ class Measurer:
         from maedet.runtime import OrtRunner, ort_providers, ort_session
 
         s = self.settings
+        images = np.random.default_rng(1).random(tuple(shape), dtype=np.float32)
+        if s.backend == "ov-cpu":  # as the bench's ov-cpu rows: the same threads and denormal setting as ort-cpu
+            from maedet.openvino_runtime import OvRunner, ov_compile
+
+            profiled = profile_prefix is not None
+            compiled = ov_compile(
+                model, threads=s.thread_count, denormals_as_zero=True, profile=profiled, what="a profiled network"
+            )
+            return OvRunner(compiled, images, keep_profiles=profiled)
         provider = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}.get(
             s.backend, "TensorrtExecutionProvider"
         )
@@ -160,7 +186,6 @@ class Measurer:
             profile_prefix=profile_prefix,
             what="a profiled network",
         )
-        images = np.random.default_rng(1).random(tuple(shape), dtype=np.float32)
         return OrtRunner(session, images, device="cpu" if s.backend == "ort-cpu" else "cuda")
 
     def _network_runner(self, structure: Structure | str, size: int, profile_prefix: Path | None = None) -> Any:
@@ -190,15 +215,22 @@ class Measurer:
         times = run_interleaved({"unit": runner, "anchor": self._anchor}, {}, max_rounds=rounds, min_rounds=rounds)
         timing = Timing(_ms(times["unit"]), _ms(times["anchor"]))
         if profiled:
-            profile_file = Path(runner.session.end_profiling())
-            try:
-                per_run = run_node_times(profile_file, rounds)
-            finally:
-                profile_file.unlink(missing_ok=True)
+            per_run = self._node_times(runner, rounds)
             keys = sorted({k for run in per_run for k in run})
             timing.ops = {k: [run.get(k, 0.0) for run in per_run] for k in keys}
         runner.close()
         return timing
+
+    @staticmethod
+    def _node_times(runner: Any, rounds: int) -> list[dict[str, float]]:
+        """Per run, the profiled kernel ms per operator key: ONNX Runtime's profile file, or OpenVINO's counters."""
+        if hasattr(runner, "profiles"):
+            return ov_node_times(runner.profiles, rounds)
+        profile_file = Path(runner.session.end_profiling())
+        try:
+            return run_node_times(profile_file, rounds)
+        finally:
+            profile_file.unlink(missing_ok=True)
 
     def pieces(self, pieces: Sequence[Piece]) -> dict[str, Timing]:
         """Pieces on their own (GPU runtimes), in interleaved rounds with the anchor; per round, each one's median."""

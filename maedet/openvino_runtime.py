@@ -177,17 +177,26 @@ def ov_run(compiled: Any, inputs: np.ndarray | Mapping[str, np.ndarray]) -> dict
 
 
 class OvRunner:
-    """A compiled model with its input already set on one infer request, ready to time."""
+    """A compiled model with its input already set on one infer request, ready to time.
 
-    def __init__(self, compiled: Any, inputs: np.ndarray | Mapping[str, np.ndarray]) -> None:
+    ``keep_profiles`` (with a model compiled with ``profile=True``) keeps each run's per-node counters in
+    ``profiles``: OpenVINO holds only the last run's, and a profiler needs every timed run's.
+    """
+
+    def __init__(
+        self, compiled: Any, inputs: np.ndarray | Mapping[str, np.ndarray], *, keep_profiles: bool = False
+    ) -> None:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
+        self.profiles: list[list[Any]] | None = [] if keep_profiles else None
         with ov_calls("OpenVINO could not set the input"):
             for name, array in _feed(compiled, inputs).items():
                 self.request.set_tensor(name, require_openvino().Tensor(array))
 
     def __call__(self) -> None:
         self.request.infer()
+        if self.profiles is not None:
+            self.profiles.append(self.request.profiling_info)
 
     def close(self) -> None:
         self.request = None

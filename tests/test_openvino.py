@@ -244,3 +244,38 @@ def test_without_openvino_every_path_says_so_with_the_install_hint(tmp_path) -> 
         f"from maedet.detect.backends import load_backend; load_backend(openvino={str(tmp_path)!r})"
     )
     assert "MissingDependencyError: OpenVINO is not installed: pip install 'maedet[openvino]'." in detect.stderr
+
+
+# ------------------------------------------------------------------------------------------- the latency profile
+OV_TINY = {"backend": "ov-cpu", "input_size": 64, "train_nets": 2, "calibration_nets": 2, "validation_nets": 2}
+OV_TINY |= {"rounds": 2, "threads": 1}
+
+
+def test_a_profiled_network_in_openvino_times_every_operator(tmp_path) -> None:
+    """OpenVINO's per-node counters name the exporter's block operators too: every conv and pool gets time."""
+    from maedet.bench.profile import ProfileSettings
+    from maedet.bench.profile_measure import Measurer, structure_op_keys
+    from maedet.zoo import load_structure
+
+    structure = load_structure("maedet_s")
+    timing = Measurer(ProfileSettings(**OV_TINY), tmp_path).network(structure, profiled=True)
+    expected = {k for k, op in structure_op_keys(structure, 64).items() if op.role != "add"}
+    assert expected <= set(timing.ops) and len(timing.times) == 2
+    for run in range(2):
+        attributed = sum(v[run] for v in timing.ops.values())
+        assert 0.3 * timing.times[run] < attributed <= 1.1 * timing.times[run]  # kernels: most of each run
+
+
+def test_tiny_openvino_profile_gives_a_latency_table(tmp_path) -> None:
+    from maedet.bench.profile import ProfileSettings, profile_target
+    from maedet.zoo import load_structure
+    from maedet.zoo.latency import load_latency_table
+
+    out = tmp_path / "ov.json"
+    table = profile_target(out, ProfileSettings(**OV_TINY), progress=False)
+    again = load_latency_table(out)
+    assert again.target["backend"] == "ov-cpu" and again.target["input_size"] == 64
+    assert again.measurement["anchor"]["quiet_ms"] > 0 and again.validation["count"] == 2 + 3
+    for row in again.validation["networks"]:
+        assert row["measured_ms"] > 0
+        assert row["predicted_ms"] == pytest.approx(table.predict_ms(load_structure(row["structure"])))
