@@ -46,7 +46,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="timm model (maedet_s/m/l, 'maedet' with --structure, resnet50, NAME.TAG), local-dir:FOLDER, "
         "hf-hub:ORG/REPO or a converted folder's path; or a detector: maedet_m_gfl...",
     )
-    p.add_argument("--info", metavar="FILE", help="print the metadata of an exported .onnx (or an engine's sidecar)")
+    p.add_argument(
+        "--info",
+        metavar="FILE",
+        help="print the metadata of an exported .onnx (or an engine's sidecar, or an OpenVINO IR folder)",
+    )
     p.add_argument("--structure", metavar="FILE", help="structure file (JSON or the authors' txt) for 'maedet'")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument(
@@ -209,6 +213,10 @@ def _info(path: str, as_json: bool, console: Console) -> int:
         data = read_sidecar(path)
         meta = {k: v for k, v in data.items() if k != "onnx_metadata"}
         meta.update({f"onnx.{k}": v for k, v in data.get("onnx_metadata", {}).items()})
+    elif Path(path).is_dir() or path.endswith(".xml"):  # an OpenVINO IR: its rt_info
+        from .openvino import read_ir_metadata
+
+        meta = read_ir_metadata(path)
     else:
         meta = read_metadata(path)
         if "maedet_version" not in meta:  # empty, or only other producers' keys

@@ -169,11 +169,11 @@ def test_ir_backend_has_the_onnx_backends_contract(detector_s) -> None:
 def test_bench_openvino_rows_run(tmp_path) -> None:
     from maedet.bench import run_bench
 
-    result = run_bench(models=["maedet_s"], backends="ort-cpu,ov-cpu,ov-cpu-int8,ov-cpu-int8-qdq",
+    result = run_bench(models=["maedet_s"], backends="ort-cpu,ov-cpu,ov-cpu-int8,ov-cpu-int8-nncf",
                        input_sizes=[SIZE], batch_sizes=[1], threads=1, warmup=1, rounds=2, min_rounds=2,
                        iterations=2, max_time_s=None, cache_dir=tmp_path / "cache")  # fmt: skip
     rows = {r.backend: r for r in result.results}
-    assert set(rows) == {"ort-cpu", "ov-cpu", "ov-cpu-int8", "ov-cpu-int8-qdq"} and not result.skipped
+    assert set(rows) == {"ort-cpu", "ov-cpu", "ov-cpu-int8", "ov-cpu-int8-nncf"} and not result.skipped
     assert all(r.latency.median > 0 and r.latency.samples > 0 for r in rows.values())
     assert list((tmp_path / "cache").glob("*-nncf-ov*/model.xml"))  # NNCF's IR, cached beside the ONNX files
 
@@ -182,7 +182,7 @@ def test_cpu_all_holds_the_openvino_rows_but_not_the_default_pair() -> None:
     from maedet.bench.backends import CPU_DEFAULT, resolve_backends
 
     names = resolve_backends("cpu-all")
-    assert {"ov-cpu", "ov-cpu-int8"} <= set(names) and "ov-cpu-int8-qdq" not in names
+    assert {"ov-cpu", "ov-cpu-int8"} <= set(names) and "ov-cpu-int8-nncf" not in names
     assert not {"ov-cpu", "ov-cpu-int8"} & set(CPU_DEFAULT)
 
 
@@ -279,3 +279,8 @@ def test_tiny_openvino_profile_gives_a_latency_table(tmp_path) -> None:
     for row in again.validation["networks"]:
         assert row["measured_ms"] > 0
         assert row["predicted_ms"] == pytest.approx(table.predict_ms(load_structure(row["structure"])))
+
+
+def test_export_info_reads_an_ir_folder(backbone_ir, capsys) -> None:
+    assert export_main(["--info", str(backbone_ir.openvino.parent), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == backbone_ir.metadata
