@@ -53,7 +53,8 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     records = [r for r in detections_to_results(results, ids, [1, 2]) if r["score"] >= LABEL_THRESHOLD]
     assert records, "the detector must find something for the case to mean anything"
     labels = {
-        "images": [{"id": i, "file_name": r.path.name, "width": r.width, "height": r.height} for i, r in zip(ids, results)],
+        "images": [{"id": i, "file_name": r.path.name, "width": r.width, "height": r.height}
+                   for i, r in zip(ids, results, strict=True)],
         "annotations": [{"id": n, "image_id": r["image_id"], "category_id": r["category_id"], "bbox": r["bbox"],
                          "area": r["bbox"][2] * r["bbox"][3], "iscrowd": 0} for n, r in enumerate(records, 1)],
         "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
@@ -121,7 +122,7 @@ def test_the_gate_fails_naming_the_formats_then_passes_and_the_outputs_agree(cas
     report = json.loads(out["--json"].read_text())
     rows = list(csv.DictReader(out["--csv"].open()))
     assert report["metric"] == "accuracy" and [r["format"] for r in report["rows"]] == ["pytorch-fp32", "ort-fp32"]
-    for row, line in zip(report["rows"], rows):
+    for row, line in zip(report["rows"], rows, strict=True):
         assert float(line["AP"]) == pytest.approx(row["AP"], abs=1e-6) and line["format"] == row["format"]
         assert float(line["latency_median_ms"]) == pytest.approx(row["latency_ms"]["median"], abs=1e-3)
         assert f"{100 * row['AP']:.1f}" in table and f"{row['drop_points']:+.2f}" in table
