@@ -64,7 +64,10 @@ def render_table(report: AccuracyReport) -> Any:
             _ms(row),
             _speedup(row),
         )
-    lines = [f"skipped {s.format}: {s.reason}" for s in report.skipped]
+    reasons: dict[str, list[str]] = {}
+    for skipped in report.skipped:  # formats that share a reason (every CUDA one) share its line
+        reasons.setdefault(skipped.reason, []).append(skipped.format)
+    lines = [f"skipped {', '.join(names)}: {reason}" for reason, names in reasons.items()]
     lines += [f"{r.format}: {r.note}" for r in report.rows if r.note]
     lines += [*report.notes, f"latency: median ms, batch 1, {machine_line(report.machine)}"]
     table.caption = escape("\n".join(lines))
