@@ -31,7 +31,8 @@ from maedet.export.precision import calibration_files
 from maedet.images import read_image
 from maedet.letterbox import collate, letterbox
 from maedet.zoo import GFocalV2
-from maedet.zoo.detector_folder import LOCAL_PREFIX
+from maedet.zoo.detector_folder import HUB_PREFIX, LOCAL_PREFIX
+from maedet.zoo.detectors import list_detectors
 
 from .accuracy_formats import REFERENCE_FORMAT, Format, FormatJob, resolve_formats
 from .accuracy_progress import Steps
@@ -89,6 +90,11 @@ def _job(
 ) -> FormatJob:
     """Load the detector once (the checkpoint reader, through :func:`maedet.detect.load_backend`)."""
     reference = detector_reference(detector)
+    if not reference.startswith((LOCAL_PREFIX, HUB_PREFIX)) and reference not in list_detectors():
+        raise BenchError(
+            f"{detector!r} is neither a detector folder (config.json + model.safetensors, as maedet-train and "
+            f"maedet-convert write) nor a detector name ({', '.join(list_detectors())})."
+        )
     if checkpoint is not None and reference.startswith(LOCAL_PREFIX):
         raise BenchError(f"{detector!r} is a detector folder with its own weights; --checkpoint goes with a name.")
     deploy = resolve_detector(load_backend(reference, checkpoint).detector)  # type: ignore[attr-defined]

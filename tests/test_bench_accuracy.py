@@ -135,6 +135,8 @@ def test_the_gate_fails_naming_the_formats_then_passes_and_the_outputs_agree(cas
         (["--data", "x.json", "--images", "."], "need the detector to measure: --detector DETECTOR"),
         (["--detector", "DIR"], "give --data val.json --images DIR"),
         (["--detector", "maedet_s_gfl", "--data", "D", "--images", "I"], "needs weights"),
+        (["--detector", "no/such/folder", "--data", "D", "--images", "I"], "neither a detector folder"),
+        (["--detector", "F", "--checkpoint", "D", "--data", "D", "--images", "I"], "--checkpoint goes with a name"),
         (["--detector", "F", "--images", "I", "--data", "D", "--formats", "ort-int3"], "unknown format 'ort-int3'"),
         (["--detector", "F", "--images", "I", "--data", "D", "--pseudo-labels"], "without --data"),
         (["--detector", "F", "--images", "I", "--data", "D", "--input-size", "100"], "multiples of 32"),
