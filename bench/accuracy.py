@@ -34,7 +34,7 @@ from maedet.zoo import GFocalV2
 from maedet.zoo.detector_folder import HUB_PREFIX, LOCAL_PREFIX
 from maedet.zoo.detectors import list_detectors
 
-from .accuracy_formats import REFERENCE_FORMAT, Format, FormatJob, resolve_formats
+from .accuracy_formats import FORMATS, REFERENCE_FORMAT, Format, FormatJob, resolve_formats
 from .accuracy_progress import Steps
 from .accuracy_results import ACCURACY, AGREEMENT, AP_NAMES, AccuracyReport, FormatRow, SkippedFormat
 from .backends import BACKENDS, unavailable_reason
@@ -205,9 +205,7 @@ def _compare(rows: list[FormatRow]) -> None:
 
 def _pseudo_ground_truth(job: FormatJob, images: str, threshold: float, steps: Steps) -> Any:
     """PyTorch fp32's confident detections on the images, as the ground truth (see :mod:`.pseudo_labels`)."""
-    from .accuracy_formats import torch_backend
-
-    reference = torch_backend(job, REFERENCE_FORMAT, None)  # type: ignore[arg-type]
+    reference = FORMATS[REFERENCE_FORMAT].load(job, FORMATS[REFERENCE_FORMAT], None)
     with steps.task("pseudo-labels (PyTorch fp32)", total=len(folder_images(images))) as advance:
         return pseudo_label_coco(reference, images, threshold, on_batch=advance)
 
