@@ -16,8 +16,9 @@ import pytest
 import torch
 from train_helpers import TINY_STRUCTURE, make_shapes
 
-from maedet.bench import BenchSettings
+from maedet.bench import BACKENDS, BenchSettings, unavailable_reason
 from maedet.bench.accuracy import measure_formats
+from maedet.bench.accuracy_formats import FORMATS, Format, file_timer, onnx_file, ort_backend
 from maedet.bench.accuracy_results import AGREEMENT
 from maedet.bench.cli import build_parser, main
 from maedet.detect import TorchBackend, detect_images
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.slow  # exports, INT8 calibration and evaluations of a 
 SIZE = (64, 64)
 LABEL_THRESHOLD = 0.3
 CPU_FORMATS = "ort-fp32,ort-fp16,ort-int8-portable,ort-int8-cpu"
+GPU_FORMATS = "ort-cuda-fp16,trt-int8"
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +80,19 @@ def _cli(case: dict[str, Path], *args: str) -> list[str]:
 
 def test_every_cpu_format_has_a_row_or_a_reason_and_onnx_fp32_matches_pytorch(case):
     report = measure_formats(
-        str(case["folder"]), data=case["data"], images=case["images"], input_size=SIZE, formats=CPU_FORMATS,
-        settings=_settings(case["cache"]),
+        str(case["folder"]), data=case["data"], images=case["images"], input_size=SIZE,
+        formats=f"{CPU_FORMATS},{GPU_FORMATS}", settings=_settings(case["cache"]),
     )  # fmt: skip
     names = [r.format for r in report.rows]
     assert names[0] == "pytorch-fp32" and {"ort-fp32", "ort-int8-portable", "ort-int8-cpu"} <= set(names)
-    assert set(names) | {s.format for s in report.skipped} == {"pytorch-fp32", *CPU_FORMATS.split(",")}
+    asked = {"pytorch-fp32", *CPU_FORMATS.split(","), *GPU_FORMATS.split(",")}
+    assert set(names) | {s.format for s in report.skipped} == asked and not set(names) & {
+        s.format for s in report.skipped
+    }
     assert all(s.reason for s in report.skipped)
+    for row in report.skipped:  # a GPU format is skipped exactly when its bench backend says why it cannot run
+        reason = unavailable_reason(BACKENDS[FORMATS[row.format].backend])
+        assert reason is None or row.reason == reason
     assert report.row("pytorch-fp32").ap["AP"] == pytest.approx(1.0)  # worked out: the labels are its detections
     assert abs(report.row("ort-fp32").ap["AP"] - report.row("pytorch-fp32").ap["AP"]) <= 0.01
     for row in report.rows:
@@ -127,6 +135,20 @@ def test_the_gate_fails_naming_the_formats_then_passes_and_the_outputs_agree(cas
         assert float(line["latency_median_ms"]) == pytest.approx(row["latency_ms"]["median"], abs=1e-3)
         assert f"{100 * row['AP']:.1f}" in table and f"{row['drop_points']:+.2f}" in table
     assert out["--plot"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_new_format_is_one_registry_entry(case, monkeypatch):
+    """The seam other runtimes (OpenVINO) join by: a name, the bench backend, how to make, load and time the file."""
+    extra = Format("ort-fp32-again", "ort-cpu", "fp32", make=onnx_file, load=ort_backend, timer=file_timer,
+                   speedup_over="ort-fp32")  # fmt: skip
+    monkeypatch.setitem(FORMATS, extra.name, extra)
+    report = measure_formats(
+        str(case["folder"]), data=case["data"], images=case["images"], input_size=SIZE,
+        formats="ort-fp32,ort-fp32-again", settings=_settings(case["cache"]),
+    )  # fmt: skip
+    again, first = report.row("ort-fp32-again"), report.row("ort-fp32")
+    assert again.ap == first.ap and again.file == first.file  # the same request: the cached file is reused
+    assert again.speedup is not None and again.speedup > 0
 
 
 @pytest.mark.parametrize(
