@@ -137,6 +137,25 @@ def test_the_gate_fails_naming_the_formats_then_passes_and_the_outputs_agree(cas
     assert out["--plot"].read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["ort-cuda-fp32", "ort-cuda-fp16", "ort-trt-fp16", "trt-fp32", "trt-fp16", "trt-int8"])
+def test_gpu_formats_are_scored_and_timed(name, request):
+    reason = unavailable_reason(BACKENDS[FORMATS[name].backend])
+    if reason:
+        pytest.skip(reason)
+    case = request.getfixturevalue("case")
+    report = measure_formats(
+        str(case["folder"]), data=case["data"], images=case["images"], input_size=SIZE, formats=name,
+        settings=_settings(case["cache"]),
+    )  # fmt: skip
+    assert not report.skipped, report.skipped
+    row = report.row(name)
+    assert all(0.0 <= row.ap[n] <= 1.0 for n in ("AP", "AP50", "AP75")) and row.detections > 0
+    assert row.latency is not None and row.latency.median > 0 and row.device == "cuda"
+    if row.precision == "fp32":
+        assert abs(row.ap["AP"] - report.row("pytorch-fp32").ap["AP"]) <= 0.01
+
+
 def test_a_new_format_is_one_registry_entry(case, monkeypatch):
     """The seam other runtimes (OpenVINO) join by: a name, the bench backend, how to make, load and time the file."""
     extra = Format("ort-fp32-again", "ort-cpu", "fp32", make=onnx_file, load=ort_backend, timer=file_timer,
