@@ -41,7 +41,7 @@ from .backends import BACKENDS, unavailable_reason
 from .cache import ArtifactCache, default_cache_dir
 from .errors import BackendUnavailable, BenchError
 from .machine import machine_info
-from .pseudo_labels import PSEUDO_LABEL_THRESHOLD, folder_images, pseudo_label_coco
+from .pseudo_labels import PSEUDO_LABEL_THRESHOLD, check_threshold, folder_images, pseudo_label_coco
 from .runners import Runner
 from .suite import BenchSettings, cpu_settings
 from .timing import choose_iterations, run_interleaved, summarize, time_call
@@ -97,6 +97,7 @@ def _job(
         )
     if checkpoint is not None and reference.startswith(LOCAL_PREFIX):
         raise BenchError(f"{detector!r} is a detector folder with its own weights; --checkpoint goes with a name.")
+    calib_identity = _calibration_identity(calib)  # a bad folder is refused before the model loads
     deploy = resolve_detector(load_backend(reference, checkpoint).detector)  # type: ignore[attr-defined]
     return FormatJob(
         model=reference,
@@ -106,7 +107,7 @@ def _job(
         weights_digest=_weights_digest(deploy),
         input_hw=input_hw,
         calib=calib,
-        calib_identity=_calibration_identity(calib),
+        calib_identity=calib_identity,
         cache=ArtifactCache(settings.cache_dir or default_cache_dir()),
         threads=settings.threads or 1,
     )
@@ -262,6 +263,8 @@ def measure_formats(
     started = time.monotonic()
     images, data = str(images), None if data is None else str(data)
     _check_inputs(data, images, pseudo_labels)
+    if pseudo_labels:
+        check_threshold(score_threshold)
     chosen = resolve_formats(formats)
     settings = (settings or BenchSettings()).validated()
     input_hw = _check_size(input_size)
@@ -276,7 +279,9 @@ def measure_formats(
             _measure_one(job, fmt, coco, images, timing_input, steps, out)
         _time_all(out, settings, steps)
     _compare(out.rows)
-    notes = [] if calib is not None else [f"INT8 calibrated on the evaluated images ({images}); --calib DIR for others"]
+    notes = []
+    if calib is None and any((f.file_precision or f.precision) == "int8" for f in chosen):
+        notes.append(f"INT8 calibrated on the evaluated images ({images}); --calib DIR for others")
     extra = {"data": data, "images": images, "pseudo_labels": pseudo_labels}
     if pseudo_labels:
         extra["pseudo_label_score_threshold"] = score_threshold

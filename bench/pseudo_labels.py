@@ -25,7 +25,7 @@ from maedet.letterbox import TEST_SCALE
 
 from .errors import BenchError
 
-__all__ = ["PSEUDO_LABEL_THRESHOLD", "folder_images", "pseudo_label_coco"]
+__all__ = ["PSEUDO_LABEL_THRESHOLD", "check_threshold", "folder_images", "pseudo_label_coco"]
 
 PSEUDO_LABEL_THRESHOLD = 0.3  # confident enough to count as an object, low enough to keep most true ones
 
@@ -41,6 +41,12 @@ def folder_images(folder: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
+def check_threshold(threshold: float) -> None:
+    """A score threshold strictly between 0 and 1, or one sentence (checked before any model loads)."""
+    if not 0.0 < threshold < 1.0:
+        raise BenchError(f"the pseudo-label score threshold must be between 0 and 1, got {threshold}.")
+
+
 def pseudo_label_coco(
     reference: Backend,
     images: str | os.PathLike[str],
@@ -54,8 +60,7 @@ def pseudo_label_coco(
     """
     from pycocotools.coco import COCO
 
-    if not 0.0 < threshold < 1.0:
-        raise BenchError(f"the pseudo-label score threshold must be between 0 and 1, got {threshold}.")
+    check_threshold(threshold)
     files = folder_images(images)
     results = detect_images(files, reference, scale=TEST_SCALE, on_batch=on_batch)
     image_ids = list(range(1, len(files) + 1))
