@@ -73,7 +73,7 @@ step data "$(tool maedet-data)" shapes --out "$DATA" --train 2000 --val 100 --si
 step train "$(tool maedet-train)" --recipe demo --model maedet_s_gfl --num-classes 6 --data "$DATA/train.json" \
     --images "$DATA/train" --out "$OUT_DIR/train" --device cuda --max-minutes 2
 step ap-per-format "$(tool maedet-bench)" --detector "$OUT_DIR/train/detector" --data "$DATA/val.json" \
-    --images "$DATA/val" --input-size 160 --backends gpu,cpu --json "$OUT_DIR/ap.json" --csv "$OUT_DIR/ap.csv" \
+    --images "$DATA/val" --calib "$DATA/train" --input-size 160 --json "$OUT_DIR/ap.json" --csv "$OUT_DIR/ap.csv" \
     --plot "$OUT_DIR/ap.png"
 
 echo "gpu_check.sh: summary in $SUMMARY"
