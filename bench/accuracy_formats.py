@@ -12,11 +12,8 @@ A :class:`Format` says three things, each a function of the run (:class:`FormatJ
 this machine the row is reported as skipped with its reason. ``usable`` may refuse a format that runs but would
 measure nothing useful (ONNX Runtime's CPU provider "runs" an fp16 file by casting it back to fp32).
 
-Adding a runtime is one entry: e.g. OpenVINO's rows, once ``ov-cpu`` is a bench backend and the pipeline writes IR::
-
-    FORMATS["ov-fp32"] = Format("ov-fp32", "ov-cpu", "fp32", make=onnx_file, load=ov_backend, timer=file_timer)
-    FORMATS["ov-int8"] = Format("ov-int8", "ov-cpu", "int8", make=onnx_file, load=ov_backend, timer=file_timer,
-                                int8_mode="portable", speedup_over="ov-fp32")
+Adding a runtime is one entry: OpenVINO's rows run the same ONNX files (OpenVINO reads them as they are), and
+``ov-int8-nncf`` NNCF's INT8 of the fp32 file, calibrated on the same images.
 """
 
 from __future__ import annotations
@@ -123,6 +120,18 @@ def ort_backend(job: FormatJob, fmt: Format, path: Path | None) -> DetectBackend
     return OnnxBackend(path, providers=providers)  # type: ignore[arg-type]
 
 
+def ov_backend(job: FormatJob, fmt: Format, path: Path | None) -> DetectBackend:
+    from maedet.detect import OpenVinoBackend
+
+    return OpenVinoBackend(path, threads=job.threads)  # type: ignore[arg-type]
+
+
+def nncf_ir(job: FormatJob, fmt: Format) -> Path:
+    """NNCF's INT8 IR of the fp32 file, on the calibration images the exporter's INT8 files use."""
+    fp32 = onnx_file(job, FORMATS["ov-fp32"])
+    return job.cache.nncf_ir(fp32, job.calib, job.calib_identity)
+
+
 def engine_backend(job: FormatJob, fmt: Format, path: Path | None) -> DetectBackend:
     from maedet.detect.engine_backend import EngineBackend
 
@@ -169,6 +178,10 @@ def _onnx(name: str, backend: str, precision: str, **kwargs: Any) -> Format:
     return Format(name, backend, precision, make=onnx_file, load=ort_backend, timer=file_timer, **kwargs)
 
 
+def _ov(name: str, backend: str, precision: str, make: Maker = onnx_file, **kwargs: Any) -> Format:
+    return Format(name, backend, precision, make=make, load=ov_backend, timer=file_timer, **kwargs)
+
+
 def _engine(name: str, backend: str, precision: str, **kwargs: Any) -> Format:
     return Format(name, backend, precision, make=onnx_file, load=engine_backend, timer=file_timer, **kwargs)
 
@@ -185,6 +198,9 @@ FORMATS: dict[str, Format] = {
         _onnx("ort-cuda-fp16", "ort-cuda-fp16", "fp16", speedup_over="ort-cuda-fp32"),
         _onnx("ort-trt-fp32", "ort-trt", "fp32"),
         _onnx("ort-trt-fp16", "ort-trt-fp16", "fp16", file_precision="fp32", speedup_over="ort-trt-fp32"),
+        _ov("ov-fp32", "ov-cpu", "fp32"),
+        _ov("ov-int8-cpu", "ov-cpu-int8", "int8", int8_mode="cpu", speedup_over="ov-fp32"),
+        _ov("ov-int8-nncf", "ov-cpu-int8-nncf", "int8", make=nncf_ir, speedup_over="ov-fp32"),
         _engine("trt-fp32", "trt", "fp32"),
         _engine("trt-fp16", "trt-fp16", "fp16", speedup_over="trt-fp32"),  # TensorRT takes precision from the graph
         _engine("trt-int8", "trt-int8", "int8", int8_mode="portable", speedup_over="trt-fp32"),

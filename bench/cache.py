@@ -217,32 +217,31 @@ class ArtifactCache:
         detector = getattr(source, "detector", None) or bench_detector(spec.name)
         export_onnx(detector, path, dataclasses.replace(options, structure=None, outputs="features", nms=spec.nms))
 
-    def nncf_ir(self, fp32_onnx: Path) -> Path:
+    def nncf_ir(self, fp32_onnx: Path, calib: str | None = None, calib_identity: str | None = None) -> Path:
         """NNCF's INT8 OpenVINO IR of a cached fp32 ONNX file, quantized on first use with the calibration the
-        exporter's INT8 files get here (INT8_CALIB_BATCHES synthetic batches at the file's normalisation).
+        exporter's INT8 files get here: INT8_CALIB_BATCHES synthetic batches, or the exporter's sample of the
+        ``calib`` folder (``calib_identity``: its files' names, sizes and times, hashed).
 
-        The record ties the IR to the fp32 file (its SHA-256) and to its own weights file (``.bin``).
+        The record ties the IR to the fp32 file (its SHA-256), the calibration and its own weights file (``.bin``).
         """
-        from maedet.export import read_metadata
-        from maedet.export.openvino import nncf_quantize
-        from maedet.export.precision import calibration_batches
-        from maedet.openvino_runtime import ov_model, require_openvino, save_ov_ir
+        from maedet.export.openvino import write_nncf_ir
+        from maedet.openvino_runtime import require_openvino
 
         try:
             ov = require_openvino()
-            path = self.root / f"{fp32_onnx.stem}-nncf-ov{ov.__version__.split('-')[0]}" / "model.xml"
+            calibration = hashlib.sha1(str(calib_identity).encode()).hexdigest()[:8] if calib else "synthetic"
+            name = f"{fp32_onnx.stem}-nncf{calibration}-ov{ov.__version__.split('-')[0]}"
+            path = self.root / name / "model.xml"
             bin_path = path.with_suffix(".bin")
             bin_sha = _sha256(bin_path) if bin_path.is_file() else None
-            expected = {"onnx_sha256": (_read_record(fp32_onnx) or {}).get("sha256"), "bin_sha256": bin_sha}
+            source = (_read_record(fp32_onnx) or {}).get("sha256")
+            expected = {"onnx_sha256": source, "calibration": calib_identity, "bin_sha256": bin_sha}
             if bin_sha is not None and self._reusable(path, expected):
                 return path
             logger.debug("quantizing %s with NNCF", fp32_onnx.name)
-            meta = read_metadata(fp32_onnx)
-            batch, _, h, w = (int(v) for v in [meta["batch"], *meta["input_size"]])
             with _quiet_logging():
-                batches, _ = calibration_batches(calib=None, batches=INT8_CALIB_BATCHES, batch=batch,
-                                                 input_size=(h, w), mean=meta["mean"], std=meta["std"])  # fmt: skip
-                save_ov_ir(nncf_quantize(ov_model(fp32_onnx), batches), path.parent, {})
+                write_nncf_ir(fp32_onnx, path.parent, calib=calib,
+                              calib_batches=None if calib else INT8_CALIB_BATCHES)  # fmt: skip
             self._write_record(path, {**expected, "bin_sha256": _sha256(bin_path)})
             return path
         except MaeDetError as exc:

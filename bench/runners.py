@@ -93,7 +93,8 @@ def _int8_mode(backend: Backend) -> str | None:
 def _ov_runner(onnx_path: Path, backend: Backend, data: np.ndarray, threads: int, cache: ArtifactCache) -> OvRunner:
     """OpenVINO on the cached ONNX file (fp32, or the exporter's Q/DQ file), or on NNCF's INT8 IR made from it;
     threads and denormals as for ONNX Runtime CPU (see :mod:`maedet.openvino_runtime`)."""
-    model = cache.nncf_ir(onnx_path) if backend.int8_source == "nncf" else onnx_path
+    nncf = backend.int8_source == "nncf" and Path(onnx_path).suffix == ".onnx"  # else NNCF's IR, made already
+    model = cache.nncf_ir(onnx_path) if nncf else onnx_path
     try:
         return OvRunner(ov_compile(model, threads=threads, denormals_as_zero=True), data)
     except ExportError as exc:

@@ -7,7 +7,7 @@ results = detect_images(["street.jpg"], backend)
 
 from maedet.letterbox import TEST_SCALE, Letterboxed, collate, letterbox, rescale_size
 
-from .backends import Backend, OnnxBackend, TorchBackend, load_backend
+from .backends import Backend, OnnxBackend, OpenVinoBackend, TorchBackend, load_backend
 from .evaluate import CocoEval, coco_box_ap, evaluate, load_annotations
 from .output import write_outputs
 from .run import ImageResult, detect_images, map_back, read_image
@@ -19,6 +19,7 @@ __all__ = [
     "ImageResult",
     "Letterboxed",
     "OnnxBackend",
+    "OpenVinoBackend",
     "TorchBackend",
     "coco_box_ap",
     "collate",

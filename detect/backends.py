@@ -119,16 +119,19 @@ class OnnxBackend(_ExportedBackend):
 
 
 class OpenVinoBackend(_ExportedBackend):
-    """An exported detector's OpenVINO IR (``maedet-export NAME --openvino DIR``) on CPU: the same contract as
-    :class:`OnnxBackend`, the metadata read from the IR's rt_info."""
+    """An exported detector's OpenVINO IR (``maedet-export NAME --openvino DIR``, its folder or .xml) or ONNX file on
+    CPU: the same contract as :class:`OnnxBackend`, the metadata read from the IR's rt_info (or the file's)."""
 
     def __init__(self, folder: str | os.PathLike[str], threads: int | None = None) -> None:
-        from maedet.export.detector_metadata import check_detector_metadata
+        from maedet.export.detector_metadata import check_detector_metadata, read_detector_metadata
         from maedet.export.openvino import read_ir_metadata
         from maedet.openvino_runtime import ov_compile, ov_model
 
         model = ov_model(folder, repr(str(folder)))
-        meta = check_detector_metadata(read_ir_metadata(model, folder), folder)
+        if Path(folder).suffix == ".onnx":  # the exported ONNX file itself, which OpenVINO reads as it is
+            meta = read_detector_metadata(folder)
+        else:
+            meta = check_detector_metadata(read_ir_metadata(model, folder), folder)
         self.compiled = ov_compile(model, threads=threads, what=str(folder))
         self.output_names = [port.get_any_name() for port in self.compiled.outputs]
         port = self.compiled.inputs[0]

@@ -24,7 +24,7 @@ from maedet.openvino_runtime import OV_INSTALL_HINT, ov_calls, ov_metadata, ov_m
 from .errors import ExportError, MissingDependencyError
 from .metadata import decode_value, encode_value
 
-__all__ = ["check_ir_folder", "convert_to_ir", "nncf_quantize", "read_ir_metadata", "write_ir"]
+__all__ = ["check_ir_folder", "convert_to_ir", "nncf_quantize", "read_ir_metadata", "write_ir", "write_nncf_ir"]
 
 
 def convert_to_ir(onnx_bytes: bytes) -> Any:
@@ -76,3 +76,27 @@ def nncf_quantize(model: Any, batches: Sequence[np.ndarray]) -> Any:
     dataset = nncf.Dataset(list(batches))
     with contextlib.redirect_stdout(io.StringIO()), ov_calls("NNCF could not quantize the model"):
         return nncf.quantize(model, dataset, subset_size=len(batches), preset=nncf.QuantizationPreset.PERFORMANCE)
+
+
+def write_nncf_ir(
+    fp32_onnx: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+    *,
+    calib: str | os.PathLike[str] | None = None,
+    calib_batches: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """NNCF's INT8 of an exported fp32 file, calibrated on the images the exporter would use (``calib`` sampled
+    with ``seed``, or synthetic batches), written as an IR carrying the file's metadata (precision int8, int8 mode
+    ``nncf``, the calibration source); returns the .xml path."""
+    from .metadata import read_metadata
+    from .precision import calibration_batches
+
+    meta = read_metadata(fp32_onnx)
+    batch, (h, w) = int(meta["batch"]), (int(v) for v in meta["input_size"][1:])
+    batches, _ = calibration_batches(calib=calib, batches=calib_batches, batch=batch, input_size=(h, w),
+                                     mean=meta["mean"], std=meta["std"], seed=seed)  # fmt: skip
+    model = nncf_quantize(ov_model(fp32_onnx), [batches[i] for i in range(len(batches))])
+    source = "synthetic" if calib is None else f"{len(batches) * batch} images from {calib}, seed {seed}"
+    meta.update(precision="int8", int8_mode="nncf", int8_calibration=source)
+    return write_ir(model, folder, meta)

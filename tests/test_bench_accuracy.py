@@ -199,3 +199,20 @@ def test_plain_detector_flag_still_means_the_zoo_detectors():
     args = build_parser().parse_args(["--detector", "--quick"])
     assert args.detector is True and args.quick
     assert build_parser().parse_args(["--detector", "runs/x/detector"]).detector == "runs/x/detector"
+
+
+def test_openvino_formats_score_the_same_files_as_onnx_runtime(case):
+    """OpenVINO runs the very ONNX files (fp32: the same AP as ONNX Runtime), and NNCF's INT8 of the fp32 file,
+    calibrated on the same images, is one more row; skipped with the reason where OpenVINO is not installed."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'maedet[openvino]')")
+    report = measure_formats(
+        str(case["folder"]), data=case["data"], images=case["images"], input_size=SIZE,
+        formats="ort-fp32,ov-fp32,ort-int8-cpu,ov-int8-cpu,ov-int8-nncf", settings=_settings(case["cache"]),
+    )  # fmt: skip
+    assert not report.skipped
+    assert report.row("ov-fp32").file == report.row("ort-fp32").file  # one file, two runtimes
+    assert report.row("ov-int8-cpu").file == report.row("ort-int8-cpu").file
+    assert report.row("ov-fp32").ap["AP"] == pytest.approx(report.row("ort-fp32").ap["AP"], abs=0.01)
+    nncf = report.row("ov-int8-nncf")
+    assert nncf.file.endswith("model.xml") and Path(nncf.file).parent.parent == case["cache"]
+    assert nncf.speedup_over == "ov-fp32" and nncf.latency.median > 0 and 0.0 <= nncf.ap["AP"] <= 1.0
