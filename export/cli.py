@@ -324,8 +324,8 @@ def _check_paths(args: argparse.Namespace) -> None:
     onnx_path = check_output_path(_onnx_path(args), "ONNX file")
     if not args.onnx and onnx_path.exists():
         raise ExportError(
-            f"{_derived_from(args)} would replace {str(onnx_path)!r} with the ONNX file it is made from; pass "
-            f"--onnx {onnx_path} to replace it, or --onnx with another path."
+            f"{_derived_from(args)} {args.trt or args.openvino} would replace {str(onnx_path)!r} with the ONNX file "
+            f"it is made from; pass --onnx {onnx_path} to replace it, or --onnx with another path."
         )
     if not args.trt:
         return

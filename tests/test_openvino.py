@@ -284,3 +284,11 @@ def test_tiny_openvino_profile_gives_a_latency_table(tmp_path) -> None:
 def test_export_info_reads_an_ir_folder(backbone_ir, capsys) -> None:
     assert export_main(["--info", str(backbone_ir.openvino.parent), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == backbone_ir.metadata
+
+
+def test_the_onnx_file_derived_from_the_ir_folder_never_replaces_one(tmp_path, capsys) -> None:
+    (tmp_path / "ir.onnx").write_bytes(b"mine")
+    assert export_main(["maedet_s", "--openvino", str(tmp_path / "ir"), "--input-size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "--openvino" in err and "would replace" in err and f"--onnx {tmp_path / 'ir.onnx'}" in err
+    assert (tmp_path / "ir.onnx").read_bytes() == b"mine" and not (tmp_path / "ir").exists()
