@@ -175,7 +175,7 @@ def test_bench_openvino_rows_run(tmp_path) -> None:
     rows = {r.backend: r for r in result.results}
     assert set(rows) == {"ort-cpu", "ov-cpu", "ov-cpu-int8", "ov-cpu-int8-nncf"} and not result.skipped
     assert all(r.latency.median > 0 and r.latency.samples > 0 for r in rows.values())
-    assert list((tmp_path / "cache").glob("*-nncf-ov*/model.xml"))  # NNCF's IR, cached beside the ONNX files
+    assert list((tmp_path / "cache").glob("*-nncfsynthetic-ov*/model.xml"))  # NNCF's IR, cached beside the ONNX files
 
 
 def test_cpu_all_holds_the_openvino_rows_but_not_the_default_pair() -> None:
