@@ -363,19 +363,33 @@ def describe_table(table: LatencyTable) -> str:
     if v:
         lines.append(
             f"validation on {v.get('count')} held-out networks: RMSPE {v.get('rmspe_pct', float('nan')):.1f}%, "
-            f"{100 * v.get('within_10pct', 0):.0f}% within ±10%, Spearman ρ {v.get('spearman_rho', float('nan')):.3f}"
-            f" (profile took {v.get('wall_s', '?')} s)"
+            f"{_within_text(v)}, Spearman ρ {v.get('spearman_rho', float('nan')):.3f} "
+            f"({'validation' if 'requested' in v else 'profile'} took {v.get('wall_s', '?')} s)"
         )
         lines.append(_goal_line(v))
         raw = v.get("unscaled") or {}
         if raw:
             lines.append(
                 f"  against unscaled medians (no anchor): RMSPE {raw.get('rmspe_pct', float('nan')):.1f}%, "
-                f"{100 * raw.get('within_10pct', 0):.0f}% within ±10%, ρ {raw.get('spearman_rho', float('nan')):.3f}"
+                f"{_within_text(raw)}, ρ {raw.get('spearman_rho', float('nan')):.3f}"
             )
+    transfer = m.get("transfer")
+    if isinstance(transfer, dict):
+        factors = ", ".join(f"{c} ×{f:.3f}" for c, f in (transfer.get("factors_vs_from") or {}).items())
+        lines.append(
+            f"transferred from {transfer.get('from', {}).get('source')} ({len(transfer.get('networks', []))} "
+            f"networks timed here): {factors} against its calibrated operators"
+        )
     if table.references:
         lines.append("measured: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(table.references.items())))
     return "\n".join(lines)
+
+
+def _within_text(figures: dict[str, Any]) -> str:
+    """The shares within ±10% and, where recorded (not in older tables), within ±5%."""
+    text = f"{100 * figures.get('within_10pct', 0):.0f}% within ±10%"
+    five = figures.get("within_5pct")
+    return text if five is None else f"{100 * five:.0f}% within ±5%, {text}"
 
 
 def _goal_line(validation: dict[str, Any]) -> str:
