@@ -47,6 +47,7 @@ from .profile_validate import (
     profiled_networks,
     table_digest,
     validation_report,
+    warn_if_missed,
     write_with_plot,
 )
 
@@ -309,6 +310,7 @@ def transfer_table(
     table.validation["wall_s"] = round(time.monotonic() - started, 1)
     write_with_plot(table, out_path, plot_path, f"{out_path.name} (transferred from {Path(from_path).name})")
     state.done()
+    warn_if_missed(table, f"the transferred table {str(out_path)!r}")
     return table
 
 

@@ -29,6 +29,7 @@ from maedet.errors import MaeDetError
 from maedet.fileio import check_output_path, refuse_overwriting_inputs, write_all_or_none
 from maedet.zoo import Structure, builtin_structure, load_structure
 from maedet.zoo.latency import LatencyTable
+from maedet.zoo.latency.goal import missed_goal_sentence
 
 from .machine import cpu_model
 from .profile import ANCHOR_QUANTILE, PUBLISHED, REFERENCES, ProfileSettings, sample_structures
@@ -45,6 +46,7 @@ __all__ = [
     "profiled_networks",
     "report_rows",
     "validate_table",
+    "warn_if_missed",
     "write_with_plot",
 ]
 
@@ -70,10 +72,11 @@ def measurement_settings(target: Mapping[str, Any], rounds: int, seed: int = 0) 
 
 def profiled_networks(table: LatencyTable) -> set[str]:
     """Every network the table's profile may have measured (its training, calibration and validation draws, and
-    the validation networks it stores), as Structure JSON, so a held-out draw never repeats one."""
+    the validation and transfer networks it stores), as Structure JSON, so a held-out draw never repeats one."""
     seed, size = int(table.measurement.get("seed", 0)), table.input_size
     seen = {s.to_json() for stream in (2, 3) for s in sample_structures(PROFILE_DRAWS, seed + stream, size)}
-    for row in table.validation.get("networks", []):
+    transfer = table.measurement.get("transfer") or {}
+    for row in [*table.validation.get("networks", []), *transfer.get("networks", [])]:
         try:
             seen.add(load_structure(row["structure"]).to_json())
         except (MaeDetError, KeyError, TypeError):
@@ -208,6 +211,12 @@ def write_with_plot(table: LatencyTable, out: Path, plot: Path, title: str) -> N
     )
 
 
+def warn_if_missed(table: LatencyTable, where: str) -> None:
+    """The profile's warning, with the figures and what to try, when the report misses the goal."""
+    if table.validation.get("meets_goal") is False:
+        LOG.warning("%s", missed_goal_sentence(where, table.target, table.validation))
+
+
 def default_plot_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.validation.png")
 
@@ -248,6 +257,7 @@ def validate_table(
     )
     write_with_plot(table, out_path, plot_path, f"{table_path}: {len(held_out)} held-out networks + MAE-DET-S/M/L")
     state.done()
+    warn_if_missed(table, f"the validated table {str(out_path)!r}")
     return table
 
 

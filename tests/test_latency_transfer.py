@@ -13,6 +13,7 @@ from maedet.bench.cli import main as bench_main
 from maedet.bench.profile_figures import validation_figures, validation_section
 from maedet.bench.profile_transfer import adapt_table, class_sums, fit_transfer, role_class
 from maedet.bench.profile_validate import held_out_structures, profiled_networks
+from maedet.zoo import load_structure
 from maedet.zoo.latency import LatencyTable
 
 DATA = Path(__file__).parent / "data"
@@ -165,3 +166,46 @@ def test_validate_and_transfer_refuse_bad_input_in_one_sentence(tmp_path, capsys
     _one_line_error(capsys, ["profile", "--networks", "5", "--out", out], "go with --validate or --transfer")
     _one_line_error(capsys, ["profile", "--transfer", table, "--out", table], "--transfer table")
     assert not list(tmp_path.iterdir())  # nothing written, not even a partial
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_real_tiny_transfer_resumes_then_validates(tmp_path):
+    """ONNX Runtime CPU at 64 px: 2 networks fit the transfer, 1 held out; interrupted after one network, resumed;
+    then the new table is validated on 1 fresh network, its earlier validation kept."""
+    from maedet.bench.profile_transfer import TransferSettings, transfer_table
+    from maedet.bench.profile_validate import validate_table
+
+    out = tmp_path / "t64.json"
+    settings = TransferSettings(input_size=64, threads=1, networks=2, validation_nets=1, rounds=1)
+
+    def stop(_n: int) -> None:
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        transfer_table(TABLE_FILE, out, settings, progress=False, on_step=stop)
+    assert list(json.loads((tmp_path / "t64.json.partial").read_text())["units"]) == ["fit0"] and not out.exists()
+    steps: list[int] = []
+    table = transfer_table(TABLE_FILE, out, settings, progress=False, on_step=steps.append)
+    assert steps[0] == 1 and sum(steps) == 2 + 3 + 2 + 1  # fit, S/M/L, ResNet-50/101, held out; fit0 not again
+    assert not (tmp_path / "t64.json.partial").exists() and (tmp_path / "t64.validation.png").stat().st_size > 0
+    saved = LatencyTable.load(out)
+    assert saved.target["input_size"] == 64 and saved.target["backend"] == "ort-cpu"
+    record = saved.measurement["transfer"]
+    assert record["tied"] and len(record["networks"]) == 2 and record["from"]["target"]["input_size"] == 320
+    assert set(saved.references) == {"resnet50", "resnet101", "maedet_s", "maedet_m", "maedet_l"}
+    v = saved.validation
+    assert v["count"] == 1 + 3 and {r["name"] for r in v["networks"]} == {"val0", "maedet_s", "maedet_m", "maedet_l"}
+    for row in v["networks"]:
+        assert row["predicted_ms"] == pytest.approx(table.predict_ms(load_structure(row["structure"])), rel=1e-12)
+
+    validated = validate_table(out, 1, out=tmp_path / "v.json", rounds=1, progress=False)
+    v2 = validated.validation
+    assert v2["count"] == 4 and v2["earlier"]["count"] == 4 and v2["anchor"]["from"] == "the table's"
+    assert set(v2["references"]) == {"resnet50", "resnet101"} and v2["references"]["resnet50"]["table_ms"] > 0
+    assert (tmp_path / "v.validation.png").exists() and LatencyTable.load(tmp_path / "v.json").validation == v2
+    fresh = load_structure(next(r for r in v2["networks"] if r["name"] == "val0")["structure"]).to_json()
+    assert fresh not in {load_structure(r["structure"]).to_json() for r in record["networks"]}
