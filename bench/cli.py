@@ -327,7 +327,8 @@ def _add_validate_transfer_options(p: argparse.ArgumentParser) -> None:
         "--networks",
         type=positive_int,
         default=None,
-        help="--validate: held-out networks (default 40); --transfer: networks the transfer is fitted on (default 10)",
+        help="how many networks: held-out ones with --validate (40 unless given), the ones a transfer is fitted on "
+        "with --transfer (10 unless given)",
     )
     p.add_argument(
         "--plot", metavar="FILE.png", help="--validate/--transfer: the validation plot (default OUT.validation.png)"
