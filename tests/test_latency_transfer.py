@@ -90,7 +90,8 @@ def source() -> LatencyTable:
     elementwise class is measurable at all (on ONNX Runtime CPU the add is fused and the pool is 0.4%)."""
     table = LatencyTable.load(TABLE_FILE)
     roles = dict(table.model["roles"]) | {"pool": [0, 2e-6, 2e-6, 0, 0], "add": [0, 1e-6, 1e-6, 0, 0]}
-    return LatencyTable(target=dict(table.target), model={**table.model, "roles": roles}, calibration=table.calibration)
+    model = {**table.model, "roles": roles}
+    return LatencyTable(target=dict(table.target), model=model, calibration=table.calibration, source=table.source)
 
 
 def test_a_transfer_recovers_a_machine_with_slower_convs_and_elementwise_ops(source):
@@ -209,3 +210,21 @@ def test_a_real_tiny_transfer_resumes_then_validates(tmp_path):
     assert (tmp_path / "v.validation.png").exists() and LatencyTable.load(tmp_path / "v.json").validation == v2
     fresh = load_structure(next(r for r in v2["networks"] if r["name"] == "val0")["structure"]).to_json()
     assert fresh not in {load_structure(r["structure"]).to_json() for r in record["networks"]}
+
+
+def test_info_shows_the_five_percent_share_and_where_a_transfer_came_from(source, tmp_path, capsys):
+    nets = held_out_structures(source, 10, seed=7, exclude=set(), prefix="fit")
+    true = _slower(source, conv=1.7, elementwise=1.2, per_conv_ms=0.05)
+    table = adapt_table(source, source.target, nets, lambda n: {k: true.predict_ms(s) for k, s in n.items()})
+    rows: list[dict] = []
+    for i, (name, s) in enumerate(nets.items()):  # every other network measured 7% slower: -6.5% errors
+        measured = table.predict_ms(s) * (1.07 if i % 2 else 1.0)
+        rows.append({"name": name, "predicted_ms": table.predict_ms(s), "measured_ms": measured})
+        rows[-1]["measured_raw_ms"] = measured
+    table.validation = validation_section(rows)
+    path = table.save(tmp_path / "t.json")
+    assert bench_main(["profile", "--info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "50% within ±5%, 100% within ±10%" in out
+    factors = table.measurement["transfer"]["factors_vs_from"]
+    assert f"transferred from {TABLE_FILE.name}" in out and f"pw ×{factors['pw']:.3f}" in out
