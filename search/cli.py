@@ -515,12 +515,12 @@ def _print_cross(cross: dict, path: Path) -> None:
 
     names = list(cross["targets"])
     table = Table(title=f"{PROG}: each target's best front point on every target, ms per batch ({path})")
-    for column in ("searched for", "score", *(f"on {n}" for n in names)):
+    for column in ("front of", "score", *(f"on {n}" for n in names)):
         table.add_column(column, justify="right")
-    for picked_for, rows in cross["fronts"].items():
+    for front_of, rows in cross["fronts"].items():
         best = max(rows, key=lambda r: r["score"])
         prices = [best["predicted_ms"][n] for n in names]
-        table.add_row(picked_for, f"{best['score']:.2f}", *("-" if p is None else f"{p:.4g}" for p in prices))
+        table.add_row(front_of, f"{best['score']:.2f}", *("-" if p is None else f"{p:.4g}" for p in prices))
     Console(stderr=True).print(table)
 
 

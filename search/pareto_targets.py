@@ -3,7 +3,9 @@
 A backbone that is fast on one device need not be on another (a CPU pays for MACs, a GPU for layers and memory
 traffic), so ``maedet-search pareto --latency-table a.json --latency-table b.json`` writes one front per target
 and prices every point of every front on every other target. Each target gets its own sweep: a point of a front is
-the best backbone under *that target's* latency budget, which no search for another budget can stand in for.
+the best backbone under *that target's* latency budget, which no search for another budget can stand in for. The
+sweeps are short and stochastic, so ``targets.json`` pools them: a target's front there is the non-dominated set,
+under its own table, of every backbone any sweep found (each row says which sweep found it).
 Files are named by each table's stem (``pareto-a.json``); two tables with the same stem are told apart by their
 folders, then by a number. ``targets.json`` holds the cross-prices and ``targets.png`` shows them: one panel per
 target, every target's front priced on it.
@@ -65,20 +67,42 @@ def targets_file_names(names: Sequence[str]) -> list[str]:
     return [f"pareto-{n}.{ext}" for n in names for ext in ("json", "png")] + ["targets.json", "targets.png"]
 
 
+def _pooled_front(results: dict[str, dict[str, Any]], target: LatencyTarget) -> list[dict[str, Any]]:
+    """The non-dominated points, priced on ``target``, among every point every sweep found (each sweep is short
+    and stochastic, so another target's sweep may have found a backbone that is better here too)."""
+    from maedet.zoo import Structure
+
+    pool: dict[str, dict[str, Any]] = {}
+    for searched_for, result in results.items():
+        for point in result["points"]:
+            key = json.dumps(point["structure"], sort_keys=True)
+            if key not in pool:
+                ms = target.predict_ms(Structure.from_dict(point["structure"]))
+                if math.isfinite(ms):
+                    pool[key] = {"score": point["score"], "ms": ms, "searched_for": searched_for, **point}
+    front, best = [], -math.inf
+    for row in sorted(pool.values(), key=lambda r: (r["ms"], -r["score"])):
+        if row["score"] > best:
+            front.append(row)
+            best = row["score"]
+    return front
+
+
 def cross_prices(results: dict[str, dict[str, Any]], targets: dict[str, LatencyTarget]) -> dict[str, Any]:
-    """For every target's front point, its predicted ms per batch on every target (None where no figure)."""
+    """Per target, its front over every sweep's points (non-dominated under its own table), each point priced on
+    every target (ms per batch; None where a target has no figure)."""
     from maedet.zoo import Structure
 
     fronts: dict[str, list[dict[str, Any]]] = {}
-    for name, result in results.items():
+    for name, target in targets.items():
         rows = []
-        for point in sorted((p for p in result["points"] if p["on_front"]), key=lambda p: p["latency_ms"]):
+        for point in _pooled_front(results, target):
             structure = Structure.from_dict(point["structure"])
-            prices = {other: target.predict_ms(structure) for other, target in targets.items()}
+            prices = {other: t.predict_ms(structure) for other, t in targets.items()}
             rows.append(
                 {
                     "score": point["score"],
-                    "budget_ms": point["budget_ms"],
+                    "searched_for": point["searched_for"],
                     "predicted_ms": {k: (v if math.isfinite(v) else None) for k, v in prices.items()},
                     "structure": point["structure"],
                 }
@@ -117,7 +141,8 @@ def write_pareto_targets(results: dict[str, dict[str, Any]], cross: dict[str, An
 
 
 def targets_png(cross: dict[str, Any]) -> bytes:
-    """One panel per target: score against predicted ms on it of every target's front (its own drawn bold)."""
+    """One panel per target: score against predicted ms on it of every target's front (its own drawn bold: on its
+    own panel no other front lies above and to the left of it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,16 +152,16 @@ def targets_png(cross: dict[str, Any]) -> bytes:
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for axis, on in zip(axes[0], names, strict=True):
-        for i, (picked_for, rows) in enumerate(cross["fronts"].items()):
+        for i, (front_of, rows) in enumerate(cross["fronts"].items()):
             points = [(r["predicted_ms"][on], r["score"]) for r in rows if r["predicted_ms"][on] is not None]
-            own = picked_for == on
+            own = front_of == on
             axis.plot(
                 [p[0] for p in points],
                 [p[1] for p in points],
                 "o-" if own else "s--",
                 color=colors[i % len(colors)],
                 lw=2.2 if own else 1.0,
-                label=f"front searched for {picked_for}" + (" (its own)" if own else ""),
+                label=f"front for {front_of}" + (" (its own)" if own else ""),
             )
         batch = cross["targets"][on]["target"].get("batch")
         axis.set_title(f"on {on}", fontsize=10)

@@ -60,8 +60,18 @@ def test_pareto_with_two_tables_writes_a_front_per_target_priced_on_both(tmp_pat
         assert front
         for p in front:  # non-dominated under its own table
             assert not any(q["latency_ms"] <= p["latency_ms"] and q["score"] > p["score"] for q in points)
-        rows = cross["fronts"][name]
-        assert [r["score"] for r in rows] == sorted(p["score"] for p in front)
+        rows = cross["fronts"][name]  # its front over every sweep's points, non-dominated under its own table
+        own = [row["predicted_ms"][name] for row in rows]
+        assert own == sorted(own) and [r["score"] for r in rows] == sorted(r["score"] for r in rows)
+        every = [q for n in tables for q in json.loads((out / f"pareto-{n}.json").read_text())["points"]]
+        for row in rows:
+            assert row["searched_for"] in tables
+            assert not any(
+                table.predict_ms(Structure.from_dict(q["structure"])) <= row["predicted_ms"][name] * (1 + 1e-12)
+                and q["score"] > row["score"]
+                for q in every
+            )
+        assert max(r["score"] for r in rows) >= max(p["score"] for p in front)
         for row in rows:  # the cross figures are the tables' own predictions
             structure = Structure.from_dict(row["structure"])
             for other, other_table in tables.items():
