@@ -3,8 +3,11 @@
 from maedet.bench import run_bench
 result = run_bench(backends="torch-eager,ort-cpu", input_sizes=[(640, 640)])   # or settings=BenchSettings(...)
 result.latency_ratio("maedet_s", "resnet50", "ort-cpu")
+report = measure_formats("runs/x/detector", data="val.json", images="val/", input_size=(640, 640))  # AP per format
 """
 
+from .accuracy import measure_formats
+from .accuracy_results import AccuracyReport
 from .backends import BACKENDS, Backend, BackendStatus, detect_backends, resolve_backends, unavailable_reason
 from .cache import ArtifactCache, default_cache_dir
 from .errors import BackendUnavailable, BenchError
@@ -20,6 +23,7 @@ __all__ = [
     "CSV_COLUMNS",
     "DEFAULT_MODELS",
     "REFERENCE_MODELS",
+    "AccuracyReport",
     "ArtifactCache",
     "Backend",
     "BackendStatus",
@@ -37,6 +41,7 @@ __all__ = [
     "detect_backends",
     "machine_info",
     "machine_line",
+    "measure_formats",
     "model_cost",
     "parse_model",
     "render_table",

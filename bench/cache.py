@@ -15,12 +15,13 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from maedet.errors import MaeDetError
-from maedet.export import ExportOptions, build_engine, export_onnx
+from maedet.export import ExportOptions, ExportRequest, build_engine, export_onnx
 from maedet.fileio import atomic_write_text
 from maedet.jsonio import JsonError, read_json
 from maedet.runtime import TrtEngine, gpu_identity, require_tensorrt
@@ -215,6 +216,34 @@ class ArtifactCache:
 
         detector = getattr(source, "detector", None) or bench_detector(spec.name)
         export_onnx(detector, path, dataclasses.replace(options, structure=None, outputs="features", nms=spec.nms))
+
+    def exported(self, stem: str, model: Any, request: ExportRequest, identity: Mapping[str, Any]) -> Path:
+        """The cached ONNX file ``export_onnx(model, ..., request)`` writes, exported on first use.
+
+        ``identity`` is everything the file depends on besides the request (the weights' digest, the calibration
+        images...): with the request and the versions it keys the file, so a retrained detector, other calibration
+        images or another maedet or torch get a new file. ``stem`` starts the file's name (readable, not a key).
+        """
+        import torch
+
+        from maedet import __version__
+
+        key = {**identity, "request": repr(request), "torch": torch.__version__, "maedet": __version__}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+        safe_stem = re.sub(r"[^\w.+-]", "_", stem)
+        path = self.root / f"{safe_stem}-{digest[:12]}.onnx"
+        expected = {"made_as": stem, "key_sha256": digest}
+        if self._reusable(path, expected, describe=_onnx_identity):
+            return path
+        self._prepare_root()
+        logger.debug("exporting %s to %s", stem, path.name)
+        try:
+            with _quiet_logging():
+                export_onnx(model, path, request)
+        except MaeDetError as exc:
+            raise BackendUnavailable(f"export to ONNX failed: {exc}") from None
+        self._write_record(path, expected)
+        return path
 
     def engine(self, onnx_path: Path, precision: str) -> TrtEngine:
         """A loaded TensorRT engine for ``onnx_path``, built (with maedet.export) on first use.

@@ -21,7 +21,7 @@ from maedet.fileio import TEMP_SUFFIX, check_output_path, write_all_or_none
 from .errors import BenchError
 from .results import BenchResult
 
-__all__ = ["check_outputs", "write_outputs"]
+__all__ = ["check_outputs", "write_outputs", "write_rendered"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,11 @@ def write_outputs(result: BenchResult, outputs: Mapping[str, Path]) -> dict[str,
     if "plot" in outputs and not result.results:
         logger.warning("no row was measured, so the plot %s is not written.", outputs["plot"])
         outputs = {what: path for what, path in outputs.items() if what != "plot"}
-    contents = {what: render[what](result) for what in outputs}
+    return write_rendered({what: render[what](result) for what in outputs}, outputs)
+
+
+def write_rendered(contents: Mapping[str, bytes], outputs: Mapping[str, Path]) -> dict[str, Path]:
+    """Write outputs already rendered in memory (``contents[kind]`` to ``outputs[kind]``), all or none."""
     for path in outputs.values():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from .cache import ArtifactCache
 from .errors import BackendUnavailable
 from .models import ModelSpec
 
-__all__ = ["Runner", "TorchRunner", "make_input", "make_runner"]
+__all__ = ["Runner", "TorchRunner", "file_runner", "make_input", "make_runner"]
 
 # What run_bench times: a callable doing one inference, with close() to free what it holds.
 Runner = Any
@@ -111,6 +111,11 @@ def make_runner(
     onnx_path = cache.onnx(
         spec, _onnx_precision(backend), batch, h, w, module_factory=deploy_source, int8_mode=_int8_mode(backend)
     )
+    return file_runner(backend, onnx_path, data, threads, cache)
+
+
+def file_runner(backend: Backend, onnx_path: Any, data: np.ndarray, threads: int, cache: ArtifactCache) -> Runner:
+    """A runner for an exported ONNX file on an ONNX Runtime or TensorRT backend (the engine is built in the cache)."""
     if backend.runtime == "onnxruntime":
         return _ort_runner(onnx_path, backend, data, threads, cache)
     engine = cache.engine(onnx_path, backend.precision)

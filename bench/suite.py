@@ -36,7 +36,7 @@ from .results import BenchResult, BenchRow, Skipped, compute_speedups
 from .runners import Runner, make_input, make_runner
 from .timing import choose_iterations, run_interleaved, summarize, time_call
 
-__all__ = ["BenchSettings", "run_bench"]
+__all__ = ["BenchSettings", "cpu_settings", "run_bench"]
 
 Key = tuple[str, str]  # (backend name, model label)
 
@@ -118,7 +118,7 @@ class BenchSettings:
 
 
 @contextlib.contextmanager
-def _cpu_settings(threads: int) -> Iterator[None]:
+def cpu_settings(threads: int) -> Iterator[None]:
     """Fixed thread count and denormals flushed to zero (random weights must not hit slow denormal paths)."""
     import torch
 
@@ -320,7 +320,7 @@ def run_bench(
     deadline_at = started + settings.max_time_s if settings.max_time_s else None
     per_config = len(specs) * len(active) * 2 + settings.rounds
     rows: list[BenchRow] = []
-    with _cpu_settings(settings.threads or 1), _Progress(settings.progress, per_config * len(configs)) as bar:
+    with cpu_settings(settings.threads or 1), _Progress(settings.progress, per_config * len(configs)) as bar:
         run = _Run(specs, active, settings, ArtifactCache(settings.cache_dir or default_cache_dir()), bar, skipped)
         for index, (size, batch) in enumerate(configs):
             budget_end = None

@@ -201,6 +201,7 @@ def test_cli_tiny_run_writes_json_csv_and_plot(tiny: BenchResult, workdir, capsy
     assert len(list((workdir / "cache").glob("*.onnx"))) == 3  # reused, nothing new exported
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", ["torch-cuda-fp16", "torch-cuda-cl-fp16", "ort-cuda", "trt-fp16"])
 def test_gpu_backend_tiny_run(name: str, workdir) -> None:
     reason = unavailable_reason(BACKENDS[name])

@@ -176,6 +176,7 @@ def test_missing_tensorrt_is_reported_before_path_clashes(tmp_path, capsys, mode
 
 
 @needs_trt
+@pytest.mark.gpu
 @pytest.mark.parametrize("precision_flag", [[], ["--half"], ["--int8"]])
 def test_build_and_check_engine(tmp_path, capsys, precision_flag):
     engine = tmp_path / "m.engine"
