@@ -455,7 +455,9 @@ def _show_budget(meta: dict[str, Any], console: Console) -> None:
         table.add_row(label, f"{budget[key]:.2f}", f"{drop:.2f}", f"{ms:.2f}", f"{latency['fp32'] / ms:.2f}x")
     console.print(table)
     console.print(
-        f"float layers ({len(layers)} of {budget['candidates']}): {', '.join(layers) or 'none'}", markup=False
+        f"float layers ({len(layers)} of {budget['candidates']}): {', '.join(layers) or 'none'}",
+        markup=False,
+        soft_wrap=True,  # node names whole, for copying
     )
 
 
