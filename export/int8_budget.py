@@ -210,6 +210,7 @@ class BudgetResult:
             "final": round(self.final, 4),
             "drop": round(self.drop, 4),
             "candidates": self.candidates,
+            "sensitivity": {name: float(f"{gain:.4g}") for name, gain in self.sensitivity.items()},
             "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
             "seconds": round(self.seconds, 1),
         }

@@ -116,6 +116,7 @@ def test_the_budget_keeps_only_the_broken_layer_in_float_and_records_it(outlier_
     assert meta["int8_float_layers"] == [BROKEN]
     budget = meta["int8_budget"]
     assert budget["measure"] == "agreement" and budget["candidates"] == 5 and budget["max_drop"] == 1.0
+    assert list(budget["sensitivity"]) == [BROKEN] and budget["sensitivity"][BROKEN] > 0.5
     assert set(budget["latency_ms"]) == {"fp32", "int8", "budgeted"} and min(budget["latency_ms"].values()) > 0
 
 
