@@ -244,3 +244,35 @@ def test_the_console_script_enters_through_the_detect_layer() -> None:
     from maedet.launch import _TOOLS
 
     assert _TOOLS["maedet-export"] == ("maedet.detect.accuracy_measure", "export_main")
+
+
+class Cosine:
+    """A backbone's measure: 100 × the lowest cosine of a file's outputs with the fp32 file's, on one batch."""
+
+    name = "cosine"
+
+    def __init__(self, reference: Path, batch: np.ndarray) -> None:
+        self.batch = batch
+        self.reference = run_session(ort_session(str(reference)), batch)
+
+    def __call__(self, path: Path) -> float:
+        out = run_session(ort_session(str(path)), self.batch)
+        return 100 * min(
+            float(np.dot(out[k].ravel(), ref.ravel()) / (np.linalg.norm(out[k]) * np.linalg.norm(ref)))
+            for k, ref in self.reference.items()
+        )
+
+
+@pytest.mark.slow
+def test_a_backbone_takes_any_measure_through_the_python_api(tmp_path) -> None:
+    from maedet.export import export_onnx
+
+    torch.manual_seed(0)  # the same random weights in both exports
+    fp32 = export_onnx("resnet18", tmp_path / "f.onnx", input_size=(64, 64), check=False)
+    torch.manual_seed(0)
+    batch = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    result = export_onnx("resnet18", tmp_path / "q.onnx", input_size=(64, 64), precision="int8", max_ap_drop=50,
+                         accuracy_measure=Cosine(fp32.path, batch), check=False)  # fmt: skip
+    meta = read_metadata(result.path)
+    assert meta["int8_float_layers"] == [] and meta["int8_budget"]["measure"] == "cosine"
+    assert meta["int8_budget"]["fp32"] == pytest.approx(100, abs=1e-3) and 50 < meta["int8_budget"]["int8"] < 100
