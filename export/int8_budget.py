@@ -256,6 +256,7 @@ def _search(
     logger.info("%s drop %.2f > %g: ranking %d quantized layers", measure.name, ref - full_score, max_drop, len(layers))
     error = OutputError(trials.fp32, trials.data[: min(ERROR_BATCHES, len(trials.data))])
     ranking = rank_layers(layers, trials.quantize, error)
+    logger.info("most sensitive: %s", ", ".join(f"{name} ({gain:.3g})" for name, gain in ranking[:3]))
     selection = select_float_layers(
         [name for name, _ in ranking],
         lambda names: trials.score(measure, assemble(trials.quantize(names))),

@@ -276,3 +276,25 @@ def test_a_backbone_takes_any_measure_through_the_python_api(tmp_path) -> None:
     meta = read_metadata(result.path)
     assert meta["int8_float_layers"] == [] and meta["int8_budget"]["measure"] == "cosine"
     assert meta["int8_budget"]["fp32"] == pytest.approx(100, abs=1e-3) and 50 < meta["int8_budget"]["int8"] < 100
+
+
+class FloatShare:
+    """A measure that any quantization loses: 100 × the share of the file's nodes that are not Q/DQ."""
+
+    name = "float share"
+
+    def __call__(self, path: Path) -> float:
+        ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+        return 100 * sum(op not in ("QuantizeLinear", "DequantizeLinear") for op in ops) / len(ops)
+
+
+@pytest.mark.slow
+def test_an_impossible_budget_on_the_command_line_is_one_sentence_and_writes_nothing(tiny_set, tmp_path, capsys):
+    det, data = tiny_set
+    out = tmp_path / "x.onnx"
+    argv = [str(det), "--onnx", str(out), "--input-size", "64", "--int8", "--calib", str(data / "train"),
+            "--max-ap-drop", "1", "--max-float-layers", "0", "--data", "unused", "--images", "unused"]  # fmt: skip
+    assert export_cli_main(argv, accuracy_measure_factory=lambda data, images: FloatShare()) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("maedet-export: error: no INT8 file keeps the float share drop within 1 points")
+    assert err[-1].endswith("nothing was written.") and not out.exists()
