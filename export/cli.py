@@ -31,7 +31,7 @@ from .detector import detector_reference
 from .detector_check import DetectionComparison, DetectorCheck
 from .errors import ExportError, MissingDependencyError
 from .pipeline import export_onnx, kind_of
-from .request import ExportRequest, validate_request
+from .request import DETECTOR, ExportRequest, validate_request
 
 __all__ = ["build_parser", "main"]
 
@@ -469,7 +469,7 @@ def _accuracy_measure(args: argparse.Namespace, kind: str, factory: Any) -> Any:
         raise ExportError("--data and --images go together: the annotation file and the folder of its images.")
     if factory is None:
         raise ExportError("--data/--images need the maedet-export command (it brings the COCO AP measure).")
-    if kind != "detector":
+    if kind != DETECTOR:
         raise ExportError("--data/--images measure a detector's COCO AP; a backbone has none.")
     return factory(args.data, args.images)
 

@@ -245,7 +245,8 @@ def quantize_int8(
 
     ``exclude_nodes``: node names ONNX Runtime's quantizer leaves in float (no Q/DQ of their own, float weights).
     ``calibration_cache``: a JSON file of the activation ranges, written by the first call and read by the next
-    ones instead of calibrating again (ONNX Runtime 1.23+; older versions calibrate every call, same ranges).
+    ones instead of calibrating again (where quantize_static has calibration_cache_path, as 1.32 does; without it
+    every call calibrates again, on the same images to the same ranges).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
