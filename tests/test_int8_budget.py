@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
@@ -93,6 +94,19 @@ def test_the_quantized_layers_are_the_convs_not_the_folded_relus(outlier_net) ->
     fp32, calib, _, _ = outlier_net
     int8 = quantize_int8(fp32, calib, mode="cpu")
     assert quantized_layers(fp32, int8) == [f"/convs.{i}/Conv" for i in range(5)]
+
+
+def test_calibration_runs_once_and_its_cached_ranges_give_the_same_file(outlier_net, tmp_path) -> None:
+    fp32, calib, _, _ = outlier_net
+    cache = tmp_path / "calibration.json"
+    first = quantize_int8(fp32, calib, mode="cpu", calibration_cache=cache)
+    assert cache.is_file()
+    cached = quantize_int8(fp32, calib[:1], mode="cpu", calibration_cache=cache)  # one batch: ranges from the cache
+    fresh = quantize_int8(fp32, calib[:1], mode="cpu")  # one batch, calibrated again: other ranges
+    inits = [{i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer} for m in (first, cached, fresh)]
+    scales = [name for name in inits[0] if name.endswith("_scale")]
+    assert scales and all(np.array_equal(inits[0][n], inits[1][n]) for n in scales)
+    assert not all(np.array_equal(inits[0][n], inits[2][n]) for n in scales)
 
 
 def test_the_layer_that_breaks_under_int8_is_ranked_first(outlier_net) -> None:
