@@ -277,51 +277,84 @@ def build_profile_parser() -> argparse.ArgumentParser:
 
 def _add_profile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--info", metavar="FILE", help="print what a latency table holds, then exit")
-    p.add_argument("--backend", default="ort-cpu", choices=("ort-cpu", "ov-cpu", "ort-cuda", "ort-trt"), help="runtime")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="int8: the exporter's CPU layout")
+    p.add_argument(
+        "--backend",
+        default=None,
+        choices=("ort-cpu", "ov-cpu", "ort-cuda", "ort-trt"),
+        help="runtime (default ort-cpu)",
+    )
+    p.add_argument(
+        "--precision", default=None, choices=("fp32", "int8"), help="int8: the exporter's CPU layout (default fp32)"
+    )
     p.add_argument(
         "--input-size",
         nargs="+",
         action=OneSizeAction,
         square=True,
-        default=640,
+        default=None,
         metavar="SIZE",
-        help="one square input size: 640, 640x640 or 640 640; a latency table is made for one side length",
+        help="one square input size: 640, 640x640 or 640 640; a latency table is made for one side length "
+        "(default 640; with --transfer, the FROM table's)",
     )
-    p.add_argument("--batch-size", type=int, default=1, metavar="B", help="batch of the target")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B", help="batch of the target (default 1)")
     p.add_argument(
         "--threads",
         type=positive_int,
         default=None,
-        help="runtime threads (default: 1 on ort-cpu, the setting whose predictions hold; the usable cores on GPUs)",
+        help="runtime threads (default: 1 on ort-cpu, the setting whose predictions hold; the usable cores on GPUs; "
+        "with --transfer, the FROM table's)",
     )
     p.add_argument(
         "--train-nets", type=int, default=24, help="networks whose operators are timed (ort-cpu; default 24)"
     )
     p.add_argument("--pieces", type=int, default=160, help="pieces timed on their own (GPU backends; default 160)")
-    p.add_argument("--validation-nets", type=int, default=30, help="held-out networks measured end to end")
+    p.add_argument(
+        "--validation-nets", type=int, default=30, help="held-out networks measured end to end (also after --transfer)"
+    )
     p.add_argument("--calibration-nets", type=int, default=12, help="networks that calibrate the operator sum")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per measurement")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", help="the table to write (resumes from OUT.partial when present)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_validate_transfer_options(p)
 
 
-def _profile(args: argparse.Namespace) -> int:
-    from .profile import ProfileSettings, describe_table, profile_target
+def _add_validate_transfer_options(p: argparse.ArgumentParser) -> None:
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--validate",
+        metavar="TABLE",
+        help="measure --networks fresh held-out networks (stratified over the predicted latency range) plus "
+        "MAE-DET-S/M/L and ResNet-50/101 on TABLE's target and write their measured and predicted times and the "
+        "figures into the table (OUT, default TABLE itself) and a plot",
+    )
+    what.add_argument(
+        "--transfer",
+        metavar="FROM",
+        help="adapt FROM (a table of the same runtime and precision profiled on another machine, thread count, "
+        "input size or batch) to this machine and the given --threads/--input-size/--batch-size by timing "
+        "--networks networks here, then validate it on --validation-nets held-out networks",
+    )
+    p.add_argument(
+        "--networks",
+        type=positive_int,
+        default=None,
+        help="how many networks: held-out ones with --validate (40 unless given), the ones a transfer is fitted on "
+        "with --transfer (10 unless given)",
+    )
+    p.add_argument(
+        "--plot", metavar="FILE.png", help="--validate/--transfer: the validation plot (default OUT.validation.png)"
+    )
 
-    if args.info:
-        from maedet.zoo.latency import LatencyTable
 
-        print(describe_table(LatencyTable.load(args.info)))
-        return 0
-    if not args.out:
-        raise BenchError("profile needs --out FILE (or --info FILE to read a table).")
-    settings = ProfileSettings(
-        backend=args.backend,
-        precision=args.precision,
-        input_size=args.input_size,
-        batch=args.batch_size,
+def _profile_target_settings(args: argparse.Namespace) -> Any:
+    from .profile import ProfileSettings
+
+    return ProfileSettings(
+        backend=args.backend or "ort-cpu",
+        precision=args.precision or "fp32",
+        input_size=args.input_size or 640,
+        batch=args.batch_size or 1,
         threads=args.threads,
         train_nets=args.train_nets,
         pieces=args.pieces,
@@ -330,7 +363,71 @@ def _profile(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         seed=args.seed,
     )
-    table = profile_target(args.out, settings, progress=not args.no_progress)
+
+
+def _validate_or_transfer(args: argparse.Namespace) -> Any:
+    """--validate TABLE or --transfer FROM: the table they write."""
+    if args.plot is not None and not args.plot.lower().endswith(".png"):
+        raise BenchError(f"the plot is written as PNG, so its name must end in .png (got {args.plot!r}).")
+    progress = not args.no_progress
+    if args.validate:
+        from .profile_validate import validate_table
+
+        given = [flag for flag, value in _target_flags(args).items() if value is not None]
+        if given:
+            raise BenchError(f"--validate measures the table's own target, so {given[0]} cannot be given with it.")
+        networks = args.networks or 40
+        return validate_table(
+            args.validate, networks, out=args.out, plot=args.plot, rounds=args.rounds, seed=args.seed, progress=progress
+        )
+    from maedet.zoo.latency import LatencyTable
+
+    from .profile_transfer import TransferSettings, check_same_runtime, transfer_table
+
+    if not args.out:
+        raise BenchError("--transfer needs --out FILE for the new table.")
+    source = LatencyTable.load(args.transfer)
+    check_same_runtime(source, args.backend, args.precision, f"--transfer {args.transfer!r}")
+    settings = TransferSettings(
+        input_size=args.input_size,
+        batch=args.batch_size,
+        threads=args.threads,
+        networks=args.networks or 10,
+        validation_nets=args.validation_nets,
+        rounds=args.rounds,
+        seed=args.seed,
+    )
+    return transfer_table(args.transfer, args.out, settings, plot=args.plot, progress=progress)
+
+
+def _target_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "--backend": args.backend,
+        "--precision": args.precision,
+        "--input-size": args.input_size,
+        "--batch-size": args.batch_size,
+        "--threads": args.threads,
+    }
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from .profile import describe_table, profile_target
+
+    if args.info:
+        from maedet.zoo.latency import LatencyTable
+
+        print(describe_table(LatencyTable.load(args.info)))
+        return 0
+    if args.validate or args.transfer:
+        table = _validate_or_transfer(args)
+        print(describe_table(table))
+        print(f"wrote {args.out or args.validate}")
+        return 0
+    if args.networks is not None or args.plot is not None:
+        raise BenchError("--networks and --plot go with --validate or --transfer.")
+    if not args.out:
+        raise BenchError("profile needs --out FILE (or --info FILE to read a table).")
+    table = profile_target(args.out, _profile_target_settings(args), progress=not args.no_progress)
     print(describe_table(table))
     print(f"wrote {args.out}")
     return 0

@@ -14,7 +14,6 @@ so an interrupted profile resumes where it stopped. docs/latency.md explains the
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import math
 import random
@@ -28,17 +27,17 @@ from typing import Any
 import numpy as np
 
 from maedet.errors import MaeDetError
-from maedet.fileio import atomic_write_text, check_output_path
-from maedet.jsonio import read_json
+from maedet.fileio import check_output_path
 from maedet.zoo import Structure, builtin_structure
 from maedet.zoo.latency import LatencyTable, Op, Piece, conv_count, piece_ops, structure_pieces
-from maedet.zoo.latency.goal import VALIDATION_GOAL, goal_text, meets_goal, missed_goal_sentence
-from maedet.zoo.latency.goal import verdict as goal_verdict
+from maedet.zoo.latency.goal import goal_text, meets_goal, missed_goal_sentence
 
 from .machine import cpu_model, machine_info, usable_cores
+from .profile_figures import validation_figures, validation_section
 from .profile_fit import fit_op_model
-from .profile_measure import ANCHOR, Measurer, Timing, steady_ms, structure_op_keys
+from .profile_measure import ANCHOR, Measurer, steady_ms, structure_op_keys
 from .profile_progress import profile_progress
+from .profile_state import MeasuredUnits
 
 __all__ = ["ProfileSettings", "describe_table", "profile_target", "sample_structures", "validation_figures"]
 
@@ -190,47 +189,12 @@ def _plan(settings: ProfileSettings) -> _Plan:
 
 
 # ------------------------------------------------------------------------------------------- resumable state
-class _State:
-    """Measurements so far, saved beside the output after every unit so an interrupted profile resumes."""
-
-    def __init__(self, out: Path, settings: ProfileSettings) -> None:
-        self.path = out.with_name(out.name + ".partial")
-        self.settings = settings
-        self.units: dict[str, Timing] = {}
-        if self.path.is_file():
-            self._load()
-
-    def _load(self) -> None:
-        try:
-            data = read_json(self.path, "partial profile")
-            if not isinstance(data, dict):
-                raise ValueError
-        except ValueError:  # JsonError included: nested too deeply, huge numbers, not JSON
-            LOG.warning("ignoring an unreadable partial profile %s", self.path)
-            return
-        if data.get("format") != PARTIAL_FORMAT or data.get("settings") != self.settings.fingerprint():
-            stored = data.get("settings") if isinstance(data.get("settings"), dict) else {}
-            diff = [k for k, v in self.settings.fingerprint().items() if stored.get(k) != v]
-            raise MaeDetError(
-                f"{self.path} holds a partial profile with other settings ({', '.join(diff) or 'format'}); "
-                "delete it or profile with the same settings."
-            )
-        try:
-            self.units = {str(k): Timing.from_dict(v) for k, v in data.get("units", {}).items()}
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise MaeDetError(f"{self.path} is a damaged partial profile; delete it to start again.") from None
-        LOG.info("resuming: %d units already measured", len(self.units))
-
-    def save(self) -> None:
-        data = {"format": PARTIAL_FORMAT, "settings": self.settings.fingerprint()}
-        data["units"] = {k: t.to_dict() for k, t in self.units.items()}
-        atomic_write_text(self.path, json.dumps(data) + "\n", "partial profile")
-
-    def done(self) -> None:
-        self.path.unlink(missing_ok=True)
+def _State(out: Path, settings: ProfileSettings) -> MeasuredUnits:
+    """The profile's measurements so far (``OUT.partial``), for these settings."""
+    return MeasuredUnits(out, settings.fingerprint(), PARTIAL_FORMAT)
 
 
-def _measure(plan: _Plan, state: _State, measurer: Measurer, step: Callable[[int, str], None]) -> None:
+def _measure(plan: _Plan, state: MeasuredUnits, measurer: Measurer, step: Callable[[int, str], None]) -> None:
     """Every unit not yet in the state, in plan order; the state is saved after each."""
     done = sum(1 for name in [*plan.train, *plan.calibration, *plan.validation, *REFERENCES] if name in state.units)
     todo_pieces = [p for p in plan.pieces if p.key() not in state.units]
@@ -255,7 +219,7 @@ def _measure(plan: _Plan, state: _State, measurer: Measurer, step: Callable[[int
 
 
 # ------------------------------------------------------------------------------------------- fitting
-def _samples(plan: _Plan, state: _State, settings: ProfileSettings, ref: float) -> list[tuple[list[Op], float]]:
+def _samples(plan: _Plan, state: MeasuredUnits, settings: ProfileSettings, ref: float) -> list[tuple[list[Op], float]]:
     """Timed samples for the fit: each operator of each training network (median over the identical ones of one
     network), or each piece on its own; all in steady ms (anchor-scaled)."""
     samples: list[tuple[list[Op], float]] = []
@@ -292,22 +256,6 @@ def _calibration(table: LatencyTable, nets: Sequence[Structure], measured: Seque
     return {"scale": scale, "per_conv_ms": per_conv, "offset_ms": offset}
 
 
-def validation_figures(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
-    """RMSPE, the share within ±10%, and Spearman's ρ of predictions against measurements."""
-    from scipy.stats import spearmanr
-
-    p, m = np.asarray(predicted, dtype=np.float64), np.asarray(measured, dtype=np.float64)
-    rel = (p - m) / m
-    rho = float(spearmanr(p, m).statistic) if len(p) > 2 else float("nan")
-    return {
-        "count": len(p),
-        "rmspe_pct": float(100 * math.sqrt(float(np.mean(rel**2)))),
-        "within_10pct": float(np.mean(np.abs(rel) <= 0.10 + 1e-12)),  # ±10% inclusive, float-safe
-        "max_abs_err_pct": float(100 * np.max(np.abs(rel))),
-        "spearman_rho": rho,
-    }
-
-
 def _target(settings: ProfileSettings, info: dict[str, Any]) -> dict[str, Any]:
     return {
         "backend": settings.backend,
@@ -319,7 +267,7 @@ def _target(settings: ProfileSettings, info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _build_table(plan: _Plan, state: _State, settings: ProfileSettings, wall_s: float) -> LatencyTable:
+def _build_table(plan: _Plan, state: MeasuredUnits, settings: ProfileSettings, wall_s: float) -> LatencyTable:
     units = state.units
     ref = float(np.percentile([a for t in units.values() for a in t.anchor], ANCHOR_QUANTILE))
 
@@ -340,11 +288,7 @@ def _build_table(plan: _Plan, state: _State, settings: ProfileSettings, wall_s: 
         }
         for n, s in plan.validation.items()
     ]
-    predicted = [r["predicted_ms"] for r in rows]
-    raw = validation_figures(predicted, [r["measured_raw_ms"] for r in rows])
-    figures = validation_figures(predicted, [r["measured_ms"] for r in rows])
-    verdict = {"goal": dict(VALIDATION_GOAL), "meets_goal": bool(goal_verdict(figures))}
-    table.validation = {**figures, **verdict, "unscaled": raw, "networks": rows, "wall_s": round(wall_s, 1)}
+    table.validation = validation_section(rows) | {"wall_s": round(wall_s, 1)}
     table.references = {n: steady(n) for n in (*REFERENCES, *PUBLISHED)}
     table.measurement = _measurement(settings, ref, len(samples))
     table.samples = [_sample_row(ops, ms) for ops, ms in samples]
@@ -420,19 +364,33 @@ def describe_table(table: LatencyTable) -> str:
     if v:
         lines.append(
             f"validation on {v.get('count')} held-out networks: RMSPE {v.get('rmspe_pct', float('nan')):.1f}%, "
-            f"{100 * v.get('within_10pct', 0):.0f}% within ±10%, Spearman ρ {v.get('spearman_rho', float('nan')):.3f}"
-            f" (profile took {v.get('wall_s', '?')} s)"
+            f"{_within_text(v)}, Spearman ρ {v.get('spearman_rho', float('nan')):.3f} "
+            f"({'validation' if 'requested' in v else 'profile'} took {v.get('wall_s', '?')} s)"
         )
         lines.append(_goal_line(v))
         raw = v.get("unscaled") or {}
         if raw:
             lines.append(
                 f"  against unscaled medians (no anchor): RMSPE {raw.get('rmspe_pct', float('nan')):.1f}%, "
-                f"{100 * raw.get('within_10pct', 0):.0f}% within ±10%, ρ {raw.get('spearman_rho', float('nan')):.3f}"
+                f"{_within_text(raw)}, ρ {raw.get('spearman_rho', float('nan')):.3f}"
             )
+    transfer = m.get("transfer")
+    if isinstance(transfer, dict):
+        factors = ", ".join(f"{c} ×{f:.3f}" for c, f in (transfer.get("factors_vs_from") or {}).items())
+        lines.append(
+            f"transferred from {transfer.get('from', {}).get('source')} ({len(transfer.get('networks', []))} "
+            f"networks timed here): {factors} against its calibrated operators"
+        )
     if table.references:
         lines.append("measured: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(table.references.items())))
     return "\n".join(lines)
+
+
+def _within_text(figures: dict[str, Any]) -> str:
+    """The shares within ±10% and, where recorded (not in older tables), within ±5%."""
+    text = f"{100 * figures.get('within_10pct', 0):.0f}% within ±10%"
+    five = figures.get("within_5pct")
+    return text if five is None else f"{100 * five:.0f}% within ±5%, {text}"
 
 
 def _goal_line(validation: dict[str, Any]) -> str:

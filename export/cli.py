@@ -31,7 +31,7 @@ from .detector import detector_reference
 from .detector_check import DetectionComparison, DetectorCheck
 from .errors import ExportError, MissingDependencyError
 from .pipeline import export_onnx, kind_of
-from .request import ExportRequest, validate_request
+from .request import DETECTOR, ExportRequest, validate_request
 
 __all__ = ["build_parser", "main"]
 
@@ -140,12 +140,24 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--nms-pre", type=int, help="best points per level before NMS (default 1000)")
 
 
+def _add_budget_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("INT8 under an accuracy budget (docs/int8.md)")
+    group.add_argument(
+        "--max-ap-drop", type=float, metavar="P", help="with --int8: keep the fewest layers in float that hold the "
+        "AP drop against fp32 within P points (0-100 scale), measured on --data/--images",
+    )  # fmt: skip
+    group.add_argument("--data", metavar="FILE", help="COCO annotations of the images the AP is measured on")
+    group.add_argument("--images", metavar="DIR", help="folder of the annotated images")
+    group.add_argument("--max-float-layers", type=int, metavar="N", help="give up after N float layers (default all)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, "Export a MAE-DET (or any timm) backbone to ONNX / TensorRT, checked against PyTorch.")
     _add_model_options(p)
     _add_precision_options(p)
     _add_tensorrt_options(p)
     _add_detector_options(p)
+    _add_budget_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     return p
 
@@ -305,7 +317,7 @@ def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
     from maedet.zoo.detector_folder import LOCAL_PREFIX
 
     inputs = {"model folder": args.model.removeprefix(LOCAL_PREFIX), "--checkpoint": args.checkpoint}
-    inputs.update({"--structure": args.structure, "--calib folder": args.calib})
+    inputs.update({"--structure": args.structure, "--calib folder": args.calib, "--data": args.data})
     outputs = {"ONNX file": _onnx_path(args)}
     folders = {"OpenVINO IR folder": args.openvino} if args.openvino else {}
     if args.trt:
@@ -444,6 +456,10 @@ def _export(args: argparse.Namespace, request: ExportRequest, console: Console) 
     if args.trt:
         summary["engine"], engine_code = _engine(args, onnx_path, result, console)
         code = code or engine_code
+    if "int8_budget" in result.metadata:
+        summary["int8_budget"] = {k: result.metadata[k] for k in ("int8_float_layers", "int8_budget")}
+        if not args.json:
+            _show_budget(result.metadata, Console())
     if args.json:
         print(json.dumps(summary, indent=1))
     return code
@@ -461,7 +477,42 @@ def _show_openvino(result: Any, summary: dict[str, Any], console: Console) -> in
     return 0 if check.passed else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _show_budget(meta: dict[str, Any], console: Console) -> None:
+    """The budgeted INT8 search as a table (score, drop, ONNX Runtime CPU latency per file), then the float layers."""
+    budget, layers = meta["int8_budget"], meta["int8_float_layers"]
+    name, latency = budget["measure"], budget["latency_ms"]
+    table = Table(title=f"INT8 within {budget['max_drop']:g} {name} of fp32 (latency: ONNX Runtime CPU)")
+    for col in ("file", name, "drop", "ms", "vs fp32"):
+        table.add_column(col, justify="left" if col == "file" else "right")
+    rows = (("fp32", "fp32"), ("full INT8", "int8"), (f"INT8, {len(layers)} layers float", "final"))
+    for label, key in rows:
+        ms = latency["budgeted" if key == "final" else key]
+        drop = budget["fp32"] - budget[key]
+        table.add_row(label, f"{budget[key]:.2f}", f"{drop:.2f}", f"{ms:.2f}", f"{latency['fp32'] / ms:.2f}x")
+    console.print(table)
+    console.print(
+        f"float layers ({len(layers)} of {budget['candidates']}): {', '.join(layers) or 'none'}",
+        markup=False,
+        soft_wrap=True,  # node names whole, for copying
+    )
+
+
+def _accuracy_measure(args: argparse.Namespace, kind: str, factory: Any) -> Any:
+    """The measure --max-ap-drop uses, made from --data/--images by the detect layer's factory (None without)."""
+    if args.data is None and args.images is None:
+        return None
+    if args.data is None or args.images is None:
+        raise ExportError("--data and --images go together: the annotation file and the folder of its images.")
+    if factory is None:
+        raise ExportError("--data/--images need the maedet-export command (it brings the COCO AP measure).")
+    if kind != DETECTOR:
+        raise ExportError("--data/--images measure a detector's COCO AP; a backbone has none.")
+    return factory(args.data, args.images)
+
+
+def main(argv: Sequence[str] | None = None, accuracy_measure_factory: Any = None) -> int:
+    """``maedet-export``; ``accuracy_measure_factory(data, images)`` makes the measure for --max-ap-drop (the
+    detect layer's COCO AP, plugged in by :func:`maedet.detect.accuracy_measure.export_main`)."""
     parser = build_parser()
 
     def handle(args: argparse.Namespace) -> int:
@@ -472,6 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.model = detector_reference(args.model)  # a detector folder's plain path, as maedet-train prints it
         kind = kind_of(args.model)
         args.input_size = args.input_size or kind.default_size
+        args.accuracy_measure = _accuracy_measure(args, kind.name, accuracy_measure_factory)
         request = _request(args)
         validate_request(request, kind.name, kind.min_opset)
         _validate(args)

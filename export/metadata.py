@@ -60,6 +60,8 @@ METADATA_KEYS = (
     "weights_sha256",
     "int8_calibration",
     "int8_mode",
+    "int8_float_layers",  # with --max-ap-drop: the layers kept in float, and the search's record (int8_budget.py)
+    "int8_budget",
     # detectors' own
     "task",
     "input_dtype",

@@ -58,6 +58,7 @@ class _Lowered:
     proto: onnx.ModelProto
     notes: list[str] = field(default_factory=list)
     calibration: str | None = None  # 'synthetic' or 'N images from DIR, seed S'
+    budget: Any = None  # with max_ap_drop: the int8_budget.BudgetResult (float layers, scores, latencies)
 
 
 def _graph(prepared: Prepared, request: ExportRequest) -> onnx.ModelProto:
@@ -79,7 +80,9 @@ def _graph(prepared: Prepared, request: ExportRequest) -> onnx.ModelProto:
     return proto
 
 
-def _lower(proto: onnx.ModelProto, prepared: Prepared, request: ExportRequest, kind: ModelKind) -> _Lowered:
+def _lower(
+    proto: onnx.ModelProto, prepared: Prepared, request: ExportRequest, kind: ModelKind, assemble: Any = None
+) -> _Lowered:
     """fp16 conversion or INT8 quantization of the fp32 network."""
     if request.precision == "fp16":
         from .precision import to_fp16
@@ -104,8 +107,25 @@ def _lower(proto: onnx.ModelProto, prepared: Prepared, request: ExportRequest, k
     images = len(data) * request.batch
     calibration = "synthetic" if request.calib is None else f"{images} images from {request.calib}, seed {seed}"
     batches = [kind.to_input(prepared, batch) for batch in data]
+    if request.max_ap_drop is not None:
+        return _budgeted(proto, batches, request, assemble, _Lowered(proto, [note], calibration))
     quantized = quantize_int8(proto, batches, per_channel=request.per_channel, mode=request.int8_mode)
     return _Lowered(quantized, [note], calibration)
+
+
+def _budgeted(
+    proto: onnx.ModelProto, batches: Any, request: ExportRequest, assemble: Any, lowered: _Lowered
+) -> _Lowered:
+    """INT8 with the fewest float layers within --max-ap-drop (export/int8_budget.py); ``assemble`` makes the
+    whole file (post-processing, metadata) the accuracy measure reads."""
+    from .int8_budget import budgeted_int8
+
+    budget = budgeted_int8(
+        proto, batches, measure=request.accuracy_measure, max_drop=request.max_ap_drop, assemble=assemble,
+        mode=request.int8_mode, per_channel=request.per_channel, max_float_layers=request.max_float_layers,
+    )  # fmt: skip
+    lowered.proto, lowered.budget = budget.network, budget
+    return lowered
 
 
 def _weights(model: Any, request: ExportRequest, prepared: Prepared, kind: ModelKind) -> tuple[str, str | None]:
@@ -124,6 +144,8 @@ def _metadata(
     extras = kind.metadata(prepared, request)
     if request.precision == "int8":
         extras.update(int8_mode=request.int8_mode, int8_calibration=lowered.calibration)
+    if lowered.budget is not None:
+        extras.update(lowered.budget.metadata())
     return build_metadata(
         model_name=prepared.name,
         output_names=kind.outputs(prepared, request),
@@ -155,6 +177,15 @@ def _prepare(model: Any, request: ExportRequest, kind: ModelKind) -> tuple[Prepa
     return prepared, weights
 
 
+def _assembled(
+    network: onnx.ModelProto, post: onnx.ModelProto | None, outputs: list[str], meta: dict[str, Any]
+) -> onnx.ModelProto:
+    """The network joined with the kind's post-processing graph (if any), carrying ``meta``."""
+    proto = network if post is None else join_graphs(network, post, outputs)
+    apply_metadata(proto, meta)
+    return proto
+
+
 def export_onnx(
     model: Any, out: str | os.PathLike[str], options: ExportRequest | None = None, **kwargs: Any
 ) -> ExportResult:
@@ -171,16 +202,18 @@ def export_onnx(
     validate_request(request, kind.name, kind.min_opset)
     out = check_output_path(out, "ONNX file")
     prepared, weights = _prepare(model, request, kind)
-    lowered = _lower(_graph(prepared, request), prepared, request, kind)
-    network = lowered.proto
     post = kind.post_graph(prepared, request)
+    draft = _metadata(prepared, request, kind, weights, _Lowered(onnx.ModelProto()))
+
+    def assemble(network: onnx.ModelProto) -> bytes:  # a candidate file, as the budgeted INT8 search measures it
+        return _assembled(network, post, kind.outputs(prepared, request), draft).SerializeToString()
+
+    lowered = _lower(_graph(prepared, request), prepared, request, kind, assemble)
+    network = lowered.proto
     if post is not None:
         logger.info("joining the post-processing graph (kept fp32)")
-        proto = join_graphs(network, post, kind.outputs(prepared, request))
-    else:
-        proto = network
     meta = _metadata(prepared, request, kind, weights, lowered)
-    apply_metadata(proto, meta)
+    proto = _assembled(network, post, kind.outputs(prepared, request), meta)
     data = proto.SerializeToString()
     if len(data) > PROTOBUF_LIMIT:
         raise ExportError("the model is larger than 2 GiB, which a single ONNX file cannot hold.")

@@ -222,6 +222,15 @@ def _without_quantizer_notices() -> Iterator[None]:
         root.removeFilter(notices)
 
 
+def _cache_argument(quantize_static: Any, cache: str | os.PathLike[str] | None) -> dict[str, str]:
+    """``calibration_cache_path`` where this ONNX Runtime's quantize_static takes it (feature-detected)."""
+    import inspect
+
+    if cache is None or "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        return {}
+    return {"calibration_cache_path": str(cache)}
+
+
 def quantize_int8(
     model: onnx.ModelProto,
     data: Sequence[np.ndarray],
@@ -229,8 +238,16 @@ def quantize_int8(
     per_channel: bool = True,
     calibrate_method: str = "minmax",
     mode: str = "portable",
+    exclude_nodes: Sequence[str] = (),
+    calibration_cache: str | os.PathLike[str] | None = None,
 ) -> onnx.ModelProto:
-    """Static INT8 in Q/DQ form, per-channel weights, calibrated on ``data`` (see ``calibration_batches``)."""
+    """Static INT8 in Q/DQ form, per-channel weights, calibrated on ``data`` (see ``calibration_batches``).
+
+    ``exclude_nodes``: node names ONNX Runtime's quantizer leaves in float (no Q/DQ of their own, float weights).
+    ``calibration_cache``: a JSON file of the activation ranges, written by the first call and read by the next
+    ones instead of calibrating again (where quantize_static has calibration_cache_path, as 1.32 does; without it
+    every call calibrates again, on the same images to the same ranges).
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if mode not in INT8_MODES:
@@ -252,6 +269,8 @@ def quantize_int8(
             activation_type=QuantType.QInt8 if mode == "portable" else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[calibrate_method],
+            nodes_to_exclude=list(exclude_nodes),
+            **_cache_argument(quantize_static, calibration_cache),
             extra_options=(
                 {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "DedicatedQDQPair": True}
                 if mode == "portable"

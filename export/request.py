@@ -56,6 +56,11 @@ class ExportRequest:
     embed_preprocess: bool = False  # uint8 RGB input, normalised in the graph
     postprocess_cfg: Any = None  # a PostprocessConfig; default: the detector's own
     openvino: str | os.PathLike[str] | None = None  # also write the OpenVINO IR (model.xml + model.bin) here
+    # INT8 under an accuracy budget (export/int8_budget.py): the largest drop of the measure (AP points), the
+    # measure (an AccuracyMeasure; the CLI makes COCO AP from --data/--images) and a cap on the float layers.
+    max_ap_drop: float | None = None
+    accuracy_measure: Any = None
+    max_float_layers: int | None = None
 
     def model_request(self) -> dict[str, Any]:
         """The options that pick a backbone module (what :func:`resolve_model` takes besides the model)."""
@@ -105,6 +110,9 @@ APPLIES: dict[str, frozenset[str]] = {
     "embed_preprocess": frozenset({DETECTOR}),
     "postprocess_cfg": frozenset({DETECTOR}),
     "openvino": _ALL,
+    "max_ap_drop": _ALL,
+    "accuracy_measure": _ALL,
+    "max_float_layers": _ALL,
 }
 # option → how the command line spells it, for the sentences (Python callers recognise their keyword in it).
 FLAGS: dict[str, str] = {
@@ -113,6 +121,7 @@ FLAGS: dict[str, str] = {
     "postprocess_cfg": "--score-thr/--iou-thr/--max-det/--nms-pre",
     "precision": "--half/--int8",
     "batch": "--batch-size",
+    "accuracy_measure": "--data/--images",
 }
 _PRECISION_FLAGS = {"fp16": "--half", "int8": "--int8"}
 # option → (the option it needs, the value that option must have).
@@ -122,6 +131,7 @@ NEEDS: dict[str, tuple[str, str]] = {
     "calib_batches": ("precision", "int8"),
     "calib_seed": ("precision", "int8"),
     "int8_mode": ("precision", "int8"),
+    "max_ap_drop": ("precision", "int8"),
 }
 
 
@@ -174,3 +184,22 @@ def validate_request(request: ExportRequest, kind: str, min_opset: int = 7) -> N
             from .precision import calibration_files
 
             calibration_files(request.calib, request.batch)  # a missing or empty folder fails now, not later
+    _check_budget(request)
+
+
+def _check_budget(request: ExportRequest) -> None:
+    """--max-ap-drop, its measure and --max-float-layers come together, each a sensible value."""
+    drop, measure, cap = request.max_ap_drop, request.accuracy_measure, request.max_float_layers
+    if drop is None:
+        given = [n for n in ("accuracy_measure", "max_float_layers") if getattr(request, n) is not None]
+        if given:
+            raise ExportError(f"{', '.join(flag(n) for n in given)} go with --max-ap-drop P (INT8 under a budget).")
+        return
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 100:
+        raise ExportError(f"--max-ap-drop must be a number of AP points from 0 to 100, not {drop!r}.")
+    if measure is None:
+        raise ExportError("--max-ap-drop needs --data FILE and --images DIR: the AP is measured on them.")
+    if not callable(measure) or not isinstance(getattr(measure, "name", None), str):
+        raise ExportError("accuracy_measure must be callable (an ONNX file's path → score) and have a name.")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+        raise ExportError(f"--max-float-layers must be a whole number of at least 0, not {cap!r}.")

@@ -33,6 +33,7 @@ __all__ = [
     "EngineBuild",
     "ProfileShapes",
     "build_engine",
+    "float_layer_indices",
     "plan_build",
     "profile_shapes",
     "validate_workspace",
@@ -184,6 +185,47 @@ class EngineBuild:
         return {**self.summary(), "onnx_metadata": dict(self.onnx_metadata)}
 
 
+# ------------------------------------------------------------------------------------------- float layers
+def float_layer_indices(
+    layer_names: Sequence[str], float_nodes: Collection[str], node_names: Collection[str]
+) -> tuple[list[int], list[str]]:
+    """The TensorRT layers made from the ONNX nodes kept in float (``int8_float_layers``), and the float nodes
+    that no layer came from.
+
+    TensorRT's ONNX parser names a layer after its node; extra layers of one node get the name plus a suffix
+    (``_1``, ``_output`` ...). A layer is its node's when the names match exactly, else it belongs to the longest
+    node name it starts with followed by ``_`` (so ``/Relu_1``, itself a node, is never taken for ``/Relu``'s).
+    """
+    nodes, wanted = set(node_names), set(float_nodes)
+    picked, found = [], set()
+    for index, name in enumerate(layer_names):
+        owner = name if name in nodes else max((n for n in nodes if name.startswith(n + "_")), key=len, default=None)
+        if owner in wanted:
+            picked.append(index)
+            found.add(owner)
+    return picked, sorted(wanted - found)
+
+
+def _pin_float_layers(network: Any, onnx_path: Path, float_nodes: Collection[str]) -> int:
+    """Set the float layers' precision and float outputs to fp32 (a weakly typed network, with the builder told to
+    obey); returns how many layers were pinned. Unrun here: it needs TensorRT and a GPU (docs/int8.md)."""
+    import onnx
+    import tensorrt as trt
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    names = [network.get_layer(i).name for i in range(network.num_layers)]
+    picked, missing = float_layer_indices(names, float_nodes, [n.name for n in graph.node])
+    if missing:
+        logger.warning("no TensorRT layer came from %d float node(s), e.g. %s", len(missing), missing[0])
+    for index in picked:
+        layer = network.get_layer(index)
+        layer.precision = trt.float32
+        for o in range(layer.num_outputs):
+            if layer.get_output_type(o) in (trt.float32, trt.float16):
+                layer.set_output_type(o, trt.float32)
+    return len(picked)
+
+
 def _enum_names(enum: Any) -> set[str]:
     return {name for name in dir(enum) if name.isupper()}
 
@@ -196,8 +238,12 @@ def _serialize(
     workspace: int,
     cache_file: Path | None,
     input_name: str,
+    float_nodes: Collection[str] = (),
 ) -> tuple[bytes, bytes | None]:
-    """Parse, configure and build with Polygraphy; returns (serialized engine, updated timing cache or None)."""
+    """Parse, configure and build with Polygraphy; returns (serialized engine, updated timing cache or None).
+
+    ``float_nodes`` (an INT8 file's ``int8_float_layers``) are pinned to fp32 in a weakly typed network; a strongly
+    typed one already runs them in fp32 (float weights, no Q/DQ around them)."""
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
 
@@ -211,9 +257,12 @@ def _serialize(
         profiles=profiles,
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace},
         load_timing_cache=str(cache_file) if cache_file is not None and cache_file.is_file() else None,
+        precision_constraints="obey" if float_nodes and not plan.strongly_typed else None,
     )
     with polygraphy_calls(f"TensorRT cannot parse {str(onnx_path)!r}"):
         network = network_from_onnx_path(str(onnx_path), strongly_typed=plan.strongly_typed)
+    if float_nodes and not plan.strongly_typed:
+        logger.info("%d TensorRT layers pinned to fp32", _pin_float_layers(network[1], onnx_path, float_nodes))
     with polygraphy_calls("TensorRT failed to build the engine (see its log above)"):
         config = create_config(network[0], network[1])
         serialized = bytes(engine_bytes_from_network(network, config))
@@ -251,7 +300,10 @@ def build_engine(
 
     logger.info("building TensorRT %s engine (%s, strongly typed: %s)", trt.__version__, precision, plan.strongly_typed)
     start = time.perf_counter()
-    serialized, cache = _serialize(Path(onnx_path), plan, available, profile, workspace, cache_file, input_name)
+    float_nodes = list((metadata or {}).get("int8_float_layers") or ())
+    serialized, cache = _serialize(
+        Path(onnx_path), plan, available, profile, workspace, cache_file, input_name, float_nodes
+    )
     build = EngineBuild(
         engine_path=Path(engine_path),
         tensorrt_version=trt.__version__,

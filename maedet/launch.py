@@ -16,7 +16,7 @@ __all__ = ["bench", "convert", "data", "detect", "evaluate", "export", "search",
 
 _TOOLS = {
     "maedet-search": ("maedet.search.cli", "main"),
-    "maedet-export": ("maedet.export.cli", "main"),
+    "maedet-export": ("maedet.detect.accuracy_measure", "export_main"),  # export's CLI with COCO AP for --max-ap-drop
     "maedet-bench": ("maedet.bench.cli", "main"),
     "maedet-convert": ("maedet.zoo.convert", "main"),
     "maedet-detect": ("maedet.detect.cli", "detect_main"),

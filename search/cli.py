@@ -111,11 +111,16 @@ def _add_square_size(parser: argparse.ArgumentParser, flag: str, default: int | 
     )
 
 
-def _add_latency_table_options(parser: argparse.ArgumentParser, old_batch_flag: bool = False) -> None:
+def _add_latency_table_options(
+    parser: argparse.ArgumentParser, old_batch_flag: bool = False, repeatable: bool = False
+) -> None:
+    what = "a profiled table file (maedet-bench profile) or v100-fp32, v100-fp16, v100-int8"
     parser.add_argument(
         "--latency-table",
         metavar="FILE_OR_NAME",
-        help="latency table: a profiled table file (maedet-bench profile) or v100-fp32, v100-fp16, v100-int8",
+        action="append" if repeatable else "store",
+        help=f"latency table: {what}"
+        + ("; repeat it for one front per target, each priced on the others" if repeatable else ""),
     )
     parser.add_argument("--latency-batch", type=positive_int, metavar="N", help="batch of a V100 table")
     if old_batch_flag:
@@ -169,7 +174,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
 def _add_pareto_parser(sub: argparse._SubParsersAction) -> None:
     summary = "sweep latency budgets and write the front of score against predicted latency"
     pareto = _subcommand(sub, "pareto", "--latency-table FILE_OR_NAME [options] --out OUT", summary)
-    _add_latency_table_options(pareto, old_batch_flag=True)
+    _add_latency_table_options(pareto, old_batch_flag=True, repeatable=True)
     pareto.add_argument("--points", type=positive_int, default=8, help="latency budgets swept (one search each)")
     pareto.add_argument("--iterations", type=positive_int, default=5000, help="candidates per search")
     pareto.add_argument("--seed", type=int, default=0, help="seed of every search")
@@ -183,7 +188,12 @@ def _add_pareto_parser(sub: argparse._SubParsersAction) -> None:
     )
     pareto.add_argument("--init", default="r50_like_init", metavar="FILE", help="initial structure")
     pareto.add_argument("--ratios", type=_ratios, default=RATIOS_TEXT, help="level ratios stem,C2,C3,C4,C5")
-    pareto.add_argument("--out", required=True, help="output folder (pareto.json, pareto.png)")
+    pareto.add_argument(
+        "--out",
+        required=True,
+        help="output folder (pareto.json, pareto.png; with several tables pareto-NAME.json/png per table, named by "
+        "its file's stem, and targets.json/png: every front priced on every target)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -204,13 +214,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _latency_target(args: argparse.Namespace) -> LatencyTarget | None:
-    """The --latency-table predictor, or None; --latency-batch/--input-size only make sense with one."""
-    if args.latency_table is None:
+def _latency_target(args: argparse.Namespace, table: str | None = None) -> LatencyTarget | None:
+    """The --latency-table predictor (or ``table``), or None; --latency-batch/--input-size only make sense with one."""
+    table = table if table is not None else args.latency_table
+    if table is None:
         if args.latency_batch is not None or args.input_size is not None:
             raise SearchError("a batch or input size for latency needs a --latency-table.")
         return None
-    return open_latency_target(args.latency_table, batch=args.latency_batch, input_size=args.input_size)
+    return open_latency_target(table, batch=args.latency_batch, input_size=args.input_size)
 
 
 def _latency_limit(args: argparse.Namespace, target: LatencyTarget | None) -> float | None:
@@ -406,16 +417,8 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pareto(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    target = _latency_target(args)
-    if target is None:
-        raise SearchError("pareto needs a --latency-table.")
-    out = Path(args.out)
-    check_output_folder(out, PARETO_NAMES, {"--init structure": args.init, "--latency-table": args.latency_table})
-    settings = ParetoSettings(
+def _pareto_settings(args: argparse.Namespace) -> ParetoSettings:
+    return ParetoSettings(
         init=load_structure(args.init),
         points=args.points,
         iterations=args.iterations,
@@ -424,19 +427,43 @@ def _pareto(args: argparse.Namespace) -> int:
         layers=args.budget_layers,
         ratios=tuple(args.ratios),
     )
+
+
+def _pareto_bar(args: argparse.Namespace, total: int):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     columns = (
         TextColumn("[bold]pareto {task.fields[point]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
     )
-    console = Console(stderr=True)
+    bar = Progress(*columns, console=Console(stderr=True), disable=bool(args.quiet))
+    return bar, bar.add_task("pareto", total=total, point="")
+
+
+def _log_layers(settings: ParetoSettings, px: int) -> None:
     layers, source = resolve_layers(settings)
-    px = target.predictor.target["input_size"]
     message = "pareto: every search is limited to %d conv layers (%s); FLOPs are counted at %d×%d px"
     LOGGER.info(message, layers, source, px, px)
-    with locked_output_folder(out, PARETO_NAMES), Progress(*columns, console=console, disable=bool(args.quiet)) as bar:
-        task = bar.add_task("pareto", total=args.points * args.iterations, point=f"1/{args.points}")
+
+
+def _pareto(args: argparse.Namespace) -> int:
+    tables = args.latency_table or []
+    if not tables:
+        _latency_target(args)  # a --latency-batch without a table is said first
+        raise SearchError("pareto needs a --latency-table.")
+    if len(tables) > 1:
+        return _pareto_targets(args, tables)
+    target = _latency_target(args, tables[0])
+    assert target is not None
+    out = Path(args.out)
+    check_output_folder(out, PARETO_NAMES, {"--init structure": args.init, "--latency-table": tables[0]})
+    settings = _pareto_settings(args)
+    _log_layers(settings, target.predictor.target["input_size"])
+    bar, task = _pareto_bar(args, args.points * args.iterations)
+    with locked_output_folder(out, PARETO_NAMES), bar:
         result = run_pareto(
             target,
             settings,
@@ -448,6 +475,53 @@ def _pareto(args: argparse.Namespace) -> int:
     if not args.quiet:
         _print_front(result, paths[0])
     return 0
+
+
+def _pareto_targets(args: argparse.Namespace, tables: list[str]) -> int:
+    """One front per table, each priced on the others (search/pareto_targets.py)."""
+    from .pareto_targets import run_pareto_targets, target_names, targets_file_names, write_pareto_targets
+
+    names = target_names(tables)
+    targets = {name: _latency_target(args, table) for name, table in zip(names, tables, strict=True)}
+    out = Path(args.out)
+    files = targets_file_names(names)
+    inputs = {"--init structure": args.init} | {f"--latency-table {t}": t for t in tables}
+    check_output_folder(out, files, inputs)
+    settings = _pareto_settings(args)
+    per_target = args.points * args.iterations
+    bar, task = _pareto_bar(args, len(tables) * per_target)
+    order = {name: k for k, name in enumerate(names)}
+
+    def progress(name: str, i: int, s: Search) -> None:
+        done = order[name] * per_target + i * args.iterations + s.candidates
+        bar.update(task, completed=done, point=f"{name} {i + 1}/{args.points}")
+
+    with locked_output_folder(out, files), bar:
+        for px in sorted({t.predictor.target["input_size"] for t in targets.values() if t is not None}):
+            _log_layers(settings, px)
+        results, cross = run_pareto_targets(targets, settings, progress)  # type: ignore[arg-type]
+        paths = write_pareto_targets(results, cross, out)
+    if not args.quiet:
+        for name, result in results.items():
+            _print_front(result, out / f"pareto-{name}.json")
+        _print_cross(cross, paths[-2])
+    return 0
+
+
+def _print_cross(cross: dict, path: Path) -> None:
+    """Each target's best-scoring front point, priced on every target."""
+    from rich.console import Console
+    from rich.table import Table
+
+    names = list(cross["targets"])
+    table = Table(title=f"{PROG}: each target's best front point on every target, ms per batch ({path})")
+    for column in ("front of", "score", *(f"on {n}" for n in names)):
+        table.add_column(column, justify="right")
+    for front_of, rows in cross["fronts"].items():
+        best = max(rows, key=lambda r: r["score"])
+        prices = [best["predicted_ms"][n] for n in names]
+        table.add_row(front_of, f"{best['score']:.2f}", *("-" if p is None else f"{p:.4g}" for p in prices))
+    Console(stderr=True).print(table)
 
 
 def _print_front(result: dict, path: Path) -> None:

@@ -26,7 +26,16 @@ from .evolution import Search, SearchSettings
 from .latency import LatencyTarget, latency_figures
 from .score import DEFAULT_RATIOS, closed_form_score
 
-__all__ = ["PARETO_NAMES", "PUBLISHED", "RESNETS", "ParetoSettings", "latency_budgets", "run_pareto", "write_pareto"]
+__all__ = [
+    "PARETO_NAMES",
+    "PUBLISHED",
+    "RESNETS",
+    "ParetoSettings",
+    "latency_budgets",
+    "pareto_png",
+    "run_pareto",
+    "write_pareto",
+]
 
 PUBLISHED = {"MAE-DET-S": "maedet_s", "MAE-DET-M": "maedet_m", "MAE-DET-L": "maedet_l"}
 RESNETS = {"ResNet-50": "resnet50", "ResNet-101": "resnet101"}
@@ -171,7 +180,7 @@ def write_pareto(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=1, allow_nan=False) + "\n"
-    png = _plot(result)
+    png = pareto_png(result)
     paths = [out / name for name in PARETO_NAMES]
     write_all_or_none(
         [(paths[0], lambda tmp: tmp.write_text(text, encoding="utf-8")), (paths[1], lambda tmp: tmp.write_bytes(png))]
@@ -179,7 +188,8 @@ def write_pareto(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def _plot(result: dict[str, Any]) -> bytes:
+def pareto_png(result: dict[str, Any]) -> bytes:
+    """The front's plot: score against predicted latency, with MAE-DET-S/M/L and the ResNets marked."""
     import matplotlib
 
     matplotlib.use("Agg")
