@@ -98,8 +98,11 @@ def attribute_node(name: str) -> str | None:
     return "stem" if _STEM_NODE.search(name) else None
 
 
-def run_node_times(profile_file: str | Path, runs: int) -> list[dict[str, float]]:
-    """Per run (the last ``runs`` model runs of an ONNX Runtime profile), the kernel ms summed per operator key."""
+def run_node_times(
+    profile_file: str | Path, runs: int, attribute: Callable[[str], str | None] = attribute_node
+) -> list[dict[str, float]]:
+    """Per run (the last ``runs`` model runs of an ONNX Runtime profile), the kernel ms summed per operator key
+    (``attribute`` names a node's key, or None for a node that counts for none)."""
     events = json.loads(Path(profile_file).read_text())
     spans = sorted(
         (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
@@ -111,7 +114,7 @@ def run_node_times(profile_file: str | Path, runs: int) -> list[dict[str, float]
     for e in events:
         if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
             continue
-        key = attribute_node(e["name"])
+        key = attribute(e["name"])
         r = int(np.searchsorted(starts, e["ts"], side="right")) - 1
         if key is not None and r >= 0 and e["ts"] <= spans[r][1]:
             per_run[r][key] = per_run[r].get(key, 0.0) + e["dur"] / 1000.0
@@ -182,9 +185,13 @@ class Measurer:
     # ---------------------------------------------------------------- timing
     def network(self, structure: Structure | str, *, profiled: bool = False) -> Timing:
         """One network in rounds beside the anchor; with ``profiled``, its operators' kernel times per round."""
-        rounds = self.settings.rounds
         prefix = self.workdir / "ort-profile" if profiled else None
-        runner = self._network_runner(structure, self.settings.input_size, prefix)
+        return self.timed(self._network_runner(structure, self.settings.input_size, prefix), profiled)
+
+    def timed(self, runner: Any, profiled: bool, attribute: Callable[[str], str | None] = attribute_node) -> Timing:
+        """A built runner in rounds beside the anchor (closed after); with ``profiled`` (its session profiling),
+        the kernel times per round summed by ``attribute``'s keys."""
+        rounds = self.settings.rounds
         runner()  # warm-up: the first run allocates
         self._anchor()
         times = run_interleaved({"unit": runner, "anchor": self._anchor}, {}, max_rounds=rounds, min_rounds=rounds)
@@ -192,7 +199,7 @@ class Measurer:
         if profiled:
             profile_file = Path(runner.session.end_profiling())
             try:
-                per_run = run_node_times(profile_file, rounds)
+                per_run = run_node_times(profile_file, rounds, attribute)
             finally:
                 profile_file.unlink(missing_ok=True)
             keys = sorted({k for run in per_run for k in run})
