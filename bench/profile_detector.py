@@ -39,6 +39,7 @@ from maedet.zoo.latency.detector import (
     post_op,
 )
 
+from .cache import _quiet_logging as quiet_logging
 from .profile import ProfileSettings, sample_structures
 from .profile_figures import validation_section
 from .profile_fit import fit_op_model
@@ -112,7 +113,8 @@ class DetectorMeasurer(Measurer):
         path = self.workdir / "detector.onnx"
         options = ExportOptions(input_size=(unit.size, unit.size), batch=s.batch, outputs="features",
                                 precision=s.precision, check=False, opset=s.opset, nms=True)  # fmt: skip
-        export_onnx(_bench_module(unit), path, options)
+        with quiet_logging():  # the exporter's advice on every export, as the bench's own cache keeps it quiet
+            export_onnx(_bench_module(unit), path, options)
         prefix = self.workdir / "ort-profile" if profiled else None
         runner = self._runner(path.read_bytes(), (s.batch, 3, unit.size, unit.size), prefix)
         path.unlink()
@@ -180,8 +182,9 @@ def measure_detectors(
     out: Path, settings: ProfileSettings, units: Mapping[str, DetectorUnit], profiled: set[str],
     fingerprint: dict[str, Any], progress: bool, on_step: Callable[[int], None] | None,
 ) -> MeasuredUnits:  # fmt: skip
-    """Every unit on the settings' target (``profiled`` ones with their kernels), resumable from OUT.partial."""
-    state = MeasuredUnits(out, fingerprint, PARTIAL_FORMAT)
+    """Every unit on the settings' target (``profiled`` ones with their kernels), resumable from
+    OUT.detector.partial (apart from the backbone profile's OUT.partial)."""
+    state = MeasuredUnits(out.with_name(out.name + ".detector"), fingerprint, PARTIAL_FORMAT)
     with tempfile.TemporaryDirectory(prefix="maedet-profile-") as tmp, profile_progress(progress, len(units)) as show:
 
         def step(n: int, label: str) -> None:
@@ -262,7 +265,8 @@ def detector_rows(
 
 
 def _references(units: Mapping[str, DetectorUnit], timings: Mapping[str, Timing], ref: float) -> dict[str, float]:
-    return {n: steady_ms(timings[n].times, timings[n].anchor, ref) for n in units if n in named_units(64)}
+    named = (*PUBLISHED_DETECTORS, *REFERENCE_DETECTORS)
+    return {n: steady_ms(timings[n].times, timings[n].anchor, ref) for n in units if n in named}
 
 
 # ------------------------------------------------------------------------------------------- the commands

@@ -257,3 +257,24 @@ def test_a_tiny_real_detector_profile_predicts_and_validates(tmp_path):
     assert set(report["references"]) == {"maedet_s_gfl", "maedet_m_gfl", "maedet_l_gfl", "resnet50_gfl",
                                          "resnet101_gfl"}  # fmt: skip
     assert (tmp_path / "tiny.validation.png").is_file()
+
+
+def test_bench_detector_profile_errors_are_one_sentence(tmp_path, capsys):
+    from maedet.bench.cli import main as bench
+
+    old = synthetic_table(with_detector=False).save(tmp_path / "old.json")
+    int8 = synthetic_table(with_detector=False)
+    int8.target = {**int8.target, "precision": "int8"}
+    int8_path = int8.save(tmp_path / "int8.json")
+    cases = [
+        (["--validate", str(old), "--detector"], "no detector section"),
+        (["--detector", "--transfer", str(old), "--out", str(tmp_path / "n.json")], "not with --transfer"),
+        (["--detector", "--out", str(old), "--input-size", "640"], "already a profiled table"),
+        (["--detector"], "needs --out"),
+        (["--detector", "--out", str(int8_path)], "ONNX Runtime CPU fp32"),
+    ]
+    for argv, message in cases:
+        assert bench(["profile", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert json.loads(old.read_text()) == synthetic_table(with_detector=False).to_dict()  # nothing half-written
