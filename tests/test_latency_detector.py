@@ -278,3 +278,12 @@ def test_bench_detector_profile_errors_are_one_sentence(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
     assert json.loads(old.read_text()) == synthetic_table(with_detector=False).to_dict()  # nothing half-written
+
+
+def test_info_says_what_the_detector_section_holds():
+    from maedet.bench.profile import describe_table
+
+    with_section = describe_table(synthetic_table())
+    assert "detector: FPN 256 + GFocalV2 head (4 stacked convs)" in with_section
+    assert "resnet50_gfl" in with_section and "scale 1.250" in with_section
+    assert "detector: none (backbones only; maedet-bench profile --detector" in describe_table(synthetic_table(False))
