@@ -287,3 +287,30 @@ def test_info_says_what_the_detector_section_holds():
     assert "detector: FPN 256 + GFocalV2 head (4 stacked convs)" in with_section
     assert "resnet50_gfl" in with_section and "scale 1.250" in with_section
     assert "detector: none (backbones only; maedet-bench profile --detector" in describe_table(synthetic_table(False))
+
+
+def test_the_detector_fit_recovers_known_roles_and_scale():
+    """Kernel times made from known role models and a known neck-and-head scale: the fit predicts them back."""
+    from maedet.bench.profile_detector import CATEGORIES, _unit_ops, fit_detector_section, train_units
+    from maedet.bench.profile_measure import Timing
+    from maedet.zoo.latency import op_features
+    from maedet.zoo.latency.detector import DetectorLatency, neck_head_ops
+
+    table, truth = synthetic_table(), synthetic_table().detector
+    true_coefs = {r: np.asarray(c) for r, c in truth["roles"].items()}
+    units, timings, anchor = train_units(6, 0, SIZE), {}, 30.0
+    for name, unit in units.items():
+        ops = _unit_ops(unit)
+        kernels = {key: [sum(float(op_features(op, BATCH, BLOCK) @ true_coefs[role]) for op in ops if op.role == role)]
+                   for key, role in CATEGORIES.items()}  # fmt: skip
+        model = DetectorLatency(table, {**truth, "head": unit.head.to_dict()})
+        raw = sum(model.op_ms(op) for op in neck_head_ops(detector_widths(unit.structure), unit.head, unit.size))
+        total = table.predict_ms(unit.structure) + DETECTOR_SCALE * raw + kernels["det.post"][0]
+        timings[name] = Timing([total], [anchor], kernels)
+    section = fit_detector_section(table, units, timings, anchor)
+    assert section["calibration"]["scale"] == pytest.approx(DETECTOR_SCALE, rel=1e-6)
+    fitted, expected = DetectorLatency(table, section), table.detector_latency()
+    for name in ("maedet_s", "maedet_m", "r50_like_init"):
+        got, want = fitted.predict(builtin_structure(name)), expected.predict(builtin_structure(name))
+        assert got["total_ms"] == pytest.approx(want["total_ms"], rel=1e-6)
+        assert got["postprocess_ms"] == pytest.approx(want["postprocess_ms"], rel=1e-6)
