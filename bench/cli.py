@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from maedet.cli import HelpFormatter, add_modes, deprecated_alias, make_parser, positive_int, run_cli
@@ -317,6 +318,49 @@ def _add_profile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="the table to write (resumes from OUT.partial when present)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_validate_transfer_options(p)
+    _add_detector_options(p)
+
+
+def _add_detector_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--detector",
+        action="store_true",
+        help="whole GFocalV2 detectors too: add the FPN, head and postprocess (decode + NMS) to the table OUT "
+        "(profiling it first if it does not exist), or with --validate measure --networks held-out whole detectors "
+        "(10 unless given) end to end",
+    )
+    p.add_argument(
+        "--detector-train-nets", type=int, default=6, help="--detector: detectors whose kernels are timed (default 6)"
+    )
+    p.add_argument(
+        "--detector-nets", type=int, default=8, help="--detector: held-out detectors of the profile (default 8)"
+    )
+
+
+def _profile_detector(args: argparse.Namespace) -> Any:
+    """--detector: the table with its detector section added (profiled first if OUT is no table yet), or with
+    --validate, its detectors validated."""
+    from .profile_detector import profile_detector, validate_detectors
+
+    progress = not args.no_progress
+    if args.transfer:
+        raise BenchError("--detector goes with a profile (--out) or --validate, not with --transfer.")
+    if args.validate:
+        given = [flag for flag, value in _target_flags(args).items() if value is not None]
+        if given:
+            raise BenchError(f"--validate measures the table's own target, so {given[0]} cannot be given with it.")
+        return validate_detectors(args.validate, args.networks or 10, out=args.out, plot=args.plot,
+                                  rounds=args.rounds, seed=args.seed, progress=progress)  # fmt: skip
+    if not args.out:
+        raise BenchError("profile --detector needs --out FILE (the table to add the detector to).")
+    if not Path(args.out).is_file() or Path(args.out + ".partial").exists():
+        from .profile import profile_target
+
+        profile_target(args.out, _profile_target_settings(args), progress=progress)
+    elif any(value is not None for value in _target_flags(args).values()):
+        raise BenchError(f"{args.out!r} is already a profiled table: its target cannot be changed by --detector.")
+    return profile_detector(args.out, train=args.detector_train_nets, held_out=args.detector_nets,
+                            rounds=args.rounds, seed=args.seed, progress=progress)  # fmt: skip
 
 
 def _add_validate_transfer_options(p: argparse.ArgumentParser) -> None:
@@ -417,6 +461,11 @@ def _profile(args: argparse.Namespace) -> int:
         from maedet.zoo.latency import LatencyTable
 
         print(describe_table(LatencyTable.load(args.info)))
+        return 0
+    if args.detector:
+        table = _profile_detector(args)
+        print(describe_table(table))
+        print(f"wrote {args.out or args.validate}")
         return 0
     if args.validate or args.transfer:
         table = _validate_or_transfer(args)

@@ -383,7 +383,28 @@ def describe_table(table: LatencyTable) -> str:
         )
     if table.references:
         lines.append("measured: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(table.references.items())))
-    return "\n".join(lines)
+    return "\n".join(lines + _detector_lines(table.detector))
+
+
+def _detector_lines(section: dict[str, Any]) -> list[str]:
+    """What the detector section holds: the head it prices, its calibration, validation and measured detectors."""
+    if not section:
+        return ["detector: none (backbones only; maedet-bench profile --detector adds the FPN, head and NMS)"]
+    head, v = section.get("head", {}), section.get("validation") or {}
+    lines = [
+        f"detector: FPN {head.get('fpn_channels')} + GFocalV2 head ({head.get('stacked_convs')} stacked convs) + "
+        f"decode and NMS; roles {', '.join(sorted(section.get('roles', {})))}, neck and head scale "
+        f"{section.get('calibration', {}).get('scale', 1.0):.3f}"
+    ]
+    if v:
+        lines.append(
+            f"  validation on {v.get('count')} whole detectors: RMSPE {v.get('rmspe_pct', float('nan')):.1f}%, "
+            f"{_within_text(v)}, Spearman ρ {v.get('spearman_rho', float('nan')):.3f}"
+        )
+    refs = section.get("references") or {}
+    if refs:
+        lines.append("  measured: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(refs.items())))
+    return lines
 
 
 def _within_text(figures: dict[str, Any]) -> str:

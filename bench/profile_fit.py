@@ -45,19 +45,22 @@ def _nnls_relative(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     return coef, rmspe
 
 
-def fit_op_model(samples: Sequence[tuple[Sequence[Op], float]], batch: int) -> dict[str, Any]:
+def fit_op_model(
+    samples: Sequence[tuple[Sequence[Op], float]], batch: int, blocks: Sequence[int] = CHANNEL_BLOCKS
+) -> dict[str, Any]:
     """Per-role non-negative coefficients (ms per feature unit) from timed samples.
 
     A sample is the operators it ran and their measured ms: one operator timed inside a network, or a whole piece
     timed on its own; the same linear model covers both. The channel block that fits best is kept (the runtime
-    pads channels to its layout's block, which the fit discovers instead of assuming an instruction set).
+    pads channels to its layout's block, which the fit discovers instead of assuming an instruction set; a
+    detector's extra roles take the backbone's block, given as ``blocks``).
     """
     samples = [(list(ops), float(ms)) for ops, ms in samples if ops and ms > 0]
     if not samples:
         raise MaeDetError("no timed samples to fit a latency model on.")
     roles = sorted({op.role for ops, _ in samples for op in ops})
     best: dict[str, Any] | None = None
-    for block in CHANNEL_BLOCKS:
+    for block in blocks:
         coef, rmspe = _nnls_relative(*_design(samples, roles, batch, block))
         if best is None or rmspe < best["fit_rmspe_pct"] - 0.05:  # a larger block must fit clearly better
             width = len(FEATURE_NAMES)

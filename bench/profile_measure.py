@@ -99,8 +99,11 @@ def attribute_node(name: str) -> str | None:
     return "stem" if _STEM_NODE.search(name) else None
 
 
-def run_node_times(profile_file: str | Path, runs: int) -> list[dict[str, float]]:
-    """Per run (the last ``runs`` model runs of an ONNX Runtime profile), the kernel ms summed per operator key."""
+def run_node_times(
+    profile_file: str | Path, runs: int, attribute: Callable[[str], str | None] = attribute_node
+) -> list[dict[str, float]]:
+    """Per run (the last ``runs`` model runs of an ONNX Runtime profile), the kernel ms summed per operator key
+    (``attribute`` names a node's key, or None for a node that counts for none)."""
     events = json.loads(Path(profile_file).read_text())
     spans = sorted(
         (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
@@ -112,14 +115,16 @@ def run_node_times(profile_file: str | Path, runs: int) -> list[dict[str, float]
     for e in events:
         if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
             continue
-        key = attribute_node(e["name"])
+        key = attribute(e["name"])
         r = int(np.searchsorted(starts, e["ts"], side="right")) - 1
         if key is not None and r >= 0 and e["ts"] <= spans[r][1]:
             per_run[r][key] = per_run[r].get(key, 0.0) + e["dur"] / 1000.0
     return per_run
 
 
-def ov_node_times(profiles: Sequence[Sequence[Any]], runs: int) -> list[dict[str, float]]:
+def ov_node_times(
+    profiles: Sequence[Sequence[Any]], runs: int, attribute: Callable[[str], str | None] = attribute_node
+) -> list[dict[str, float]]:
     """Per run (the last ``runs`` of an OpenVINO runner's kept profiles), the executed nodes' ms summed per operator
     key. OpenVINO names a fused node after the ONNX node it grew from, so the same attribution holds."""
     if len(profiles) < runs:
@@ -128,7 +133,7 @@ def ov_node_times(profiles: Sequence[Sequence[Any]], runs: int) -> list[dict[str
     for infos in profiles[-runs:]:
         times: dict[str, float] = {}
         for info in infos:
-            key = attribute_node(info.node_name)
+            key = attribute(info.node_name)
             if key is not None and str(info.status).endswith("EXECUTED"):
                 times[key] = times.get(key, 0.0) + info.real_time.total_seconds() * 1000.0
         per_run.append(times)
@@ -207,28 +212,34 @@ class Measurer:
     # ---------------------------------------------------------------- timing
     def network(self, structure: Structure | str, *, profiled: bool = False) -> Timing:
         """One network in rounds beside the anchor; with ``profiled``, its operators' kernel times per round."""
-        rounds = self.settings.rounds
         prefix = self.workdir / "ort-profile" if profiled else None
-        runner = self._network_runner(structure, self.settings.input_size, prefix)
+        return self.timed(self._network_runner(structure, self.settings.input_size, prefix), profiled)
+
+    def timed(self, runner: Any, profiled: bool, attribute: Callable[[str], str | None] = attribute_node) -> Timing:
+        """A built runner in rounds beside the anchor (closed after); with ``profiled`` (its session profiling),
+        the kernel times per round summed by ``attribute``'s keys."""
+        rounds = self.settings.rounds
         runner()  # warm-up: the first run allocates
         self._anchor()
         times = run_interleaved({"unit": runner, "anchor": self._anchor}, {}, max_rounds=rounds, min_rounds=rounds)
         timing = Timing(_ms(times["unit"]), _ms(times["anchor"]))
         if profiled:
-            per_run = self._node_times(runner, rounds)
+            per_run = self._node_times(runner, rounds, attribute)
             keys = sorted({k for run in per_run for k in run})
             timing.ops = {k: [run.get(k, 0.0) for run in per_run] for k in keys}
         runner.close()
         return timing
 
     @staticmethod
-    def _node_times(runner: Any, rounds: int) -> list[dict[str, float]]:
+    def _node_times(
+        runner: Any, rounds: int, attribute: Callable[[str], str | None] = attribute_node
+    ) -> list[dict[str, float]]:
         """Per run, the profiled kernel ms per operator key: ONNX Runtime's profile file, or OpenVINO's counters."""
         if hasattr(runner, "profiles"):
-            return ov_node_times(runner.profiles, rounds)
+            return ov_node_times(runner.profiles, rounds, attribute)
         profile_file = Path(runner.session.end_profiling())
         try:
-            return run_node_times(profile_file, rounds)
+            return run_node_times(profile_file, rounds, attribute)
         finally:
             profile_file.unlink(missing_ok=True)
 

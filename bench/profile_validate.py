@@ -202,10 +202,13 @@ def table_digest(table: LatencyTable) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def write_with_plot(table: LatencyTable, out: Path, plot: Path, title: str) -> None:
-    """The table and its validation plot, both or neither."""
+def write_with_plot(
+    table: LatencyTable, out: Path, plot: Path, title: str, validation: Mapping[str, Any] | None = None
+) -> None:
+    """The table and the plot of its validation (or of ``validation``, e.g. its detectors'), both or neither."""
     text = json.dumps(table.to_dict(), indent=1, allow_nan=False) + "\n"
-    png = validation_plot(table.validation["networks"], table.validation, title)
+    validation = table.validation if validation is None else validation
+    png = validation_plot(validation["networks"], validation, title)
     write_all_or_none(
         [(out, lambda tmp: tmp.write_text(text, encoding="utf-8")), (plot, lambda tmp: tmp.write_bytes(png))]
     )

@@ -137,6 +137,12 @@ def _add_latency_budget_options(run: argparse.ArgumentParser) -> None:
         help="predicted ms per batch of the table's target, or relative to a reference it stores (1.0xresnet50)",
     )
     limit.add_argument("--budget-latency-per-image", type=_limit, metavar="MS", help="predicted ms per image")
+    run.add_argument(
+        "--detector-budget",
+        action="store_true",
+        help="the latency budget is the whole detector's (backbone + FPN + GFocalV2 head + NMS), as a table profiled "
+        "with maedet-bench profile --detector predicts it; relative budgets name its detectors (1.0xresnet50_gfl)",
+    )
 
 
 def _add_search_options(run: argparse.ArgumentParser) -> None:
@@ -224,6 +230,20 @@ def _latency_target(args: argparse.Namespace, table: str | None = None) -> Laten
     return open_latency_target(table, batch=args.latency_batch, input_size=args.input_size)
 
 
+def _search_latency_target(args: argparse.Namespace) -> LatencyTarget | None:
+    """The run's latency target: with --detector-budget, every prediction is the whole detector's."""
+    target = _latency_target(args)
+    if not args.detector_budget:
+        return target
+    if args.budget_latency is None and args.budget_latency_per_image is None:
+        raise SearchError("--detector-budget goes with --budget-latency or --budget-latency-per-image.")
+    if target is None:
+        raise SearchError("a latency budget needs a --latency-table to predict with.")
+    from .detector_latency import detector_target
+
+    return detector_target(target, args.latency_table)
+
+
 def _latency_limit(args: argparse.Namespace, target: LatencyTarget | None) -> float | None:
     if args.budget_latency is None and args.budget_latency_per_image is None:
         return None
@@ -252,7 +272,7 @@ def _settings(args: argparse.Namespace) -> SearchSettings:
     forward = ForwardOptions(
         args.forward_batch_size, args.forward_resolution, args.forward_repeats, args.seed, args.device
     )
-    target = _latency_target(args)
+    target = _search_latency_target(args)
     return SearchSettings(
         init=load_structure(args.init),
         budget=_budget(args, target),
@@ -387,10 +407,14 @@ def _latency_rows(info: dict) -> list[tuple[str, str]]:
     if info["latency_ms"] is None:
         return [(f"latency, {info['latency_label']}", "no prediction (outside the table)")]
     batch = info["latency_target"]["batch"]
-    return [
+    rows = [
         (f"latency, {info['latency_label']}", f"{info['latency_ms']:.4f} ms per batch of {batch}"),
         ("  per image", f"{info['latency_ms_per_image']:.4f} ms"),
     ]
+    parts = info.get("detector_latency") or {}
+    names = {"backbone_ms": "backbone", "neck_head_ms": "FPN + head", "postprocess_ms": "decode + NMS"}
+    rows += [(f"  detector: {label}", f"{parts[key]:.4f} ms") for key, label in names.items() if key in parts]
+    return rows + ([("  detector: total", f"{parts['total_ms']:.4f} ms")] if "total_ms" in parts else [])
 
 
 def _print_best(best: dict, out: Path) -> None:

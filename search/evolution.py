@@ -192,7 +192,9 @@ class Search:
         self._validate(settings)
         self.space = SearchSpace.from_structure(settings.init, settings.budget.resolution)
         self.evaluator = GenomeEvaluator(self.space, settings.ratios)
-        self.latency = GenomeLatency(self.space, settings.latency) if settings.latency is not None else None
+        self.latency: GenomeLatency | None = (
+            settings.latency.genome_latency(self.space) if settings.latency is not None else None
+        )
         init = self.space.encode(settings.init)
         over = settings.budget.violations(settings.init, settings.latency)
         if over:

@@ -51,6 +51,16 @@ class LatencyTarget:
     def predict_ms(self, structure: Structure) -> float:
         return float(self.predictor.predict_ms(structure))
 
+    def genome_latency(self, space: SearchSpace) -> GenomeLatency:
+        """The search's hot-path predictor of genomes for this target."""
+        return GenomeLatency(space, self)
+
+    def detector_parts(self, structure: Structure) -> dict[str, float] | None:
+        """Backbone, neck + head, postprocess and total ms of the whole detector, where the table predicts them."""
+        if not getattr(self.predictor, "has_detector", False):
+            return None
+        return self.predictor.detector_latency().predict(structure)  # type: ignore[attr-defined]
+
     @classmethod
     def of(cls, predictor: LatencyPredictor) -> LatencyTarget:
         """Wrap a predictor built in Python (a LatencyTable or a V100Predictor) with its identity."""
@@ -87,7 +97,10 @@ def parse_latency_budget(text: str, target: LatencyTarget) -> float:
                 f"{text!r} cannot be resolved; give the budget in ms per batch."
             )
         if name not in refs:
-            raise SearchError(f"the latency table has no reference {name!r}; it stores {', '.join(sorted(refs))}.")
+            hint = "; a whole detector's reference needs --detector-budget" if name.endswith("_gfl") else ""
+            raise SearchError(
+                f"the latency table has no reference {name!r}; it stores {', '.join(sorted(refs))}{hint}."
+            )
         value = factor * refs[name]
     if not (math.isfinite(value) and value > 0):
         raise SearchError(f"impossible budget: the latency must be a positive number of ms, got {text!r}.")
@@ -95,15 +108,18 @@ def parse_latency_budget(text: str, target: LatencyTarget) -> float:
 
 
 def latency_figures(structure: Structure, target: LatencyTarget) -> dict[str, Any]:
-    """The report fields: ms per batch and per image (None where the predictor has no figure), label, target."""
+    """The report fields: ms per batch and per image (None where the predictor has no figure), label, target; and
+    the whole detector's parts (``detector_latency``) where the table predicts detectors."""
     ms = target.predict_ms(structure)
     finite = math.isfinite(ms)
-    return {
+    figures = {
         "latency_ms": ms if finite else None,
         "latency_ms_per_image": ms / target.batch if finite else None,
         "latency_label": target.label,
         "latency_target": dict(target.predictor.target),
     }
+    parts = target.detector_parts(structure)
+    return figures | ({"detector_latency": parts} if parts is not None else {})
 
 
 class GenomeLatency:

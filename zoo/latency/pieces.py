@@ -16,7 +16,9 @@ import numpy as np
 from ..structure import Structure
 
 __all__ = [
+    "ELEMENTWISE_ROLES",
     "FEATURE_NAMES",
+    "NMS_PRE",
     "Op",
     "Piece",
     "conv_count",
@@ -24,10 +26,15 @@ __all__ = [
     "op_features",
     "out_size",
     "piece_ops",
+    "post_features",
     "structure_pieces",
 ]
 
 FEATURE_NAMES = ("macs", "in_elems", "out_elems", "weight_elems", "overhead")
+# A whole detector's operators beyond the convs (zoo/latency/detector.py): GroupNorm + ReLU of a head tower, the
+# FPN's upsample + add, the head's per-level arithmetic (softmax, top-k, quality, integral), and the postprocess.
+ELEMENTWISE_ROLES = ("gn", "upadd", "headmisc")
+NMS_PRE = 1000  # points per level kept before NMS (the authors' test config, and the bench's detectors)
 
 
 @dataclass(frozen=True)
@@ -136,10 +143,14 @@ def op_features(op: Op, batch: int = 1, channel_block: int = 1) -> np.ndarray:
     Channels are rounded up to ``channel_block`` (the runtime's blocked layout pads them), except the stem's input,
     which the runtime reads as it is.
     """
+    if op.role == "post":
+        return post_features(op, batch)
     c_in = op.in_chs if op.role == "stem" else _up(op.in_chs, channel_block)
     c_out = _up(op.out_chs, channel_block)
     p_in, p_out = op.size * op.size, op.out_size * op.out_size
-    if op.role == "pool":
+    if op.role in ELEMENTWISE_ROLES:  # a detector's GroupNorm + ReLU, upsample + add, head arithmetic: no MACs
+        macs, weights, reads = 0.0, 0.0, p_in * c_in * (2 if op.role == "upadd" else 1)
+    elif op.role == "pool":
         macs, weights, reads = 0.0, 0.0, p_in * c_in
     elif op.role == "add":
         macs, weights, reads = 0.0, 0.0, 2 * p_out * c_out
@@ -147,3 +158,18 @@ def op_features(op: Op, batch: int = 1, channel_block: int = 1) -> np.ndarray:
         k2 = op.kernel_size * op.kernel_size
         macs, weights, reads = float(p_out * c_in * c_out * k2), float(c_in * c_out * k2), p_in * c_in
     return np.asarray([macs * batch, reads * batch, p_out * c_out * batch, weights, 1.0], dtype=np.float64)
+
+
+def post_features(op: Op, batch: int = 1) -> np.ndarray:
+    """Cost features of a detector's postprocess at input side ``op.size`` over ``op.kernel_size`` levels (strides
+    8, 16, …) with ``op.in_chs`` class channels: the scores each level's top-k reads (its points plus the NMS_PRE
+    padding rows), the candidates' scores NMS and the final top-k read, and the squared candidate count as the
+    "MACs" (NMS compares candidates pairwise; every kept point is a candidate in the bench's fixed workload)."""
+    sizes, size = [], op.size
+    for level in range(op.kernel_size):
+        size = out_size(size, 8 if level == 0 else 2)
+        sizes.append(size * size)
+    candidates = float(sum(min(p, NMS_PRE) for p in sizes))
+    reads = float(sum(p + NMS_PRE for p in sizes) * op.in_chs)
+    dense = float(op.kernel_size * NMS_PRE * op.in_chs)
+    return np.asarray([candidates**2 * batch, reads * batch, dense * batch, 0.0, 1.0], dtype=np.float64)

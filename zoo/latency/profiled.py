@@ -31,6 +31,7 @@ import numpy as np
 from maedet.errors import MaeDetError
 
 from ..structure import Structure
+from .detector import DetectorLatency, no_detector_sentence
 from .goal import meets_goal, missed_goal_sentence
 from .pieces import Op, Piece, conv_count, op_features, out_size, piece_ops, structure_pieces
 from .table_format import check_table, read_table, table_document, write_table
@@ -53,6 +54,7 @@ class LatencyTable:
     references: dict[str, float] = field(default_factory=dict)
     created: str = ""
     source: str = ""
+    detector: dict[str, Any] = field(default_factory=dict)  # the FPN + head + postprocess (zoo/latency/detector.py)
 
     def __post_init__(self) -> None:
         self._cache: dict[Piece, float] = {}
@@ -116,6 +118,17 @@ class LatencyTable:
 
     def predict_ms_per_image(self, structure: Structure) -> float:
         return self.predict_ms(structure) / self.batch
+
+    # ---------------------------------------------------------------- whole detectors
+    @property
+    def has_detector(self) -> bool:
+        return bool(self.detector)
+
+    def detector_latency(self) -> DetectorLatency:
+        """The whole-detector predictor of this table; a table profiled without ``--detector`` says so."""
+        if not self.detector:
+            raise MaeDetError(no_detector_sentence(self.source))
+        return DetectorLatency(self, self.detector)
 
     # ---------------------------------------------------------------- the rest of LatencyPredictor
     def out_size(self, size: int, stride: int) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from maedet.errors import MaeDetError
 
+from .detector import check_detector_section
 from .pieces import FEATURE_NAMES
 
 __all__ = ["MAX_TABLE_BYTES", "TABLE_FORMAT", "check_table", "read_table", "table_document", "write_table"]
@@ -32,7 +33,8 @@ def table_document(fields: Mapping[str, Any]) -> dict[str, Any]:
     document = {"format": TABLE_FORMAT, **{k: fields[k] for k in ("created", "target", "machine", "versions")}}
     document["features"] = list(FEATURE_NAMES)
     rest = ("model", "calibration", "measurement", "references", "validation", "samples")
-    return document | {k: fields[k] for k in rest}
+    document |= {k: fields[k] for k in rest}
+    return document | ({"detector": fields["detector"]} if fields.get("detector") else {})
 
 
 def write_table(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Path:
@@ -69,6 +71,7 @@ def check_table(data: Any, where: str) -> dict[str, Any]:
         "validation": _check_validation(_mapping(data, "validation", where), where),
         "references": _check_references(data.get("references"), where),
         "created": str(data.get("created", "")),
+        "detector": check_detector_section(data.get("detector"), where),
     }
 
 
