@@ -314,6 +314,38 @@ def _add_profile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="the table to write (resumes from OUT.partial when present)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_validate_transfer_options(p)
+    _add_memory_options(p)
+
+
+def _add_memory_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--memory",
+        metavar="TABLE",
+        help="fit TABLE's memory model (ONNX Runtime CPU peak RSS) on --memory-fit-nets measured networks, validate it "
+        "on --networks held-out ones (20 unless given) and write it into the table (OUT, default TABLE itself)",
+    )
+    p.add_argument("--memory-fit-nets", type=positive_int, default=8, help="networks the memory model is fitted on")
+
+
+def _fit_memory(args: argparse.Namespace) -> int:
+    from maedet.zoo.latency.memory import table_memory_model
+
+    from .profile_memory import describe_memory, fit_table_memory
+
+    if args.validate or args.transfer:
+        raise BenchError("--memory fits a memory model on its own; give it without --validate or --transfer.")
+    table = fit_table_memory(
+        args.memory,
+        args.memory_fit_nets,
+        args.networks or 20,
+        out=args.out,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    table_memory_model(table, f"latency table {args.memory!r}")  # what the search will read back
+    print(describe_memory(table))
+    print(f"wrote {args.out or args.memory}")
+    return 0
 
 
 def _add_validate_transfer_options(p: argparse.ArgumentParser) -> None:
@@ -415,6 +447,8 @@ def _profile(args: argparse.Namespace) -> int:
 
         print(describe_table(LatencyTable.load(args.info)))
         return 0
+    if args.memory:
+        return _fit_memory(args)
     if args.validate or args.transfer:
         table = _validate_or_transfer(args)
         print(describe_table(table))

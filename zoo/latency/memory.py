@@ -35,6 +35,7 @@ __all__ = [
     "fit_memory_model",
     "memory_features",
     "network_tensors",
+    "table_memory_model",
     "weight_bytes",
 ]
 
@@ -194,3 +195,14 @@ def fit_memory_model(
     y = np.asarray(measured_mib, dtype=np.float64)
     coefs, _ = nnls(x / y[:, None], np.ones_like(y))
     return MemoryModel((float(coefs[0]), float(coefs[1]), float(coefs[2])), batch, input_size, channel_block)
+
+
+def table_memory_model(table: Any, where: str) -> MemoryModel:
+    """The memory model a latency table carries (its ``memory`` section), or one sentence saying how to add one."""
+    section = getattr(table, "memory", None)
+    if not section:
+        raise MaeDetError(
+            f"{where} has no memory model; fit one with 'maedet-bench profile --memory TABLE' before asking for a "
+            "memory budget."
+        )
+    return MemoryModel.from_section(section, int(table.batch), int(table.input_size), where)

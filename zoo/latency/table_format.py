@@ -32,7 +32,8 @@ def table_document(fields: Mapping[str, Any]) -> dict[str, Any]:
     document = {"format": TABLE_FORMAT, **{k: fields[k] for k in ("created", "target", "machine", "versions")}}
     document["features"] = list(FEATURE_NAMES)
     rest = ("model", "calibration", "measurement", "references", "validation", "samples")
-    return document | {k: fields[k] for k in rest}
+    document |= {k: fields[k] for k in rest}
+    return document | ({"memory": fields["memory"]} if fields.get("memory") else {})
 
 
 def write_table(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Path:
@@ -68,6 +69,7 @@ def check_table(data: Any, where: str) -> dict[str, Any]:
         "samples": _check_samples(data.get("samples"), where),
         "validation": _check_validation(_mapping(data, "validation", where), where),
         "references": _check_references(data.get("references"), where),
+        "memory": dict(_mapping(data, "memory", where)),  # checked where it is used (.memory)
         "created": str(data.get("created", "")),
     }
 
