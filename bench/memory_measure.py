@@ -89,16 +89,25 @@ def _child(argv: list[str]) -> dict[str, Any]:
 
     from maedet.runtime import ort_session
 
-    from .memory import PeakMemory
+    from .memory import PeakMemory, status_kib
 
     path, size, batch, threads = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
     images = np.random.default_rng(1).random((batch, 3, size, size), dtype=np.float32)
     with PeakMemory("cpu-rss-rise") as peak:
+        base = status_kib("VmRSS") or 0
         session = ort_session(path, threads=threads, denormals_as_zero=True, what=path.name)
+        created = {
+            "creation_peak_mib": _rise(status_kib("VmHWM"), base),
+            "retained_mib": _rise(status_kib("VmRSS"), base),
+        }
         name = session.get_inputs()[0].name
         for _ in range(2):
             session.run(None, {name: images})
-    return {"rss_mb": peak.megabytes}
+    return {"rss_mb": peak.megabytes, **created}
+
+
+def _rise(kib: int | None, base: int) -> float | None:
+    return None if kib is None else max(0, kib - base) / 1024
 
 
 if __name__ == "__main__":
