@@ -10,6 +10,7 @@ model: reading the model, creating the session (initializers, pre-packed weights
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from .errors import BenchError
 __all__ = ["export_network", "measure_model_file", "measure_networks", "measure_structure"]
 
 CHILD_TIMEOUT_S = 600
+REPEATS = 3
 
 
 def export_network(structure: Structure, input_size: int, batch: int, path: Path, opset: int = 17) -> Path:
@@ -41,8 +43,13 @@ def export_network(structure: Structure, input_size: int, batch: int, path: Path
     return path
 
 
-def measure_model_file(path: Path, input_size: int, batch: int, threads: int) -> float:
-    """Peak RSS rise (MiB) of a session over ``path`` and two runs, measured in a fresh subprocess."""
+def measure_model_file(path: Path, input_size: int, batch: int, threads: int, repeats: int = REPEATS) -> float:
+    """Peak RSS rise (MiB) of a session over ``path`` and two runs: the median of ``repeats`` fresh subprocesses
+    (where the allocator places the arena moves one measurement by up to 10 %)."""
+    return statistics.median(_measure_once(path, input_size, batch, threads) for _ in range(repeats))
+
+
+def _measure_once(path: Path, input_size: int, batch: int, threads: int) -> float:
     argv = [sys.executable, "-m", __name__, str(path), str(input_size), str(batch), str(threads)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
