@@ -65,10 +65,12 @@ def _measure_once(path: Path, input_size: int, batch: int, threads: int) -> floa
     return float(value)
 
 
-def measure_structure(structure: Structure, input_size: int, batch: int, threads: int, workdir: Path) -> float:
+def measure_structure(
+    structure: Structure, input_size: int, batch: int, threads: int, workdir: Path, repeats: int = REPEATS
+) -> float:
     path = export_network(structure, input_size, batch, workdir / "memory-network.onnx")
     try:
-        return measure_model_file(path, input_size, batch, threads)
+        return measure_model_file(path, input_size, batch, threads, repeats)
     finally:
         path.unlink(missing_ok=True)
 
@@ -79,6 +81,7 @@ def measure_networks(
     batch: int,
     threads: int,
     step: Callable[[str], None] | None = None,
+    repeats: int = REPEATS,
 ) -> dict[str, float]:
     """Measured MiB of each named network, in order (``step`` is told each name before it is measured)."""
     measured: dict[str, float] = {}
@@ -86,7 +89,7 @@ def measure_networks(
         for name, structure in networks.items():
             if step is not None:
                 step(name)
-            measured[name] = measure_structure(structure, input_size, batch, threads, Path(tmp))
+            measured[name] = measure_structure(structure, input_size, batch, threads, Path(tmp), repeats)
     return measured
 
 

