@@ -327,6 +327,16 @@ def _add_memory_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-fit-nets", type=positive_int, default=8, help="networks the memory model is fitted on")
 
 
+def _print_memory_info(path: str) -> None:
+    from maedet.zoo.latency import LatencyTable
+
+    from .profile_memory import describe_memory
+
+    text = describe_memory(LatencyTable.load(path))
+    if text:
+        print(text)
+
+
 def _fit_memory(args: argparse.Namespace) -> int:
     from maedet.zoo.latency.memory import table_memory_model
 
@@ -446,6 +456,7 @@ def _profile(args: argparse.Namespace) -> int:
         from maedet.zoo.latency import LatencyTable
 
         print(describe_table(LatencyTable.load(args.info)))
+        _print_memory_info(args.info)
         return 0
     if args.memory:
         return _fit_memory(args)
