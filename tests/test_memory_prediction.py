@@ -147,3 +147,16 @@ def test_prediction_against_real_onnx_runtime_sessions():
     assert fitted.predict_mib(nets["n2"]) == pytest.approx(measured["n2"], rel=0.20)
     assert measured["n4"] > measured["n0"]
     assert fitted.predict_mib(nets["n4"]) > fitted.predict_mib(nets["n0"])
+
+
+def test_profile_memory_refuses_a_table_of_another_runtime_in_one_sentence(tmp_path, capsys):
+    from maedet.bench.cli import main as bench_main
+
+    roles = {r: [1e-8, 1e-8, 1e-8, 1e-8, 0.01] for r in ("stem", "pw", "k3s1", "k3s2", "pool")}
+    target = {"backend": "ort-cpu", "precision": "int8", "batch": 1, "input_size": 320, "threads": 1}
+    path = LatencyTable(target=target, model={"channel_block": 16, "roles": roles}).save(tmp_path / "int8.json")
+    before = path.read_bytes()
+    assert bench_main(["profile", "--memory", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("maedet-bench: error:") and "fp32" in err and len(err.splitlines()) == 1
+    assert path.read_bytes() == before
