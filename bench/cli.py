@@ -319,6 +319,7 @@ def _add_profile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_validate_transfer_options(p)
     _add_detector_options(p)
+    _add_memory_options(p)
 
 
 def _add_detector_options(p: argparse.ArgumentParser) -> None:
@@ -361,6 +362,49 @@ def _profile_detector(args: argparse.Namespace) -> Any:
         raise BenchError(f"{args.out!r} is already a profiled table: its target cannot be changed by --detector.")
     return profile_detector(args.out, train=args.detector_train_nets, held_out=args.detector_nets,
                             rounds=args.rounds, seed=args.seed, progress=progress)  # fmt: skip
+
+
+def _add_memory_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--memory",
+        metavar="TABLE",
+        help="fit TABLE's memory model (ONNX Runtime CPU peak RSS) on --memory-fit-nets measured networks, validate it "
+        "on --networks held-out ones (20 unless given) and write it into the table (OUT, default TABLE itself)",
+    )
+    p.add_argument("--memory-fit-nets", type=positive_int, default=8, help="networks the memory model is fitted on")
+
+
+def _print_memory_info(path: str) -> None:
+    from maedet.zoo.latency import LatencyTable
+
+    from .profile_memory import describe_memory
+
+    text = describe_memory(LatencyTable.load(path))
+    if text:
+        print(text)
+
+
+def _fit_memory(args: argparse.Namespace) -> int:
+    from maedet.zoo.latency.memory import table_memory_model
+
+    from .profile_memory import describe_memory, fit_table_memory
+
+    if args.validate or args.transfer or args.detector:
+        raise BenchError(
+            "--memory fits a memory model on its own; give it without --validate, --transfer or --detector."
+        )
+    table = fit_table_memory(
+        args.memory,
+        args.memory_fit_nets,
+        args.networks or 20,
+        out=args.out,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    table_memory_model(table, f"latency table {args.memory!r}")  # what the search will read back
+    print(describe_memory(table))
+    print(f"wrote {args.out or args.memory}")
+    return 0
 
 
 def _add_validate_transfer_options(p: argparse.ArgumentParser) -> None:
@@ -461,7 +505,10 @@ def _profile(args: argparse.Namespace) -> int:
         from maedet.zoo.latency import LatencyTable
 
         print(describe_table(LatencyTable.load(args.info)))
+        _print_memory_info(args.info)
         return 0
+    if args.memory:
+        return _fit_memory(args)
     if args.detector:
         table = _profile_detector(args)
         print(describe_table(table))

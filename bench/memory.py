@@ -15,7 +15,7 @@ import ctypes
 import ctypes.util
 from pathlib import Path
 
-__all__ = ["MEMORY_KINDS", "PeakMemory"]
+__all__ = ["MEMORY_KINDS", "PeakMemory", "status_kib"]
 
 MEMORY_KINDS = {
     "cpu-rss-rise": "CPU: rise of process peak RSS during warm-up runs (activations + workspace, weights excluded)",
@@ -26,7 +26,7 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _status_kb(field: str) -> int | None:
+def status_kib(field: str) -> int | None:
     try:
         for line in _STATUS.read_text().splitlines():
             if line.startswith(field + ":"):
@@ -67,7 +67,7 @@ class PeakMemory:
         if self.kind == "cpu-rss-rise":
             _malloc_trim()
             self._ok = _reset_peak_rss()
-            self._base = _status_kb("VmRSS") or 0
+            self._base = status_kib("VmRSS") or 0
         else:
             import torch
 
@@ -85,7 +85,7 @@ class PeakMemory:
         if not self._ok or exc[0] is not None:
             return
         if self.kind == "cpu-rss-rise":
-            peak = _status_kb("VmHWM")
+            peak = status_kib("VmHWM")
             self.megabytes = max(0, peak - self._base) / 1024 if peak is not None else None
             return
         import torch

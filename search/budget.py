@@ -19,6 +19,8 @@ from .space import Genome
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from maedet.zoo.latency.memory import MemoryModel
+
     from .latency import LatencyTarget
 
 __all__ = ["PRESETS", "Budget", "preset_budget"]
@@ -37,9 +39,10 @@ class Budget:
     gmacs: float | None = None
     resolution: int = 480
     latency_ms: float | None = None
+    memory_mib: float | None = None  # predicted peak MiB on the latency table's runtime (its memory model)
 
     def __post_init__(self) -> None:
-        for name in ("flops", "params", "layers", "gmacs", "latency_ms"):
+        for name in ("flops", "params", "layers", "gmacs", "latency_ms", "memory_mib"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise SearchError(f"impossible budget: {name} must be positive, got {value}.")
@@ -53,7 +56,9 @@ class Budget:
     def from_dict(cls, data: dict[str, Any]) -> Budget:
         return cls(**data)
 
-    def violations(self, structure: Structure, latency: LatencyTarget | None = None) -> list[str]:
+    def violations(
+        self, structure: Structure, latency: LatencyTarget | None = None, memory: MemoryModel | None = None
+    ) -> list[str]:
         """Which limits ``structure`` exceeds, as readable phrases (computed with the zoo's cost functions and,
         for the latency limit, the ``latency`` table's own prediction)."""
         over = []
@@ -70,10 +75,23 @@ class Budget:
                 raise SearchError("a latency budget needs a latency table to predict with.")
             if not (ms := latency.predict_ms(structure)) <= self.latency_ms:
                 over.append(f"predicted latency {ms:.4g} ms > {self.latency_ms:.4g} ms per batch")
-        return over
+        return over + self._memory_violations(structure, memory)
+
+    def _memory_violations(self, structure: Structure, memory: MemoryModel | None) -> list[str]:
+        if self.memory_mib is None:
+            return []
+        if memory is None:
+            raise SearchError("a memory budget needs a latency table with a memory model to predict with.")
+        if not (mib := memory.predict_mib(structure)) <= self.memory_mib:
+            return [f"predicted memory {mib:.4g} MiB > {self.memory_mib:.4g} MiB"]
+        return []
 
     def admits(
-        self, evaluator: GenomeEvaluator, genome: Genome, latency: Callable[[Genome], float] | None = None
+        self,
+        evaluator: GenomeEvaluator,
+        genome: Genome,
+        latency: Callable[[Genome], float] | None = None,
+        memory: Callable[[Genome], float] | None = None,
     ) -> bool:
         """The hot-path check: cheapest limits first, each computed only when set; the predicted latency last."""
         if self.layers is not None and evaluator.layers(genome) > self.layers:
@@ -84,11 +102,16 @@ class Budget:
             return False
         if self.gmacs is not None and evaluator.macs_and_flops(genome, 224)[0] / 1e9 > self.gmacs:
             return False
-        if self.latency_ms is None:
+        if self.latency_ms is not None:
+            if latency is None:
+                raise SearchError("a latency budget needs a latency table to predict with.")
+            if not latency(genome) <= self.latency_ms:
+                return False
+        if self.memory_mib is None:
             return True
-        if latency is None:
-            raise SearchError("a latency budget needs a latency table to predict with.")
-        return latency(genome) <= self.latency_ms
+        if memory is None:
+            raise SearchError("a memory budget needs a latency table with a memory model to predict with.")
+        return memory(genome) <= self.memory_mib
 
 
 def preset_budget(preset: str, resolution: int = 480) -> Budget:

@@ -30,6 +30,7 @@ from .eta import SearchEta, eta_column, log_forward_eta
 from .evolution import CHECKPOINT_NAME, ForwardOptions, Search, SearchSettings
 from .executors import executor_parallelism, make_executor
 from .latency import LatencyTarget, open_latency_target, parse_latency_budget
+from .memory_budget import MemoryModel, memory_model_of, table_memory_figures
 from .output_folder import check_output_folder, locked_output_folder
 from .pareto import PARETO_NAMES, ParetoSettings, resolve_layers, run_pareto, write_pareto
 from .report import OUTPUT_NAMES, describe, write_outputs
@@ -142,6 +143,17 @@ def _add_latency_budget_options(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the latency budget is the whole detector's (backbone + FPN + GFocalV2 head + NMS), as a table profiled "
         "with maedet-bench profile --detector predicts it; relative budgets name its detectors (1.0xresnet50_gfl)",
+    )
+    _add_memory_budget_option(run)
+
+
+def _add_memory_budget_option(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--budget-memory",
+        type=_limit,
+        metavar="MB",
+        help="predicted peak memory in MiB on the --latency-table's target (its memory model: maedet-bench profile "
+        "--memory)",
     )
 
 
@@ -262,6 +274,7 @@ def _budget(args: argparse.Namespace, target: LatencyTarget | None) -> Budget:
         "layers": args.budget_layers if args.budget_layers is not None else base.layers,
         "gmacs": args.budget_gmacs if args.budget_gmacs is not None else base.gmacs,
         "latency_ms": _latency_limit(args, target),
+        "memory_mib": args.budget_memory,
     }
     if all(v is None for v in limits.values()):
         raise SearchError("give a --preset or at least one --budget-* limit.")
@@ -286,7 +299,15 @@ def _settings(args: argparse.Namespace) -> SearchSettings:
         mutations=args.mutations,
         checkpoint_every=args.checkpoint_every,
         latency=target,
+        memory=_memory_model(args, target),
     )
+
+
+def _memory_model(args: argparse.Namespace, target: LatencyTarget | None) -> MemoryModel | None:
+    """The table's memory model when a memory budget asks for one."""
+    if args.budget_memory is None:
+        return None
+    return memory_model_of(target, f"the latency table {args.latency_table!r}")
 
 
 def _earlier_outputs(out: Path) -> list[Path]:
@@ -428,7 +449,8 @@ def _print_best(best: dict, out: Path) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    info = describe(load_structure(args.file), args.resolution, tuple(args.ratios), _latency_target(args))
+    structure, target = load_structure(args.file), _latency_target(args)
+    info = describe(structure, args.resolution, tuple(args.ratios), target) | table_memory_figures(structure, target)
     if args.json:
         print(json.dumps(info, allow_nan=False))
         return 0
@@ -437,6 +459,8 @@ def _score(args: argparse.Namespace) -> int:
     rows = [(f"level {name}", f"{value:.6f}") for name, value in info["stage_scores"].items()]
     rows.append(("score (ratios " + ",".join(f"{r:g}" for r in args.ratios) + ")", f"{info['score']:.6f}"))
     rows += _cost_rows(info, args.resolution) + _latency_rows(info)
+    if "memory_mib" in info:
+        rows.append(("peak memory, predicted (ORT CPU)", f"{info['memory_mib']:.1f} MiB"))
     Console().print(_figures_table(f"score of {args.file}", rows))
     return 0
 

@@ -29,6 +29,7 @@ from .errors import SearchError
 from .evaluator import GenomeEvaluator
 from .executors import Executor, SerialExecutor
 from .latency import GenomeLatency, LatencyTarget
+from .memory_budget import GenomeMemory, MemoryModel
 from .score import DEFAULT_RATIOS, ScoreResult, check_forward_memory, forward_score
 from .space import GENOME_ID_BYTES, KERNELS, Genome, SearchSpace, genome_id
 
@@ -82,6 +83,7 @@ class SearchSettings:
     elite: float = 0.25  # half of the parents are drawn from this top fraction of the population
     checkpoint_every: int = 5000
     latency: LatencyTarget | None = None  # the table that predicts latency (budget and reports); None: no latency
+    memory: MemoryModel | None = None  # the table's memory model (a memory budget); None: no memory prediction
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the checkpoint (iterations may grow)."""
@@ -97,6 +99,7 @@ class SearchSettings:
             "mutations": self.mutations,
             "elite": self.elite,
             "latency_table": self.latency.identity if self.latency is not None else None,
+            "memory_model": self.memory.to_dict() if self.memory is not None else None,
         }
 
 
@@ -196,7 +199,8 @@ class Search:
             settings.latency.genome_latency(self.space) if settings.latency is not None else None
         )
         init = self.space.encode(settings.init)
-        over = settings.budget.violations(settings.init, settings.latency)
+        self.memory = GenomeMemory(self.space, settings.memory) if settings.memory is not None else None
+        over = settings.budget.violations(settings.init, settings.latency, settings.memory)
         if over:
             raise SearchError(f"the initial structure is over budget: {'; '.join(over)}.")
         self.rng = random.Random(settings.seed)
@@ -286,7 +290,7 @@ class Search:
             for _ in range(1 + int(rng.random() * max_mutations)):
                 child = space.mutate(child, rng) or child
             h = genome_id(child)
-            if h in seen or h in fresh or not budget.admits(evaluator, child, latency):
+            if h in seen or h in fresh or not budget.admits(evaluator, child, latency, self.memory):
                 failures += 1
                 if failures % 2000 == 0:
                     max_mutations += 1
@@ -468,7 +472,7 @@ class Search:
             self.space.decode(genome)
         except MaeDetError as exc:
             return str(exc).rstrip(".")
-        if not self.settings.budget.admits(self.evaluator, genome, self.latency):
+        if not self.settings.budget.admits(self.evaluator, genome, self.latency, self.memory):
             return "over the budget"
         return None
 

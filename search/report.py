@@ -67,6 +67,10 @@ def best_record(search: Search) -> dict[str, Any]:
     if latency is not None:
         record.update(latency_figures(structure, latency))
         record["latency_table"] = latency.identity
+    if search.settings.memory is not None:
+        from .memory_budget import memory_figures
+
+        record.update(memory_figures(structure, search.settings.memory))
     return record
 
 

@@ -118,19 +118,25 @@ def test_the_layer_that_breaks_under_int8_is_ranked_first(outlier_net) -> None:
     assert ranking[0][1] > 0.5 > max(gain for _, gain in ranking[1:])  # it alone carries the error
 
 
-def test_the_budget_keeps_only_the_broken_layer_in_float_and_records_it(outlier_net) -> None:
+def test_the_budget_keeps_only_the_broken_layer_in_float_and_records_it(outlier_net, tmp_path) -> None:
     fp32, calib, held, expected = outlier_net
     result = budgeted_int8(fp32, calib, measure=Agreement(held, expected), max_drop=1.0, assemble=_serialize,
                            mode="cpu")  # fmt: skip
     assert result.int8 < 50 and result.fp32 > 99.99  # full INT8 is broken; fp32 agrees with PyTorch
-    assert result.float_layers == [BROKEN] and result.drop <= 1.0
+    assert result.float_layers[0] == BROKEN and result.drop <= 1.0
+    if len(result.float_layers) > 1:
+        # x86 CPUs without VNNI multiply uint8 by int8 in saturating 16-bit pairs (ONNX Runtime's MLAS on AVX2), so
+        # another layer can lose points there too; the greedy then keeps it only because the broken one was not enough
+        alone = tmp_path / "alone.onnx"
+        alone.write_bytes(quantize_int8(fp32, calib, mode="cpu", exclude_nodes=[BROKEN]).SerializeToString())
+        assert result.fp32 - Agreement(held, expected)(alone) > 1.0
     assert not any(n.op_type == "DequantizeLinear" and n.output[0].startswith("convs.4.weight")
                    for n in result.network.graph.node)  # fmt: skip
     meta = result.metadata()
-    assert meta["int8_float_layers"] == [BROKEN]
+    assert meta["int8_float_layers"] == result.float_layers
     budget = meta["int8_budget"]
     assert budget["measure"] == "agreement" and budget["candidates"] == 5 and budget["max_drop"] == 1.0
-    assert list(budget["sensitivity"]) == [BROKEN] and budget["sensitivity"][BROKEN] > 0.5
+    assert list(budget["sensitivity"]) == result.float_layers and budget["sensitivity"][BROKEN] > 0.5
     assert set(budget["latency_ms"]) == {"fp32", "int8", "budgeted"} and min(budget["latency_ms"].values()) > 0
 
 

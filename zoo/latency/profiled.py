@@ -52,6 +52,7 @@ class LatencyTable:
     samples: list[dict[str, Any]] = field(default_factory=list)
     validation: dict[str, Any] = field(default_factory=dict)
     references: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)  # the fitted memory model (.memory), when profiled
     created: str = ""
     source: str = ""
     detector: dict[str, Any] = field(default_factory=dict)  # the FPN + head + postprocess (zoo/latency/detector.py)

@@ -17,6 +17,7 @@ from typing import Any
 from maedet.errors import MaeDetError
 
 from .detector import check_detector_section
+from .memory import check_memory_section
 from .pieces import FEATURE_NAMES
 
 __all__ = ["MAX_TABLE_BYTES", "TABLE_FORMAT", "check_table", "read_table", "table_document", "write_table"]
@@ -34,7 +35,8 @@ def table_document(fields: Mapping[str, Any]) -> dict[str, Any]:
     document["features"] = list(FEATURE_NAMES)
     rest = ("model", "calibration", "measurement", "references", "validation", "samples")
     document |= {k: fields[k] for k in rest}
-    return document | ({"detector": fields["detector"]} if fields.get("detector") else {})
+    optional = ("detector", "memory")  # written only when profiled (--detector, --memory)
+    return document | {k: fields[k] for k in optional if fields.get(k)}
 
 
 def write_table(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Path:
@@ -70,6 +72,7 @@ def check_table(data: Any, where: str) -> dict[str, Any]:
         "samples": _check_samples(data.get("samples"), where),
         "validation": _check_validation(_mapping(data, "validation", where), where),
         "references": _check_references(data.get("references"), where),
+        "memory": check_memory_section(data.get("memory"), where),
         "created": str(data.get("created", "")),
         "detector": check_detector_section(data.get("detector"), where),
     }

@@ -1,0 +1,124 @@
+"""What ONNX Runtime CPU really takes for a network: the process peak RSS rise of a fresh session and its first runs.
+
+Each network is exported here (the profile's export path: BN folded, C2..C5 outputs) and measured in a fresh Python
+subprocess, so one network's arena, allocator caches and peak do not leak into the next. Inside the subprocess
+ONNX Runtime and the input batch exist before the measurement starts; the window covers what a deployment pays per
+model: reading the model, creating the session (initializers, pre-packed weights, the memory plan) and two runs
+(the first allocates the activation arena). :class:`~.memory.PeakMemory` measures it (``cpu-rss-rise``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from maedet.zoo import Structure
+
+from .errors import BenchError
+
+__all__ = ["export_network", "measure_model_file", "measure_networks", "measure_structure"]
+
+CHILD_TIMEOUT_S = 600
+REPEATS = 3
+
+
+def export_network(structure: Structure, input_size: int, batch: int, path: Path, opset: int = 17) -> Path:
+    """Write a backbone as the profile exports it (deploy form, C2..C5 outputs) to ``path``."""
+    import torch
+
+    from maedet.export.model_source import resolve_model
+    from maedet.export.onnx_export import torch_to_onnx
+    from maedet.zoo import fuse_bn
+
+    source = resolve_model("maedet", structure=structure)
+    example = torch.rand(batch, 3, input_size, input_size)
+    proto = torch_to_onnx(fuse_bn(source.module.eval()), example, source.output_names, dynamic=False, opset=opset)
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def measure_model_file(path: Path, input_size: int, batch: int, threads: int, repeats: int = REPEATS) -> float:
+    """Peak RSS rise (MiB) of a session over ``path`` and two runs: the median of ``repeats`` fresh subprocesses
+    (where the allocator places the arena moves one measurement by up to 10 %)."""
+    return statistics.median(_measure_once(path, input_size, batch, threads) for _ in range(repeats))
+
+
+def _measure_once(path: Path, input_size: int, batch: int, threads: int) -> float:
+    argv = [sys.executable, "-m", __name__, str(path), str(input_size), str(batch), str(threads)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"measuring the memory of {path.name} took over {CHILD_TIMEOUT_S} s.") from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"measuring the memory of {path.name} failed: {last}")
+    value = json.loads(lines[-1]).get("rss_mb")
+    if value is None:
+        raise BenchError("this system cannot measure peak RSS (no /proc/self/clear_refs or VmHWM).")
+    return float(value)
+
+
+def measure_structure(
+    structure: Structure, input_size: int, batch: int, threads: int, workdir: Path, repeats: int = REPEATS
+) -> float:
+    path = export_network(structure, input_size, batch, workdir / "memory-network.onnx")
+    try:
+        return measure_model_file(path, input_size, batch, threads, repeats)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def measure_networks(
+    networks: Mapping[str, Structure],
+    input_size: int,
+    batch: int,
+    threads: int,
+    step: Callable[[str], None] | None = None,
+    repeats: int = REPEATS,
+) -> dict[str, float]:
+    """Measured MiB of each named network, in order (``step`` is told each name before it is measured)."""
+    measured: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="maedet-memory-") as tmp:
+        for name, structure in networks.items():
+            if step is not None:
+                step(name)
+            measured[name] = measure_structure(structure, input_size, batch, threads, Path(tmp), repeats)
+    return measured
+
+
+def _child(argv: list[str]) -> dict[str, Any]:
+    """In the fresh subprocess: the runtime and the input first, then the measured window."""
+    import numpy as np
+
+    from maedet.runtime import ort_session
+
+    from .memory import PeakMemory, status_kib
+
+    path, size, batch, threads = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
+    images = np.random.default_rng(1).random((batch, 3, size, size), dtype=np.float32)
+    with PeakMemory("cpu-rss-rise") as peak:
+        base = status_kib("VmRSS") or 0
+        session = ort_session(path, threads=threads, denormals_as_zero=True, what=path.name)
+        created = {
+            "creation_peak_mib": _rise(status_kib("VmHWM"), base),
+            "retained_mib": _rise(status_kib("VmRSS"), base),
+        }
+        name = session.get_inputs()[0].name
+        for _ in range(2):
+            session.run(None, {name: images})
+    return {"rss_mb": peak.megabytes, **created}
+
+
+def _rise(kib: int | None, base: int) -> float | None:
+    return None if kib is None else max(0, kib - base) / 1024
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child(sys.argv[1:])))
