@@ -4,6 +4,7 @@ search's --budget-memory, and the prediction against real sessions measured in s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -167,15 +168,17 @@ def test_profile_memory_refuses_a_table_of_another_runtime_in_one_sentence(tmp_p
     [
         ({"features": ["weights_mib"], "coefficients": [1, 1, 1]}, "must list the features"),
         ({"features": ["weights_mib", "activations_mib", "overhead"], "coefficients": [1, -1, 1]}, "non-negative"),
-        ({"features": ["weights_mib", "activations_mib", "overhead"], "coefficients": [1, 1, 1], "validation": 3},
-         "'validation' must be an object"),  # fmt: skip
+        (
+            {"features": ["weights_mib", "activations_mib", "overhead"], "coefficients": [1, 1, 1], "validation": 3},
+            "'validation' must be an object",
+        ),
     ],
 )
 def test_a_malformed_memory_section_is_one_sentence_when_the_table_loads(tmp_path, capsys, section, expect):
     from maedet.bench.cli import main as bench_main
 
     path = tmp_path / "t.json"
-    data = json.loads(open(table_with_memory(tmp_path, model().to_dict())).read())
+    data = json.loads(Path(table_with_memory(tmp_path, model().to_dict())).read_text())
     path.write_text(json.dumps(data | {"memory": section}))
     assert bench_main(["profile", "--info", str(path)]) == 2
     err = capsys.readouterr().err.strip()
