@@ -119,6 +119,21 @@ def csv_text(report: AccuracyReport) -> str:
     return buffer.getvalue()
 
 
+def label_offsets(points: list[tuple[float, float]], near: float = 0.06) -> list[tuple[int, int]]:
+    """Where each point's label goes (offset points): formats that measure alike (ort-fp32 and ov-fp32 share an AP
+    and nearly a latency) would print their names on top of each other, so each label near an earlier point (within
+    ``near`` of the plot's span on both axes) steps one line further down."""
+    if not points:
+        return []
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    offsets = []
+    for i, (x, y) in enumerate(points):
+        crowd = sum(abs(x - px) <= near * span_x and abs(y - py) <= near * span_y for px, py in points[:i])
+        offsets.append((6, 4 - 11 * crowd))
+    return offsets
+
+
 def plot_png(report: AccuracyReport) -> bytes:
     """AP (%) against median latency (ms), one labelled point per timed format, PyTorch fp32's AP as a line."""
     import matplotlib
@@ -129,10 +144,10 @@ def plot_png(report: AccuracyReport) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     try:
         timed = [r for r in report.rows if r.latency is not None]
-        for row in timed:
-            ax.scatter(row.latency.median, 100 * row.ap["AP"], s=50, zorder=3)  # type: ignore[union-attr]
-            ax.annotate(row.format, (row.latency.median, 100 * row.ap["AP"]), textcoords="offset points",  # type: ignore[union-attr]
-                        xytext=(6, 4), fontsize=8)  # fmt: skip
+        points = [(row.latency.median, 100 * row.ap["AP"]) for row in timed]  # type: ignore[union-attr]
+        for row, point, offset in zip(timed, points, label_offsets(points), strict=True):
+            ax.scatter(*point, s=50, zorder=3)
+            ax.annotate(row.format, point, textcoords="offset points", xytext=offset, fontsize=8)
         reference = report.rows[0]
         ax.axhline(100 * reference.ap["AP"], color="grey", linestyle="--", linewidth=1, label=reference.format)
         ax.set_xlabel("latency, median ms (batch 1)")

@@ -39,6 +39,7 @@ class Backend:
     fixed_hw: tuple[int, int] | None = None  # a static-size file takes exactly this input
     max_batch: int | None = None  # a static-batch file takes exactly this many images
     input_uint8: bool = False
+    export_hw: tuple[int, int] | None = None  # the input size a file was exported and checked at (its metadata)
 
     def __call__(self, batch: torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         raise NotImplementedError
@@ -60,6 +61,13 @@ class TorchBackend(Backend):
         return [Detections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu()) for d in dets]
 
 
+def _export_hw(input_size: Any) -> tuple[int, int] | None:
+    """(H, W) of the metadata's ``input_size`` ([C, H, W]), or None when a file does not record it."""
+    if isinstance(input_size, list) and len(input_size) == 3 and all(isinstance(v, int) and v > 0 for v in input_size):
+        return int(input_size[1]), int(input_size[2])
+    return None
+
+
 class _ExportedBackend(Backend):
     """A detector file (ONNX or OpenVINO IR, with or without NMS): its metadata says how to feed and read it."""
 
@@ -73,6 +81,7 @@ class _ExportedBackend(Backend):
         self.input_uint8 = uint8
         self.fixed_hw = (int(shape[2]), int(shape[3])) if all(isinstance(d, int) for d in shape[2:]) else None
         self.max_batch = int(shape[0]) if isinstance(shape[0], int) else None
+        self.export_hw = _export_hw(meta.get("input_size"))
         self.raw = meta["outputs"] == "raw"
         self.cfg = PostprocessConfig(**meta["postprocess"])
         expected = 2 * len(meta["strides"]) if self.raw else None

@@ -17,7 +17,7 @@ from maedet.devices import device_argument
 from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text, refuse_overwriting_inputs
 from maedet.images import image_size
-from maedet.letterbox import SIZE_DIVISOR, TEST_SCALE
+from maedet.letterbox import SIZE_DIVISOR
 from maedet.sizes import OneSizeAction
 from maedet.zoo.checkpoint import preview
 
@@ -50,10 +50,10 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
         nargs="+",
         action=OneSizeAction,
         limits=(SIZE_DIVISOR, None),  # one stride-32 cell at least; memory decides the top
-        default=TEST_SCALE,
+        default=None,
         metavar="SIZE",
         help="test scale, the limits of the long and short side: LONG SHORT, LONGxSHORT or one number for both "
-        "(as --input-size reads sizes; default 1333x800, the authors')",
+        "(as --input-size reads sizes; default: an exported file's own input size, else 1333x800, the authors')",
     )
     deprecated_alias(p, "--size", "--test-scale")
     p.add_argument("--batch-size", type=int, default=1, help="images per run")

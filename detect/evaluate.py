@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from maedet.errors import MaeDetError
-from maedet.letterbox import TEST_SCALE
 
 from .backends import Backend
 from .coco_file import read_coco
@@ -99,7 +98,7 @@ def evaluate(
     annotations: str | os.PathLike[str] | Any,
     images_dir: str | os.PathLike[str],
     *,
-    scale: Sequence[int] = TEST_SCALE,
+    scale: Sequence[int] | None = None,
     batch_size: int = 1,
     limit: int | None = None,
     on_start: Callable[[int], None] | None = None,

@@ -71,15 +71,27 @@ def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start : start + size]
 
 
+def default_scale(backend: Backend) -> tuple[int, int]:
+    """The test scale when none is given: an exported file's own input size (a detector exported at 160 × 160 sees
+    its images as it was checked, and a file with dynamic H and W is not fed 1333 × 800 images), else the authors'
+    1333 × 800 (TEST_SCALE)."""
+    if backend.export_hw is None:
+        return TEST_SCALE
+    return max(backend.export_hw), min(backend.export_hw)
+
+
 def detect_images(
     paths: Sequence[str | os.PathLike[str]],
     backend: Backend,
     *,
-    scale: Sequence[int] = TEST_SCALE,
+    scale: Sequence[int] | None = None,
     batch_size: int = 1,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[ImageResult]:
-    """Run ``backend`` over ``paths``; ``on_batch(n)`` is called after every batch of n images (progress)."""
+    """Run ``backend`` over ``paths``; ``on_batch(n)`` is called after every batch of n images (progress).
+
+    ``scale`` (long and short side limits) defaults to :func:`default_scale`."""
+    scale = default_scale(backend) if scale is None else scale
     if batch_size < 1:
         raise MaeDetError(f"batch size must be at least 1, got {batch_size}.")
     if backend.max_batch is not None:

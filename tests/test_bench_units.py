@@ -351,3 +351,14 @@ def test_bench_memory_estimate_counts_the_weights() -> None:
     check_bench_memory([spec], [((32, 32), 1)], available=2**30)
     with pytest.raises(BenchError, match=r"measuring resnet50 at 1×3×32×32 needs about 0\.3 GiB"):
         check_bench_memory([spec], [((32, 32), 1)], available=200 * 2**20)
+
+
+def test_ap_plot_labels_of_formats_that_measure_alike_step_apart():
+    from maedet.bench.accuracy_report import label_offsets
+
+    # ort-fp32 and ov-fp32: the same AP, 0.2 ms apart on a 20 ms axis; pytorch-fp32 far away; an INT8 point lower
+    points = [(31.6, 52.5), (12.8, 52.5), (13.0, 52.5), (9.1, 52.3)]
+    offsets = label_offsets(points)
+    assert offsets[0] == offsets[1] == offsets[3] == (6, 4)  # alone where they are: the usual place
+    assert offsets[2][1] <= offsets[1][1] - 10  # the second of the close pair one line lower
+    assert label_offsets([]) == [] and label_offsets([(1.0, 1.0), (1.0, 1.0)])[1] == (6, -7)

@@ -239,6 +239,27 @@ def _by_score(d: Detections) -> Detections:
     return Detections(d.boxes[keys], d.scores[keys], d.labels[keys])
 
 
+def test_an_exported_file_is_fed_at_its_own_input_size_unless_told(coco_set, authors_s, tmp_path) -> None:
+    """A file exported at 256 × 320 with dynamic H and W, run without --test-scale, sees its images as it was
+    checked (scale 320 × 256), not at the authors' 1333 × 800 meant for the model on COCO."""
+    from maedet.detect import TEST_SCALE
+    from maedet.detect.backends import OnnxBackend
+    from maedet.detect.run import default_scale
+
+    root, _ = coco_set
+    _, onnx_file = authors_s
+    assert default_scale(OnnxBackend(onnx_file)) == (320, 256)
+    images = [str(root / n) for n in IMAGES]
+    assert detect_main([*images, "--onnx", str(onnx_file), "--out", str(tmp_path / "own")]) == 0
+    assert detect_main([*images, *SIZE, "--onnx", str(onnx_file), "--out", str(tmp_path / "told")]) == 0
+    own = json.loads((tmp_path / "own" / "detections.json").read_text())
+    told = json.loads((tmp_path / "told" / "detections.json").read_text())
+    assert own["annotations"] and own["annotations"] == told["annotations"]
+    large = ["--test-scale", str(TEST_SCALE[0]), str(TEST_SCALE[1])]
+    assert detect_main([*images, *large, "--onnx", str(onnx_file), "--out", str(tmp_path / "large")]) == 0
+    assert json.loads((tmp_path / "large" / "detections.json").read_text())["annotations"] != own["annotations"]
+
+
 def test_eval_cli_runs_a_model_on_the_set(coco_set, authors_s, tmp_path, capsys) -> None:
     root, ann = coco_set
     _, onnx_file = authors_s

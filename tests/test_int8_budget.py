@@ -156,22 +156,37 @@ def _score(names) -> float:
 
 
 @pytest.mark.parametrize(
-    ("max_drop", "limit", "expected"),
+    ("max_drop", "limit", "expected", "tried"),
     [
-        (2.0, None, ["a"]),  # 93 ≥ 95 − 2
-        (1.0, None, ["a", "c"]),  # 93, then 94
-        (0.6, None, ["a", "c", "b"]),  # 93, 94, then 94.5
-        (0.0, None, None),  # all four give 94.7 < 95
-        (1.0, 1, None),  # the cap stops before the second layer
+        (2.0, None, ["a"], [1]),  # 93 ≥ 95 − 2
+        (1.0, None, ["a", "c"], [1, 2]),  # 93, then 94
+        (0.6, None, ["a", "c", "b"], [1, 2, 4, 3]),  # 93, 94, 94.7 within: bisect 2..4, 94.5 within
+        (0.0, None, None, [1, 2, 4]),  # all four give 94.7 < 95
+        (1.0, 1, None, [1]),  # the cap stops before the second layer
+        (0.4, 3, None, [1, 2, 3]),  # doubling past the cap tries the cap itself
     ],
 )
-def test_greedy_keeps_the_shortest_ranked_prefix_within_the_budget(max_drop, limit, expected) -> None:
+def test_the_search_keeps_the_shortest_ranked_prefix_within_the_budget(max_drop, limit, expected, tried) -> None:
     ranked = ["a", "c", "b", "d"]
     selection = select_float_layers(ranked, _score, 95.0, max_drop, limit)
     assert selection.float_layers == expected
-    tried = len(expected) if expected else (limit if limit is not None else len(ranked))
-    assert [k for k, _ in selection.tried] == list(range(1, tried + 1))  # measured one prefix after the other
-    assert selection.tried[-1][1] == pytest.approx(_score(ranked[:tried]))
+    assert [k for k, _ in selection.tried] == tried
+    assert all(score == pytest.approx(_score(ranked[:k])) for k, score in selection.tried)
+    if expected is not None:
+        assert selection.score == pytest.approx(_score(expected))
+
+
+@pytest.mark.parametrize("needed", [1, 2, 3, 37, 128, 129, 206, 207])
+def test_the_search_finds_the_shortest_prefix_of_a_long_list_in_logarithmic_scores(needed) -> None:
+    """207 layers (the demo detector's count), each giving back a little; the first ``needed`` suffice."""
+    ranked = [f"layer{i}" for i in range(207)]
+
+    def score(names) -> float:
+        return 90.0 + 5.0 * min(1.0, len(names) / needed)
+
+    selection = select_float_layers(ranked, score, 95.0, 0.0)
+    assert selection.float_layers == ranked[:needed]
+    assert len(selection.tried) <= 2 * 8 + 1  # 2·ceil(log2 207) + 1, against up to 207 one by one
 
 
 # ------------------------------------------------------------------------------------------- TensorRT's layers
