@@ -32,16 +32,43 @@ def _error(capsys, argv) -> str:
     return err
 
 
+class _Records(logging.Handler):
+    """Every record a logger emits, kept in a list (``records``, and their messages as ``text``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(record.getMessage() for record in self.records)
+
+
 @pytest.fixture()
-def search_log(caplog):
-    """Records of the ``maedet`` logger (which does not propagate to the root once a CLI has configured it)."""
-    logger = logging.getLogger("maedet")
-    logger.addHandler(caplog.handler)
-    previous = logger.level
-    logger.setLevel(logging.INFO)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-    logger.setLevel(previous)
+def search_log():
+    """Records of the search's own loggers, heard where they are emitted: whatever earlier tests did to the logging
+    tree (a CLI's ``maedet`` handler on a closed stream without propagation, a library's ``dictConfig`` disabling
+    existing loggers, a global ``logging.disable``) cannot hide them."""
+    from maedet.search import eta, executors
+
+    loggers = [executors.LOGGER, eta.LOGGER]  # the very objects the code logs through
+    handler = _Records()
+    saved = [(logger.level, logger.disabled) for logger in loggers]
+    disabled_below = logging.root.manager.disable
+    logging.disable(logging.NOTSET)
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.disabled = False
+    yield handler
+    for logger, (level, disabled) in zip(loggers, saved, strict=True):
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.disabled = disabled
+    logging.disable(disabled_below)
 
 
 def _dead_pid() -> int:
