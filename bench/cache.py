@@ -214,7 +214,7 @@ class ArtifactCache:
         """A whole detector (``+nms``: with NMS in the graph), from the bench's own deploy form when given."""
         from .detectors import bench_detector
 
-        detector = getattr(source, "detector", None) or bench_detector(spec.name)
+        detector = getattr(source, "detector", None) or bench_detector(spec.name, structure=spec.structure)
         export_onnx(detector, path, dataclasses.replace(options, structure=None, outputs="features", nms=spec.nms))
 
     def nncf_ir(self, fp32_onnx: Path, calib: str | None = None, calib_identity: str | None = None) -> Path:

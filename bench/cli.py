@@ -13,7 +13,7 @@ from maedet.sizes import SIZE_FORMS, InputSizeAction, OneSizeAction
 from .accuracy_cli import add_accuracy_options, is_accuracy_run, run_accuracy
 from .backends import BACKENDS, resolve_backends, unavailable_reason_and_hint
 from .errors import BenchError
-from .models import DEFAULT_MODELS, DETECTOR_MODELS
+from .models import DEFAULT_MODELS, DETECTOR_MODELS, ModelSpec
 from .reliability import MAX_UNCERTAINTY_PCT, MIN_ROUNDS
 from .suite import BenchSettings
 
@@ -81,7 +81,8 @@ def _add_what_options(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="[NAME=]FILE",
         help="add a searched structure file as a model (repeatable); its row is named by the file's stem, by its "
-        "folder when two stems clash (--structure a/best.json --structure b/best.json: rows a and b), or NAME",
+        "folder when two stems clash (--structure a/best.json --structure b/best.json: rows a and b), or NAME; "
+        "with --detector alone, its whole detector (NAME_gfl, NAME_gfl+nms: the FPN and head of ResNet-50's)",
     )
     p.add_argument(
         "--backends",
@@ -224,6 +225,19 @@ def _check_output_flags(args: argparse.Namespace) -> dict[str, Any]:
     return check_outputs({"JSON": args.json, "CSV": args.csv, "plot": args.plot})
 
 
+def _model_specs(models: list[str], structures: list[str], detectors: bool) -> list[ModelSpec]:
+    """The rows to measure; with ``--detector`` (alone) a ``--structure`` is measured as a whole detector (its
+    backbone + the FPN and head of ResNet-50's, without and with NMS), beside the reference detectors."""
+    from .detectors import structure_detectors
+    from .naming import parse_models
+
+    specs = parse_models([*models, *structures])
+    if not detectors:
+        return specs
+    searched = [row for spec in specs[len(models) :] for row in structure_detectors(spec)]
+    return parse_models(specs[: len(models)] + searched)  # a detector row named like another is refused
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.list_backends:
         return _list_backends()
@@ -237,7 +251,8 @@ def _run(args: argparse.Namespace) -> int:
 
     outputs = _check_output_flags(args)
     models = _names(args.models) if args.models else list(DETECTOR_MODELS if args.detector else DEFAULT_MODELS)
-    result = run_bench([*models, *args.structure], _backend_spec(args), _settings(args))
+    specs = _model_specs(models, args.structure, detectors=args.detector is True)
+    result = run_bench(specs, _backend_spec(args), _settings(args))
     console = Console()
     if not console.is_terminal:
         console.width = max(console.width, 160)  # files and pipes get the whole table, not 80 columns

@@ -18,11 +18,19 @@ import torch.nn as nn
 from maedet.export.detector import resolve_detector
 from maedet.export.detector_graph import RawOutputs
 from maedet.export.model_source import ModelSource
-from maedet.zoo import GFocalV2, create_detector
+from maedet.zoo import GFocalV2, Structure, create_detector
+from maedet.zoo.detectors import GENERIC_NAME as GENERIC_DETECTOR
 
-from .models import ModelSpec
+from .models import NMS_SUFFIX, ModelSpec
 
-__all__ = ["CANDIDATE_CLASS_BIAS", "DetectorSource", "Predict", "bench_detector", "detector_source"]
+__all__ = [
+    "CANDIDATE_CLASS_BIAS",
+    "DetectorSource",
+    "Predict",
+    "bench_detector",
+    "detector_source",
+    "structure_detectors",
+]
 
 CANDIDATE_CLASS_BIAS = 2.0  # class 0's logit bias: sigmoid 0.88 × quality ≈ 0.5 → scores ≈ 0.44 > 0.05
 
@@ -45,17 +53,29 @@ class DetectorSource(ModelSource):
     detector: GFocalV2 | None = None
 
 
-def bench_detector(name: str, seed: int = 0) -> GFocalV2:
-    """The deploy form (BN folded) with the fixed NMS workload of the module docstring."""
+def bench_detector(name: str, seed: int = 0, structure: Structure | None = None) -> GFocalV2:
+    """The deploy form (BN folded) with the fixed NMS workload of the module docstring; ``name`` 'gfl' with a
+    ``structure``: a searched backbone's detector, with the neck and head of ResNet-50's (FPN 256, 4 stacked convs)."""
     torch.manual_seed(seed)
-    detector = create_detector(name)
+    detector = create_detector(name, structure=structure) if structure is not None else create_detector(name)
     with torch.no_grad():
         detector.head.cls_out.bias[0] = CANDIDATE_CLASS_BIAS
     return resolve_detector(detector)
 
 
+def structure_detectors(spec: ModelSpec) -> list[ModelSpec]:
+    """A searched structure's row as whole detectors, ``NAME_gfl`` and ``NAME_gfl+nms``, compared with ResNet-50's
+    and ResNet-101's detectors (what ``maedet-search run --detector-budget`` prices): ``--detector --structure``."""
+    if spec.structure is None or spec.detector:
+        return [spec]
+    return [
+        ModelSpec(f"{spec.label}_gfl{suffix}", GENERIC_DETECTOR, spec.structure, detector=True, nms=bool(suffix))
+        for suffix in ("", NMS_SUFFIX)
+    ]
+
+
 def detector_source(spec: ModelSpec) -> DetectorSource:
-    detector = bench_detector(spec.name)
+    detector = bench_detector(spec.name, structure=spec.structure)
     module = Predict(detector) if spec.nms else RawOutputs(detector)
     return DetectorSource(
         module=module.eval(),

@@ -197,16 +197,18 @@ def meta_detector(spec: ModelSpec) -> nn.Module:
     with torch.device("meta"), warnings.catch_warnings():
         # a trained folder's weights land on meta tensors as no-ops (torch warns per tensor): shapes are enough
         warnings.simplefilter("ignore", UserWarning)
+        if spec.structure is not None:  # a searched backbone's detector ('gfl' with a structure)
+            return create_detector(spec.name, structure=spec.structure)
         return create_detector(spec.name)
 
 
 def model_cost(spec: ModelSpec, height: int, width: int) -> ModelCost:
-    """Params and GMACs per image of the C2..C5 backbone.
+    """Params and GMACs per image of the C2..C5 backbone, or of the whole detector for a detector row.
 
     MAE-DET structures use the zoo's exact closed forms; any other model is counted by running its
     features model on meta tensors under torch's FlopCounterMode (which reports 2×MACs, hence the /2).
     """
-    if spec.structure is not None:
+    if spec.structure is not None and not spec.detector:
         return ModelCost(param_count(spec.structure), gmacs(spec.structure, height, width))
     if spec.detector:
         model: nn.Module = meta_detector(spec)

@@ -32,6 +32,8 @@ from maedet.zoo import Structure, builtin_structure
 from maedet.zoo.latency import LatencyTable, Op
 from maedet.zoo.latency.detector import (
     DETECTOR_ROLES,
+    RESNET_DETECTORS,
+    RESNET_WIDTHS,
     DetectorHead,
     DetectorLatency,
     detector_widths,
@@ -60,7 +62,7 @@ __all__ = [
 LOG = logging.getLogger("maedet.bench.profile")
 PARTIAL_FORMAT = "maedet-latency-detector-partial/1"
 PUBLISHED_DETECTORS = ("maedet_s_gfl", "maedet_m_gfl", "maedet_l_gfl")
-REFERENCE_DETECTORS = ("resnet50_gfl", "resnet101_gfl")
+REFERENCE_DETECTORS = RESNET_DETECTORS
 TRAIN_SEED, HELD_OUT_SEED, VALIDATE_SEED = 201, 301, 401  # apart from the backbone profile's streams
 TRAIN_FPN = (256, 192, 128)
 CATEGORIES = {"det.gn": "gn", "det.upadd": "upadd", "det.misc": "headmisc", "det.post": "post"}
@@ -222,22 +224,39 @@ def _unit_predictor(table: LatencyTable, section: Mapping[str, Any], unit: Detec
 
 
 def fit_detector_section(
-    table: LatencyTable, units: Mapping[str, DetectorUnit], timings: Mapping[str, Timing], ref: float
+    table: LatencyTable,
+    units: Mapping[str, DetectorUnit],
+    timings: Mapping[str, Timing],
+    ref: float,
+    references: Mapping[str, DetectorUnit] | None = None,
 ) -> dict[str, Any]:
-    """The new roles fitted on the profiled detectors' kernels; the neck and head's scale calibrated on the
-    target-size ones end to end (measured − predicted backbone − predicted postprocess ≈ scale × Σ operators)."""
+    """The new roles fitted on the profiled detectors' kernels; the neck and head's scale calibrated end to end
+    (measured − backbone − predicted postprocess ≈ scale × Σ operators) on the detectors at the target's size with
+    the FPN width the section prices (256): the fitted ones (backbone predicted) and the ResNet detectors of
+    ``references`` (backbone: the table's measured ResNet time).
+
+    Why only that width: the FPN widths 128 and 192 are fitted for the roles' kernels, but end to end their
+    neck and head took 0.71× and 0.95× the operator sum where the 256-wide ones took 0.86–1.02× (measured at 640 px);
+    a scale fitted across widths left every 256-wide held-out detector 4–15% low (RMSPE 8.8%), one fitted on the
+    256-wide ones 1.3% low on average (RMSPE 3.0%)."""
     block = int(table.model.get("channel_block", 1))
     model = fit_op_model(_role_samples(units, timings, ref), table.batch, blocks=(block,))
     roles = {r: model["roles"].get(r, [0.0] * 5) for r in DETECTOR_ROLES}
     section: dict[str, Any] = {"head": DetectorHead().to_dict(), "roles": roles}
-    ratios = []
+    priced = DetectorHead().fpn_channels
+    calibrating: list[tuple[DetectorUnit, float, tuple[int, ...], str]] = []
     for name, unit in units.items():
-        if unit.size != table.input_size or unit.structure is None:
-            continue
+        if unit.size == table.input_size and unit.structure is not None and unit.fpn_channels == priced:
+            calibrating.append((unit, table.predict_ms(unit.structure), detector_widths(unit.structure), name))
+    for name, unit in (references or {}).items():
+        backbone = table.references.get(name.removesuffix("_gfl"))
+        if unit.size == table.input_size and unit.fpn_channels == priced and backbone and name in timings:
+            calibrating.append((unit, float(backbone), RESNET_WIDTHS, name))
+    ratios = []
+    for unit, backbone_ms, widths, name in calibrating:
         predictor = _unit_predictor(table, section, unit)
-        rest = steady_ms(timings[name].times, timings[name].anchor, ref) - table.predict_ms(unit.structure)
-        rest -= predictor.post_ms()
-        ratios.append(predictor.raw_neck_head_ms(detector_widths(unit.structure)) / rest)
+        rest = steady_ms(timings[name].times, timings[name].anchor, ref) - backbone_ms - predictor.post_ms()
+        ratios.append(predictor.raw_neck_head_ms(widths) / rest)
     r = np.asarray(ratios)
     if not len(r) or not np.all(r > 0):
         raise MaeDetError("the detector measurements leave no positive neck and head time to calibrate; profile again.")
@@ -302,10 +321,13 @@ def profile_detector(
     exclude = {u.structure.to_json() for u in fitted.values() if u.structure is not None}
     validation = held_out_units(held_out, seed + HELD_OUT_SEED, table.input_size, exclude)
     units = {**fitted, **named_units(table.input_size), **validation}
-    fingerprint = {"table": table_digest(table), "train": train, "held_out": held_out, **settings.fingerprint()}
+    # What the measurements depend on: the target and the drawn detectors, not the table's fitted model, so a table
+    # re-fitted from its own profile's measurements resumes them.
+    fingerprint = {"train": train, "held_out": held_out, **settings.fingerprint()}
     state = measure_detectors(out_path, settings, units, set(fitted), fingerprint, progress, on_step)
     ref, _ = anchor_reference(table, state.units)
-    section = fit_detector_section(table, fitted, state.units, ref)
+    references = {n: u for n, u in units.items() if n in REFERENCE_DETECTORS}
+    section = fit_detector_section(table, fitted, state.units, ref, references)
     section["references"] = _references(units, state.units, ref)
     predicted = {k: u for k, u in units.items() if k not in fitted}
     section["validation"] = validation_section(detector_rows(table, section, predicted, state.units, ref))

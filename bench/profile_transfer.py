@@ -194,6 +194,11 @@ def transferred_table(source: LatencyTable, target: Mapping[str, Any], fit: Tran
         for role, coefs in source.model["roles"].items()
     }
     model = {**source.model, "roles": roles}
+    if source.model.get("regimes"):  # a role's models per feature size move with the role's class
+        model["regimes"] = {
+            key: [c * fit.factors.get(role_class(key.rpartition("@")[0]), 1.0) for c in coefs]
+            for key, coefs in source.model["regimes"].items()
+        }
     calibration = {"scale": 1.0, "per_conv_ms": fit.per_conv_ms, "offset_ms": fit.offset_ms}
     return LatencyTable(target=dict(target), model=model, calibration=calibration)
 

@@ -39,8 +39,9 @@ class DetectorLatencyTarget(LatencyTarget):
 
     @property
     def references(self) -> dict[str, float]:
-        """Whole detectors' measured ms per batch (``resnet50_gfl``, ``maedet_m_gfl``, …)."""
-        return self.model.references
+        """Whole detectors' ms per batch for relative budgets (``resnet50_gfl``, ``maedet_m_gfl``, …), the ResNet
+        ones priced like the candidates (:meth:`DetectorLatency.priced_references`)."""
+        return self.model.priced_references()
 
     def predict_ms(self, structure: Structure) -> float:
         return self.model.predict(structure)["total_ms"]

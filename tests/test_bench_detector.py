@@ -80,3 +80,28 @@ def test_run_bench_measures_detectors_with_and_without_nms(tmp_path) -> None:
     assert [r.model for r in result.results] == ["maedet_s_gfl", "maedet_s_gfl+nms", "resnet50_gfl", "resnet50_gfl+nms"]
     assert all(r.latency.median > 0 and r.speedup["resnet50"] is not None for r in result.results)
     assert result.row("resnet50_gfl+nms", "torch-eager").speedup["resnet50"] == 1.0
+
+
+def test_a_searched_structure_is_benched_as_a_whole_detector_beside_resnet50s(tmp_path) -> None:
+    """``--detector --structure FILE``: the searched backbone's detector (what --detector-budget prices), with and
+    without NMS, compared with ResNet-50's detector of the same kind in the same run."""
+    from maedet.bench.cli import main
+    from maedet.zoo import builtin_structure
+
+    structure = tmp_path / "found.json"
+    structure.write_text(builtin_structure("maedet_s").to_json())
+    out = tmp_path / "bench.csv"
+    argv = ["--detector", "--models", "resnet50_gfl", "resnet50_gfl+nms", "--structure", str(structure)]
+    argv += ["--backends", "ort-cpu", "--input-size", "64", "--threads", "1", "--warmup", "1", "--rounds", "2"]
+    argv += ["--min-rounds", "1", "--iterations", "1", "--cache-dir", str(tmp_path / "cache"), "--csv", str(out)]
+    argv += ["--no-progress"]
+    assert main(argv) == 0
+    import csv
+
+    rows = {r["model"]: r for r in csv.DictReader(out.open())}
+    assert set(rows) == {"resnet50_gfl", "resnet50_gfl+nms", "found_gfl", "found_gfl+nms"}
+    whole = maedet.create_detector("gfl", structure=builtin_structure("maedet_s"))
+    assert int(rows["found_gfl"]["params"]) == sum(p.numel() for p in whole.parameters())
+    assert whole.neck.lateral_convs[0].out_channels == 256  # ResNet-50's FPN width, as the detector budget prices
+    for name in ("found_gfl", "found_gfl+nms"):
+        assert float(rows[name]["speedup_resnet50"]) > 0  # compared with resnet50_gfl / resnet50_gfl+nms

@@ -129,7 +129,12 @@ def test_a_detector_budget_search_fits_the_whole_detector(table_file, tmp_path):
                  "--out", str(out)]) == 0  # fmt: skip
     table = LatencyTable.load(table_file)
     best = json.loads((out / "best.json").read_text())
-    assert best["budget"]["latency_ms"] == table.detector["references"]["resnet50_gfl"]
+    # priced as the candidates are: ResNet-50's measured backbone + this table's neck, head and postprocess at its
+    # widths (not the measured detector, whose neck-and-head error the candidates' prices would not share)
+    post = table.detector_latency().post_ms()
+    priced = table.references["resnet50"] + neck_head_by_hand(512, 1024, 2048) + post
+    assert best["budget"]["latency_ms"] == pytest.approx(priced, rel=1e-12)
+    assert priced != pytest.approx(table.detector["references"]["resnet50_gfl"], rel=1e-3)
     structure = Structure.from_dict(best["structure"])
     parts = best["detector_latency"]
     assert parts["total_ms"] == best["latency_ms"] <= best["budget"]["latency_ms"]
@@ -314,3 +319,33 @@ def test_the_detector_fit_recovers_known_roles_and_scale():
         got, want = fitted.predict(builtin_structure(name)), expected.predict(builtin_structure(name))
         assert got["total_ms"] == pytest.approx(want["total_ms"], rel=1e-6)
         assert got["postprocess_ms"] == pytest.approx(want["postprocess_ms"], rel=1e-6)
+
+
+def test_the_neck_and_head_scale_is_calibrated_on_the_priced_fpn_width():
+    """As measured at 640 px, detectors with a narrower FPN than the priced 256 run their neck and head faster than
+    the operator sum says (0.7× here): they do not drag the scale, and the ResNet-50 detector, whose backbone time
+    the table measured, calibrates it beside the 256-wide fitted one."""
+    from maedet.bench.profile_detector import CATEGORIES, DetectorUnit, fit_detector_section, train_units
+    from maedet.bench.profile_measure import Timing
+    from maedet.zoo.latency import op_features
+    from maedet.zoo.latency.detector import DetectorLatency, neck_head_ops, post_op
+
+    table, truth = synthetic_table(), synthetic_table().detector
+    true_coefs = {r: np.asarray(c) for r, c in truth["roles"].items()}
+    units, timings, anchor = train_units(6, 0, SIZE), {}, 30.0
+    resnet = DetectorUnit("resnet50_gfl", 256, SIZE)
+
+    def timing(unit: DetectorUnit, widths: tuple[int, ...], backbone_ms: float, neck_factor: float) -> Timing:
+        ops = [*neck_head_ops(widths, unit.head, unit.size), post_op(unit.head, unit.size)]
+        kernels = {key: [sum(float(op_features(op, BATCH, BLOCK) @ true_coefs[role]) for op in ops if op.role == role)]
+                   for key, role in CATEGORIES.items()}  # fmt: skip
+        model = DetectorLatency(table, {**truth, "head": unit.head.to_dict()})
+        raw = sum(model.op_ms(op) for op in neck_head_ops(widths, unit.head, unit.size))
+        return Timing([backbone_ms + neck_factor * DETECTOR_SCALE * raw + kernels["det.post"][0]], [anchor], kernels)
+
+    for name, unit in units.items():
+        factor = 1.0 if unit.fpn_channels == 256 else 0.7
+        timings[name] = timing(unit, detector_widths(unit.structure), table.predict_ms(unit.structure), factor)
+    timings["resnet50_gfl"] = timing(resnet, (512, 1024, 2048), table.references["resnet50"], 1.0)
+    section = fit_detector_section(table, units, timings, anchor, {"resnet50_gfl": resnet})
+    assert section["calibration"]["scale"] == pytest.approx(DETECTOR_SCALE, rel=1e-6)

@@ -290,3 +290,36 @@ def test_huge_and_non_finite_numbers_in_a_table_are_one_sentence(tmp_path, text,
     (tmp_path / "t.json").write_text(body)
     with pytest.raises(MaeDetError, match=message):
         load_latency_table(tmp_path / "t.json")
+
+
+def test_a_role_slower_at_one_feature_size_gets_that_sizes_own_model(tmp_path):
+    """The runtime tiles a 1×1 conv differently at 80×80: 1.3× the per-MAC cost of the other sizes. The fit keeps a
+    per-size model (``pw@80``) beside the role's, the table predicts both sizes right, writes and reads them back,
+    and refuses a per-size model of a role the model lacks in one sentence."""
+    rng = np.random.default_rng(1)
+    base = [1.5e-8, 2e-7, 1e-7, 1e-8, 0.05]
+    slow = [1.3 * base[0], *base[1:]]
+    ops = [op for op in _random_ops(rng, 600) if op.role == "pw"]
+    samples = [([op], float(op_features(op) @ np.asarray(slow if op.size == 80 else base))) for op in ops]
+    model = fit_op_model(samples, batch=1, blocks=(1,), regimes=True)
+    assert set(model["regimes"]) == {"pw@10", "pw@20", "pw@40", "pw@80"}
+    table = _table({**model["roles"], "stem": base}, size=320)
+    table.model["regimes"] = model["regimes"]
+    table = LatencyTable.from_dict(table.to_dict())
+    for op in ops[:40]:
+        want = float(op_features(op) @ np.asarray(slow if op.size == 80 else base))
+        assert table.op_ms(op) == pytest.approx(want, rel=1e-6)
+    assert table.op_ms(Op("pw", 64, 64, 1, 1, 160)) == pytest.approx(  # a size the profile never timed: the role's
+        float(op_features(Op("pw", 64, 64, 1, 1, 160)) @ np.asarray(model["roles"]["pw"])), rel=1e-9
+    )
+    data = table.to_dict()
+    data["model"]["regimes"] = {"k7s1@80": base}
+    with pytest.raises(MaeDetError, match=r"'k7s1@80' in the model's 'regimes' is not ROLE@SIZE"):
+        LatencyTable.from_dict(data)
+    for hostile in ("pw@" + "9" * 5000, "pw@²", "pw@0", "pw@"):
+        data["model"]["regimes"] = {hostile: base}
+        with pytest.raises(MaeDetError, match="is not ROLE@SIZE"):
+            LatencyTable.from_dict(data)
+    data["model"]["regimes"] = {"pw@80": [1.0, -1.0, 0.0, 0.0, 0.0]}
+    with pytest.raises(MaeDetError, match="the model of 'pw@80' must be 5 non-negative numbers"):
+        LatencyTable.from_dict(data)

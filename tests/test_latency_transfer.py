@@ -228,3 +228,25 @@ def test_info_shows_the_five_percent_share_and_where_a_transfer_came_from(source
     assert "50% within ±5%, 100% within ±10%" in out
     factors = table.measurement["transfer"]["factors_vs_from"]
     assert f"transferred from {TABLE_FILE.name}" in out and f"pw ×{factors['pw']:.3f}" in out
+
+
+def test_a_transfer_moves_the_per_size_models_with_their_roles_class(source):
+    """A source with a per-size 1×1 model (``pw@40``, 1.4× the role's): the other machine is 1.7× slower on every
+    conv, and the transferred table predicts it there too, so the per-size model moved with the ``pw`` factor."""
+    regimes = {"pw@40": [1.4 * c for c in source.model["roles"]["pw"]]}
+    with_regime = LatencyTable(
+        target=dict(source.target),
+        model={**source.model, "regimes": regimes},
+        calibration=dict(source.calibration),
+        source=source.source,
+    )
+    true = _slower(with_regime, conv=1.7, elementwise=1.0, per_conv_ms=0.0)
+    true.model["regimes"] = {"pw@40": [1.7 * c for c in regimes["pw@40"]]}
+    true = LatencyTable.from_dict(true.to_dict())
+    nets = held_out_structures(with_regime, 10, seed=7, exclude=set(), prefix="fit")
+    table = adapt_table(with_regime, with_regime.target, nets, lambda n: {k: true.predict_ms(s) for k, s in n.items()})
+    assert table.model["regimes"]["pw@40"] == pytest.approx(
+        [c * table.measurement["transfer"]["factors"]["pw"] for c in regimes["pw@40"]]
+    )
+    for s in held_out_structures(with_regime, 20, seed=9, exclude=set()).values():
+        assert table.predict_ms(s) == pytest.approx(true.predict_ms(s), rel=0.02)

@@ -12,7 +12,7 @@ The fit that turns timed samples into a table's model lives beside the profiler 
 """
 
 from .loading import BUILTIN_MODULES, builtin_tables, load_latency_table, predict_latency
-from .pieces import FEATURE_NAMES, Op, Piece, conv_count, op_features, piece_ops, structure_pieces
+from .pieces import FEATURE_NAMES, Op, Piece, conv_count, op_features, piece_ops, regime_key, structure_pieces
 from .predictor import LatencyPredictor
 from .profiled import LatencyTable
 from .table_format import TABLE_FORMAT
@@ -31,5 +31,6 @@ __all__ = [
     "op_features",
     "piece_ops",
     "predict_latency",
+    "regime_key",
     "structure_pieces",
 ]

@@ -41,6 +41,10 @@ DETECTOR_ROLES = (*ELEMENTWISE_ROLES, "post")
 PYRAMID = ("c3", "c4", "c5")
 
 
+RESNET_DETECTORS = ("resnet50_gfl", "resnet101_gfl")  # GFocalV2 over ResNet-50/101: FPN 256, 4 stacked convs
+RESNET_WIDTHS = (512, 1024, 2048)  # ResNet-50/101's C3..C5, what their FPN laterals read
+
+
 @dataclass(frozen=True)
 class DetectorHead:
     """The neck and head's shape (GFocalV2's arguments; the defaults are resnet50_gfl's and MAE-DET-M/L's)."""
@@ -141,7 +145,21 @@ class DetectorLatency:
 
     @property
     def references(self) -> dict[str, float]:
+        """The whole detectors the profile measured (ms per batch)."""
         return dict(self.section.get("references") or {})
+
+    def priced_references(self) -> dict[str, float]:
+        """The measured detectors as relative budgets price them: a ResNet detector as its measured backbone (the
+        table's reference) + this section's neck, head and postprocess at ResNet's C3..C5 widths, so a candidate
+        and its reference carry the same neck-and-head error (measured at 640 px: a budget of ResNet-50 GFL's
+        *measured* time let a search spend the neck and head's 4% under-prediction on a slower backbone); the
+        others as measured."""
+        priced = self.references
+        for name in priced:
+            backbone = self.table.references.get(name.removesuffix("_gfl"))
+            if name in RESNET_DETECTORS and backbone:
+                priced[name] = float(backbone) + self.head_and_post_ms(RESNET_WIDTHS)
+        return priced
 
     def op_ms(self, op: Op) -> float:
         """A detector operator's ms: its own role's model, or the table's conv roles for a conv."""

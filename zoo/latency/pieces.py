@@ -27,6 +27,7 @@ __all__ = [
     "out_size",
     "piece_ops",
     "post_features",
+    "regime_key",
     "structure_pieces",
 ]
 
@@ -85,6 +86,11 @@ class Op:
 def out_size(size: int, stride: int) -> int:
     """A feature map's side after a padded conv or pool of this stride (``ceil(size / stride)``)."""
     return (size - 1) // stride + 1
+
+
+def regime_key(role: str, size: int) -> str:
+    """The name of a role's model at one input feature size in a table (``pw@160``)."""
+    return f"{role}@{size}"
 
 
 def conv_role(kernel_size: int, stride: int) -> str:

@@ -61,6 +61,11 @@ class LatencyTable:
         self._cache: dict[Piece, float] = {}
         self._block = int(self.model.get("channel_block", 1))
         self._coefs = {r: np.asarray(c, dtype=np.float64) for r, c in self.model.get("roles", {}).items()}
+        self._regimes = {
+            (role, int(size)): np.asarray(c, dtype=np.float64)
+            for key, c in self.model.get("regimes", {}).items()
+            for role, _, size in [key.rpartition("@")]
+        }
 
     # ---------------------------------------------------------------- prediction
     @property
@@ -92,7 +97,11 @@ class LatencyTable:
         return self._coefs[nearest]
 
     def op_ms(self, op: Op) -> float:
-        coef = self._role_coefs(op)
+        """The op's role model at its feature size when the profile fitted one (``model.regimes``), else the
+        role's."""
+        coef = self._regimes.get((op.role, op.size))
+        if coef is None:
+            coef = self._role_coefs(op)
         return 0.0 if coef is None else float(op_features(op, self.batch, self._block) @ coef)
 
     def piece_ms(self, piece: Piece) -> float:

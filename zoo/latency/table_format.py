@@ -161,14 +161,31 @@ def _check_model(model: Any, where: str) -> dict[str, Any]:
     for role, coefs in model["roles"].items():
         if not valid_role(role):
             raise MaeDetError(f"{where}: unknown operator role {role!r} in the model.")
-        if (
-            not isinstance(coefs, list)
-            or len(coefs) != len(FEATURE_NAMES)
-            or not all(_finite(c) and c >= 0 for c in coefs)
-        ):
-            raise MaeDetError(f"{where}: the model of {role!r} must be {len(FEATURE_NAMES)} non-negative numbers.")
-        roles[role] = [float(c) for c in coefs]
+        roles[role] = _coefficients(coefs, role, where)
     for needed in ("stem", "pw"):
         if needed not in roles:
             raise MaeDetError(f"{where}: the model has no {needed!r} role.")
-    return {**{k: v for k, v in model.items() if k != "roles"}, "channel_block": block, "roles": roles}
+    checked = {**{k: v for k, v in model.items() if k != "roles"}, "channel_block": block, "roles": roles}
+    if "regimes" in model:
+        checked["regimes"] = _check_regimes(model["regimes"], roles, where)
+    return checked
+
+
+def _check_regimes(regimes: Any, roles: Mapping[str, Any], where: str) -> dict[str, list[float]]:
+    """A role's models per feature size (``pw@160``): each of a role the model has, at a size from 1 to 65536."""
+    if not isinstance(regimes, Mapping):
+        raise MaeDetError(f"{where}: the model's 'regimes' must be an object.")
+    checked: dict[str, list[float]] = {}
+    for key, coefs in regimes.items():
+        role, _, size = str(key).rpartition("@")
+        if role not in roles or not (size.isascii() and size.isdigit() and len(size) <= 5 and 1 <= int(size) <= 65536):
+            raise MaeDetError(f"{where}: {key!r} in the model's 'regimes' is not ROLE@SIZE of a role of the model.")
+        checked[f"{role}@{int(size)}"] = _coefficients(coefs, key, where)
+    return checked
+
+
+def _coefficients(coefs: Any, name: Any, where: str) -> list[float]:
+    """One model's coefficients: one non-negative finite number per feature."""
+    if not isinstance(coefs, list) or len(coefs) != len(FEATURE_NAMES) or not all(_finite(c) and c >= 0 for c in coefs):
+        raise MaeDetError(f"{where}: the model of {name!r} must be {len(FEATURE_NAMES)} non-negative numbers.")
+    return [float(c) for c in coefs]
