@@ -57,7 +57,7 @@ def bench_detector(name: str, seed: int = 0, structure: Structure | None = None)
     """The deploy form (BN folded) with the fixed NMS workload of the module docstring; ``name`` 'gfl' with a
     ``structure``: a searched backbone's detector, with the neck and head of ResNet-50's (FPN 256, 4 stacked convs)."""
     torch.manual_seed(seed)
-    detector = create_detector(name, structure=structure) if structure is not None else create_detector(name)
+    detector = create_detector(name, structure=structure)
     with torch.no_grad():
         detector.head.cls_out.bias[0] = CANDIDATE_CLASS_BIAS
     return resolve_detector(detector)

@@ -197,9 +197,7 @@ def meta_detector(spec: ModelSpec) -> nn.Module:
     with torch.device("meta"), warnings.catch_warnings():
         # a trained folder's weights land on meta tensors as no-ops (torch warns per tensor): shapes are enough
         warnings.simplefilter("ignore", UserWarning)
-        if spec.structure is not None:  # a searched backbone's detector ('gfl' with a structure)
-            return create_detector(spec.name, structure=spec.structure)
-        return create_detector(spec.name)
+        return create_detector(spec.name, structure=spec.structure)  # a structure: a searched backbone's ('gfl')
 
 
 def model_cost(spec: ModelSpec, height: int, width: int) -> ModelCost:

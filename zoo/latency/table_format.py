@@ -18,7 +18,7 @@ from maedet.errors import MaeDetError
 
 from .detector import check_detector_section
 from .memory import check_memory_section
-from .pieces import FEATURE_NAMES
+from .pieces import FEATURE_NAMES, regime_key
 
 __all__ = ["MAX_TABLE_BYTES", "TABLE_FORMAT", "check_table", "read_table", "table_document", "write_table"]
 
@@ -180,7 +180,7 @@ def _check_regimes(regimes: Any, roles: Mapping[str, Any], where: str) -> dict[s
         role, _, size = str(key).rpartition("@")
         if role not in roles or not (size.isascii() and size.isdigit() and len(size) <= 5 and 1 <= int(size) <= 65536):
             raise MaeDetError(f"{where}: {key!r} in the model's 'regimes' is not ROLE@SIZE of a role of the model.")
-        checked[f"{role}@{int(size)}"] = _coefficients(coefs, key, where)
+        checked[regime_key(role, int(size))] = _coefficients(coefs, key, where)
     return checked
 
 
