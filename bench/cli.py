@@ -386,7 +386,9 @@ def _add_memory_options(p: argparse.ArgumentParser) -> None:
         help="fit TABLE's memory model (ONNX Runtime CPU peak RSS) on --memory-fit-nets measured networks, validate it "
         "on --networks held-out ones (20 unless given) and write it into the table (OUT, default TABLE itself)",
     )
-    p.add_argument("--memory-fit-nets", type=positive_int, default=8, help="networks the memory model is fitted on")
+    p.add_argument(
+        "--memory-fit-nets", type=positive_int, default=32, help="networks the memory model is fitted on (default 32)"
+    )
 
 
 def _print_memory_info(path: str) -> None:

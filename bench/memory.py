@@ -53,15 +53,32 @@ def _reset_peak_rss() -> bool:
 
 
 class PeakMemory:
-    """Context manager: ``with PeakMemory(kind) as m: ...``; then ``m.megabytes`` (None if not measurable)."""
+    """Context manager: ``with PeakMemory(kind) as m: ...``; then ``m.megabytes`` (None if not measurable).
+
+    On the CPU, ``m.phase()`` inside the window closes a phase: it returns the peak rise since the last phase
+    began and starts the next from the resident set of now, so ``m.phases`` holds each phase's peak (a session's
+    creation, then its runs) while ``m.megabytes`` stays the whole window's.
+    """
 
     def __init__(self, kind: str) -> None:
         if kind not in MEMORY_KINDS:
             raise ValueError(f"unknown memory kind {kind!r}")
         self.kind = kind
         self.megabytes: float | None = None
+        self.phases: list[float] = []
         self._base = 0
         self._ok = False
+
+    def phase(self) -> float | None:
+        """The peak rise (MiB, above the window's start) since the previous phase; the peak then restarts."""
+        if self.kind != "cpu-rss-rise":
+            raise ValueError("phases are measured on the CPU only (peak RSS can be reset there)")
+        peak = status_kib("VmHWM") if self._ok else None
+        if peak is None:
+            return None
+        self.phases.append(max(0, peak - self._base) / 1024)
+        self._ok = _reset_peak_rss()
+        return self.phases[-1]
 
     def __enter__(self) -> PeakMemory:
         if self.kind == "cpu-rss-rise":
@@ -86,7 +103,9 @@ class PeakMemory:
             return
         if self.kind == "cpu-rss-rise":
             peak = status_kib("VmHWM")
-            self.megabytes = max(0, peak - self._base) / 1024 if peak is not None else None
+            if peak is not None:
+                self.phases.append(max(0, peak - self._base) / 1024)
+                self.megabytes = max(self.phases)
             return
         import torch
 

@@ -4,7 +4,8 @@ Each network is exported here (the profile's export path: BN folded, C2..C5 outp
 subprocess, so one network's arena, allocator caches and peak do not leak into the next. Inside the subprocess
 ONNX Runtime and the input batch exist before the measurement starts; the window covers what a deployment pays per
 model: reading the model, creating the session (initializers, pre-packed weights, the memory plan) and two runs
-(the first allocates the activation arena). :class:`~.memory.PeakMemory` measures it (``cpu-rss-rise``).
+(the first allocates the activation arena). :class:`~.memory.PeakMemory` measures it (``cpu-rss-rise``) in two
+phases, creation and runs, each a peak above the resident set before the window: the process's peak is the larger.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from maedet.zoo import Structure
 
 from .errors import BenchError
 
-__all__ = ["export_network", "measure_model_file", "measure_networks", "measure_structure"]
+__all__ = ["PHASES", "export_network", "measure_model_file", "measure_networks", "measure_structure"]
 
 CHILD_TIMEOUT_S = 600
 REPEATS = 3
+PHASES = ("peak", "creation", "run")  # MiB each measurement reports: the whole window's, and each phase's
 
 
 def export_network(structure: Structure, input_size: int, batch: int, path: Path, opset: int = 17) -> Path:
@@ -43,13 +45,17 @@ def export_network(structure: Structure, input_size: int, batch: int, path: Path
     return path
 
 
-def measure_model_file(path: Path, input_size: int, batch: int, threads: int, repeats: int = REPEATS) -> float:
-    """Peak RSS rise (MiB) of a session over ``path`` and two runs: the median of ``repeats`` fresh subprocesses
-    (where the allocator places the arena moves one measurement by up to 10 %)."""
-    return statistics.median(_measure_once(path, input_size, batch, threads) for _ in range(repeats))
+def measure_model_file(
+    path: Path, input_size: int, batch: int, threads: int, repeats: int = REPEATS
+) -> dict[str, float]:
+    """Peak RSS rise (MiB) of a session over ``path`` and two runs (``peak``), and of its creation and its runs
+    alone: each the median of ``repeats`` fresh subprocesses (where the allocator places the arena moves one
+    measurement by up to 10 %)."""
+    once = [_measure_once(path, input_size, batch, threads) for _ in range(repeats)]
+    return {key: statistics.median(m[key] for m in once) for key in PHASES}
 
 
-def _measure_once(path: Path, input_size: int, batch: int, threads: int) -> float:
+def _measure_once(path: Path, input_size: int, batch: int, threads: int) -> dict[str, float]:
     argv = [sys.executable, "-m", __name__, str(path), str(input_size), str(batch), str(threads)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
@@ -59,15 +65,15 @@ def _measure_once(path: Path, input_size: int, batch: int, threads: int) -> floa
     if done.returncode != 0 or not lines:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise BenchError(f"measuring the memory of {path.name} failed: {last}")
-    value = json.loads(lines[-1]).get("rss_mb")
-    if value is None:
+    values = json.loads(lines[-1])
+    if any(values.get(key) is None for key in PHASES):
         raise BenchError("this system cannot measure peak RSS (no /proc/self/clear_refs or VmHWM).")
-    return float(value)
+    return {key: float(values[key]) for key in PHASES}
 
 
 def measure_structure(
     structure: Structure, input_size: int, batch: int, threads: int, workdir: Path, repeats: int = REPEATS
-) -> float:
+) -> dict[str, float]:
     path = export_network(structure, input_size, batch, workdir / "memory-network.onnx")
     try:
         return measure_model_file(path, input_size, batch, threads, repeats)
@@ -82,9 +88,9 @@ def measure_networks(
     threads: int,
     step: Callable[[str], None] | None = None,
     repeats: int = REPEATS,
-) -> dict[str, float]:
-    """Measured MiB of each named network, in order (``step`` is told each name before it is measured)."""
-    measured: dict[str, float] = {}
+) -> dict[str, dict[str, float]]:
+    """Measured MiB (PHASES) of each named network, in order (``step`` is told each name before it is measured)."""
+    measured: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="maedet-memory-") as tmp:
         for name, structure in networks.items():
             if step is not None:
@@ -99,25 +105,18 @@ def _child(argv: list[str]) -> dict[str, Any]:
 
     from maedet.runtime import ort_session
 
-    from .memory import PeakMemory, status_kib
+    from .memory import PeakMemory
 
     path, size, batch, threads = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
     images = np.random.default_rng(1).random((batch, 3, size, size), dtype=np.float32)
     with PeakMemory("cpu-rss-rise") as peak:
-        base = status_kib("VmRSS") or 0
         session = ort_session(path, threads=threads, denormals_as_zero=True, what=path.name)
-        created = {
-            "creation_peak_mib": _rise(status_kib("VmHWM"), base),
-            "retained_mib": _rise(status_kib("VmRSS"), base),
-        }
+        creation = peak.phase()
         name = session.get_inputs()[0].name
         for _ in range(2):
             session.run(None, {name: images})
-    return {"rss_mb": peak.megabytes, **created}
-
-
-def _rise(kib: int | None, base: int) -> float | None:
-    return None if kib is None else max(0, kib - base) / 1024
+    run = peak.phases[-1] if creation is not None and len(peak.phases) == 2 else None
+    return {"peak": peak.megabytes, "creation": creation, "run": run}
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """``maedet-bench profile --memory T.json``: fit a table's memory model on measured networks and validate it.
 
 ``--memory-fit-nets`` networks (MAE-DET-S/M/L and random members of the space) are measured (peak RSS rise of a fresh
-ONNX Runtime session and its first runs, :mod:`.memory_measure`) and the three coefficients of
+ONNX Runtime session's creation and of its first runs, :mod:`.memory_measure`) and the two phases of
 :mod:`maedet.zoo.latency.memory` fitted on them; ``--networks`` further random members, never fitted on, are
-measured and predicted, and their within-±10 % share and RMSPE are written with every network's figures into the
-table's ``memory`` section. Each measurement is kept in ``OUT.memory-partial`` as it comes, so an interrupted run
-resumes where it stopped.
+measured and predicted (the larger phase against the measured peak), and their within-±10 % share and RMSPE are
+written with every network's figures into the table's ``memory`` section. Each measurement is kept in
+``OUT.memory-partial`` as it comes, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text
 from maedet.zoo import Structure, builtin_structure
 from maedet.zoo.latency import LatencyTable
-from maedet.zoo.latency.memory import fit_memory_model, memory_features
+from maedet.zoo.latency.memory import MIN_FIT_NETWORKS, PHASE_FEATURES, MemoryModel, fit_memory_model, memory_features
 
 from .machine import cpu_model
-from .memory_measure import measure_networks
+from .memory_measure import PHASES, measure_networks
 from .profile import sample_structures
 from .profile_figures import validation_figures
 from .profile_progress import profile_progress
@@ -49,15 +49,16 @@ def memory_networks(input_size: int, fit: int, validate: int, seed: int) -> tupl
 
 def _measure_resumably(
     networks: Mapping[str, Structure], target: Mapping[str, Any], partial: Path, step: Callable[[int, str], None]
-) -> dict[str, float]:
-    """MiB of every network, reusing those ``partial`` holds for this target and saving each new one into it."""
-    key = json.dumps({k: target.get(k) for k in ("batch", "input_size", "threads")}, sort_keys=True)
+) -> dict[str, dict[str, float]]:
+    """MiB of every network (PHASES), reusing those ``partial`` holds for this target and saving each new one."""
+    settings = {k: target.get(k) for k in ("batch", "input_size", "threads")} | {"phases": PHASES}
+    key = json.dumps(settings, sort_keys=True)
     saved: dict[str, Any] = {}
     if partial.exists():
-        saved = json.loads(partial.read_text())
+        saved = _read_partial(partial)
         if saved.get("target") != key:
             saved = {}
-    done: dict[str, float] = dict(saved.get("measured", {}))
+    done: dict[str, dict[str, float]] = dict(saved.get("measured", {}))
     for name, structure in networks.items():
         ident = structure.to_json()
         if ident not in done:
@@ -68,19 +69,39 @@ def _measure_resumably(
     return {name: done[s.to_json()] for name, s in networks.items()}
 
 
-def _rows(model: Any, networks: Mapping[str, Structure], measured: Mapping[str, float], role: str) -> list[dict]:
+def _read_partial(partial: Path) -> dict[str, Any]:
+    """The saved measurements, or nothing when the file is not what this code writes (a fresh start, not an error:
+    the partial file is our own scratch)."""
+    try:
+        saved = json.loads(partial.read_text())
+    except (OSError, ValueError):
+        return {}
+    measured = saved.get("measured") if isinstance(saved, dict) else None
+    if not isinstance(measured, dict) or not all(
+        isinstance(v, dict) and all(isinstance(v.get(k), (int, float)) and v[k] > 0 for k in PHASES)
+        for v in measured.values()
+    ):
+        return {}
+    return saved
+
+
+def _rows(
+    model: MemoryModel, networks: Mapping[str, Structure], measured: Mapping[str, Mapping[str, float]], role: str
+) -> list[dict]:
     rows = []
     for name, s in networks.items():
-        weights, activations, _ = memory_features(s, model.input_size, model.batch, model.channel_block)
+        features = memory_features(s, model.input_size, model.batch, model.channel_block)
+        phases = model.phase_mib(s)
         rows.append(
             {
                 "name": name,
                 "role": role,
                 "structure": s.to_dict(),
-                "weights_mib": round(float(weights), 3),
-                "activations_mib": round(float(activations), 3),
-                "measured_mib": round(measured[name], 3),
-                "predicted_mib": round(model.predict_mib(s), 3),
+                **{f: round(v, 3) for f, v in features.items() if f != "overhead"},
+                "measured_mib": round(measured[name]["peak"], 3),
+                "predicted_mib": round(max(phases.values()), 3),
+                **{f"measured_{p}_mib": round(measured[name][p], 3) for p in phases},
+                **{f"predicted_{p}_mib": round(v, 3) for p, v in phases.items()},
             }
         )
     return rows
@@ -100,6 +121,10 @@ def fit_table_memory(
     target = table.target
     if (target.get("backend"), target.get("precision")) != ("ort-cpu", "fp32"):
         raise MaeDetError("a memory model is fitted for ONNX Runtime CPU fp32 tables only (the profiled target).")
+    if fit < MIN_FIT_NETWORKS:
+        raise MaeDetError(
+            f"a memory model is fitted on at least {MIN_FIT_NETWORKS} networks; ask --memory-fit-nets for that many."
+        )
     out_path = Path(out or table_path)
     fitted, held_out = memory_networks(table.input_size, fit, validate, seed)
     start = time.perf_counter()
@@ -108,7 +133,8 @@ def fit_table_memory(
             {**fitted, **held_out}, target, out_path.with_name(out_path.name + ".memory-partial"), step
         )
     block = int(table.model.get("channel_block", 1))
-    model = fit_memory_model(list(fitted.values()), [measured[n] for n in fitted], table.batch, table.input_size, block)
+    by_phase = {p: [measured[n][p] for n in fitted] for p in PHASE_FEATURES}
+    model = fit_memory_model(list(fitted.values()), by_phase, table.batch, table.input_size, block)
     rows = _rows(model, held_out, measured, "validation")
     figures = validation_figures([r["predicted_mib"] for r in rows], [r["measured_mib"] for r in rows])
     figures |= {"wall_s": round(time.perf_counter() - start, 1), "cpu": cpu_model(), "measure": "cpu-rss-rise"}
@@ -125,8 +151,14 @@ def describe_memory(table: LatencyTable) -> str:
     """The memory model's lines for ``--info`` and after a fit (empty when the table has none)."""
     if not table.memory:
         return ""
-    a, b, c = table.memory["coefficients"]
-    lines = [f"memory model: {a:.3f}·weights MiB + {b:.3f}·activation-peak MiB + {c:.1f} MiB (ORT CPU peak RSS)"]
+    model = MemoryModel.from_section(table.memory, table.batch, table.input_size, "the table")
+    lines = ["memory model (ORT CPU peak RSS, MiB): the larger of"]
+    for name, phase in model.phases.items():
+        terms = " + ".join(
+            f"{c:.1f}" if f == "overhead" else f"{c:.3f}·{f.removesuffix('_mib')}"
+            for f, c in zip(phase.features, phase.coefficients, strict=True)
+        )
+        lines.append(f"  {name}: {terms}")
     v = table.memory.get("validation") or {}
     if all(isinstance(v.get(k), (int, float)) for k in ("count", "within_10pct", "rmspe_pct", "max_abs_err_pct")):
         lines.append(

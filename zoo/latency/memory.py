@@ -1,24 +1,30 @@
-"""Predicted peak memory of a backbone on ONNX Runtime CPU: weights, the activation arena's peak, a fixed overhead.
+"""Predicted peak memory of a backbone on ONNX Runtime CPU: the larger of what creating its session and what running
+it take.
 
-ONNX Runtime plans its activation buffers ahead of the first run and reuses a buffer once its last reader has run,
+Creating a session reads the model and converts its weights (initializers, the layout transformer's blocked copies,
+the session's own tensors): the resident set peaks at about three times the weights, plus the few largest weight
+tensors once more (their transient copies find no freed hole of their size). Running it adds the activation arena to
+what creation left resident; ONNX Runtime plans activation buffers ahead and reuses one once its last reader has run,
 so the arena holds, at its fullest, the largest set of tensors alive at once along the execution order. The order
 is the exported graph's: per block the shortcut (average pool, 1×1 projection) first, then 1×1 → k×k → 1×1 with
 the residual add and ReLU fused into the last conv. The runtime's blocked CPU layout pads channels to a block (the
 latency table's ``channel_block``); the four stage outputs (C2..C5) are graph outputs, reordered to the plain
-layout and held to the end. The process's peak resident memory is then
+layout and held to the end. The process's peak is then
 
-    MiB = weights_coef · weight MiB + activations_coef · activation-peak MiB + overhead_mib
+    MiB = max(creation, run),  each phase a non-negative linear combination of the FEATURES below,
 
-with the three coefficients fitted on measured networks (``maedet-bench profile --memory``; the weights are
-read, kept and pre-packed, hence a coefficient above 1). The coefficients are plain data in the latency table's
-``memory`` section; prediction is pure numpy.
+with the coefficients fitted on networks measured phase by phase (``maedet-bench profile --memory``). Whether the
+arena's regions land in heap holes creation freed or in fresh pages is the allocator's placement, not the
+network's; the fit takes its average. The phases' features and coefficients are plain data in the latency table's
+``memory`` section; prediction is pure numpy. Tables written before the two phases (one linear model of weights,
+activation peak and overhead) still load and predict as one phase.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,8 +35,11 @@ from ..structure import Structure
 from .pieces import Piece, out_size, piece_ops
 
 __all__ = [
-    "MEMORY_FEATURES",
+    "FEATURES",
+    "MIN_FIT_NETWORKS",
+    "PHASE_FEATURES",
     "MemoryModel",
+    "Phase",
     "activation_peak_bytes",
     "check_memory_section",
     "fit_memory_model",
@@ -40,7 +49,21 @@ __all__ = [
     "weight_bytes",
 ]
 
-MEMORY_FEATURES = ("weights_mib", "activations_mib", "overhead")
+FEATURES = {
+    "weights_mib": "fp32 weights and biases of the deployed convs",
+    "largest_weights_mib": "the three largest weight tensors together",
+    "activations_mib": "the planned activation peak",
+    "largest_activation_mib": "the largest single activation",
+    "overhead": "a fixed MiB",
+}
+LARGEST_WEIGHTS = 3  # how many of the largest weight tensors add their transient copy (the best of 1, 3, 5, 10, 20)
+PHASE_FEATURES = {
+    "creation": ("weights_mib", "largest_weights_mib", "overhead"),
+    "run": ("weights_mib", "largest_weights_mib", "activations_mib", "largest_activation_mib", "overhead"),
+}
+MAX_PHASES = 8  # a table naming more is not one this code wrote
+MIN_FIT_NETWORKS = max(len(f) for f in PHASE_FEATURES.values()) + 1  # one more than a phase's coefficients
+LEGACY_FEATURES = ("weights_mib", "activations_mib", "overhead")  # the one-phase sections of older tables
 FLOAT_BYTES = 4
 MIB = 2**20
 
@@ -117,43 +140,73 @@ def activation_peak_bytes(tensors: list[Tensor]) -> int:
     return peak
 
 
-def weight_bytes(structure: Structure) -> int:
-    """fp32 bytes of the deployed convs' weights and biases (BN folded into them)."""
+def weight_tensor_bytes(structure: Structure) -> list[int]:
+    """fp32 bytes of each deployed conv's weight and bias (BN folded into them), in graph order."""
     s = structure.stem
-    total = s.out_chs * (s.in_chs * s.kernel_size**2 + 1)
+    sizes = [s.out_chs * (s.in_chs * s.kernel_size**2 + 1)]
     for st in structure.stages:
         b, k = st.bottleneck_chs, st.kernel_size
         for i in range(st.depth):
             c_in = st.in_chs if i == 0 else st.out_chs
-            total += b * (c_in + 1) + b * (b * k * k + 1) + st.out_chs * (b + 1)
-        total += st.out_chs * (st.in_chs + 1)  # the first block's projection shortcut
-    return total * FLOAT_BYTES
+            sizes += [b * (c_in + 1), b * (b * k * k + 1), st.out_chs * (b + 1)]
+        sizes.append(st.out_chs * (st.in_chs + 1))  # the first block's projection shortcut
+    return [n * FLOAT_BYTES for n in sizes]
 
 
-def memory_features(structure: Structure, input_size: int, batch: int, channel_block: int) -> np.ndarray:
-    """The columns of MEMORY_FEATURES for one network, as float64."""
-    peak = activation_peak_bytes(network_tensors(structure, input_size, batch, channel_block))
-    return np.asarray([weight_bytes(structure) / MIB, peak / MIB, 1.0], dtype=np.float64)
+def weight_bytes(structure: Structure) -> int:
+    """fp32 bytes of the deployed convs' weights and biases (BN folded into them)."""
+    return sum(weight_tensor_bytes(structure))
+
+
+def memory_features(structure: Structure, input_size: int, batch: int, channel_block: int) -> dict[str, float]:
+    """Every feature of FEATURES for one network (MiB, and 1 for the overhead)."""
+    tensors = network_tensors(structure, input_size, batch, channel_block)
+    weights = sorted(weight_tensor_bytes(structure), reverse=True)
+    return {
+        "weights_mib": sum(weights) / MIB,
+        "largest_weights_mib": sum(weights[:LARGEST_WEIGHTS]) / MIB,
+        "activations_mib": activation_peak_bytes(tensors) / MIB,
+        "largest_activation_mib": max(t.nbytes for t in tensors) / MIB,
+        "overhead": 1.0,
+    }
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase's prediction: MiB = coefficients · the named features."""
+
+    features: tuple[str, ...]
+    coefficients: tuple[float, ...]
+
+    def mib(self, features: Mapping[str, float]) -> float:
+        return float(sum(c * features[f] for f, c in zip(self.features, self.coefficients, strict=True)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": list(self.features), "coefficients": list(self.coefficients)}
 
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """Fitted coefficients of one target (the latency table's batch, input size and channel block)."""
+    """Fitted phases of one target (the latency table's batch, input size and channel block); the peak is the
+    largest phase's."""
 
-    coefficients: tuple[float, float, float]
+    phases: Mapping[str, Phase]
     batch: int
     input_size: int
     channel_block: int = 1
-    validation: Mapping[str, Any] | None = None
+    validation: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    def phase_mib(self, structure: Structure) -> dict[str, float]:
+        """Each phase's predicted MiB."""
+        features = memory_features(structure, self.input_size, self.batch, self.channel_block)
+        return {name: phase.mib(features) for name, phase in self.phases.items()}
 
     def predict_mib(self, structure: Structure) -> float:
-        features = memory_features(structure, self.input_size, self.batch, self.channel_block)
-        return float(np.dot(np.asarray(self.coefficients), features))
+        return max(self.phase_mib(structure).values())
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "features": list(MEMORY_FEATURES),
-            "coefficients": list(self.coefficients),
+            "phases": {name: phase.to_dict() for name, phase in self.phases.items()},
             "channel_block": self.channel_block,
         }
         return data | ({"validation": dict(self.validation)} if self.validation else {})
@@ -161,22 +214,38 @@ class MemoryModel:
     @classmethod
     def from_section(cls, section: Any, batch: int, input_size: int, where: str) -> MemoryModel:
         """The table's ``memory`` section, checked; anything wrong is one sentence."""
-        if not isinstance(section, Mapping) or section.get("features") != list(MEMORY_FEATURES):
-            raise MaeDetError(f"{where}: the 'memory' section must list the features {list(MEMORY_FEATURES)}.")
-        coefs = section.get("coefficients")
-        if not isinstance(coefs, list) or len(coefs) != 3 or not all(_finite(c) and c >= 0 for c in coefs):
-            raise MaeDetError(f"{where}: the memory model's 'coefficients' must be three non-negative numbers.")
+        if not isinstance(section, Mapping):
+            raise MaeDetError(f"{where}: the 'memory' section must be an object.")
+        if "phases" in section:
+            raw = section["phases"]
+            named = isinstance(raw, Mapping) and all(isinstance(k, str) for k in raw)
+            if not named or not 0 < len(raw) <= MAX_PHASES:
+                raise MaeDetError(
+                    f"{where}: the memory model's 'phases' must map 1 to {MAX_PHASES} phase names to their models."
+                )
+            phases = {name: _phase(value, f"{where}: memory phase {name!r}") for name, value in raw.items()}
+        elif section.get("features") == list(LEGACY_FEATURES):
+            phases = {"process": _phase(section, f"{where}: the memory model")}
+        else:
+            raise MaeDetError(f"{where}: the 'memory' section must hold 'phases' (maedet-bench profile --memory).")
         block = section.get("channel_block", 1)
         if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= 1024:
             raise MaeDetError(f"{where}: the memory model's 'channel_block' must be an integer from 1 to 1024.")
         validation = section.get("validation")
-        return cls(
-            (float(coefs[0]), float(coefs[1]), float(coefs[2])),
-            batch,
-            input_size,
-            block,
-            dict(validation) if isinstance(validation, Mapping) else None,
-        )
+        return cls(phases, batch, input_size, block, dict(validation) if isinstance(validation, Mapping) else None)
+
+
+def _phase(value: Any, where: str) -> Phase:
+    if not isinstance(value, Mapping):
+        raise MaeDetError(f"{where} must be an object with 'features' and 'coefficients'.")
+    names, coefs = value.get("features"), value.get("coefficients")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n in FEATURES for n in names):
+        raise MaeDetError(f"{where}: 'features' must be a list drawn from {sorted(FEATURES)}.")
+    if len(set(names)) != len(names):
+        raise MaeDetError(f"{where}: 'features' names a feature twice.")
+    if not isinstance(coefs, list) or len(coefs) != len(names) or not all(_finite(c) and c >= 0 for c in coefs):
+        raise MaeDetError(f"{where}: 'coefficients' must hold one non-negative number per feature ({len(names)}).")
+    return Phase(tuple(names), tuple(float(c) for c in coefs))
 
 
 def _finite(value: Any) -> bool:
@@ -184,18 +253,29 @@ def _finite(value: Any) -> bool:
 
 
 def fit_memory_model(
-    structures: list[Structure], measured_mib: list[float], batch: int, input_size: int, channel_block: int
+    structures: Sequence[Structure],
+    measured: Mapping[str, Sequence[float]],
+    batch: int,
+    input_size: int,
+    channel_block: int,
 ) -> MemoryModel:
-    """Non-negative least squares of the measured MiB on the features, weighted so every network's *relative*
-    error counts alike (the goal is stated in percent)."""
+    """Each phase of PHASE_FEATURES fitted on its measured MiB (``measured[phase]``, one per structure) by
+    non-negative least squares on relative error (the goal is stated in percent; a negative coefficient would make
+    a bigger network need less)."""
     from scipy.optimize import nnls
 
-    if len(structures) < 3 or len(structures) != len(measured_mib):
-        raise MaeDetError(f"a memory model needs at least 3 measured networks, got {len(structures)}.")
-    x = np.stack([memory_features(s, input_size, batch, channel_block) for s in structures])
-    y = np.asarray(measured_mib, dtype=np.float64)
-    coefs, _ = nnls(x / y[:, None], np.ones_like(y))
-    return MemoryModel((float(coefs[0]), float(coefs[1]), float(coefs[2])), batch, input_size, channel_block)
+    if len(structures) < MIN_FIT_NETWORKS:
+        raise MaeDetError(f"a memory model needs at least {MIN_FIT_NETWORKS} measured networks, got {len(structures)}.")
+    rows = [memory_features(s, input_size, batch, channel_block) for s in structures]
+    phases: dict[str, Phase] = {}
+    for name, features in PHASE_FEATURES.items():
+        y = np.asarray(measured[name], dtype=np.float64)
+        if len(y) != len(structures) or not np.all(y > 0):
+            raise MaeDetError(f"the memory model's {name} phase needs one positive MiB per network.")
+        x = np.asarray([[row[f] for f in features] for row in rows])
+        coefs, _ = nnls(x / y[:, None], np.ones_like(y))
+        phases[name] = Phase(features, tuple(float(c) for c in coefs))
+    return MemoryModel(phases, batch, input_size, channel_block)
 
 
 def check_memory_section(section: Any, where: str) -> dict[str, Any]:
