@@ -35,7 +35,7 @@ from maedet.zoo.latency.goal import goal_text, meets_goal, missed_goal_sentence
 from .machine import cpu_model, machine_info, usable_cores
 from .profile_figures import validation_figures, validation_section
 from .profile_fit import fit_op_model
-from .profile_measure import ANCHOR, Measurer, steady_ms, structure_op_keys
+from .profile_measure import ANCHOR, Measurer, quiet_anchor_ms, steady_ms, structure_op_keys
 from .profile_progress import profile_progress
 from .profile_state import MeasuredUnits
 
@@ -49,7 +49,6 @@ REFERENCES = ("resnet50", "resnet101")
 PUBLISHED = ("maedet_s", "maedet_m", "maedet_l")
 PIECE_GROUP = 8  # pieces timed together in interleaved rounds (GPU runtimes)
 PARTIAL_FORMAT = "maedet-latency-profile-partial/2"
-ANCHOR_QUANTILE = 25  # the anchor's quiet time: this percentile of all its rounds
 # Why a CPU profile runs one thread unless --threads says otherwise (measured; docs/latency.md has the figures).
 DEFAULT_CPU_THREADS_WHY = (
     "profiling with 1 thread, the setting whose predictions meet the ±10% goal: with every core busy, whatever else "
@@ -285,7 +284,7 @@ def _target(settings: ProfileSettings, info: dict[str, Any]) -> dict[str, Any]:
 
 def _build_table(plan: _Plan, state: MeasuredUnits, settings: ProfileSettings, wall_s: float) -> LatencyTable:
     units = state.units
-    ref = float(np.percentile([a for t in units.values() for a in t.anchor], ANCHOR_QUANTILE))
+    ref = quiet_anchor_ms(units)
 
     def steady(name: str) -> float:
         return steady_ms(units[name].times, units[name].anchor, ref)

@@ -19,7 +19,7 @@ import hashlib
 import json
 import re
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +39,14 @@ __all__ = [
     "ov_node_times",
     "piece_module",
     "piece_seed",
+    "quiet_anchor_ms",
     "run_node_times",
     "steady_ms",
     "structure_op_keys",
 ]
 
 ANCHOR = "maedet_s"  # timed beside every unit, at half the target's input size
+ANCHOR_QUANTILE = 25  # the anchor's quiet time: this percentile of all its rounds
 _BLOCK_NODE = re.compile(r"/stages_(\d+)/blocks/blocks\.(\d+)/(?:(conv1|conv2|conv3|downsample|shortcut)/)?")
 _STEM_NODE = re.compile(r"/stem/")
 
@@ -65,6 +67,11 @@ class Timing:
     def from_dict(cls, data: dict[str, Any]) -> Timing:
         ops = {str(k): [float(x) for x in v] for k, v in (data.get("ops") or {}).items()}
         return cls([float(x) for x in data["times"]], [float(x) for x in data["anchor"]], ops)
+
+
+def quiet_anchor_ms(units: Mapping[str, Timing]) -> float:
+    """The anchor's quiet time over a run: a low percentile (ANCHOR_QUANTILE) of every anchor round of ``units``."""
+    return float(np.percentile([a for t in units.values() for a in t.anchor], ANCHOR_QUANTILE))
 
 
 def steady_ms(times: Sequence[float], anchor: Sequence[float], reference: float) -> float:

@@ -37,8 +37,8 @@ from maedet.zoo import Structure, builtin_structure
 from maedet.zoo.latency import LatencyTable, conv_count, piece_ops, structure_pieces
 
 from .machine import cpu_model, machine_info
-from .profile import ANCHOR, ANCHOR_QUANTILE, PUBLISHED, REFERENCES, ProfileSettings
-from .profile_measure import Timing, steady_ms
+from .profile import ANCHOR, PUBLISHED, REFERENCES, ProfileSettings
+from .profile_measure import Timing, quiet_anchor_ms, steady_ms
 from .profile_validate import (
     default_plot_path,
     held_out_structures,
@@ -306,7 +306,7 @@ def transfer_table(
     fingerprint = {"from": table_digest(source), **_fingerprint(settings), **measure_with.fingerprint()}
     stage = _stage_label(fit_nets, held_out)
     state = measure_all(out_path, measure_with, units, fingerprint, TRANSFER_FORMAT, progress, on_step, stage)
-    reference = float(np.percentile([a for t in state.units.values() for a in t.anchor], ANCHOR_QUANTILE))
+    reference = quiet_anchor_ms(state.units)
     table = adapt_table(source, target, fit_nets, lambda nets: _steady(state.units, nets, reference))
     _describe_measurement(table, measure_with, reference, source)
     table.references = _steady(state.units, [*REFERENCES, *PUBLISHED], reference)

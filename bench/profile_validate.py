@@ -39,9 +39,9 @@ from maedet.zoo.latency import LatencyTable
 from maedet.zoo.latency.goal import missed_goal_sentence
 
 from .machine import cpu_model
-from .profile import ANCHOR_QUANTILE, PUBLISHED, REFERENCES, ProfileSettings, sample_structures
+from .profile import PUBLISHED, REFERENCES, ProfileSettings, sample_structures
 from .profile_figures import validation_section
-from .profile_measure import Measurer, Timing, steady_ms
+from .profile_measure import Measurer, Timing, quiet_anchor_ms, steady_ms
 from .profile_plot import validation_plot
 from .profile_progress import profile_progress
 from .profile_state import MeasuredUnits
@@ -145,10 +145,10 @@ def measure_units(
 
 def disturbed_units(units: Mapping[str, Timing], ratio: float = DISTURBED_ANCHOR) -> list[str]:
     """The units whose anchor ran, by its median over their rounds, more than ``ratio`` times the quiet anchor
-    time of all of them (the ANCHOR_QUANTILE of every anchor round); none when too few units tell what is quiet."""
+    time of all of them (:func:`~.profile_measure.quiet_anchor_ms`); none when too few units tell what is quiet."""
     if len(units) < MIN_UNITS_FOR_QUIET:
         return []
-    quiet = float(np.percentile([a for t in units.values() for a in t.anchor], ANCHOR_QUANTILE))
+    quiet = quiet_anchor_ms(units)
     return [name for name, t in units.items() if statistics.median(t.anchor) > ratio * quiet]
 
 
@@ -197,7 +197,7 @@ def anchor_reference(table: LatencyTable, units: Mapping[str, Timing]) -> tuple[
     stored = (table.measurement.get("anchor") or {}).get("quiet_ms")
     if isinstance(stored, (int, float)) and stored > 0:
         return float(stored), "the table's"
-    return float(np.percentile([a for t in units.values() for a in t.anchor], ANCHOR_QUANTILE)), "this run's"
+    return quiet_anchor_ms(units), "this run's"
 
 
 def validation_report(
@@ -215,7 +215,7 @@ def validation_report(
         for name in REFERENCES
         if name in units
     }
-    run_quiet = float(np.percentile([a for t in units.values() for a in t.anchor], ANCHOR_QUANTILE))
+    run_quiet = quiet_anchor_ms(units)
     anchor = {"quiet_ms": reference, "from": whose, "this_run_quiet_ms": run_quiet}
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return section | {"anchor": anchor, "references": measured_refs, "machine": cpu_model(), "created": created} | extra
