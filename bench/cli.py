@@ -389,6 +389,14 @@ def _add_memory_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--memory-fit-nets", type=positive_int, default=32, help="networks the memory model is fitted on (default 32)"
     )
+    p.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        metavar="BYTES",
+        default=None,
+        help="with --memory: measure with this fixed glibc mmap threshold (MALLOC_MMAP_THRESHOLD_, e.g. 131072), "
+        "for deployments started with it; lower and steadier peaks (docs/memory.md). Default: glibc's own",
+    )
 
 
 def _print_memory_info(path: str) -> None:
@@ -417,6 +425,7 @@ def _fit_memory(args: argparse.Namespace) -> int:
         out=args.out,
         seed=args.seed,
         progress=not args.no_progress,
+        mmap_threshold=args.malloc_mmap_threshold,
     )
     table_memory_model(table, f"latency table {args.memory!r}")  # what the search will read back
     print(describe_memory(table))
@@ -518,6 +527,8 @@ def _target_flags(args: argparse.Namespace) -> dict[str, Any]:
 def _profile(args: argparse.Namespace) -> int:
     from .profile import describe_table, profile_target
 
+    if args.malloc_mmap_threshold is not None and not args.memory:
+        raise BenchError("--malloc-mmap-threshold sets how --memory measures; give it with --memory.")
     if args.info:
         from maedet.zoo.latency import LatencyTable
 

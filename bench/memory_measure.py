@@ -6,11 +6,17 @@ ONNX Runtime and the input batch exist before the measurement starts; the window
 model: reading the model, creating the session (initializers, pre-packed weights, the memory plan) and two runs
 (the first allocates the activation arena). :class:`~.memory.PeakMemory` measures it (``cpu-rss-rise``) in two
 phases, creation and runs, each a peak above the resident set before the window: the process's peak is the larger.
+
+The subprocess runs glibc's allocator at its defaults (the caller's ``MALLOC_*`` and ``GLIBC_TUNABLES`` are not
+passed on), or with a fixed mmap threshold when one is asked for: by default glibc raises its threshold to the size
+of each large block freed, so the session's later copies of the weights come from the heap, whose holes stay
+resident; a fixed threshold maps and returns every block above it (docs/memory.md).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -20,10 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from maedet.zoo import Structure
+from maedet.zoo.latency.memory import MAX_MMAP_THRESHOLD, MMAP_THRESHOLD_ENV
 
 from .errors import BenchError
 
-__all__ = ["PHASES", "export_network", "measure_model_file", "measure_networks", "measure_structure"]
+__all__ = [
+    "MAX_MMAP_THRESHOLD",
+    "MMAP_THRESHOLD_ENV",
+    "PHASES",
+    "child_environment",
+    "export_network",
+    "measure_model_file",
+    "measure_networks",
+    "measure_structure",
+]
 
 CHILD_TIMEOUT_S = 600
 REPEATS = 3
@@ -45,20 +61,32 @@ def export_network(structure: Structure, input_size: int, batch: int, path: Path
     return path
 
 
+def child_environment(mmap_threshold: int | None = None) -> dict[str, str]:
+    """The measuring subprocess's environment: this one's without the allocator settings of the caller's shell, and
+    with ``MALLOC_MMAP_THRESHOLD_`` when a fixed threshold (bytes) is asked for."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    if mmap_threshold is not None:
+        if not 0 <= mmap_threshold <= MAX_MMAP_THRESHOLD:
+            raise BenchError(f"a malloc mmap threshold must be 0 to {MAX_MMAP_THRESHOLD} bytes, got {mmap_threshold}.")
+        env[MMAP_THRESHOLD_ENV] = str(mmap_threshold)
+    return env
+
+
 def measure_model_file(
-    path: Path, input_size: int, batch: int, threads: int, repeats: int = REPEATS
+    path: Path, input_size: int, batch: int, threads: int, repeats: int = REPEATS, mmap_threshold: int | None = None
 ) -> dict[str, float]:
     """Peak RSS rise (MiB) of a session over ``path`` and two runs (``peak``), and of its creation and its runs
     alone: each the median of ``repeats`` fresh subprocesses (where the allocator places the arena moves one
-    measurement by up to 10 %)."""
-    once = [_measure_once(path, input_size, batch, threads) for _ in range(repeats)]
+    measurement by up to 10 %), run with glibc's default allocator or a fixed ``mmap_threshold`` (bytes)."""
+    env = child_environment(mmap_threshold)
+    once = [_measure_once(path, input_size, batch, threads, env) for _ in range(repeats)]
     return {key: statistics.median(m[key] for m in once) for key in PHASES}
 
 
-def _measure_once(path: Path, input_size: int, batch: int, threads: int) -> dict[str, float]:
+def _measure_once(path: Path, input_size: int, batch: int, threads: int, env: dict[str, str]) -> dict[str, float]:
     argv = [sys.executable, "-m", __name__, str(path), str(input_size), str(batch), str(threads)]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False, env=env)
     except subprocess.TimeoutExpired:
         raise BenchError(f"measuring the memory of {path.name} took over {CHILD_TIMEOUT_S} s.") from None
     lines = done.stdout.strip().splitlines()
@@ -72,11 +100,17 @@ def _measure_once(path: Path, input_size: int, batch: int, threads: int) -> dict
 
 
 def measure_structure(
-    structure: Structure, input_size: int, batch: int, threads: int, workdir: Path, repeats: int = REPEATS
+    structure: Structure,
+    input_size: int,
+    batch: int,
+    threads: int,
+    workdir: Path,
+    repeats: int = REPEATS,
+    mmap_threshold: int | None = None,
 ) -> dict[str, float]:
     path = export_network(structure, input_size, batch, workdir / "memory-network.onnx")
     try:
-        return measure_model_file(path, input_size, batch, threads, repeats)
+        return measure_model_file(path, input_size, batch, threads, repeats, mmap_threshold)
     finally:
         path.unlink(missing_ok=True)
 
@@ -88,14 +122,18 @@ def measure_networks(
     threads: int,
     step: Callable[[str], None] | None = None,
     repeats: int = REPEATS,
+    mmap_threshold: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Measured MiB (PHASES) of each named network, in order (``step`` is told each name before it is measured)."""
+    """Measured MiB (PHASES) of each named network, in order (``step`` is told each name before it is measured),
+    with glibc's default allocator or a fixed ``mmap_threshold`` (bytes)."""
     measured: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="maedet-memory-") as tmp:
         for name, structure in networks.items():
             if step is not None:
                 step(name)
-            measured[name] = measure_structure(structure, input_size, batch, threads, Path(tmp), repeats)
+            measured[name] = measure_structure(
+                structure, input_size, batch, threads, Path(tmp), repeats, mmap_threshold
+            )
     return measured
 
 

@@ -5,11 +5,14 @@ ONNX Runtime session's creation and of its first runs, :mod:`.memory_measure`) a
 :mod:`maedet.zoo.latency.memory` fitted on them; ``--networks`` further random members, never fitted on, are
 measured and predicted (the larger phase against the measured peak), and their within-±10 % share and RMSPE are
 written with every network's figures into the table's ``memory`` section. Each measurement is kept in
-``OUT.memory-partial`` as it comes, so an interrupted run resumes where it stopped.
+``OUT.memory-partial`` as it comes, so an interrupted run resumes where it stopped. With ``mmap_threshold`` the
+networks are measured with that fixed glibc mmap threshold (``MALLOC_MMAP_THRESHOLD_``) and the section says so: its
+predictions are for processes started with the same setting.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -20,10 +23,17 @@ from maedet.errors import MaeDetError
 from maedet.fileio import atomic_write_text
 from maedet.zoo import Structure, builtin_structure
 from maedet.zoo.latency import LatencyTable
-from maedet.zoo.latency.memory import MIN_FIT_NETWORKS, PHASE_FEATURES, MemoryModel, fit_memory_model, memory_features
+from maedet.zoo.latency.memory import (
+    MIN_FIT_NETWORKS,
+    MMAP_THRESHOLD_ENV,
+    PHASE_FEATURES,
+    MemoryModel,
+    fit_memory_model,
+    memory_features,
+)
 
 from .machine import cpu_model
-from .memory_measure import PHASES, measure_networks
+from .memory_measure import PHASES, child_environment, measure_networks
 from .profile import sample_structures
 from .profile_figures import validation_figures
 from .profile_progress import profile_progress
@@ -48,10 +58,16 @@ def memory_networks(input_size: int, fit: int, validate: int, seed: int) -> tupl
 
 
 def _measure_resumably(
-    networks: Mapping[str, Structure], target: Mapping[str, Any], partial: Path, step: Callable[[int, str], None]
+    networks: Mapping[str, Structure],
+    target: Mapping[str, Any],
+    partial: Path,
+    step: Callable[[int, str], None],
+    mmap_threshold: int | None,
 ) -> dict[str, dict[str, float]]:
-    """MiB of every network (PHASES), reusing those ``partial`` holds for this target and saving each new one."""
+    """MiB of every network (PHASES), reusing those ``partial`` holds for this target and allocator setting and
+    saving each new one."""
     settings = {k: target.get(k) for k in ("batch", "input_size", "threads")} | {"phases": PHASES}
+    settings |= {} if mmap_threshold is None else {"malloc_mmap_threshold": mmap_threshold}
     key = json.dumps(settings, sort_keys=True)
     saved: dict[str, Any] = {}
     if partial.exists():
@@ -62,7 +78,13 @@ def _measure_resumably(
     for name, structure in networks.items():
         ident = structure.to_json()
         if ident not in done:
-            mib = measure_networks({name: structure}, target["input_size"], target["batch"], target["threads"] or 1)
+            mib = measure_networks(
+                {name: structure},
+                target["input_size"],
+                target["batch"],
+                target["threads"] or 1,
+                mmap_threshold=mmap_threshold,
+            )
             done[ident] = mib[name]
             atomic_write_text(partial, json.dumps({"target": key, "measured": done}), "memory measurements")
         step(1, name)
@@ -115,8 +137,10 @@ def fit_table_memory(
     out: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
+    mmap_threshold: int | None = None,
 ) -> LatencyTable:
-    """Measure, fit, validate and write the table (``out``, default the table itself) with its memory section."""
+    """Measure, fit, validate and write the table (``out``, default the table itself) with its memory section;
+    ``mmap_threshold`` (bytes) measures with that fixed glibc mmap threshold instead of glibc's dynamic one."""
     table = LatencyTable.load(table_path)
     target = table.target
     if (target.get("backend"), target.get("precision")) != ("ort-cpu", "fp32"):
@@ -125,16 +149,18 @@ def fit_table_memory(
         raise MaeDetError(
             f"a memory model is fitted on at least {MIN_FIT_NETWORKS} networks; ask --memory-fit-nets for that many."
         )
+    child_environment(mmap_threshold)  # a threshold glibc would ignore is one sentence before anything is measured
     out_path = Path(out or table_path)
     fitted, held_out = memory_networks(table.input_size, fit, validate, seed)
     start = time.perf_counter()
     with profile_progress(progress, len(fitted) + len(held_out)) as step:
         measured = _measure_resumably(
-            {**fitted, **held_out}, target, out_path.with_name(out_path.name + ".memory-partial"), step
+            {**fitted, **held_out}, target, out_path.with_name(out_path.name + ".memory-partial"), step, mmap_threshold
         )
     block = int(table.model.get("channel_block", 1))
     by_phase = {p: [measured[n][p] for n in fitted] for p in PHASE_FEATURES}
     model = fit_memory_model(list(fitted.values()), by_phase, table.batch, table.input_size, block)
+    model = dataclasses.replace(model, malloc_mmap_threshold=mmap_threshold)
     rows = _rows(model, held_out, measured, "validation")
     figures = validation_figures([r["predicted_mib"] for r in rows], [r["measured_mib"] for r in rows])
     figures |= {"wall_s": round(time.perf_counter() - start, 1), "cpu": cpu_model(), "measure": "cpu-rss-rise"}
@@ -159,6 +185,11 @@ def describe_memory(table: LatencyTable) -> str:
             for f, c in zip(phase.features, phase.coefficients, strict=True)
         )
         lines.append(f"  {name}: {terms}")
+    if model.malloc_mmap_threshold is not None:
+        lines.append(
+            f"  measured with {MMAP_THRESHOLD_ENV}={model.malloc_mmap_threshold} (glibc): it predicts processes "
+            "started with the same setting"
+        )
     v = table.memory.get("validation") or {}
     if all(isinstance(v.get(k), (int, float)) for k in ("count", "within_10pct", "rmspe_pct", "max_abs_err_pct")):
         lines.append(

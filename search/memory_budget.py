@@ -49,11 +49,12 @@ class GenomeMemory:
 
 
 def memory_figures(structure: Structure, model: MemoryModel) -> dict[str, Any]:
-    """What ``score --json`` and best.json show: the predicted peak MiB and the target it is for."""
-    return {
-        "memory_mib": round(model.predict_mib(structure), 3),
-        "memory_target": {"batch": model.batch, "input_size": model.input_size, "runtime": "ort-cpu fp32 peak RSS"},
-    }
+    """What ``score --json`` and best.json show: the predicted peak MiB and the target it is for (with the fixed
+    glibc mmap threshold the model was measured with, when it was)."""
+    target: dict[str, Any] = {"batch": model.batch, "input_size": model.input_size, "runtime": "ort-cpu fp32 peak RSS"}
+    if model.malloc_mmap_threshold is not None:
+        target["malloc_mmap_threshold"] = model.malloc_mmap_threshold
+    return {"memory_mib": round(model.predict_mib(structure), 3), "memory_target": target}
 
 
 def table_memory_figures(structure: Structure, target: LatencyTarget | None) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """Predicted peak memory of a backbone on ONNX Runtime CPU: the larger of what creating its session and what running
 it take.
 
-Creating a session reads the model and converts its weights (initializers, the layout transformer's blocked copies,
-the session's own tensors): the resident set peaks at about three times the weights, plus the few largest weight
-tensors once more (their transient copies find no freed hole of their size). Running it adds the activation arena to
+Creating a session reads the model and converts its weights one initializer at a time, in the exported model's
+order: the model's copy of every weight, those converted so far, and four copies of the one in hand are alive at
+once, so the live blocks peak at the weights plus the largest (converted before + 4 × one tensor) along the order.
+With a fixed glibc mmap threshold that peak, plus a constant, is the resident set's; with glibc's default dynamic
+threshold the copies come from the heap, whose freed holes stay resident, and the peak rises to about three times
+the weights, plus the few largest weight tensors once more. Running it adds the activation arena to
 what creation left resident; ONNX Runtime plans activation buffers ahead and reuses one once its last reader has run,
 so the arena holds, at its fullest, the largest set of tensors alive at once along the execution order. The order
 is the exported graph's: per block the shortcut (average pool, 1×1 projection) first, then 1×1 → k×k → 1×1 with
@@ -16,7 +19,9 @@ layout and held to the end. The process's peak is then
 with the coefficients fitted on networks measured phase by phase (``maedet-bench profile --memory``). Whether the
 arena's regions land in heap holes creation freed or in fresh pages is the allocator's placement, not the
 network's; the fit takes its average. The phases' features and coefficients are plain data in the latency table's
-``memory`` section; prediction is pure numpy. Tables written before the two phases (one linear model of weights,
+``memory`` section; prediction is pure numpy. A section measured with a fixed glibc mmap threshold
+(``MALLOC_MMAP_THRESHOLD_``, which keeps the allocator from holding freed weight copies in heap holes) says so, and
+predicts processes started with the same setting. Tables written before the two phases (one linear model of weights,
 activation peak and overhead) still load and predict as one phase.
 """
 
@@ -36,29 +41,35 @@ from .pieces import Piece, out_size, piece_ops
 
 __all__ = [
     "FEATURES",
+    "MAX_MMAP_THRESHOLD",
     "MIN_FIT_NETWORKS",
+    "MMAP_THRESHOLD_ENV",
     "PHASE_FEATURES",
     "MemoryModel",
     "Phase",
     "activation_peak_bytes",
     "check_memory_section",
     "fit_memory_model",
+    "initializer_bytes",
     "memory_features",
     "network_tensors",
     "table_memory_model",
     "weight_bytes",
+    "weights_in_flight_bytes",
 ]
 
 FEATURES = {
     "weights_mib": "fp32 weights and biases of the deployed convs",
     "largest_weights_mib": "the three largest weight tensors together",
+    "weights_in_flight_mib": "the weights and, at its fullest, what converting them one by one holds on top",
     "activations_mib": "the planned activation peak",
     "largest_activation_mib": "the largest single activation",
     "overhead": "a fixed MiB",
 }
 LARGEST_WEIGHTS = 3  # how many of the largest weight tensors add their transient copy (the best of 1, 3, 5, 10, 20)
+COPIES_IN_FLIGHT = 4  # copies of one initializer alive while the session converts it (traced; 3 and 5 fit worse)
 PHASE_FEATURES = {
-    "creation": ("weights_mib", "largest_weights_mib", "overhead"),
+    "creation": ("weights_mib", "largest_weights_mib", "weights_in_flight_mib", "overhead"),
     "run": ("weights_mib", "largest_weights_mib", "activations_mib", "largest_activation_mib", "overhead"),
 }
 MAX_PHASES = 8  # a table naming more is not one this code wrote
@@ -66,6 +77,8 @@ MIN_FIT_NETWORKS = max(len(f) for f in PHASE_FEATURES.values()) + 1  # one more 
 LEGACY_FEATURES = ("weights_mib", "activations_mib", "overhead")  # the one-phase sections of older tables
 FLOAT_BYTES = 4
 MIB = 2**20
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # glibc: a fixed mmap threshold in bytes (and no dynamic one)
+MAX_MMAP_THRESHOLD = 32 * MIB  # the largest glibc accepts on 64-bit systems (half its heap's maximum size)
 
 
 @dataclass(frozen=True)
@@ -153,6 +166,40 @@ def weight_tensor_bytes(structure: Structure) -> list[int]:
     return [n * FLOAT_BYTES for n in sizes]
 
 
+def initializer_bytes(structure: Structure) -> list[int]:
+    """fp32 bytes of each deployed conv's weight and bias in the order the exported model lists its initializers
+    (ONNX Runtime converts them in it): per block its 1×1 and k×k convs, then for a first block the last 1×1 when it
+    strides or widens and the projection shortcut; after all of them every other block's last 1×1, last stage first
+    and last block first. Read from exported models: 54 of 56 match exactly, the other two place one first
+    block's last 1×1 elsewhere (0.9 MiB in ``weights_in_flight_bytes`` at most)."""
+    s = structure.stem
+    ahead = [s.out_chs * (s.in_chs * s.kernel_size**2 + 1)]
+    behind: list[list[int]] = []
+    for st in structure.stages:
+        b, k = st.bottleneck_chs, st.kernel_size
+        last = []
+        for i in range(st.depth):
+            c_in = st.in_chs if i == 0 else st.out_chs
+            ahead += [b * (c_in + 1), b * (b * k * k + 1)]
+            (ahead if i == 0 and (st.stride == 2 or st.in_chs != st.out_chs) else last).append(st.out_chs * (b + 1))
+            if i == 0:
+                ahead.append(st.out_chs * (st.in_chs + 1))
+        behind.append(last[::-1])
+    return [n * FLOAT_BYTES for n in ahead + [n for last in behind[::-1] for n in last]]
+
+
+def weights_in_flight_bytes(structure: Structure) -> int:
+    """The weights plus the most that converting them holds on top: ONNX Runtime converts the initializers in turn,
+    keeping each converted one and holding COPIES_IN_FLIGHT copies of the one in hand, while the model's own copy of
+    every weight stays until all are done; so the peak is the weights plus, over the order, the largest of (bytes
+    converted before a tensor + COPIES_IN_FLIGHT × its bytes)."""
+    done = most = 0
+    for nbytes in initializer_bytes(structure):
+        most = max(most, done + COPIES_IN_FLIGHT * nbytes)
+        done += nbytes
+    return done + most
+
+
 def weight_bytes(structure: Structure) -> int:
     """fp32 bytes of the deployed convs' weights and biases (BN folded into them)."""
     return sum(weight_tensor_bytes(structure))
@@ -165,6 +212,7 @@ def memory_features(structure: Structure, input_size: int, batch: int, channel_b
     return {
         "weights_mib": sum(weights) / MIB,
         "largest_weights_mib": sum(weights[:LARGEST_WEIGHTS]) / MIB,
+        "weights_in_flight_mib": weights_in_flight_bytes(structure) / MIB,
         "activations_mib": activation_peak_bytes(tensors) / MIB,
         "largest_activation_mib": max(t.nbytes for t in tensors) / MIB,
         "overhead": 1.0,
@@ -188,13 +236,15 @@ class Phase:
 @dataclass(frozen=True)
 class MemoryModel:
     """Fitted phases of one target (the latency table's batch, input size and channel block); the peak is the
-    largest phase's."""
+    largest phase's. ``malloc_mmap_threshold`` (bytes) is the fixed glibc mmap threshold the networks were measured
+    with (None: glibc's default, dynamic one)."""
 
     phases: Mapping[str, Phase]
     batch: int
     input_size: int
     channel_block: int = 1
     validation: Mapping[str, Any] | None = field(default=None, compare=False)
+    malloc_mmap_threshold: int | None = None
 
     def phase_mib(self, structure: Structure) -> dict[str, float]:
         """Each phase's predicted MiB."""
@@ -209,6 +259,8 @@ class MemoryModel:
             "phases": {name: phase.to_dict() for name, phase in self.phases.items()},
             "channel_block": self.channel_block,
         }
+        if self.malloc_mmap_threshold is not None:
+            data["malloc_mmap_threshold"] = self.malloc_mmap_threshold
         return data | ({"validation": dict(self.validation)} if self.validation else {})
 
     @classmethod
@@ -231,8 +283,17 @@ class MemoryModel:
         block = section.get("channel_block", 1)
         if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= 1024:
             raise MaeDetError(f"{where}: the memory model's 'channel_block' must be an integer from 1 to 1024.")
+        threshold = section.get("malloc_mmap_threshold")
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold <= MAX_MMAP_THRESHOLD
+        ):
+            raise MaeDetError(
+                f"{where}: the memory model's 'malloc_mmap_threshold' must be an integer from 0 to "
+                f"{MAX_MMAP_THRESHOLD} bytes."
+            )
         validation = section.get("validation")
-        return cls(phases, batch, input_size, block, dict(validation) if isinstance(validation, Mapping) else None)
+        validation = dict(validation) if isinstance(validation, Mapping) else None
+        return cls(phases, batch, input_size, block, validation, threshold)
 
 
 def _phase(value: Any, where: str) -> Phase:
