@@ -153,19 +153,6 @@ def activation_peak_bytes(tensors: list[Tensor]) -> int:
     return peak
 
 
-def weight_tensor_bytes(structure: Structure) -> list[int]:
-    """fp32 bytes of each deployed conv's weight and bias (BN folded into them), in graph order."""
-    s = structure.stem
-    sizes = [s.out_chs * (s.in_chs * s.kernel_size**2 + 1)]
-    for st in structure.stages:
-        b, k = st.bottleneck_chs, st.kernel_size
-        for i in range(st.depth):
-            c_in = st.in_chs if i == 0 else st.out_chs
-            sizes += [b * (c_in + 1), b * (b * k * k + 1), st.out_chs * (b + 1)]
-        sizes.append(st.out_chs * (st.in_chs + 1))  # the first block's projection shortcut
-    return [n * FLOAT_BYTES for n in sizes]
-
-
 def initializer_bytes(structure: Structure) -> list[int]:
     """fp32 bytes of each deployed conv's weight and bias in the order the exported model lists its initializers
     (ONNX Runtime converts them in it): per block its 1×1 and k×k convs, then for a first block the last 1×1 when it
@@ -193,8 +180,12 @@ def weights_in_flight_bytes(structure: Structure) -> int:
     keeping each converted one and holding COPIES_IN_FLIGHT copies of the one in hand, while the model's own copy of
     every weight stays until all are done; so the peak is the weights plus, over the order, the largest of (bytes
     converted before a tensor + COPIES_IN_FLIGHT × its bytes)."""
+    return _in_flight(initializer_bytes(structure))
+
+
+def _in_flight(sizes: list[int]) -> int:
     done = most = 0
-    for nbytes in initializer_bytes(structure):
+    for nbytes in sizes:
         most = max(most, done + COPIES_IN_FLIGHT * nbytes)
         done += nbytes
     return done + most
@@ -202,17 +193,18 @@ def weights_in_flight_bytes(structure: Structure) -> int:
 
 def weight_bytes(structure: Structure) -> int:
     """fp32 bytes of the deployed convs' weights and biases (BN folded into them)."""
-    return sum(weight_tensor_bytes(structure))
+    return sum(initializer_bytes(structure))
 
 
 def memory_features(structure: Structure, input_size: int, batch: int, channel_block: int) -> dict[str, float]:
     """Every feature of FEATURES for one network (MiB, and 1 for the overhead)."""
     tensors = network_tensors(structure, input_size, batch, channel_block)
-    weights = sorted(weight_tensor_bytes(structure), reverse=True)
+    in_order = initializer_bytes(structure)
+    weights = sorted(in_order, reverse=True)
     return {
         "weights_mib": sum(weights) / MIB,
         "largest_weights_mib": sum(weights[:LARGEST_WEIGHTS]) / MIB,
-        "weights_in_flight_mib": weights_in_flight_bytes(structure) / MIB,
+        "weights_in_flight_mib": _in_flight(in_order) / MIB,
         "activations_mib": activation_peak_bytes(tensors) / MIB,
         "largest_activation_mib": max(t.nbytes for t in tensors) / MIB,
         "overhead": 1.0,
