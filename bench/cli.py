@@ -343,7 +343,7 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="whole GFocalV2 detectors too: add the FPN, head and postprocess (decode + NMS) to the table OUT "
         "(profiling it first if it does not exist), or with --validate measure --networks held-out whole detectors "
-        "(10 unless given) end to end",
+        "(10 unless given) end to end, or with --memory fit the whole detectors' memory model beside the backbones'",
     )
     p.add_argument(
         "--detector-train-nets", type=int, default=6, help="--detector: detectors whose kernels are timed (default 6)"
@@ -384,7 +384,8 @@ def _add_memory_options(p: argparse.ArgumentParser) -> None:
         "--memory",
         metavar="TABLE",
         help="fit TABLE's memory model (ONNX Runtime CPU peak RSS) on --memory-fit-nets measured networks, validate it "
-        "on --networks held-out ones (20 unless given) and write it into the table (OUT, default TABLE itself)",
+        "on --networks held-out ones (20 unless given) and write it into the table (OUT, default TABLE itself); with "
+        "--detector, of whole detectors (FPN + GFocalV2 head + NMS, as the bench exports them)",
     )
     p.add_argument(
         "--memory-fit-nets", type=positive_int, default=32, help="networks the memory model is fitted on (default 32)"
@@ -410,15 +411,17 @@ def _print_memory_info(path: str) -> None:
 
 
 def _fit_memory(args: argparse.Namespace) -> int:
+    """--memory: the backbones' memory model, or with --detector the whole detectors' beside it."""
     from maedet.zoo.latency.memory import table_memory_model
 
     from .profile_memory import describe_memory, fit_table_memory
 
-    if args.validate or args.transfer or args.detector:
-        raise BenchError(
-            "--memory fits a memory model on its own; give it without --validate, --transfer or --detector."
-        )
-    table = fit_table_memory(
+    if args.validate or args.transfer:
+        raise BenchError("--memory fits a memory model on its own; give it without --validate or --transfer.")
+    fit = fit_table_memory
+    if args.detector:
+        from .profile_detector_memory import fit_table_detector_memory as fit
+    table = fit(
         args.memory,
         args.memory_fit_nets,
         args.networks or 20,

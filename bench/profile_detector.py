@@ -53,6 +53,7 @@ from .profile_validate import anchor_reference, measurement_settings, table_dige
 __all__ = [
     "DetectorUnit",
     "attribute_detector_node",
+    "bench_module",
     "detector_rows",
     "fit_detector_section",
     "profile_detector",
@@ -116,14 +117,14 @@ class DetectorMeasurer(Measurer):
         options = ExportOptions(input_size=(unit.size, unit.size), batch=s.batch, outputs="features",
                                 precision=s.precision, check=False, opset=s.opset, nms=True)  # fmt: skip
         with quiet_logging():  # the exporter's advice on every export, as the bench's own cache keeps it quiet
-            export_onnx(_bench_module(unit), path, options)
+            export_onnx(bench_module(unit), path, options)
         prefix = self.workdir / "ort-profile" if profiled else None
         runner = self._runner(path.read_bytes(), (s.batch, 3, unit.size, unit.size), prefix)
         path.unlink()
         return self.timed(runner, profiled, attribute_detector_node)
 
 
-def _bench_module(unit: DetectorUnit) -> Any:
+def bench_module(unit: DetectorUnit) -> Any:
     """The bench's deploy form of the unit (bench/detectors.py: seeded weights, the fixed NMS workload)."""
     import torch
 

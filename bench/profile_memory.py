@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,7 +30,6 @@ from maedet.zoo.latency.memory import (
     PHASE_FEATURES,
     MemoryModel,
     fit_memory_model,
-    memory_features,
 )
 
 from .machine import cpu_model
@@ -38,7 +38,17 @@ from .profile import sample_structures
 from .profile_figures import validation_figures
 from .profile_progress import profile_progress
 
-__all__ = ["MEMORY_GOAL_WITHIN_10PCT", "describe_memory", "fit_table_memory", "memory_networks"]
+__all__ = [
+    "MEMORY_GOAL_WITHIN_10PCT",
+    "describe_memory",
+    "fit_table_memory",
+    "measure_resumably",
+    "measure_settings",
+    "memory_networks",
+    "memory_rows",
+    "open_table_to_fit",
+    "validated_section",
+]
 
 MEMORY_GOAL_WITHIN_10PCT = 1.0  # the issue's goal: every validation network within ±10 %
 FIT_SEED, VALIDATION_SEED = 211, 307  # apart from the latency profile's and validation's streams
@@ -57,38 +67,50 @@ def memory_networks(input_size: int, fit: int, validate: int, seed: int) -> tupl
     return fitted, {f"mem{i}": s for i, s in enumerate(pool[:validate])}
 
 
-def _measure_resumably(
-    networks: Mapping[str, Structure],
-    target: Mapping[str, Any],
+def measure_resumably(
+    items: Mapping[str, tuple[str, Callable[[], dict[str, float]]]],
+    settings: Mapping[str, Any],
     partial: Path,
     step: Callable[[int, str], None],
-    mmap_threshold: int | None,
 ) -> dict[str, dict[str, float]]:
-    """MiB of every network (PHASES), reusing those ``partial`` holds for this target and allocator setting and
-    saving each new one."""
-    settings = {k: target.get(k) for k in ("batch", "input_size", "threads")} | {"phases": PHASES}
-    settings |= {} if mmap_threshold is None else {"malloc_mmap_threshold": mmap_threshold}
-    key = json.dumps(settings, sort_keys=True)
+    """MiB (PHASES) of every named item, each ``(identity, measure)``: those ``partial`` holds for the same
+    ``settings`` (target, allocator, what is measured) are reused, every new one is measured and saved at once."""
+    key = json.dumps(dict(settings) | {"phases": PHASES}, sort_keys=True)
     saved: dict[str, Any] = {}
     if partial.exists():
         saved = _read_partial(partial)
         if saved.get("target") != key:
             saved = {}
     done: dict[str, dict[str, float]] = dict(saved.get("measured", {}))
-    for name, structure in networks.items():
-        ident = structure.to_json()
+    for name, (ident, measure) in items.items():
         if ident not in done:
-            mib = measure_networks(
-                {name: structure},
-                target["input_size"],
-                target["batch"],
-                target["threads"] or 1,
-                mmap_threshold=mmap_threshold,
-            )
-            done[ident] = mib[name]
+            done[ident] = measure()
             atomic_write_text(partial, json.dumps({"target": key, "measured": done}), "memory measurements")
         step(1, name)
-    return {name: done[s.to_json()] for name, s in networks.items()}
+    return {name: done[ident] for name, (ident, _) in items.items()}
+
+
+def measure_settings(target: Mapping[str, Any], mmap_threshold: int | None) -> dict[str, Any]:
+    """What a partial file's measurements depend on: the table's batch, size and threads, and the allocator."""
+    settings = {k: target.get(k) for k in ("batch", "input_size", "threads")}
+    return settings | ({} if mmap_threshold is None else {"malloc_mmap_threshold": mmap_threshold})
+
+
+def _measure_networks_resumably(
+    networks: Mapping[str, Structure],
+    target: Mapping[str, Any],
+    partial: Path,
+    step: Callable[[int, str], None],
+    mmap_threshold: int | None,
+) -> dict[str, dict[str, float]]:
+    def measure(name: str, structure: Structure) -> Callable[[], dict[str, float]]:
+        return lambda: measure_networks(
+            {name: structure}, target["input_size"], target["batch"], target["threads"] or 1,
+            mmap_threshold=mmap_threshold,
+        )[name]  # fmt: skip
+
+    items = {name: (s.to_json(), measure(name, s)) for name, s in networks.items()}
+    return measure_resumably(items, measure_settings(target, mmap_threshold), partial, step)
 
 
 def _read_partial(partial: Path) -> dict[str, Any]:
@@ -107,18 +129,24 @@ def _read_partial(partial: Path) -> dict[str, Any]:
     return saved
 
 
-def _rows(
-    model: MemoryModel, networks: Mapping[str, Structure], measured: Mapping[str, Mapping[str, float]], role: str
+def memory_rows(
+    entries: Mapping[str, tuple[MemoryModel, Structure]],
+    measured: Mapping[str, Mapping[str, float]],
+    role: str,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict]:
+    """One row per network for the table: its features, measured and predicted MiB, per phase and peak; each
+    predicted by its own model (a detector's carries its own head)."""
     rows = []
-    for name, s in networks.items():
-        features = memory_features(s, model.input_size, model.batch, model.channel_block)
+    for name, (model, s) in entries.items():
+        features = model.features(s)
         phases = model.phase_mib(s)
         rows.append(
             {
                 "name": name,
                 "role": role,
                 "structure": s.to_dict(),
+                **(extra or {}).get(name, {}),
                 **{f: round(v, 3) for f, v in features.items() if f != "overhead"},
                 "measured_mib": round(measured[name]["peak"], 3),
                 "predicted_mib": round(max(phases.values()), 3),
@@ -127,6 +155,34 @@ def _rows(
             }
         )
     return rows
+
+
+def validated_section(
+    model: MemoryModel, fit_rows: list[dict], rows: list[dict], wall_s: float, what: str
+) -> dict[str, Any]:
+    """The model as the table stores it, with the held-out rows' figures and every row."""
+    figures = validation_figures([r["predicted_mib"] for r in rows], [r["measured_mib"] for r in rows])
+    if math.isnan(figures["spearman_rho"]):  # undefined for fewer than three networks; JSON has no NaN
+        figures["spearman_rho"] = None
+    figures |= {"wall_s": round(wall_s, 1), "cpu": cpu_model(), "measure": "cpu-rss-rise", "kind": what}
+    return model.to_dict() | {
+        "validation": figures | {"meets_goal": figures["within_10pct"] >= MEMORY_GOAL_WITHIN_10PCT},
+        "networks": fit_rows + rows,
+    }
+
+
+def open_table_to_fit(table_path: str | Path, fit: int, mmap_threshold: int | None, what: str) -> LatencyTable:
+    """The table a memory model is fitted into, once what would make the fit fail is ruled out in one sentence
+    (before anything is measured): its target, the number of fit networks, the mmap threshold."""
+    table = LatencyTable.load(table_path)
+    if (table.target.get("backend"), table.target.get("precision")) != ("ort-cpu", "fp32"):
+        raise MaeDetError("a memory model is fitted for ONNX Runtime CPU fp32 tables only (the profiled target).")
+    if fit < MIN_FIT_NETWORKS:
+        raise MaeDetError(
+            f"a memory model is fitted on at least {MIN_FIT_NETWORKS} {what}; ask --memory-fit-nets for that many."
+        )
+    child_environment(mmap_threshold)
+    return table
 
 
 def fit_table_memory(
@@ -141,44 +197,49 @@ def fit_table_memory(
 ) -> LatencyTable:
     """Measure, fit, validate and write the table (``out``, default the table itself) with its memory section;
     ``mmap_threshold`` (bytes) measures with that fixed glibc mmap threshold instead of glibc's dynamic one."""
-    table = LatencyTable.load(table_path)
+    table = open_table_to_fit(table_path, fit, mmap_threshold, "networks")
     target = table.target
-    if (target.get("backend"), target.get("precision")) != ("ort-cpu", "fp32"):
-        raise MaeDetError("a memory model is fitted for ONNX Runtime CPU fp32 tables only (the profiled target).")
-    if fit < MIN_FIT_NETWORKS:
-        raise MaeDetError(
-            f"a memory model is fitted on at least {MIN_FIT_NETWORKS} networks; ask --memory-fit-nets for that many."
-        )
-    child_environment(mmap_threshold)  # a threshold glibc would ignore is one sentence before anything is measured
     out_path = Path(out or table_path)
     fitted, held_out = memory_networks(table.input_size, fit, validate, seed)
     start = time.perf_counter()
     with profile_progress(progress, len(fitted) + len(held_out)) as step:
-        measured = _measure_resumably(
+        measured = _measure_networks_resumably(
             {**fitted, **held_out}, target, out_path.with_name(out_path.name + ".memory-partial"), step, mmap_threshold
         )
     block = int(table.model.get("channel_block", 1))
     by_phase = {p: [measured[n][p] for n in fitted] for p in PHASE_FEATURES}
     model = fit_memory_model(list(fitted.values()), by_phase, table.batch, table.input_size, block)
     model = dataclasses.replace(model, malloc_mmap_threshold=mmap_threshold)
-    rows = _rows(model, held_out, measured, "validation")
-    figures = validation_figures([r["predicted_mib"] for r in rows], [r["measured_mib"] for r in rows])
-    figures |= {"wall_s": round(time.perf_counter() - start, 1), "cpu": cpu_model(), "measure": "cpu-rss-rise"}
-    table.memory = model.to_dict() | {
-        "validation": figures | {"meets_goal": figures["within_10pct"] >= MEMORY_GOAL_WITHIN_10PCT},
-        "networks": _rows(model, fitted, measured, "fit") + rows,
-    }
+    wall_s = time.perf_counter() - start
+    fit_rows = memory_rows({n: (model, s) for n, s in fitted.items()}, measured, "fit")
+    rows = memory_rows({n: (model, s) for n, s in held_out.items()}, measured, "validation")
+    detector = (table.memory or {}).get("detector")  # its own measurements: kept when the backbone is refitted
+    table.memory = validated_section(model, fit_rows, rows, wall_s, "backbones")
+    table.memory |= {"detector": detector} if detector else {}
     table.save(out_path)
     out_path.with_name(out_path.name + ".memory-partial").unlink(missing_ok=True)
     return table
 
 
 def describe_memory(table: LatencyTable) -> str:
-    """The memory model's lines for ``--info`` and after a fit (empty when the table has none)."""
+    """The memory models' lines for ``--info`` and after a fit (empty when the table has none)."""
     if not table.memory:
         return ""
     model = MemoryModel.from_section(table.memory, table.batch, table.input_size, "the table")
-    lines = ["memory model (ORT CPU peak RSS, MiB): the larger of"]
+    lines = _describe_model(model, table.memory, "memory model (ORT CPU peak RSS, MiB)", "networks")
+    detector = table.memory.get("detector")
+    if detector:
+        from maedet.zoo.latency.detector_memory import DetectorMemoryModel
+
+        dm = DetectorMemoryModel.from_detector_section(detector, table.batch, table.input_size, "the table")
+        parts = f"backbone + FPN {dm.head.fpn_channels} + GFocalV2 head + NMS"
+        title = f"detector memory model ({parts}, ORT CPU peak RSS, MiB)"
+        lines += _describe_model(dm, detector, title, "detectors")
+    return "\n".join(lines)
+
+
+def _describe_model(model: MemoryModel, section: Mapping[str, Any], title: str, what: str) -> list[str]:
+    lines = [f"{title}: the larger of"]
     for name, phase in model.phases.items():
         terms = " + ".join(
             f"{c:.1f}" if f == "overhead" else f"{c:.3f}·{f.removesuffix('_mib')}"
@@ -190,11 +251,11 @@ def describe_memory(table: LatencyTable) -> str:
             f"  measured with {MMAP_THRESHOLD_ENV}={model.malloc_mmap_threshold} (glibc): it predicts processes "
             "started with the same setting"
         )
-    v = table.memory.get("validation") or {}
+    v = section.get("validation") or {}
     if all(isinstance(v.get(k), (int, float)) for k in ("count", "within_10pct", "rmspe_pct", "max_abs_err_pct")):
         lines.append(
-            f"memory validation on {v['count']} held-out networks: {100 * v['within_10pct']:.0f}% within ±10%, "
+            f"memory validation on {v['count']} held-out {what}: {100 * v['within_10pct']:.0f}% within ±10%, "
             f"RMSPE {v['rmspe_pct']:.1f}%, worst {v['max_abs_err_pct']:.1f}% "
             f"({v.get('wall_s', '?')} s, {v.get('cpu', '?')})"
         )
-    return "\n".join(lines)
+    return lines

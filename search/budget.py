@@ -83,7 +83,7 @@ class Budget:
         if memory is None:
             raise SearchError("a memory budget needs a latency table with a memory model to predict with.")
         if not (mib := memory.predict_mib(structure)) <= self.memory_mib:
-            return [f"predicted memory {mib:.4g} MiB > {self.memory_mib:.4g} MiB"]
+            return [f"predicted {memory.what} {mib:.4g} MiB > {self.memory_mib:.4g} MiB"]
         return []
 
     def admits(

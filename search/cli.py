@@ -141,8 +141,9 @@ def _add_latency_budget_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--detector-budget",
         action="store_true",
-        help="the latency budget is the whole detector's (backbone + FPN + GFocalV2 head + NMS), as a table profiled "
-        "with maedet-bench profile --detector predicts it; relative budgets name its detectors (1.0xresnet50_gfl)",
+        help="the latency and memory budgets are the whole detector's (backbone + FPN + GFocalV2 head + NMS), as a "
+        "table profiled with maedet-bench profile --detector (and --memory --detector) predicts them; relative "
+        "budgets name its detectors (1.0xresnet50_gfl)",
     )
     _add_memory_budget_option(run)
 
@@ -153,7 +154,7 @@ def _add_memory_budget_option(run: argparse.ArgumentParser) -> None:
         type=_limit,
         metavar="MB",
         help="predicted peak memory in MiB on the --latency-table's target (its memory model: maedet-bench profile "
-        "--memory)",
+        "--memory; with --detector-budget the whole detector's: profile --memory --detector)",
     )
 
 
@@ -248,7 +249,11 @@ def _search_latency_target(args: argparse.Namespace) -> LatencyTarget | None:
     if not args.detector_budget:
         return target
     if args.budget_latency is None and args.budget_latency_per_image is None:
-        raise SearchError("--detector-budget goes with --budget-latency or --budget-latency-per-image.")
+        if args.budget_memory is None:
+            raise SearchError(
+                "--detector-budget goes with --budget-latency, --budget-latency-per-image or --budget-memory."
+            )
+        return target  # a memory budget alone: the detector's memory model (_memory_model), the table as it is
     if target is None:
         raise SearchError("a latency budget needs a --latency-table to predict with.")
     from .detector_latency import detector_target
@@ -304,10 +309,10 @@ def _settings(args: argparse.Namespace) -> SearchSettings:
 
 
 def _memory_model(args: argparse.Namespace, target: LatencyTarget | None) -> MemoryModel | None:
-    """The table's memory model when a memory budget asks for one."""
+    """The table's memory model when a memory budget asks for one (with --detector-budget, its detectors')."""
     if args.budget_memory is None:
         return None
-    return memory_model_of(target, f"the latency table {args.latency_table!r}")
+    return memory_model_of(target, f"the latency table {args.latency_table!r}", detector=args.detector_budget)
 
 
 def _earlier_outputs(out: Path) -> list[Path]:
@@ -438,12 +443,22 @@ def _latency_rows(info: dict) -> list[tuple[str, str]]:
     return rows + ([("  detector: total", f"{parts['total_ms']:.4f} ms")] if "total_ms" in parts else [])
 
 
+def _memory_rows(info: dict) -> list[tuple[str, str]]:
+    """The predicted peak memory: the backbone's and the whole detector's, whichever the figures hold."""
+    rows = []
+    if "memory_mib" in info:
+        rows.append(("peak memory, predicted (ORT CPU)", f"{info['memory_mib']:.1f} MiB"))
+    if "detector_memory_mib" in info:
+        rows.append(("peak memory, whole detector (+ FPN, head, NMS)", f"{info['detector_memory_mib']:.1f} MiB"))
+    return rows
+
+
 def _print_best(best: dict, out: Path) -> None:
     from rich.console import Console
 
     rows = [("score", f"{best['score']:.6f}")]
     rows += [(f"  level {name}", f"{value:.6f}") for name, value in best["stage_scores"].items()]
-    rows += _cost_rows(best, best["budget"]["resolution"]) + _latency_rows(best)
+    rows += _cost_rows(best, best["budget"]["resolution"]) + _latency_rows(best) + _memory_rows(best)
     rows += [("candidates", f"{best['candidates']:,}"), ("wall time", f"{best['wall_s']:.1f} s")]
     Console(stderr=True).print(_figures_table(f"{PROG}: best structure ({out / 'best.json'})", rows))
 
@@ -459,8 +474,7 @@ def _score(args: argparse.Namespace) -> int:
     rows = [(f"level {name}", f"{value:.6f}") for name, value in info["stage_scores"].items()]
     rows.append(("score (ratios " + ",".join(f"{r:g}" for r in args.ratios) + ")", f"{info['score']:.6f}"))
     rows += _cost_rows(info, args.resolution) + _latency_rows(info)
-    if "memory_mib" in info:
-        rows.append(("peak memory, predicted (ORT CPU)", f"{info['memory_mib']:.1f} MiB"))
+    rows += _memory_rows(info)
     Console().print(_figures_table(f"score of {args.file}", rows))
     return 0
 

@@ -27,6 +27,7 @@ from maedet.zoo.latency.memory import (
     weights_in_flight_bytes,
 )
 
+MIXED = Path(__file__).parent / "data" / "mixed_structure.json"  # strided, widening, deep and stride-1 stages
 TINY = {
     "format": "maedet-structure/1",
     "blocks": [
@@ -75,18 +76,7 @@ def test_the_initializer_order_is_the_exported_models(tmp_path, name):
 
     from maedet.bench.memory_measure import export_network
 
-    mixed = {
-        "format": "maedet-structure/1",
-        "blocks": [
-            {"class": "ConvKXBNRELU", "in": 3, "out": 16, "s": 2, "k": 3},
-            {"class": "SuperResK1KXK1", "in": 16, "out": 48, "s": 2, "k": 3, "L": 3, "btn": 24},
-            {"class": "SuperResK1KXK1", "in": 48, "out": 96, "s": 2, "k": 5, "L": 2, "btn": 32},
-            {"class": "SuperResK1KXK1", "in": 96, "out": 128, "s": 1, "k": 3, "L": 2, "btn": 32},
-            {"class": "SuperResK1KXK1", "in": 128, "out": 160, "s": 2, "k": 3, "L": 4, "btn": 40},
-            {"class": "SuperResK1KXK1", "in": 160, "out": 256, "s": 2, "k": 5, "L": 2, "btn": 48},
-        ],
-    }
-    structure = builtin_structure(name) if name != "mixed" else Structure.from_dict(mixed)
+    structure = builtin_structure(name) if name != "mixed" else Structure.from_dict(json.loads(MIXED.read_text()))
     proto = onnx.load(str(export_network(structure, 64, 1, tmp_path / "n.onnx")))
     first: dict[str, int] = {}
     nbytes: dict[str, int] = {}

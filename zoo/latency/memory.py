@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -47,10 +47,14 @@ __all__ = [
     "PHASE_FEATURES",
     "MemoryModel",
     "Phase",
+    "Tensor",
     "activation_peak_bytes",
     "check_memory_section",
+    "features_of",
     "fit_memory_model",
+    "fit_phases",
     "initializer_bytes",
+    "initializer_parts",
     "memory_features",
     "network_tensors",
     "table_memory_model",
@@ -159,6 +163,13 @@ def initializer_bytes(structure: Structure) -> list[int]:
     strides or widens and the projection shortcut; after all of them every other block's last 1×1, last stage first
     and last block first. Read from exported models: 54 of 56 match exactly, the other two place one first
     block's last 1×1 elsewhere (0.9 MiB in ``weights_in_flight_bytes`` at most)."""
+    ahead, behind = initializer_parts(structure)
+    return ahead + behind
+
+
+def initializer_parts(structure: Structure) -> tuple[list[int], list[int]]:
+    """:func:`initializer_bytes` split where an exported detector lists its FPN and head weights: between the
+    blocks' convs in order (``ahead``) and the other blocks' last 1×1s listed after them (``behind``)."""
     s = structure.stem
     ahead = [s.out_chs * (s.in_chs * s.kernel_size**2 + 1)]
     behind: list[list[int]] = []
@@ -172,7 +183,7 @@ def initializer_bytes(structure: Structure) -> list[int]:
             if i == 0:
                 ahead.append(st.out_chs * (st.in_chs + 1))
         behind.append(last[::-1])
-    return [n * FLOAT_BYTES for n in ahead + [n for last in behind[::-1] for n in last]]
+    return [n * FLOAT_BYTES for n in ahead], [n * FLOAT_BYTES for last in behind[::-1] for n in last]
 
 
 def weights_in_flight_bytes(structure: Structure) -> int:
@@ -199,13 +210,18 @@ def weight_bytes(structure: Structure) -> int:
 def memory_features(structure: Structure, input_size: int, batch: int, channel_block: int) -> dict[str, float]:
     """Every feature of FEATURES for one network (MiB, and 1 for the overhead)."""
     tensors = network_tensors(structure, input_size, batch, channel_block)
-    in_order = initializer_bytes(structure)
+    return features_of(initializer_bytes(structure), tensors)
+
+
+def features_of(in_order: Sequence[int], tensors: Sequence[Tensor]) -> dict[str, float]:
+    """FEATURES of a graph given its initializers' bytes in the exported order and its activations in execution
+    order (a backbone's, or a whole detector's: zoo/latency/detector_memory.py)."""
     weights = sorted(in_order, reverse=True)
     return {
         "weights_mib": sum(weights) / MIB,
         "largest_weights_mib": sum(weights[:LARGEST_WEIGHTS]) / MIB,
-        "weights_in_flight_mib": _in_flight(in_order) / MIB,
-        "activations_mib": activation_peak_bytes(tensors) / MIB,
+        "weights_in_flight_mib": _in_flight(list(in_order)) / MIB,
+        "activations_mib": activation_peak_bytes(list(tensors)) / MIB,
         "largest_activation_mib": max(t.nbytes for t in tensors) / MIB,
         "overhead": 1.0,
     }
@@ -237,10 +253,15 @@ class MemoryModel:
     channel_block: int = 1
     validation: Mapping[str, Any] | None = field(default=None, compare=False)
     malloc_mmap_threshold: int | None = None
+    what: ClassVar[str] = "memory"  # what its predictions are, in sentences
+
+    def features(self, structure: Structure) -> dict[str, float]:
+        """The FEATURES this model predicts from (a backbone's; a detector model's add its FPN and head)."""
+        return memory_features(structure, self.input_size, self.batch, self.channel_block)
 
     def phase_mib(self, structure: Structure) -> dict[str, float]:
         """Each phase's predicted MiB."""
-        features = memory_features(structure, self.input_size, self.batch, self.channel_block)
+        features = self.features(structure)
         return {name: phase.mib(features) for name, phase in self.phases.items()}
 
     def predict_mib(self, structure: Structure) -> float:
@@ -312,23 +333,28 @@ def fit_memory_model(
     input_size: int,
     channel_block: int,
 ) -> MemoryModel:
-    """Each phase of PHASE_FEATURES fitted on its measured MiB (``measured[phase]``, one per structure) by
+    """Each phase of PHASE_FEATURES fitted on its measured MiB (``measured[phase]``, one per structure)."""
+    rows = [memory_features(s, input_size, batch, channel_block) for s in structures]
+    return MemoryModel(fit_phases(rows, measured), batch, input_size, channel_block)
+
+
+def fit_phases(rows: Sequence[Mapping[str, float]], measured: Mapping[str, Sequence[float]]) -> dict[str, Phase]:
+    """Each phase of PHASE_FEATURES fitted on its measured MiB (``measured[phase]``, one per row of features) by
     non-negative least squares on relative error (the goal is stated in percent; a negative coefficient would make
     a bigger network need less)."""
     from scipy.optimize import nnls
 
-    if len(structures) < MIN_FIT_NETWORKS:
-        raise MaeDetError(f"a memory model needs at least {MIN_FIT_NETWORKS} measured networks, got {len(structures)}.")
-    rows = [memory_features(s, input_size, batch, channel_block) for s in structures]
+    if len(rows) < MIN_FIT_NETWORKS:
+        raise MaeDetError(f"a memory model needs at least {MIN_FIT_NETWORKS} measured networks, got {len(rows)}.")
     phases: dict[str, Phase] = {}
     for name, features in PHASE_FEATURES.items():
         y = np.asarray(measured[name], dtype=np.float64)
-        if len(y) != len(structures) or not np.all(y > 0):
+        if len(y) != len(rows) or not np.all(y > 0):
             raise MaeDetError(f"the memory model's {name} phase needs one positive MiB per network.")
         x = np.asarray([[row[f] for f in features] for row in rows])
         coefs, _ = nnls(x / y[:, None], np.ones_like(y))
         phases[name] = Phase(features, tuple(float(c) for c in coefs))
-    return MemoryModel(phases, batch, input_size, channel_block)
+    return phases
 
 
 def check_memory_section(section: Any, where: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 from maedet.errors import MaeDetError
 
 from .detector import check_detector_section
-from .memory import check_memory_section
+from .detector_memory import check_table_memory
 from .pieces import FEATURE_NAMES, regime_key
 
 __all__ = ["MAX_TABLE_BYTES", "TABLE_FORMAT", "check_table", "read_table", "table_document", "write_table"]
@@ -72,7 +72,7 @@ def check_table(data: Any, where: str) -> dict[str, Any]:
         "samples": _check_samples(data.get("samples"), where),
         "validation": _check_validation(_mapping(data, "validation", where), where),
         "references": _check_references(data.get("references"), where),
-        "memory": check_memory_section(data.get("memory"), where),
+        "memory": check_table_memory(data.get("memory"), where),
         "created": str(data.get("created", "")),
         "detector": check_detector_section(data.get("detector"), where),
     }
