@@ -103,6 +103,20 @@ def test_the_detectors_activations_in_execution_order():
     )
 
 
+@pytest.mark.parametrize("size", [64, 320, 640])
+def test_the_cached_two_part_walk_is_the_whole_detectors_walk(size):
+    """The features walk the backbone and the neck + head apart (the second part cached by the pyramid's bytes);
+    the activation peak and the largest activation are those of one walk over every tensor."""
+    from maedet.bench.profile import sample_structures
+
+    nets = [mixed(), builtin_structure("maedet_l"), *sample_structures(6, 11, size)]
+    for s, head in zip(nets, [SMALL_HEAD, DetectorHead(), *[DetectorHead(fpn_channels=w) for w in (256, 128) * 3]]):
+        whole = detector_tensors(s, head, size, 2, 8)
+        features = detector_memory_features(s, head, size, 2, 8)
+        assert features["activations_mib"] * 2**20 == activation_peak_bytes(whole)
+        assert features["largest_activation_mib"] * 2**20 == max(t.nbytes for t in whole)
+
+
 def test_detector_features_extend_the_backbones():
     s = builtin_structure("maedet_m")
     backbone, detector = memory_features(s, 640, 1, 1), detector_memory_features(s, DetectorHead(), 640, 1, 1)

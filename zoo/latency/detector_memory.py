@@ -22,6 +22,7 @@ stacked convs).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,10 +36,12 @@ from .memory import (
     MemoryModel,
     Tensor,
     _up,
+    activation_features,
+    activation_peak_bytes,
     check_memory_section,
-    features_of,
     initializer_parts,
     network_tensors,
+    weight_features,
 )
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "detector_memory_features",
     "detector_tensors",
     "neck_head_initializer_bytes",
+    "neck_head_tensors",
     "table_detector_memory_model",
 ]
 
@@ -88,14 +92,23 @@ def detector_tensors(
     structure: Structure, head: DetectorHead, input_size: int, batch: int = 1, channel_block: int = 1
 ) -> list[Tensor]:
     """Every activation of the exported detector in execution order (the graph input excluded)."""
-    tensors = [t for t in network_tensors(structure, input_size, batch, channel_block) if not t.output]
+    backbone = [t for t in network_tensors(structure, input_size, batch, channel_block) if not t.output]
+    return backbone + neck_head_tensors(_pyramid_inputs(structure), head, input_size, batch, channel_block)
+
+
+def neck_head_tensors(
+    pyramid: Sequence[str], head: DetectorHead, input_size: int, batch: int = 1, channel_block: int = 1
+) -> list[Tensor]:
+    """The FPN's, the head's and the postprocess's activations in execution order, after the backbone tensors
+    named ``pyramid`` (C3, C4, C5)."""
+    tensors: list[Tensor] = []
     f, sizes = head.fpn_channels, level_sizes(input_size, head.levels)
 
     def add(name: str, channels: int, side: int, *reads: str, block: int = channel_block, width: int = 4) -> str:
         tensors.append(Tensor(name, batch * _up(channels, block) * side * side * width, reads))
         return name
 
-    laterals = [add(f"lat{i}", f, sizes[i], c) for i, c in enumerate(_pyramid_inputs(structure))]
+    laterals = [add(f"lat{i}", f, sizes[i], c) for i, c in enumerate(pyramid)]
     for i in (1, 0):  # top-down: the coarser level upsampled and added
         up = add(f"up{i}", f, sizes[i], laterals[i + 1])
         laterals[i] = add(f"sum{i}", f, sizes[i], laterals[i], up)
@@ -151,7 +164,40 @@ def detector_memory_features(
     from .detector import detector_widths
 
     in_order = detector_initializer_bytes(structure, head, detector_widths(structure))
-    return features_of(in_order, detector_tensors(structure, head, input_size, batch, channel_block))
+    peak, largest = _split_activations(structure, head, input_size, batch, channel_block)
+    return weight_features(in_order) | activation_features(peak, largest)
+
+
+def _split_activations(
+    structure: Structure, head: DetectorHead, input_size: int, batch: int, channel_block: int
+) -> tuple[int, int]:
+    """The activation peak and the largest activation of the whole detector, walked in two parts: the backbone
+    with its C3..C5 held to its end, then the neck, head and postprocess from those three alone (what is alive when
+    the backbone ends). The second part depends only on the three tensors' bytes, so it is cached: the search asks
+    for thousands of backbones and few distinct pyramids."""
+    pyramid = _pyramid_inputs(structure)
+    kept = set(pyramid)
+    backbone = [
+        Tensor(t.name, t.nbytes, t.reads, output=t.name in kept)
+        for t in network_tensors(structure, input_size, batch, channel_block)
+        if not t.output
+    ]
+    nbytes = {t.name: t.nbytes for t in backbone}
+    tail_peak, tail_largest = _tail_activations(
+        tuple(nbytes[n] for n in pyramid), head, input_size, batch, channel_block
+    )
+    largest = max(t.nbytes for t in backbone)
+    return max(activation_peak_bytes(backbone), tail_peak), max(largest, tail_largest)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tail_activations(
+    pyramid_bytes: tuple[int, ...], head: DetectorHead, input_size: int, batch: int, channel_block: int
+) -> tuple[int, int]:
+    names = ("c3", "c4", "c5")
+    start = [Tensor(n, b, ()) for n, b in zip(names, pyramid_bytes, strict=True)]
+    tail = neck_head_tensors(names, head, input_size, batch, channel_block)
+    return activation_peak_bytes(start + tail), max(t.nbytes for t in tail)
 
 
 @dataclass(frozen=True)

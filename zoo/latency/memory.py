@@ -48,6 +48,7 @@ __all__ = [
     "MemoryModel",
     "Phase",
     "Tensor",
+    "activation_features",
     "activation_peak_bytes",
     "check_memory_section",
     "features_of",
@@ -59,6 +60,7 @@ __all__ = [
     "network_tensors",
     "table_memory_model",
     "weight_bytes",
+    "weight_features",
     "weights_in_flight_bytes",
 ]
 
@@ -144,16 +146,17 @@ def activation_peak_bytes(tensors: list[Tensor]) -> int:
     last_read = {name: i for i, t in enumerate(tensors) for name in t.reads}
     outputs = {t.name for t in tensors if t.output}
     live: dict[str, int] = {}
-    peak = 0
+    total = peak = 0  # bytes alive now (kept as a running sum: the search asks for thousands of networks)
     for i, t in enumerate(tensors):
+        total += t.nbytes - live.get(t.name, 0)
         live[t.name] = t.nbytes
-        peak = max(peak, sum(live.values()))
+        peak = max(peak, total)
         done = [name for name in t.reads if last_read[name] == i]
         if t.name not in last_read:
             done.append(t.name)  # never read: freed at once unless it is a graph output
         for name in done:
             if name not in outputs:
-                live.pop(name, None)
+                total -= live.pop(name, 0)
     return peak
 
 
@@ -215,16 +218,25 @@ def memory_features(structure: Structure, input_size: int, batch: int, channel_b
 
 def features_of(in_order: Sequence[int], tensors: Sequence[Tensor]) -> dict[str, float]:
     """FEATURES of a graph given its initializers' bytes in the exported order and its activations in execution
-    order (a backbone's, or a whole detector's: zoo/latency/detector_memory.py)."""
+    order."""
+    peak, largest = activation_peak_bytes(list(tensors)), max(t.nbytes for t in tensors)
+    return weight_features(in_order) | activation_features(peak, largest)
+
+
+def weight_features(in_order: Sequence[int]) -> dict[str, float]:
+    """The weights' FEATURES (and the overhead's 1) from the initializers' bytes in the exported order."""
     weights = sorted(in_order, reverse=True)
     return {
         "weights_mib": sum(weights) / MIB,
         "largest_weights_mib": sum(weights[:LARGEST_WEIGHTS]) / MIB,
         "weights_in_flight_mib": _in_flight(list(in_order)) / MIB,
-        "activations_mib": activation_peak_bytes(list(tensors)) / MIB,
-        "largest_activation_mib": max(t.nbytes for t in tensors) / MIB,
         "overhead": 1.0,
     }
+
+
+def activation_features(peak_bytes: int, largest_bytes: int) -> dict[str, float]:
+    """The activations' FEATURES from the planned peak and the largest single tensor (bytes)."""
+    return {"activations_mib": peak_bytes / MIB, "largest_activation_mib": largest_bytes / MIB}
 
 
 @dataclass(frozen=True)
