@@ -110,7 +110,9 @@ def test_the_cached_two_part_walk_is_the_whole_detectors_walk(size):
     from maedet.bench.profile import sample_structures
 
     nets = [mixed(), builtin_structure("maedet_l"), *sample_structures(6, 11, size)]
-    for s, head in zip(nets, [SMALL_HEAD, DetectorHead(), *[DetectorHead(fpn_channels=w) for w in (256, 128) * 3]]):
+    for s, head in zip(
+        nets, [SMALL_HEAD, DetectorHead(), *[DetectorHead(fpn_channels=w) for w in (256, 128) * 3]], strict=True
+    ):
         whole = detector_tensors(s, head, size, 2, 8)
         features = detector_memory_features(s, head, size, 2, 8)
         assert features["activations_mib"] * 2**20 == activation_peak_bytes(whole)
