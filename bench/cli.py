@@ -431,6 +431,10 @@ def _fit_memory(args: argparse.Namespace) -> int:
         mmap_threshold=args.malloc_mmap_threshold,
     )
     table_memory_model(table, f"latency table {args.memory!r}")  # what the search will read back
+    if args.detector:
+        from maedet.zoo.latency.detector_memory import table_detector_memory_model
+
+        table_detector_memory_model(table, f"latency table {args.memory!r}")
     print(describe_memory(table))
     print(f"wrote {args.out or args.memory}")
     return 0

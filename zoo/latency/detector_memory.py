@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from maedet.errors import MaeDetError
 
 from ..structure import Structure, feature_levels
-from .detector import DetectorHead, level_sizes
+from .detector import DetectorHead, detector_widths, level_sizes
 from .memory import (
     FLOAT_BYTES,
     MemoryModel,
@@ -161,8 +161,6 @@ def detector_memory_features(
     structure: Structure, head: DetectorHead, input_size: int, batch: int, channel_block: int
 ) -> dict[str, float]:
     """The memory FEATURES (zoo/latency/memory.py) of the whole detector over this backbone."""
-    from .detector import detector_widths
-
     in_order = detector_initializer_bytes(structure, head, detector_widths(structure))
     peak, largest = _split_activations(structure, head, input_size, batch, channel_block)
     return weight_features(in_order) | activation_features(peak, largest)
