@@ -23,7 +23,7 @@ from maedet.errors import MaeDetError
 from maedet.zoo import Structure
 from maedet.zoo.latency import LatencyTable
 from maedet.zoo.latency.detector import DetectorHead
-from maedet.zoo.latency.detector_memory import DetectorMemoryModel
+from maedet.zoo.latency.detector_memory import DetectorMemoryModel, detector_memory_features
 from maedet.zoo.latency.memory import PHASE_FEATURES, fit_phases, table_memory_model
 
 from .memory_measure import REPEATS, measure_model_file
@@ -127,12 +127,13 @@ def fit_table_detector_memory(
         with profile_progress(progress, len(units)) as step:
             measured = measure_resumably(items, settings, partial, step)
     block = int(table.model.get("channel_block", 1))
-    base = DetectorMemoryModel({}, table.batch, table.input_size, block, malloc_mmap_threshold=mmap_threshold)
-    models = {name: dataclasses.replace(base, head=u.head) for name, u in units.items()}
-    rows = [models[n].features(_structure(fitted[n])) for n in fitted]
+    rows = [
+        detector_memory_features(_structure(u), u.head, table.input_size, table.batch, block) for u in fitted.values()
+    ]
     phases = fit_phases(rows, {p: [measured[n][p] for n in fitted] for p in PHASE_FEATURES})
-    model = dataclasses.replace(base, phases=phases, head=SEARCH_HEAD)
-    models = {name: dataclasses.replace(m, phases=phases) for name, m in models.items()}
+    model = DetectorMemoryModel(phases, table.batch, table.input_size, block, malloc_mmap_threshold=mmap_threshold,
+                                head=SEARCH_HEAD)  # fmt: skip
+    models = {name: dataclasses.replace(model, head=u.head) for name, u in units.items()}  # each row's own head
     wall_s = time.perf_counter() - start
 
     def entries(group: Mapping[str, DetectorUnit]) -> dict[str, tuple[DetectorMemoryModel, Structure]]:
