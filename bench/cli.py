@@ -362,9 +362,7 @@ def _profile_detector(args: argparse.Namespace) -> Any:
     if args.transfer:
         raise BenchError("--detector goes with a profile (--out) or --validate, not with --transfer.")
     if args.validate:
-        given = [flag for flag, value in _target_flags(args).items() if value is not None]
-        if given:
-            raise BenchError(f"--validate measures the table's own target, so {given[0]} cannot be given with it.")
+        _refuse_other_targets(args, args.validate, "--validate measures the table's own target")
         return validate_detectors(args.validate, args.networks or 10, out=args.out, plot=args.plot,
                                   rounds=args.rounds, seed=args.seed, progress=progress)  # fmt: skip
     if not args.out:
@@ -373,8 +371,8 @@ def _profile_detector(args: argparse.Namespace) -> Any:
         from .profile import profile_target
 
         profile_target(args.out, _profile_target_settings(args), progress=progress)
-    elif any(value is not None for value in _target_flags(args).values()):
-        raise BenchError(f"{args.out!r} is already a profiled table: its target cannot be changed by --detector.")
+    else:
+        _refuse_other_targets(args, args.out, f"{args.out!r} is already a profiled table and --detector adds to it")
     return profile_detector(args.out, train=args.detector_train_nets, held_out=args.detector_nets,
                             rounds=args.rounds, seed=args.seed, progress=progress)  # fmt: skip
 
@@ -494,9 +492,7 @@ def _validate_or_transfer(args: argparse.Namespace) -> Any:
     if args.validate:
         from .profile_validate import validate_table
 
-        given = [flag for flag, value in _target_flags(args).items() if value is not None]
-        if given:
-            raise BenchError(f"--validate measures the table's own target, so {given[0]} cannot be given with it.")
+        _refuse_other_targets(args, args.validate, "--validate measures the table's own target")
         networks = args.networks or 40
         return validate_table(
             args.validate, networks, out=args.out, plot=args.plot, rounds=args.rounds, seed=args.seed, progress=progress
@@ -521,14 +517,21 @@ def _validate_or_transfer(args: argparse.Namespace) -> Any:
     return transfer_table(args.transfer, args.out, settings, plot=args.plot, progress=progress)
 
 
-def _target_flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "--backend": args.backend,
-        "--precision": args.precision,
-        "--input-size": args.input_size,
-        "--batch-size": args.batch_size,
-        "--threads": args.threads,
+def _refuse_other_targets(args: argparse.Namespace, table_path: str, why: str) -> None:
+    """Target flags that name another target than the table's are one sentence; repeating the table's is fine."""
+    from maedet.zoo.latency import LatencyTable
+
+    target = LatencyTable.load(table_path).target
+    given = {
+        "--backend": (args.backend, target.get("backend")),
+        "--precision": (args.precision, target.get("precision")),
+        "--input-size": (args.input_size, target.get("input_size")),
+        "--batch-size": (args.batch_size, target.get("batch")),
+        "--threads": (args.threads, target.get("threads")),
     }
+    for flag, (value, own) in given.items():
+        if value is not None and value != own:
+            raise BenchError(f"{why}, so {flag} {value} cannot be given with it (the table's is {own}).")
 
 
 def _profile(args: argparse.Namespace) -> int:

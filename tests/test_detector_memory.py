@@ -163,6 +163,7 @@ def test_the_detector_memory_part_survives_a_rewrite_and_is_checked_when_it_load
     data = json.loads(path.read_text())
     for bad, message in [
         ({**model.to_dict(), "head": {"fpn_channels": 0}}, "positive integers"),
+        ({**model.to_dict(), "head": {"levels": 10**7}}, r"larger than any GFocalV2: levels 10000000 \(at most 8\)"),
         ({**model.to_dict(), "phases": {"creation": {"features": ["weights_mib"], "coefficients": [-1]}}}, "non-neg"),
         ("nope", "'detector' part must be an object"),
     ]:

@@ -205,6 +205,28 @@ def test_a_malformed_detector_section_is_one_sentence():
             LatencyTable.from_dict({**data, "detector": bad})
 
 
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        ({"levels": 10**7}, "levels 10000000 (at most 8)"),
+        ({"stacked_convs": 10**9}, "stacked_convs 1000000000 (at most 16)"),
+        ({"fpn_channels": 2**40, "reg_channels": 2**40}, "fpn_channels 1099511627776 (at most 4096), reg_channels"),
+        ({"reg_max": 2, "reg_topk": 4}, "picks reg_topk 4 of only reg_max + 1 = 3"),
+    ],
+)
+def test_a_shared_tables_oversized_head_is_one_sentence_before_any_walk(head, message, tmp_path, capsys):
+    """A table is shared data: a head of ten million levels walked the pyramid until the process was killed."""
+    data = synthetic_table().to_dict()
+    data["detector"]["head"] |= head
+    path = tmp_path / "hostile.json"
+    path.write_text(json.dumps(data))
+    assert main(["score", "maedet_s", "--latency-table", str(path), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert "larger than any GFocalV2" in captured.err or "distribution bins" in captured.err
+    assert message in captured.err
+
+
 def test_a_resumed_search_must_price_the_same_detector(table_file, tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--latency-table", str(table_file), "--budget-latency", "250", "--budget-layers", "91"]
@@ -277,6 +299,7 @@ def test_bench_detector_profile_errors_are_one_sentence(tmp_path, capsys):
         (["--detector", "--out", str(old), "--input-size", "640"], "already a profiled table"),
         (["--detector"], "needs --out"),
         (["--detector", "--out", str(int8_path)], "ONNX Runtime CPU fp32"),
+        (["--detector", "--out", str(int8_path), "--input-size", "320"], "ONNX Runtime CPU fp32"),  # its own size
     ]
     for argv, message in cases:
         assert bench(["profile", *argv]) == 2

@@ -162,7 +162,11 @@ def test_validate_and_transfer_refuse_bad_input_in_one_sentence(tmp_path, capsys
     )
     _one_line_error(capsys, ["profile", "--transfer", str(tmp_path / "none.json"), "--out", out], "none.json")
     _one_line_error(capsys, ["profile", "--transfer", table], "needs --out")
-    _one_line_error(capsys, ["profile", "--validate", table, "--threads", "2"], "--threads cannot be given")
+    _one_line_error(capsys, ["profile", "--validate", table, "--threads", "2"], "--threads 2 cannot be given")
+    # the table's own target repeated is no error: the command goes on to its --out check
+    same = ["--threads", "1", "--input-size", "320", "--backend", "ort-cpu", "--precision", "fp32", "--batch-size", "1"]
+    nowhere = str(tmp_path / "none" / "x.json")
+    _one_line_error(capsys, ["profile", "--validate", table, *same, "--out", nowhere], "folder")
     _one_line_error(capsys, ["profile", "--validate", table, "--plot", "x.svg"], "must end in .png")
     _one_line_error(capsys, ["profile", "--networks", "5", "--out", out], "go with --validate or --transfer")
     _one_line_error(capsys, ["profile", "--transfer", table, "--out", table], "--transfer table")

@@ -43,6 +43,17 @@ PYRAMID = ("c3", "c4", "c5")
 
 RESNET_DETECTORS = ("resnet50_gfl", "resnet101_gfl")  # GFocalV2 over ResNet-50/101: FPN 256, 4 stacked convs
 RESNET_WIDTHS = (512, 1024, 2048)  # ResNet-50/101's C3..C5, what their FPN laterals read
+# Upper bounds of a table's head, far past any published GFocalV2 (5 levels, 4 stacked convs, 256 wide, 16 bins):
+# the levels and stacked convs set how many operators a prediction walks, the widths how large its numbers get.
+HEAD_LIMITS = {
+    "fpn_channels": 4096,
+    "stacked_convs": 16,
+    "cls_channels": 65536,
+    "reg_max": 256,
+    "reg_topk": 257,
+    "reg_channels": 4096,
+    "levels": 8,
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,14 @@ class DetectorHead:
         head = cls(**{k: int(v) for k, v in data.items()})
         if head.levels < 3:
             raise MaeDetError(f"{where}: a GFocalV2 detector has at least 3 pyramid levels, got {head.levels}.")
+        too_large = [f"{k} {v} (at most {HEAD_LIMITS[k]})" for k, v in head.to_dict().items() if v > HEAD_LIMITS[k]]
+        if too_large:  # a shared table is untrusted data: its head's sizes set how long a prediction walks
+            raise MaeDetError(f"{where}: the detector's 'head' is larger than any GFocalV2: {', '.join(too_large)}.")
+        if head.reg_topk > head.reg_max + 1:
+            raise MaeDetError(
+                f"{where}: the detector's 'head' picks reg_topk {head.reg_topk} of only reg_max + 1 = "
+                f"{head.reg_max + 1} distribution bins."
+            )
         return head
 
 
