@@ -174,6 +174,32 @@ def test_the_detector_memory_part_survives_a_rewrite_and_is_checked_when_it_load
         table_detector_memory_model(LatencyTable.load(table_file(tmp_path, None)), "t")
 
 
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (("model", "roles", "pw"), "the model of 'pw' must be 5 non-negative numbers of magnitude at most 1e+12"),
+        (("calibration", "offset_ms"), "malformed 'calibration' object (names → finite numbers of magnitude"),
+        (("memory", "phases", "run", "coefficients"), "'coefficients' must hold one non-negative number of magnitude"),
+        (("memory", "detector", "phases", "creation", "coefficients"), "(detector)"),
+    ],
+)
+def test_a_coefficient_that_overflows_a_prediction_is_one_sentence(where, message, tmp_path, capsys):
+    """1e308 is finite, yet times a network's features it is not: such a table reached score --json as a traceback
+    ('Out of range float values are not JSON compliant'). Every fitted number is bounded when the table loads."""
+    path = table_file(tmp_path, DetectorMemoryModel(phases(), 1, 320, 1).to_dict())
+    data = json.loads(path.read_text())
+    data.setdefault("calibration", {"scale": 1.0, "offset_ms": 0.0})
+    *parents, key = where
+    holder = data
+    for name in parents:
+        holder = holder[name]
+    holder[key] = [1e308] * len(holder[key]) if isinstance(holder[key], list) else 1e308
+    path.write_text(json.dumps(data))
+    assert main(["score", "maedet_m", "--latency-table", str(path), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err
+
+
 def test_score_json_gives_the_backbones_and_the_whole_detectors_memory(tmp_path, capsys):
     model = DetectorMemoryModel(phases(), 1, 320, 1)
     path = table_file(tmp_path, model.to_dict())

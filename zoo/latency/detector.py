@@ -13,7 +13,6 @@ Plain numpy; a table without the section answers a detector question with one se
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from maedet.errors import MaeDetError
 
 from ..structure import Structure, feature_levels
 from .pieces import ELEMENTWISE_ROLES, FEATURE_NAMES, Op, op_features, out_size
+from .table_numbers import BOUND, table_number
 
 __all__ = [
     "DETECTOR_ROLES",
@@ -214,10 +214,6 @@ class DetectorLatency:
                 "total_ms": backbone + neck_head + post}  # fmt: skip
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_detector_section(section: Any, where: str) -> dict[str, Any]:
     """A table's ``detector`` section, checked (empty when absent: an older or backbone-only table)."""
     if section is None or section == {}:
@@ -231,23 +227,23 @@ def check_detector_section(section: Any, where: str) -> dict[str, Any]:
         if (
             not isinstance(coefs, list)
             or len(coefs) != len(FEATURE_NAMES)
-            or not all(_finite(c) and c >= 0 for c in coefs)
+            or not all(table_number(c) and c >= 0 for c in coefs)
         ):
             raise MaeDetError(
-                f"{where}: the detector model of {role!r} must be {len(FEATURE_NAMES)} non-negative numbers."
+                f"{where}: the detector model of {role!r} must be {len(FEATURE_NAMES)} non-negative numbers {BOUND}."
             )
         roles[role] = [float(c) for c in coefs]
     head = DetectorHead.from_dict(section.get("head") or {}, where).to_dict()
     calibration = section.get("calibration") or {}
-    if not isinstance(calibration, Mapping) or not all(_finite(v) for v in calibration.values()):
-        raise MaeDetError(f"{where}: the detector's 'calibration' must map names to finite numbers.")
+    if not isinstance(calibration, Mapping) or not all(table_number(v) for v in calibration.values()):
+        raise MaeDetError(f"{where}: the detector's 'calibration' must map names to finite numbers {BOUND}.")
     if not calibration.get("scale", 1.0) > 0:
         raise MaeDetError(
             f"{where}: the detector's calibration 'scale' must be positive, got {calibration['scale']!r}."
         )
     refs = section.get("references") or {}
-    if not isinstance(refs, Mapping) or not all(_finite(v) and v > 0 for v in refs.values()):
-        raise MaeDetError(f"{where}: the detector's 'references' must map names to positive ms.")
+    if not isinstance(refs, Mapping) or not all(table_number(v) and v > 0 for v in refs.values()):
+        raise MaeDetError(f"{where}: the detector's 'references' must map names to positive ms {BOUND}.")
     checked = {"head": head, "roles": roles, "calibration": {k: float(v) for k, v in calibration.items()}}
     checked["references"] = {str(k): float(v) for k, v in refs.items()}
     return {**section, **checked}

@@ -27,7 +27,6 @@ activation peak and overhead) still load and predict as one phase.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -38,6 +37,7 @@ from maedet.errors import MaeDetError
 
 from ..structure import Structure
 from .pieces import Piece, out_size, piece_ops
+from .table_numbers import BOUND, table_number
 
 __all__ = [
     "FEATURES",
@@ -329,13 +329,11 @@ def _phase(value: Any, where: str) -> Phase:
         raise MaeDetError(f"{where}: 'features' must be a list drawn from {sorted(FEATURES)}.")
     if len(set(names)) != len(names):
         raise MaeDetError(f"{where}: 'features' names a feature twice.")
-    if not isinstance(coefs, list) or len(coefs) != len(names) or not all(_finite(c) and c >= 0 for c in coefs):
-        raise MaeDetError(f"{where}: 'coefficients' must hold one non-negative number per feature ({len(names)}).")
+    if not isinstance(coefs, list) or len(coefs) != len(names) or not all(table_number(c) and c >= 0 for c in coefs):
+        raise MaeDetError(
+            f"{where}: 'coefficients' must hold one non-negative number {BOUND} per feature ({len(names)})."
+        )
     return Phase(tuple(names), tuple(float(c) for c in coefs))
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def fit_memory_model(

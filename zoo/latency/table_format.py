@@ -8,7 +8,6 @@ This module knows the file; :mod:`.profiled` knows how a table predicts.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from maedet.errors import MaeDetError
 from .detector import check_detector_section
 from .detector_memory import check_table_memory
 from .pieces import FEATURE_NAMES, regime_key
+from .table_numbers import BOUND, table_number
 
 __all__ = ["MAX_TABLE_BYTES", "TABLE_FORMAT", "check_table", "read_table", "table_document", "write_table"]
 
@@ -78,10 +78,6 @@ def check_table(data: Any, where: str) -> dict[str, Any]:
     }
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _mapping(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     value = data.get(key) or {}
     if not isinstance(value, Mapping):
@@ -91,8 +87,8 @@ def _mapping(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]
 
 def _check_calibration(calibration: Any, where: str) -> dict[str, float]:
     calibration = calibration or {"scale": 1.0, "offset_ms": 0.0}
-    if not isinstance(calibration, Mapping) or not all(_finite(v) for v in calibration.values()):
-        raise MaeDetError(f"{where} has a malformed 'calibration' object.")
+    if not isinstance(calibration, Mapping) or not all(table_number(v) for v in calibration.values()):
+        raise MaeDetError(f"{where} has a malformed 'calibration' object (names → finite numbers {BOUND}).")
     if not calibration.get("scale", 1.0) > 0:  # a zero or negative scale would let every candidate fit a budget
         raise MaeDetError(f"{where}: calibration 'scale' must be a positive number, got {calibration['scale']!r}.")
     return {k: float(v) for k, v in calibration.items()}
@@ -100,8 +96,8 @@ def _check_calibration(calibration: Any, where: str) -> dict[str, float]:
 
 def _check_references(refs: Any, where: str) -> dict[str, float]:
     refs = refs or {}
-    if not isinstance(refs, Mapping) or not all(_finite(v) and v > 0 for v in refs.values()):
-        raise MaeDetError(f"{where} has a malformed 'references' object (names → positive ms).")
+    if not isinstance(refs, Mapping) or not all(table_number(v) and v > 0 for v in refs.values()):
+        raise MaeDetError(f"{where} has a malformed 'references' object (names → positive ms {BOUND}).")
     return {str(k): float(v) for k, v in refs.items()}
 
 
@@ -136,8 +132,10 @@ def _check_validation(validation: Mapping[str, Any], where: str) -> dict[str, An
         raise MaeDetError(f"{where}: the validation's 'unscaled' figures must be an object.")
     for scope, figures in (("validation", validation), ("unscaled validation", unscaled)):
         for key in VALIDATION_FIGURES:
-            if key in figures and not _finite(figures[key]):
-                raise MaeDetError(f"{where}: {scope} figure {key!r} must be a finite number, got {figures[key]!r}.")
+            if key in figures and not table_number(figures[key]):
+                raise MaeDetError(
+                    f"{where}: {scope} figure {key!r} must be a finite number {BOUND}, got {figures[key]!r}."
+                )
     return dict(validation)
 
 
@@ -186,6 +184,10 @@ def _check_regimes(regimes: Any, roles: Mapping[str, Any], where: str) -> dict[s
 
 def _coefficients(coefs: Any, name: Any, where: str) -> list[float]:
     """One model's coefficients: one non-negative finite number per feature."""
-    if not isinstance(coefs, list) or len(coefs) != len(FEATURE_NAMES) or not all(_finite(c) and c >= 0 for c in coefs):
-        raise MaeDetError(f"{where}: the model of {name!r} must be {len(FEATURE_NAMES)} non-negative numbers.")
+    if (
+        not isinstance(coefs, list)
+        or len(coefs) != len(FEATURE_NAMES)
+        or not all(table_number(c) and c >= 0 for c in coefs)
+    ):
+        raise MaeDetError(f"{where}: the model of {name!r} must be {len(FEATURE_NAMES)} non-negative numbers {BOUND}.")
     return [float(c) for c in coefs]
