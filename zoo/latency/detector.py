@@ -23,7 +23,7 @@ from maedet.errors import MaeDetError
 
 from ..structure import Structure, feature_levels
 from .pieces import ELEMENTWISE_ROLES, FEATURE_NAMES, Op, op_features, out_size
-from .table_numbers import BOUND, table_number
+from .table_numbers import BOUND, table_coefficients, table_number
 
 __all__ = [
     "DETECTOR_ROLES",
@@ -224,15 +224,7 @@ def check_detector_section(section: Any, where: str) -> dict[str, Any]:
     for role, coefs in section["roles"].items():
         if role not in DETECTOR_ROLES:
             raise MaeDetError(f"{where}: unknown detector role {role!r}; known: {', '.join(DETECTOR_ROLES)}.")
-        if (
-            not isinstance(coefs, list)
-            or len(coefs) != len(FEATURE_NAMES)
-            or not all(table_number(c) and c >= 0 for c in coefs)
-        ):
-            raise MaeDetError(
-                f"{where}: the detector model of {role!r} must be {len(FEATURE_NAMES)} non-negative numbers {BOUND}."
-            )
-        roles[role] = [float(c) for c in coefs]
+        roles[role] = table_coefficients(coefs, len(FEATURE_NAMES), f"{where}: the detector model of {role!r}")
     head = DetectorHead.from_dict(section.get("head") or {}, where).to_dict()
     calibration = section.get("calibration") or {}
     if not isinstance(calibration, Mapping) or not all(table_number(v) for v in calibration.values()):

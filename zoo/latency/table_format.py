@@ -18,7 +18,7 @@ from maedet.errors import MaeDetError
 from .detector import check_detector_section
 from .detector_memory import check_table_memory
 from .pieces import FEATURE_NAMES, regime_key
-from .table_numbers import BOUND, table_number
+from .table_numbers import BOUND, table_coefficients, table_number
 
 __all__ = ["MAX_TABLE_BYTES", "TABLE_FORMAT", "check_table", "read_table", "table_document", "write_table"]
 
@@ -183,11 +183,4 @@ def _check_regimes(regimes: Any, roles: Mapping[str, Any], where: str) -> dict[s
 
 
 def _coefficients(coefs: Any, name: Any, where: str) -> list[float]:
-    """One model's coefficients: one non-negative finite number per feature."""
-    if (
-        not isinstance(coefs, list)
-        or len(coefs) != len(FEATURE_NAMES)
-        or not all(table_number(c) and c >= 0 for c in coefs)
-    ):
-        raise MaeDetError(f"{where}: the model of {name!r} must be {len(FEATURE_NAMES)} non-negative numbers {BOUND}.")
-    return [float(c) for c in coefs]
+    return table_coefficients(coefs, len(FEATURE_NAMES), f"{where}: the model of {name!r}")

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["BOUND", "MAX_TABLE_NUMBER", "table_number"]
+from maedet.errors import MaeDetError
+
+__all__ = ["BOUND", "MAX_TABLE_NUMBER", "table_coefficients", "table_number"]
 
 MAX_TABLE_NUMBER = 1e12
 BOUND = f"of magnitude at most {MAX_TABLE_NUMBER:.0e}"  # how an error sentence states the rule
@@ -26,3 +28,10 @@ def table_number(value: Any) -> bool:
         and math.isfinite(value)
         and abs(value) <= MAX_TABLE_NUMBER
     )
+
+
+def table_coefficients(coefs: Any, count: int, what: str) -> list[float]:
+    """One linear model's ``count`` coefficients, each a non-negative table number, or one sentence naming ``what``."""
+    if not isinstance(coefs, list) or len(coefs) != count or not all(table_number(c) and c >= 0 for c in coefs):
+        raise MaeDetError(f"{what} must be {count} non-negative numbers {BOUND}.")
+    return [float(c) for c in coefs]
